@@ -1,0 +1,23 @@
+"""One error type for everything a user can get wrong.
+
+The CLI prints ``str(err)`` on one line and exits non-zero; a traceback only with ``--debug``.
+Messages name the file or field and say what was expected.
+"""
+
+
+class HubError(Exception):
+    """A user-facing error: bad input, missing expert, corrupt file, wrong base model."""
+
+    exit_code = 1
+
+
+class FormatError(HubError):
+    """A packed expert file is malformed (header, version, shapes, indices, dtype, values)."""
+
+
+class FingerprintError(HubError):
+    """An expert was trained against a different base weight than the one it is applied to."""
+
+
+class NotFoundError(HubError):
+    """No expert, alias, task or blob of that name."""

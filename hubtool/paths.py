@@ -1,0 +1,26 @@
+"""Where hubtool keeps things on disk. Everything hangs off HUB_HOME (default ~/.cache/hubtool)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+
+def hub_home() -> Path:
+    return Path(os.environ.get("HUB_HOME") or Path.home() / ".cache" / "hubtool").expanduser()
+
+
+def blobs_dir() -> Path:
+    return hub_home() / "blobs"
+
+
+def models_dir() -> Path:
+    return hub_home() / "models"
+
+
+def default_catalog_url() -> str:
+    """HUB_CATALOG (any SQLAlchemy URL) wins; else SQLite at $HUB_HOME/registry.db."""
+    url = os.environ.get("HUB_CATALOG")
+    if url:
+        return url
+    return f"sqlite:///{hub_home() / 'registry.db'}"
