@@ -1,0 +1,3 @@
+from hubtool.cli import main
+
+main()

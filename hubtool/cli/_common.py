@@ -1,0 +1,57 @@
+"""What every command shares: option aliases declared once, one console, one error format.
+
+Nothing here imports torch or transformers: `hub --help` and `hub list` must stay fast.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+
+console = Console()
+err_console = Console(stderr=True)
+
+# Shared option aliases (huggingface_hub's CLI style): one declaration, used by every command.
+CatalogOpt = Annotated[
+    Optional[str],
+    typer.Option("--catalog", envvar="HUB_CATALOG", help="Catalog URL (any SQLAlchemy URL). Default: $HUB_HOME/registry.db."),
+]
+JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
+TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task name.")]
+BaseOpt = Annotated[Optional[str], typer.Option("--base", help="Base model: embedded name, HF id or local folder.")]
+NameOpt = Annotated[Optional[str], typer.Option("--name", help="Expert name (default: from the file or the task).")]
+YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+
+
+def open_catalog(url: str | None):
+    # Imported here so `hub --help` never pays for SQLAlchemy.
+    from hubtool.registry import Catalog
+
+    return Catalog(url)
+
+
+def print_json(obj: Any) -> None:
+    # Plain stdout (not Rich) so the output pipes cleanly into jq.
+    sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
+
+
+def human_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def fail(message: str) -> None:
+    """Raise the one user-facing error type; `main` prints it on one line."""
+    from hubtool.errors import HubError
+
+    raise HubError(message)

@@ -1,0 +1,1 @@
+"""Commands for training and evaluating experts (filled by issue 3)."""
