@@ -61,3 +61,53 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
         export_peft(cat.load(rec.ref), out, base_model_name_or_path=rec.base_model)
         return out
     raise HubError(f"--format {fmt!r}: expected 'peft' or 'hubtool'")
+
+
+# Keys of evaluate()'s result that describe the run, not the model's quality; not stored as metrics.
+_RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")
+
+
+def evaluate_expert(target: str | None, task: str, *, base: str | None = None, split: str = "test",
+                    limit: int | None = None, max_new_tokens: int = 64, batch_size: int = 8,
+                    catalog=None, store: bool = True) -> dict[str, float]:
+    """Score an expert (catalog ref, packed file, PEFT folder) or a model folder, or with target=None the
+    base model, on a task. Metrics go to the catalog: on the expert's row, or as the base model's baseline."""
+    from hubtool.apply import apply_expert
+    from hubtool.evaluate import evaluate
+    from hubtool.models import base_id, load_base, resolve_base
+    from hubtool.registry import Catalog
+
+    cat = catalog if hasattr(catalog, "get") else Catalog(catalog)
+    expert, rec = None, None
+    model_path = None
+    if target is not None:
+        path = Path(target)
+        if path.is_dir() and (path / "adapter_config.json").is_file():
+            from hubtool.interop.peft import import_peft
+
+            expert = import_peft(path)
+        elif path.is_dir():
+            model_path = str(path)  # a composed model folder: evaluate it as it is
+        elif path.is_file():
+            from hubtool.format import unpack
+
+            expert = unpack(path)
+        else:
+            rec = cat.get(target)
+            expert = cat.load(rec.ref)
+    base_name = model_path or base or (expert.base_model if expert is not None else None)
+    if base_name is None:
+        raise HubError("eval: give an expert or --base MODEL")
+    model, tokenizer = load_base(base_name)
+    if expert is not None:
+        apply_expert(model, expert)
+    result = evaluate(model, tokenizer, task, split=split, limit=limit, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size)
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in _RUN_KEYS}
+    if store:
+        if rec is not None:
+            cat.set_metrics(rec.ref, task, metrics)
+        elif target is None:
+            _, revision = resolve_base(base_name)
+            cat.set_base_metrics(base_id(base_name), task, metrics, revision=revision)
+    return {**metrics, **{k: v for k, v in result.items() if k in _RUN_KEYS}}
