@@ -1,5 +1,55 @@
-"""The packed expert format: one self-describing .safetensors file per expert (docs/format.md)."""
+"""The packed expert format: one self-describing .safetensors file per expert (docs/format.md).
 
-from hubtool.format.types import KINDS, BlockDelta, Delta, DenseDelta, Expert, LoraDelta, SparseDelta
+Names are imported lazily: `from hubtool.format.header import read_header` (what the catalog and
+`hub list` use) must not pull in torch through this package's __init__.
+"""
 
-__all__ = ["KINDS", "BlockDelta", "Delta", "DenseDelta", "Expert", "LoraDelta", "SparseDelta"]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+# Bound eagerly (the module is torch-free at import): a lazy name equal to its submodule's name
+# would be shadowed by the submodule once anything imports hubtool.format.fingerprint.
+from hubtool.format.fingerprint import fingerprint as fingerprint
+
+_LAZY = {
+    "KINDS": "hubtool.format.header",
+    "ENCODINGS": "hubtool.format.header",
+    "read_header": "hubtool.format.header",
+    "BlockDelta": "hubtool.format.types",
+    "Delta": "hubtool.format.types",
+    "DenseDelta": "hubtool.format.types",
+    "Expert": "hubtool.format.types",
+    "LoraDelta": "hubtool.format.types",
+    "SparseDelta": "hubtool.format.types",
+    "pack": "hubtool.format.packed",
+    "pack_bytes": "hubtool.format.packed",
+    "unpack": "hubtool.format.packed",
+}
+
+__all__ = [
+    "ENCODINGS",
+    "KINDS",
+    "BlockDelta",
+    "Delta",
+    "DenseDelta",
+    "Expert",
+    "LoraDelta",
+    "SparseDelta",
+    "fingerprint",
+    "pack",
+    "pack_bytes",
+    "read_header",
+    "unpack",
+]
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _LAZY:
+        raise AttributeError(f"module 'hubtool.format' has no attribute {name!r}")
+    return getattr(importlib.import_module(_LAZY[name]), name)
+
+
+def __dir__() -> list[str]:
+    return __all__

@@ -15,11 +15,11 @@ Four delta kinds share one small interface (shape, nnz, to_dense, fingerprint):
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Union
+from typing import Any
 
 import torch
 
-KINDS = ("sparse", "block-sparse", "lora", "full-delta", "merged")
+from hubtool.format.header import KINDS  # noqa: F401  (re-exported; header.py is the torch-free spec)
 
 
 @dataclass
@@ -100,7 +100,7 @@ class DenseDelta:
         return self.values.to(dtype)
 
 
-Delta = Union[SparseDelta, BlockDelta, LoraDelta, DenseDelta]
+Delta = SparseDelta | BlockDelta | LoraDelta | DenseDelta
 
 
 @dataclass

@@ -1,0 +1,50 @@
+"""Scores of one prediction against its gold answers, each in [0, 1]; the best over the references.
+
+Rouge-L is the paper's metric: the F-measure of the longest common subsequence of tokens, from the
+maintained `rouge-score` package with Porter stemming (its tokenizer lower-cases and keeps only
+[a-z0-9] runs). Exact match uses SQuAD's normalisation: lower case, no punctuation, no articles,
+single spaces.
+"""
+
+from __future__ import annotations
+
+import re
+import string
+from collections.abc import Sequence
+from functools import lru_cache
+from typing import Any
+
+_ARTICLES = re.compile(r"\b(a|an|the)\b")
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
+
+
+@lru_cache(maxsize=1)
+def _rouge_scorer() -> Any:
+    # Imported on first use: rouge_score pulls in nltk, which `hub --help` should not pay for.
+    from rouge_score import rouge_scorer
+
+    return rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+
+
+def rouge_l(prediction: str, references: Sequence[str]) -> float:
+    scorer = _rouge_scorer()
+    return max(scorer.score(ref, prediction)["rougeL"].fmeasure for ref in references)
+
+
+def normalize_answer(text: str) -> str:
+    text = text.lower().translate(_PUNCTUATION)
+    return " ".join(_ARTICLES.sub(" ", text).split())
+
+
+def exact_match(prediction: str, references: Sequence[str]) -> float:
+    pred = normalize_answer(prediction)
+    return float(any(pred == normalize_answer(ref) for ref in references))
+
+
+def accuracy(predictions: Sequence[str], targets: Sequence[str]) -> float:
+    """Share of predictions equal to their target (the chosen option against the gold option)."""
+    if len(predictions) != len(targets):
+        raise ValueError(f"{len(predictions)} predictions for {len(targets)} targets")
+    if not targets:
+        return 0.0
+    return sum(p == t for p, t in zip(predictions, targets)) / len(targets)

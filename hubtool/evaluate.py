@@ -1,0 +1,179 @@
+"""Scoring a causal LM on a task: greedy generation, or log-likelihood choice among options.
+
+- Examples without options: batched greedy generation with the KV cache (left-padded so every row's
+  new tokens start at the same position), batches sorted by prompt length so little padding is
+  computed; the prompt is stripped and the text cut at the first EOS.
+- Examples with options: each option is scored by the summed log-probability of its tokens after the
+  prompt, all (prompt, option) pairs of a batch in one forward; the best option is the prediction.
+
+Metrics are reported in percent (Rouge-L x 100 as the paper reports it), with examples/s.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from hubtool.data.metrics import accuracy, exact_match, rouge_l
+from hubtool.data.prompts import has_chat_template, prompt_answer_ids, prompt_ids
+from hubtool.data.tasks import Example, TaskData, load_task
+from hubtool.errors import HubError
+
+if TYPE_CHECKING:
+    import torch
+
+
+@dataclass
+class Prediction:
+    example: Example
+    text: str
+    option_logprobs: list[float] | None = None  # summed log-prob (nats) of each option, when scored
+
+
+def _batches(order: list[int], size: int) -> Iterator[list[int]]:
+    for start in range(0, len(order), size):
+        yield order[start : start + size]
+
+
+def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """input_ids [B, T] and attention_mask [B, T] with rows aligned on the right (T = longest row)."""
+    import torch
+
+    width = max(len(r) for r in rows)
+    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, r in enumerate(rows):
+        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
+        mask[i, width - len(r):] = 1
+    return ids.to(device), mask.to(device)
+
+
+def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+    """EOS ids of the tokenizer and of the model's generation config (chat models often have several)."""
+    ids = [tokenizer.eos_token_id]
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    ids += config_eos if isinstance(config_eos, list) else [config_eos]
+    return list(dict.fromkeys(i for i in ids if i is not None))
+
+
+def _pad_id(tokenizer: Any) -> int:
+    # Padded positions are masked out, so any id works when the tokenizer defines no pad token.
+    for i in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if i is not None:
+            return i
+    return 0
+
+
+def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
+             batch_size: int = 8) -> list[str]:
+    """Greedy answers to task prompts, in the order given."""
+    from transformers import GenerationConfig
+
+    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    stops = _stop_ids(model, tokenizer)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                              pad_token_id=_pad_id(tokenizer), eos_token_id=stops or None)
+    # Without a chat template a base model keeps writing past its answer (the next "Question: ..."),
+    # and answers are one line, so the first line is the answer.
+    first_line = not has_chat_template(tokenizer)
+    answers = [""] * len(ids)
+    for batch in _batches(sorted(range(len(ids)), key=lambda i: -len(ids[i])), batch_size):
+        input_ids, mask = _left_pad([ids[i] for i in batch], _pad_id(tokenizer), model.device)
+        out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
+        for i, row in zip(batch, out[:, input_ids.shape[1]:].tolist()):
+            cut = min((row.index(s) for s in stops if s in row), default=len(row))
+            text = tokenizer.decode(row[:cut], skip_special_tokens=True).strip()
+            answers[i] = text.split("\n", 1)[0].strip() if first_line else text
+    return answers
+
+
+def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
+                    batch_size: int = 8) -> list[list[float]]:
+    """Per example, the summed log-prob of each option's tokens given the prompt; batch_size counts
+    (prompt, option) sequences per forward."""
+    import torch
+
+    pairs = []  # (example, option, prompt ids + option ids, number of option ids)
+    for i, example in enumerate(examples):
+        for j, option in enumerate(example.options or []):
+            p_ids, o_ids = prompt_answer_ids(tokenizer, example.input, option)
+            if not p_ids:
+                raise HubError(f"prompt of example {i} encodes to no tokens: nothing to condition the options on")
+            pairs.append((i, j, p_ids + o_ids, len(o_ids)))
+    scores = [[0.0] * len(e.options or []) for e in examples]
+    for batch in _batches(sorted(range(len(pairs)), key=lambda n: -len(pairs[n][2])), batch_size):
+        rows = [pairs[n] for n in batch]
+        input_ids, mask = _left_pad([r[2] for r in rows], _pad_id(tokenizer), model.device)
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        k = max(r[3] for r in rows)
+        # Left-aligned rows all end at T-1, so every option sits in the last k positions; the logits at
+        # the last k+1 positions predict them (the very last logit predicts nothing and is dropped).
+        logits = model(input_ids=input_ids, attention_mask=mask, position_ids=positions,
+                       logits_to_keep=k + 1).logits[:, :-1]  # [B, k, V]
+        logp = logits.float().log_softmax(-1)
+        token_logp = logp.gather(-1, input_ids[:, -k:, None]).squeeze(-1)  # [B, k]
+        n_option = torch.tensor([r[3] for r in rows], device=token_logp.device)
+        in_option = torch.arange(k, device=token_logp.device)[None, :] >= (k - n_option)[:, None]  # [B, k]
+        sums = torch.where(in_option, token_logp, 0.0).sum(-1)
+        for (i, j, _, _), s in zip(rows, sums.tolist()):
+            scores[i][j] = s
+    return scores
+
+
+def predict(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_new_tokens: int = 64,
+            batch_size: int = 8) -> list[Prediction]:
+    import torch
+
+    with_options = [n for n, e in enumerate(examples) if e.options]
+    free_form = [n for n, e in enumerate(examples) if not e.options]
+    predictions: list[Prediction | None] = [None] * len(examples)
+    with torch.inference_mode():
+        texts = generate(model, tokenizer, [examples[n].input for n in free_form],
+                         max_new_tokens=max_new_tokens, batch_size=batch_size)
+        for n, text in zip(free_form, texts):
+            predictions[n] = Prediction(examples[n], text)
+        scores = option_logprobs(model, tokenizer, [examples[n] for n in with_options], batch_size=batch_size)
+        for n, s in zip(with_options, scores):
+            options = examples[n].options or []
+            predictions[n] = Prediction(examples[n], options[max(range(len(s)), key=s.__getitem__)], s)
+    return [p for p in predictions if p is not None]
+
+
+def score(predictions: Sequence[Prediction]) -> dict[str, float]:
+    """rougeL and exact_match over all predictions, accuracy over those with options; in percent."""
+    if not predictions:
+        raise HubError("no predictions to score")
+    n = len(predictions)
+    metrics = {
+        "rougeL": 100 * sum(rouge_l(p.text, p.example.references) for p in predictions) / n,
+        "exact_match": 100 * sum(exact_match(p.text, p.example.references) for p in predictions) / n,
+    }
+    chosen = [p for p in predictions if p.option_logprobs is not None]
+    if chosen:
+        metrics["accuracy"] = 100 * accuracy([p.text for p in chosen], [p.example.output for p in chosen])
+    return metrics
+
+
+def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "test", limit: int | None = None,
+             max_new_tokens: int = 64, batch_size: int = 8, predictions: list[Prediction] | None = None,
+             ) -> dict[str, float]:
+    """Metrics of `model` on a split of `task` (a TaskData or a name for load_task): rougeL, exact_match,
+    accuracy (tasks with options) in percent, plus n, seconds and examples_per_s. Pass a list as
+    `predictions` to receive the per-example predictions."""
+    data = load_task(task) if isinstance(task, str) else task
+    examples = data.split(split)[:limit]
+    if not examples:
+        raise HubError(f"task {data.name!r} has no examples in split {split!r}")
+    was_training = model.training
+    model.eval()
+    try:
+        start = time.perf_counter()
+        results = predict(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        seconds = time.perf_counter() - start
+    finally:
+        model.train(was_training)
+    if predictions is not None:
+        predictions.extend(results)
+    return {**score(results), "n": float(len(results)), "seconds": seconds, "examples_per_s": len(results) / seconds}

