@@ -1,0 +1,478 @@
+"""The catalog: which experts exist, where their blobs are, how they score, where they came from.
+
+    cat = Catalog()                                   # $HUB_HOME/registry.db, or HUB_CATALOG
+    rec = cat.register("qa.safetensors", tags=["demo"])
+    cat.alias("qa", "best", rec.version)
+    cat.list(task="qa", where="rougeL>=30", sort="-rougeL", limit=20)
+    expert = cat.load("qa@best")
+
+Refs: "qa" is the latest version, "qa@3" a version, "qa@best" an alias (lookup.py). Writes take the
+database's write lock up front and retry when busy (db.py), so many processes can share a catalog.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sqlalchemy import Row, delete, func, insert, select, update
+from sqlalchemy.engine import Connection
+
+from hubtool import paths
+from hubtool.errors import HubError, NotFoundError
+from hubtool.registry import db, lookup
+from hubtool.registry import tables as t
+from hubtool.registry import where as where_lang
+from hubtool.registry.blobs import BlobStore, Staged, sha256_file
+from hubtool.registry.lookup import LATEST, NAME, parse_ref
+from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
+
+if TYPE_CHECKING:
+    from hubtool.format.types import Expert
+
+__all__ = ["Catalog", "parse_ref"]
+
+_ALIAS = re.compile(r"[A-Za-z_][A-Za-z0-9._-]{0,63}")
+
+
+def _check_name(name: str, what: str = "expert name") -> str:
+    if not NAME.fullmatch(name):
+        raise HubError(f"{what} {name!r}: expected letters, digits, '.', '_' or '-' (at most 128)")
+    return name
+
+
+def _float(value: Any, what: str) -> float:
+    try:
+        out = float(value)
+    except (TypeError, ValueError):
+        out = math.nan
+    if not math.isfinite(out):
+        raise HubError(f"{what}: expected a finite number, got {value!r}")
+    return out
+
+
+def _metric_rows(values: Mapping[str, Any], task: str) -> dict[str, dict[str, float]]:
+    """Accept {task: {metric: v}} or, for the primary task, a flat {metric: v}."""
+    out: dict[str, dict[str, float]] = {}
+    for key, value in values.items():
+        if isinstance(value, Mapping):
+            for metric, v in value.items():
+                out.setdefault(key, {})[metric] = _float(v, f"metrics[{key!r}][{metric!r}]")
+        else:
+            out.setdefault(task, {})[key] = _float(value, f"metrics[{key!r}]")
+    return out
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class Catalog:
+    """Expert versions, their blobs, metrics, tags, aliases, lineage and tasks."""
+
+    def __init__(self, url: str | None = None, *, blobs: Path | None = None) -> None:
+        """Open (creating or upgrading) the catalog at `url`: any SQLAlchemy URL, default
+        HUB_CATALOG or $HUB_HOME/registry.db. Blobs go to `blobs`, default $HUB_HOME/blobs."""
+        self.url = url or paths.default_catalog_url()
+        self.blobs = BlobStore(blobs or paths.blobs_dir())
+        self.engine = db.make_engine(self.url)
+        db.ensure_schema(self.engine)
+
+    def close(self) -> None:
+        self.engine.dispose()
+
+    def __enter__(self) -> Catalog:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    # ---- registering ------------------------------------------------------------------------
+
+    def register(
+        self,
+        path: str | Path,
+        *,
+        name: str | None = None,
+        task: str | None = None,
+        tasks: Sequence[str] = (),
+        tags: Iterable[str] = (),
+        metrics: Mapping[str, Any] | None = None,
+        config: Mapping[str, Any] | None = None,
+        parents: Iterable[str | Mapping[str, Any]] = (),
+        description: str | None = None,
+    ) -> ExpertRecord:
+        """Validate a packed expert file, store its blob and add it as the next version of `name`.
+
+        name/task/metrics/config/parents default to the file's metadata; explicit metrics and config
+        keys win over the file's. `tasks` adds secondary tasks (a merged expert's). Parents are refs
+        ("qa@2") or {"ref": ..., "weight": ..., "role": ...}.
+        """
+        from hubtool.format import unpack
+        from hubtool.format.header import read_header
+
+        path = Path(path)
+        if not path.is_file():
+            raise NotFoundError(f"{path}: no such file")
+        unpack(path)  # full validation; raises FormatError naming the file
+        header = read_header(path)
+        name = _check_name(name or header["name"])
+        task = task or header["task"]
+        all_tasks = list(dict.fromkeys([task, *tasks, *header.get("tasks", ())]))
+        scores = _metric_rows({**(header.get("metrics") or {}), **(metrics or {})}, task)
+        edges = list(parents) or list(header.get("parents") or ())
+        targets = header.get("targets")
+        row = {
+            "name": name,
+            "kind": header["kind"],
+            "task": task,
+            "base_model": header["base_model"],
+            "base_revision": header.get("base_revision"),
+            "targets": ",".join(targets) if isinstance(targets, list) else targets,
+            "keep_ratio": header.get("keep_ratio"),
+            "nnz": sum(int(w["nnz"]) for w in header["weights"].values()),
+            "config": {**(header.get("config") or {}), **(config or {})},
+            "description": description,
+        }
+        with self.blobs.stage(path) as staged:
+            expert_id = db.retry(
+                lambda: self._insert(staged, row, all_tasks, set(tags), scores, edges), f"registering {path}"
+            )
+        return self._record(expert_id)
+
+    def _insert(
+        self,
+        staged: Staged,
+        row: dict[str, Any],
+        all_tasks: list[str],
+        tags: set[str],
+        scores: dict[str, dict[str, float]],
+        parents: list[str | Mapping[str, Any]],
+    ) -> int:
+        with db.write_transaction(self.engine) as conn:
+            version = self._next_version(conn, row["name"])
+            # one edge per parent version, even if "qa" and "qa@best" both name qa@3
+            edges = list({e["parent"]: e for e in (self._edge(conn, p) for p in parents)}.values())
+            # Placed under the write lock, so remove() can't delete this blob between here and commit.
+            location = self.blobs.place(staged)
+            expert_id = conn.execute(
+                insert(t.experts).values(
+                    **row,
+                    version=version,
+                    bytes=staged.size,
+                    sha256=staged.sha256,
+                    blob=location,
+                    created_at=_now(),
+                )
+            ).inserted_primary_key[0]
+            conn.execute(
+                insert(t.expert_tasks), [{"expert_id": expert_id, "task": task} for task in all_tasks]
+            )
+            if tags:
+                conn.execute(
+                    insert(t.expert_tags), [{"expert_id": expert_id, "tag": tag} for tag in sorted(tags)]
+                )
+            self._put_metrics(conn, expert_id, scores)
+            if edges:
+                conn.execute(insert(t.lineage), [{"child_id": expert_id, **e} for e in edges])
+        return expert_id
+
+    def _next_version(self, conn: Connection, name: str) -> int:
+        """Versions count up per name and are never reused, even after remove()."""
+        last = conn.execute(
+            select(t.expert_names.c.last_version).where(t.expert_names.c.name == name)
+        ).scalar()
+        if last is None:
+            conn.execute(insert(t.expert_names).values(name=name, last_version=1))
+            return 1
+        conn.execute(
+            update(t.expert_names).where(t.expert_names.c.name == name).values(last_version=last + 1)
+        )
+        return last + 1
+
+    def _edge(self, conn: Connection, parent: str | Mapping[str, Any]) -> dict[str, Any]:
+        spec = {"ref": parent} if isinstance(parent, str) else dict(parent)
+        ref = str(spec["ref"])
+        try:  # pin "qa" / "qa@best" to the version they mean today; keep refs from elsewhere as given
+            ref = lookup.resolve(conn, ref).ref
+        except NotFoundError:
+            pass
+        weight = spec.get("weight")
+        return {
+            "parent": ref,
+            "role": spec.get("role"),
+            "weight": None if weight is None else _float(weight, f"parent {ref!r} weight"),
+        }
+
+    def _put_metrics(self, conn: Connection, expert_id: int, scores: dict[str, dict[str, float]]) -> None:
+        rows = [
+            {"expert_id": expert_id, "task": task, "metric": metric, "value": value}
+            for task, by_metric in scores.items()
+            for metric, value in by_metric.items()
+        ]
+        for r in rows:  # portable upsert: metrics may be measured again later
+            conn.execute(
+                delete(t.metrics).where(
+                    t.metrics.c.expert_id == expert_id,
+                    t.metrics.c.task == r["task"],
+                    t.metrics.c.metric == r["metric"],
+                )
+            )
+        if rows:
+            conn.execute(insert(t.metrics), rows)
+
+    # ---- looking up -------------------------------------------------------------------------
+
+    def get(self, ref: str) -> ExpertRecord:
+        with self.engine.connect() as conn:
+            return lookup.fetch(conn, lookup.resolve(conn, ref).id)
+
+    def _record(self, expert_id: int) -> ExpertRecord:
+        with self.engine.connect() as conn:
+            return lookup.fetch(conn, expert_id)
+
+    def list(
+        self,
+        *,
+        task: str | None = None,
+        base: str | None = None,
+        kind: str | None = None,
+        tag: str | None = None,
+        where: str | None = None,
+        sort: str | None = None,
+        limit: int | None = None,
+    ) -> list[ExpertRecord]:
+        """Expert versions matching every given filter, sorted by `sort` (default name, version)."""
+        q = select(t.experts).where(*lookup.filters(task, base, kind, tag, where))
+        if sort:
+            q = q.order_by(*where_lang.order_by(sort))
+        q = q.order_by(t.experts.c.name, t.experts.c.version)  # ties, and the default order
+        if limit is not None:
+            q = q.limit(limit)
+        with self.engine.connect() as conn:
+            return lookup.records(conn, conn.execute(q).all())
+
+    def count(
+        self,
+        *,
+        task: str | None = None,
+        base: str | None = None,
+        kind: str | None = None,
+        tag: str | None = None,
+        where: str | None = None,
+    ) -> int:
+        """How many expert versions list() would return without a limit."""
+        q = select(func.count()).select_from(t.experts).where(*lookup.filters(task, base, kind, tag, where))
+        with self.engine.connect() as conn:
+            return int(conn.execute(q).scalar() or 0)
+
+    # ---- changing ---------------------------------------------------------------------------
+
+    def remove(self, ref: str) -> ExpertRecord:
+        """Drop one expert version (its metrics, tags, aliases go with it); delete its blob when no
+        other version shares it. Lineage edges naming it as a parent stay (they are history)."""
+        record = self.get(ref)
+
+        def tx() -> None:
+            trashed = None
+            try:
+                with db.write_transaction(self.engine) as conn:
+                    conn.execute(delete(t.experts).where(t.experts.c.id == record.id))
+                    shared = conn.execute(
+                        select(func.count()).select_from(t.experts).where(t.experts.c.sha256 == record.sha256)
+                    ).scalar()
+                    if not shared:
+                        trashed = self.blobs.trash(record.blob)
+            except BaseException:
+                if trashed is not None:
+                    self.blobs.restore(trashed, record.blob)
+                raise
+            if trashed is not None:
+                trashed.unlink(missing_ok=True)
+
+        db.retry(tx, f"removing {record.ref}")
+        return record
+
+    def alias(self, name: str, alias: str, version: int | str) -> ExpertRecord:
+        """Point name@alias at a version (moving it if it exists). `version` may be a number or
+        another alias of the same name."""
+        if alias.isdigit() or not _ALIAS.fullmatch(alias) or alias == LATEST:
+            raise HubError(
+                f"alias {alias!r} for {name!r}: expected a word starting with a letter or '_' "
+                f"(not a number, which would read as a version, and not {LATEST!r})"
+            )
+
+        def tx() -> int:
+            with db.write_transaction(self.engine) as conn:
+                target = lookup.resolve(conn, f"{name}@{version}")
+                conn.execute(delete(t.aliases).where(t.aliases.c.name == name, t.aliases.c.alias == alias))
+                conn.execute(insert(t.aliases).values(name=name, alias=alias, expert_id=target.id))
+                return target.id
+
+        return self._record(db.retry(tx, f"setting alias {name}@{alias}"))
+
+    def unalias(self, name: str, alias: str) -> None:
+        def tx() -> int:
+            with db.write_transaction(self.engine) as conn:
+                return conn.execute(
+                    delete(t.aliases).where(t.aliases.c.name == name, t.aliases.c.alias == alias)
+                ).rowcount
+
+        if not db.retry(tx, f"removing alias {name}@{alias}"):
+            raise NotFoundError(f"{name}@{alias}: no such alias")
+
+    def set_metrics(self, ref: str, task: str, values: Mapping[str, float]) -> ExpertRecord:
+        """Add or overwrite metrics of one expert version on one task."""
+        scores = _metric_rows({task: values}, task)
+
+        def tx() -> int:
+            with db.write_transaction(self.engine) as conn:
+                expert_id = lookup.resolve(conn, ref).id
+                self._put_metrics(conn, expert_id, scores)
+                return expert_id
+
+        return self._record(db.retry(tx, f"setting metrics of {ref}"))
+
+    def set_hub(self, ref: str, repo: str, commit: str) -> ExpertRecord:
+        """Record where a version was pushed (the only fields of a version that ever change)."""
+
+        def tx() -> int:
+            with db.write_transaction(self.engine) as conn:
+                expert_id = lookup.resolve(conn, ref).id
+                conn.execute(
+                    update(t.experts)
+                    .where(t.experts.c.id == expert_id)
+                    .values(hub_repo=repo, hub_commit=commit)
+                )
+                return expert_id
+
+        return self._record(db.retry(tx, f"setting the hub location of {ref}"))
+
+    def lineage(self, ref: str) -> dict[str, list[dict[str, Any]]]:
+        """{"parents": [{ref, role, weight, present}], "children": [{ref, role, weight}]}."""
+        with self.engine.connect() as conn:
+            me = lookup.resolve(conn, ref)
+            parents = conn.execute(
+                select(t.lineage.c.parent, t.lineage.c.role, t.lineage.c.weight)
+                .where(t.lineage.c.child_id == me.id)
+                .order_by(t.lineage.c.parent)
+            ).all()
+            present = {
+                f"{n}@{v}"
+                for n, v in conn.execute(
+                    select(t.experts.c.name, t.experts.c.version).where(
+                        t.experts.c.name.in_({p.parent.partition("@")[0] for p in parents})
+                    )
+                )
+            }
+            children = conn.execute(
+                select(t.experts.c.name, t.experts.c.version, t.lineage.c.role, t.lineage.c.weight)
+                .join(t.lineage, t.lineage.c.child_id == t.experts.c.id)
+                .where(t.lineage.c.parent == me.ref)
+                .order_by(t.experts.c.name, t.experts.c.version)
+            ).all()
+        return {
+            "parents": [
+                {"ref": p.parent, "role": p.role, "weight": p.weight, "present": p.parent in present}
+                for p in parents
+            ],
+            "children": [
+                {"ref": f"{c.name}@{c.version}", "role": c.role, "weight": c.weight} for c in children
+            ],
+        }
+
+    # ---- blobs ------------------------------------------------------------------------------
+
+    def blob_path(self, record: ExpertRecord) -> Path:
+        return self.blobs.path(record.blob)
+
+    def load(self, ref: str) -> Expert:
+        """Unpack an expert version from its blob, after checking the blob is still intact."""
+        from hubtool.format import unpack
+
+        record = self.get(ref)
+        path = self.blob_path(record)
+        if not path.is_file():
+            raise NotFoundError(f"{record.ref}: blob {path} is missing; run `hub verify`")
+        if sha256_file(path) != record.sha256:
+            raise HubError(f"{record.ref}: blob {path} does not match its sha256; run `hub verify`")
+        return unpack(path)
+
+    def verify(self) -> VerifyReport:
+        """Re-hash every blob: report versions whose blob changed or vanished, and store files
+        (including leftover temp files) that no version points to."""
+        with self.engine.connect() as conn:
+            rows = conn.execute(
+                select(t.experts.c.name, t.experts.c.version, t.experts.c.sha256, t.experts.c.blob).order_by(
+                    t.experts.c.name, t.experts.c.version
+                )
+            ).all()
+        report = VerifyReport()
+        actual: dict[str, str | None] = {}  # location -> sha256 of the file, None if missing
+        for name, version, sha, location in rows:
+            if location not in actual:
+                path = self.blobs.path(location)
+                actual[location] = sha256_file(path) if path.is_file() else None
+                report.checked += actual[location] is not None
+            if actual[location] is None:
+                report.missing.append(f"{name}@{version}")
+            elif actual[location] != sha:
+                report.mismatched.append(f"{name}@{version}")
+        report.orphans = [path for location, path in self.blobs.files() if location not in actual]
+        return report
+
+    # ---- tasks ------------------------------------------------------------------------------
+
+    def add_task(
+        self,
+        name: str,
+        *,
+        description: str | None = None,
+        tags: Iterable[str] = (),
+        data_source: str | None = None,
+        sizes: Mapping[str, int] | None = None,
+    ) -> TaskRecord:
+        """Describe a task (created, or replaced if it exists)."""
+        _check_name(name, "task name")
+        row = {
+            "name": name,
+            "description": description,
+            "tags": sorted(set(tags)),
+            "data_source": data_source,
+            "sizes": {k: int(v) for k, v in (sizes or {}).items()},
+            "created_at": _now(),
+        }
+
+        def tx() -> None:
+            with db.write_transaction(self.engine) as conn:
+                conn.execute(delete(t.tasks).where(t.tasks.c.name == name))
+                conn.execute(insert(t.tasks).values(**row))
+
+        db.retry(tx, f"adding task {name}")
+        return self.get_task(name)
+
+    def get_task(self, name: str) -> TaskRecord:
+        with self.engine.connect() as conn:
+            row = conn.execute(select(t.tasks).where(t.tasks.c.name == name)).first()
+        if row is None:
+            raise NotFoundError(f"no task named {name!r} in the catalog")
+        return _task_record(row)
+
+    def list_tasks(self) -> list[TaskRecord]:
+        with self.engine.connect() as conn:
+            return [_task_record(r) for r in conn.execute(select(t.tasks).order_by(t.tasks.c.name))]
+
+
+def _task_record(row: Row[Any]) -> TaskRecord:
+    return TaskRecord(
+        name=row.name,
+        description=row.description,
+        tags=list(row.tags or []),
+        data_source=row.data_source,
+        sizes=dict(row.sizes or {}),
+        created_at=row.created_at,
+    )

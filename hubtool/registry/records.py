@@ -1,0 +1,115 @@
+"""What the catalog hands back: plain dataclasses, detached from any database session."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+
+def _iso(t: datetime) -> str:
+    return t.astimezone(timezone.utc).isoformat().replace("+00:00", "Z")
+
+
+@dataclass
+class ExpertRecord:
+    """One expert version as the catalog knows it."""
+
+    id: int = field(repr=False)  # row id; internal, not part of to_dict()
+    name: str
+    version: int
+    kind: str
+    task: str  # primary task
+    tasks: list[str]  # all tasks, primary first
+    base_model: str
+    base_revision: str | None
+    targets: str | None
+    keep_ratio: float | None
+    nnz: int
+    bytes: int
+    sha256: str
+    blob: str  # location in the blob store; Catalog.blob_path(record) gives the file
+    created_at: datetime  # UTC
+    config: dict[str, Any]
+    description: str | None
+    hub_repo: str | None
+    hub_commit: str | None
+    metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value
+    tags: list[str] = field(default_factory=list)
+    aliases: list[str] = field(default_factory=list)  # aliases pointing at this version
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}@{self.version}"
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready: the catalog fields plus ref, metrics, tags and aliases."""
+        return {
+            "ref": self.ref,
+            "name": self.name,
+            "version": self.version,
+            "kind": self.kind,
+            "task": self.task,
+            "tasks": list(self.tasks),
+            "base_model": self.base_model,
+            "base_revision": self.base_revision,
+            "targets": self.targets,
+            "keep_ratio": self.keep_ratio,
+            "nnz": self.nnz,
+            "bytes": self.bytes,
+            "sha256": self.sha256,
+            "blob": self.blob,
+            "created_at": _iso(self.created_at),
+            "config": self.config,
+            "description": self.description,
+            "hub_repo": self.hub_repo,
+            "hub_commit": self.hub_commit,
+            "metrics": self.metrics,
+            "tags": list(self.tags),
+            "aliases": list(self.aliases),
+        }
+
+
+@dataclass
+class TaskRecord:
+    name: str
+    description: str | None
+    tags: list[str]
+    data_source: str | None
+    sizes: dict[str, int]  # split -> number of examples
+    created_at: datetime
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "name": self.name,
+            "description": self.description,
+            "tags": list(self.tags),
+            "data_source": self.data_source,
+            "sizes": dict(self.sizes),
+            "created_at": _iso(self.created_at),
+        }
+
+
+@dataclass
+class VerifyReport:
+    """What Catalog.verify() found. ok when every row's blob is present and hashes to its sha256
+    and no file in the store is unaccounted for."""
+
+    checked: int = 0  # blob files re-hashed
+    mismatched: list[str] = field(default_factory=list)  # refs whose blob content changed
+    missing: list[str] = field(default_factory=list)  # refs whose blob file is gone
+    orphans: list[Path] = field(default_factory=list)  # store files no row points to
+
+    @property
+    def ok(self) -> bool:
+        return not (self.mismatched or self.missing or self.orphans)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "ok": self.ok,
+            "checked": self.checked,
+            "mismatched": list(self.mismatched),
+            "missing": list(self.missing),
+            "orphans": [str(p) for p in self.orphans],
+        }

@@ -1,0 +1,133 @@
+"""The catalog's tables (SQLModel). The migrations in ``migrations/versions`` create exactly these.
+
+An expert version is an immutable row of ``experts`` (only ``hub_repo``/``hub_commit`` are filled
+in later, once pushed). Everything that grows after registration lives in its own rows so it can be
+filtered in SQL: ``metrics`` (one row per task and metric), ``expert_tags``, ``expert_tasks``,
+``aliases`` (movable names for a version) and ``lineage`` (child -> parent edges).
+
+``expert_names`` remembers the last version ever given to a name, so removing ``qa@3`` never lets a
+later registration reuse ``qa@3`` for different content.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlmodel import Field, SQLModel
+
+metadata = SQLModel.metadata
+
+
+def _fk(target: str, primary_key: bool = True) -> Column:
+    # Every child row goes with its expert version (SQLite needs PRAGMA foreign_keys=ON; see catalog).
+    return Column(Integer, ForeignKey(target, ondelete="CASCADE"), primary_key=primary_key, nullable=False)
+
+
+class ExpertName(SQLModel, table=True):
+    __tablename__ = "expert_names"
+
+    name: str = Field(primary_key=True)
+    last_version: int
+
+
+class ExpertRow(SQLModel, table=True):
+    __tablename__ = "experts"
+    __table_args__ = (
+        UniqueConstraint("name", "version", name="uq_experts_name_version"),
+        Index("ix_experts_task", "task"),
+        Index("ix_experts_base_model", "base_model"),
+        Index("ix_experts_kind", "kind"),
+        Index("ix_experts_sha256", "sha256"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    name: str
+    version: int
+    kind: str
+    task: str  # the primary task; all tasks are rows of expert_tasks
+    base_model: str
+    base_revision: str | None = None
+    targets: str | None = None
+    keep_ratio: float | None = None
+    nnz: int
+    bytes: int
+    sha256: str
+    blob: str  # path under the blob store, "ab/abcd....safetensors"
+    created_at: datetime
+    config: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))
+    description: str | None = None
+    hub_repo: str | None = None
+    hub_commit: str | None = None
+
+
+class ExpertTask(SQLModel, table=True):
+    __tablename__ = "expert_tasks"
+    __table_args__ = (Index("ix_expert_tasks_task", "task", "expert_id"),)
+
+    expert_id: int = Field(sa_column=_fk("experts.id"))
+    task: str = Field(primary_key=True)
+
+
+class ExpertTag(SQLModel, table=True):
+    __tablename__ = "expert_tags"
+    __table_args__ = (Index("ix_expert_tags_tag", "tag", "expert_id"),)
+
+    expert_id: int = Field(sa_column=_fk("experts.id"))
+    tag: str = Field(primary_key=True)
+
+
+class MetricRow(SQLModel, table=True):
+    # The key (expert_id, metric, task) is what --where 'rougeL>=30' and --sort -rougeL look up per
+    # expert. Deliberately no index starting with metric: SQLite would prefer it for those
+    # per-expert lookups and scan every expert's rougeL row for each expert.
+    __tablename__ = "metrics"
+
+    expert_id: int = Field(sa_column=_fk("experts.id"))
+    metric: str = Field(primary_key=True)
+    task: str = Field(primary_key=True)
+    value: float
+
+
+class AliasRow(SQLModel, table=True):
+    __tablename__ = "aliases"
+
+    name: str = Field(primary_key=True)
+    alias: str = Field(primary_key=True)
+    expert_id: int = Field(sa_column=_fk("experts.id", primary_key=False))
+
+
+class LineageEdge(SQLModel, table=True):
+    """child -> parent. The parent is kept as a "name@version" string: it may live in another
+    catalog (pulled from the Hub) or be removed later, and the edge must still tell the story."""
+
+    __tablename__ = "lineage"
+    __table_args__ = (Index("ix_lineage_parent", "parent"),)
+
+    child_id: int = Field(sa_column=_fk("experts.id"))
+    parent: str = Field(primary_key=True)
+    role: str | None = None  # e.g. "merge", "init", "distill"
+    weight: float | None = None  # e.g. the parent's merge coefficient
+
+
+class TaskRow(SQLModel, table=True):
+    __tablename__ = "tasks"
+
+    name: str = Field(primary_key=True)
+    description: str | None = None
+    tags: list[str] | None = Field(default=None, sa_column=Column(JSON))
+    data_source: str | None = None
+    sizes: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))  # split -> examples
+    created_at: datetime
+
+
+# Core handles on the same tables: the catalog queries through these (no per-row ORM objects).
+experts = ExpertRow.__table__
+expert_names = ExpertName.__table__
+expert_tasks = ExpertTask.__table__
+expert_tags = ExpertTag.__table__
+metrics = MetricRow.__table__
+aliases = AliasRow.__table__
+lineage = LineageEdge.__table__
+tasks = TaskRow.__table__

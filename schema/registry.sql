@@ -1,0 +1,100 @@
+-- The catalog schema (SQLite) as the migrations create it. Generated; do not edit:
+--   python -m hubtool.registry.schema_dump > schema/registry.sql
+
+CREATE TABLE alembic_version (
+	version_num VARCHAR(32) NOT NULL,
+	CONSTRAINT alembic_version_pkc PRIMARY KEY (version_num)
+);
+
+CREATE TABLE aliases (
+	name VARCHAR NOT NULL,
+	alias VARCHAR NOT NULL,
+	expert_id INTEGER NOT NULL,
+	PRIMARY KEY (name, alias),
+	FOREIGN KEY(expert_id) REFERENCES experts (id) ON DELETE CASCADE
+);
+
+CREATE TABLE expert_names (
+	name VARCHAR NOT NULL,
+	last_version INTEGER NOT NULL,
+	PRIMARY KEY (name)
+);
+
+CREATE TABLE expert_tags (
+	expert_id INTEGER NOT NULL,
+	tag VARCHAR NOT NULL,
+	PRIMARY KEY (expert_id, tag),
+	FOREIGN KEY(expert_id) REFERENCES experts (id) ON DELETE CASCADE
+);
+
+CREATE TABLE expert_tasks (
+	expert_id INTEGER NOT NULL,
+	task VARCHAR NOT NULL,
+	PRIMARY KEY (expert_id, task),
+	FOREIGN KEY(expert_id) REFERENCES experts (id) ON DELETE CASCADE
+);
+
+CREATE TABLE experts (
+	id INTEGER NOT NULL,
+	name VARCHAR NOT NULL,
+	version INTEGER NOT NULL,
+	kind VARCHAR NOT NULL,
+	task VARCHAR NOT NULL,
+	base_model VARCHAR NOT NULL,
+	base_revision VARCHAR,
+	targets VARCHAR,
+	keep_ratio FLOAT,
+	nnz INTEGER NOT NULL,
+	bytes INTEGER NOT NULL,
+	sha256 VARCHAR NOT NULL,
+	blob VARCHAR NOT NULL,
+	created_at DATETIME NOT NULL,
+	config JSON,
+	description VARCHAR,
+	hub_repo VARCHAR,
+	hub_commit VARCHAR,
+	PRIMARY KEY (id),
+	CONSTRAINT uq_experts_name_version UNIQUE (name, version)
+);
+
+CREATE TABLE lineage (
+	child_id INTEGER NOT NULL,
+	parent VARCHAR NOT NULL,
+	role VARCHAR,
+	weight FLOAT,
+	PRIMARY KEY (child_id, parent),
+	FOREIGN KEY(child_id) REFERENCES experts (id) ON DELETE CASCADE
+);
+
+CREATE TABLE metrics (
+	expert_id INTEGER NOT NULL,
+	metric VARCHAR NOT NULL,
+	task VARCHAR NOT NULL,
+	value FLOAT NOT NULL,
+	PRIMARY KEY (expert_id, metric, task),
+	FOREIGN KEY(expert_id) REFERENCES experts (id) ON DELETE CASCADE
+);
+
+CREATE TABLE tasks (
+	name VARCHAR NOT NULL,
+	description VARCHAR,
+	tags JSON,
+	data_source VARCHAR,
+	sizes JSON,
+	created_at DATETIME NOT NULL,
+	PRIMARY KEY (name)
+);
+
+CREATE INDEX ix_expert_tags_tag ON expert_tags (tag, expert_id);
+
+CREATE INDEX ix_expert_tasks_task ON expert_tasks (task, expert_id);
+
+CREATE INDEX ix_experts_base_model ON experts (base_model);
+
+CREATE INDEX ix_experts_kind ON experts (kind);
+
+CREATE INDEX ix_experts_sha256 ON experts (sha256);
+
+CREATE INDEX ix_experts_task ON experts (task);
+
+CREATE INDEX ix_lineage_parent ON lineage (parent);

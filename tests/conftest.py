@@ -1,0 +1,61 @@
+"""Shared fixtures: a throw-away HUB_HOME and a factory for small packed expert files."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+
+@pytest.fixture
+def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """HUB_HOME in a temp dir, so the default catalog and blob store are private to the test."""
+    home = tmp_path / "hub"
+    monkeypatch.setenv("HUB_HOME", str(home))
+    monkeypatch.delenv("HUB_CATALOG", raising=False)
+    return home
+
+
+def write_sparse_expert(
+    path: Path, *, name: str = "qa", task: str = "qa", seed: int = 0, **meta: Any
+) -> Path:
+    """Pack a small random sparse expert (two weights, [16, 32] and [8, 32], keep ratio 0.1).
+
+    Different seeds give different content; the same seed gives byte-identical files.
+    `meta` goes to Expert (metrics, parents, config, base_model, kind, ...).
+    """
+    import torch
+
+    from hubtool.format import Expert, SparseDelta, pack
+
+    gen = torch.Generator().manual_seed(seed)
+    deltas = {}
+    for weight, shape in (
+        ("model.layers.0.self_attn.q_proj.weight", (16, 32)),
+        ("model.layers.0.self_attn.k_proj.weight", (8, 32)),
+    ):
+        n = shape[0] * shape[1]
+        positions = torch.randperm(n, generator=gen)[: n // 10].sort().values
+        deltas[weight] = SparseDelta(shape, positions, torch.randn(positions.numel(), generator=gen))
+    meta.setdefault("base_model", "tiny-llama")
+    meta.setdefault("kind", "sparse")
+    meta.setdefault("keep_ratio", 0.1)
+    pack(Expert(name=name, task=task, deltas=deltas, **meta), path)
+    return path
+
+
+@pytest.fixture
+def packed(tmp_path: Path) -> Callable[..., Path]:
+    """packed(name="qa", task="qa", seed=0, **meta) -> path of a fresh packed expert file."""
+    counter = iter(range(10**6))
+
+    def make(name: str = "qa", task: str = "qa", seed: int = 0, **meta: Any) -> Path:
+        folder = tmp_path / "packed"
+        folder.mkdir(exist_ok=True)
+        return write_sparse_expert(
+            folder / f"{name}-{seed}-{next(counter)}.safetensors", name=name, task=task, seed=seed, **meta
+        )
+
+    return make
