@@ -83,7 +83,7 @@ def show(ref: RefArg, json_: JsonOpt = False, catalog: CatalogOpt = None) -> Non
     rec = cat.get(ref)
     header = read_header(cat.blob_path(rec))
     lineage = cat.lineage(rec.ref)
-    info = rec.to_dict() | {"tensors": header["tensors"], "lineage": lineage}
+    info = rec.to_dict() | {"weights": header["weights"], "lineage": lineage}
     if json_:
         print_json(info)
         return
@@ -118,7 +118,7 @@ def show(ref: RefArg, json_: JsonOpt = False, catalog: CatalogOpt = None) -> Non
     table = Table(box=None, header_style="bold", title=None)
     for col in ("weight", "shape", "nnz", "density", "encoding"):
         table.add_column(col, justify="left" if col in ("weight", "encoding") else "right")
-    for weight, t in header["tensors"].items():
+    for weight, t in header["weights"].items():
         rows, cols = t["shape"]
         table.add_row(weight, f"{rows}×{cols}", f"{t['nnz']:,}", f"{t['nnz'] / (rows * cols):.4f}", t.get("encoding", "-"))
     console.print(table)

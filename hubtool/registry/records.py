@@ -52,6 +52,7 @@ class ExpertRecord:
             "kind": self.kind,
             "task": self.task,
             "tasks": list(self.tasks),
+            "base": self.base_model,  # the short key `hub list --json` users filter on
             "base_model": self.base_model,
             "base_revision": self.base_revision,
             "targets": self.targets,
