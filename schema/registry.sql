@@ -14,6 +14,16 @@ CREATE TABLE aliases (
 	FOREIGN KEY(expert_id) REFERENCES experts (id) ON DELETE CASCADE
 );
 
+CREATE TABLE base_metrics (
+	base_model VARCHAR NOT NULL,
+	base_revision VARCHAR,
+	task VARCHAR NOT NULL,
+	metric VARCHAR NOT NULL,
+	value FLOAT NOT NULL,
+	evaluated_at DATETIME NOT NULL,
+	PRIMARY KEY (base_model, task, metric)
+);
+
 CREATE TABLE expert_names (
 	name VARCHAR NOT NULL,
 	last_version INTEGER NOT NULL,

@@ -299,6 +299,51 @@ def test_set_metrics_and_hub(populated):
     assert cat.get("qa@1").hub_repo is None
 
 
+def test_base_metrics_are_set_replaced_and_read_per_base_model_and_task(cat):
+    assert cat.base_metrics("smollm2-135m", "qa") == {}
+    cat.set_base_metrics("smollm2-135m", "qa", {"rougeL": 20.0, "em": 0.1}, revision="r1")
+    cat.set_base_metrics("smollm2-135m", "summ", {"rougeL": 15})
+    cat.set_base_metrics("other-base", "qa", {"rougeL": 25.0})
+    assert cat.base_metrics("smollm2-135m", "qa") == {"em": 0.1, "rougeL": 20.0}
+    # Re-evaluating replaces the metrics measured again and their revision; the others stay.
+    cat.set_base_metrics("smollm2-135m", "qa", {"rougeL": 22.5, "accuracy": 0.6}, revision="r2")
+    assert cat.base_metrics("smollm2-135m", "qa") == {"accuracy": 0.6, "em": 0.1, "rougeL": 22.5}
+    assert cat.base_metrics("smollm2-135m", "summ") == {"rougeL": 15.0}
+    assert cat.base_metrics("other-base", "qa") == {"rougeL": 25.0}
+    with cat.engine.connect() as conn:
+        sql = "SELECT metric, base_revision FROM base_metrics WHERE base_model = ? AND task = ?"
+        revisions = dict(conn.exec_driver_sql(sql, ("smollm2-135m", "qa")).all())
+    assert revisions == {"accuracy": "r2", "em": "r1", "rougeL": "r2"}
+    assert Catalog().base_metrics("smollm2-135m", "qa")["rougeL"] == 22.5  # stored, not cached
+
+    with pytest.raises(HubError, match=r"'rougeL'.*finite number"):
+        cat.set_base_metrics("smollm2-135m", "qa", {"em": 0.2, "rougeL": float("nan")})
+    with pytest.raises(HubError, match="at least one metric"):
+        cat.set_base_metrics("smollm2-135m", "qa", {})
+    assert cat.base_metrics("smollm2-135m", "qa")["em"] == 0.1  # a rejected call changes nothing
+
+
+def test_gains_are_expert_minus_its_own_base_model(populated):
+    cat = populated
+    cat.set_base_metrics("tiny-llama", "qa", {"rougeL": 20.0, "em": 0.1, "accuracy": 0.5})
+    cat.set_base_metrics("tiny-llama", "summ", {"rougeL": 30.0})
+    qa1 = cat.get("qa@1")
+    assert cat.gains("qa@1") == {
+        "qa": {m: pytest.approx(qa1.metrics["qa"][m] - base) for m, base in (("rougeL", 20.0), ("em", 0.1))}
+    }
+    assert cat.gains("qa") == {"qa": {"rougeL": 8.0}}  # qa@2 has rougeL only
+    assert cat.gains("summ@1") == {}  # its base is other-base, never evaluated
+    assert cat.gains("both@1") == {}  # no metrics of its own
+    cat.set_metrics("both@1", "summ", {"rougeL": 31.0, "bleu": 9.0})
+    assert cat.gains("both@1") == {"summ": {"rougeL": 1.0}}
+    cat.set_base_metrics("other-base", "summ", {"rougeL": 42.5})
+    assert cat.gains("summ@1") == {"summ": {"rougeL": -2.5}}
+    # Gains are asked for per expert; list rows stay as they were (no baseline lookups in list()).
+    assert "gains" not in cat.get("qa@1").to_dict() and "gains" not in cat.list()[0].to_dict()
+    with pytest.raises(NotFoundError, match="no expert named 'nope'"):
+        cat.gains("nope")
+
+
 def test_verify_finds_corrupt_missing_and_orphan_blobs(cat, hub_home, packed):
     path = packed("qa", seed=1)
     a = cat.register(path)

@@ -3,6 +3,9 @@ fast path (no alembic import) knows the newest revision."""
 
 from __future__ import annotations
 
+import hashlib
+import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -11,7 +14,9 @@ from alembic.migration import MigrationContext
 from sqlalchemy import inspect, text
 
 from hubtool.errors import HubError
+from hubtool.format.header import read_header
 from hubtool.registry import Catalog, db, migrate
+from hubtool.registry.blobs import blob_location
 from hubtool.registry.schema_dump import dump_schema
 from hubtool.registry.tables import metadata
 
@@ -60,3 +65,57 @@ def test_a_catalog_newer_than_this_hubtool_is_refused(tmp_path):
     engine.dispose()
     with pytest.raises(HubError, match="'9999' is newer than this hubtool"):
         Catalog(url, blobs=tmp_path / "blobs")
+
+
+def write_0001_catalog(url: str, blobs: Path, path: Path) -> None:
+    """A catalog as hubtool at schema 0001 left it: the 0001 migration only, then one expert (qa@1,
+    with a task, tag, metrics, an alias and a parent edge) written the way 0001's register() did."""
+    engine = db.make_engine(url)
+    migrate.upgrade(engine, "0001")
+    header = read_header(path)
+    sha = hashlib.sha256(path.read_bytes()).hexdigest()
+    (blobs / blob_location(sha)).parent.mkdir(parents=True)
+    shutil.copyfile(path, blobs / blob_location(sha))
+    expert = {
+        "name": "qa", "version": 1, "kind": header["kind"], "task": "qa", "base_model": header["base_model"],
+        "nnz": sum(int(w["nnz"]) for w in header["weights"].values()), "bytes": path.stat().st_size,
+        "sha256": sha, "blob": blob_location(sha), "created_at": "2026-11-25 10:00:00.000000",
+        "config": json.dumps({"lr": 0.001}),
+    }  # fmt: skip
+    with engine.begin() as conn:
+        conn.execute(
+            text(f"INSERT INTO experts ({', '.join(expert)}) VALUES ({', '.join(':' + k for k in expert)})"),
+            expert,
+        )
+        conn.execute(text("INSERT INTO expert_names VALUES ('qa', 1)"))
+        conn.execute(text("INSERT INTO expert_tasks VALUES (1, 'qa')"))
+        conn.execute(text("INSERT INTO expert_tags VALUES (1, 'demo')"))
+        conn.execute(text("INSERT INTO metrics VALUES (1, 'rougeL', 'qa', 31.5), (1, 'em', 'qa', 0.25)"))
+        conn.execute(text("INSERT INTO aliases VALUES ('qa', 'best', 1)"))
+        conn.execute(text("INSERT INTO lineage VALUES (1, 'seed@2', 'init', NULL)"))
+    engine.dispose()
+
+
+def test_a_0001_catalog_is_upgraded_with_its_data_intact(tmp_path, packed):
+    url, blobs = f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "blobs"
+    path = packed("qa", "qa", seed=4)
+    write_0001_catalog(url, blobs, path)
+    engine = db.make_engine(url)
+    assert db.stored_revision(engine) == "0001"
+    assert "base_metrics" not in inspect(engine).get_table_names()
+
+    with Catalog(url, blobs=blobs) as cat:
+        assert db.stored_revision(engine) == db.SCHEMA_HEAD == "0002"
+        assert "base_metrics" in inspect(engine).get_table_names()
+        rec = cat.get("qa@best")
+        assert (rec.ref, rec.tasks, rec.tags, rec.aliases) == ("qa@1", ["qa"], ["demo"], ["best"])
+        assert rec.metrics == {"qa": {"em": 0.25, "rougeL": 31.5}} and rec.config == {"lr": 0.001}
+        assert cat.lineage("qa")["parents"] == [
+            {"ref": "seed@2", "role": "init", "weight": None, "present": False}
+        ]
+        assert cat.load("qa").nnz == rec.nnz and cat.verify().ok
+        # The old expert gains against baselines recorded after the upgrade; versions carry on.
+        cat.set_base_metrics(rec.base_model, "qa", {"rougeL": 20.0})
+        assert cat.gains("qa") == {"qa": {"rougeL": 11.5}}
+        assert cat.register(packed("qa", "qa", seed=5)).version == 2
+    engine.dispose()

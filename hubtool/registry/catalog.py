@@ -5,6 +5,8 @@
     cat.alias("qa", "best", rec.version)
     cat.list(task="qa", where="rougeL>=30", sort="-rougeL", limit=20)
     expert = cat.load("qa@best")
+    cat.set_base_metrics("smollm2-135m", "qa", {"rougeL": 22.0})   # what `hub eval --base` stores
+    cat.gains("qa@best")                     # {"qa": {"rougeL": expert's rougeL - base model's}}
 
 Refs: "qa" is the latest version, "qa@3" a version, "qa@best" an alias (lookup.py). Writes take the
 database's write lock up front and retry when busy (db.py), so many processes can share a catalog.
@@ -24,7 +26,7 @@ from sqlalchemy.engine import Connection
 
 from hubtool import paths
 from hubtool.errors import HubError, NotFoundError
-from hubtool.registry import db, lookup
+from hubtool.registry import baselines, db, lookup
 from hubtool.registry import tables as t
 from hubtool.registry import where as where_lang
 from hubtool.registry.blobs import BlobStore, Staged, sha256_file
@@ -384,6 +386,37 @@ class Catalog:
                 {"ref": f"{c.name}@{c.version}", "role": c.role, "weight": c.weight} for c in children
             ],
         }
+
+    # ---- base-model baselines ---------------------------------------------------------------
+
+    def set_base_metrics(
+        self, base_model: str, task: str, values: Mapping[str, float], *, revision: str | None = None
+    ) -> None:
+        """Record how the base model itself scores on a task; a metric measured again is replaced."""
+        if not base_model or not task:
+            raise HubError(f"base metrics: expected a base model and a task, got {base_model!r}, {task!r}")
+        if not values:
+            raise HubError(f"base metrics of {base_model} on {task}: expected at least one metric")
+        scores = {m: _float(v, f"base metrics of {base_model} on {task}[{m!r}]") for m, v in values.items()}
+        at = _now()
+
+        def tx() -> None:
+            with db.write_transaction(self.engine) as conn:
+                baselines.put(conn, base_model, task, scores, revision, at)
+
+        db.retry(tx, f"setting base metrics of {base_model} on {task}")
+
+    def base_metrics(self, base_model: str, task: str) -> dict[str, float]:
+        """{metric: value} of the base model on one task; {} if it was never evaluated there."""
+        with self.engine.connect() as conn:
+            return baselines.fetch(conn, base_model, [task]).get(task, {})
+
+    def gains(self, ref: str) -> dict[str, dict[str, float]]:
+        """{task: {metric: expert value - base model value}} for the metrics both have."""
+        with self.engine.connect() as conn:  # one read transaction: the record and its baselines agree
+            record = lookup.fetch(conn, lookup.resolve(conn, ref).id)
+            base = baselines.fetch(conn, record.base_model, record.metrics)
+        return baselines.gains(record.metrics, base)
 
     # ---- blobs ------------------------------------------------------------------------------
 

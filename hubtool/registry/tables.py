@@ -7,6 +7,9 @@ filtered in SQL: ``metrics`` (one row per task and metric), ``expert_tags``, ``e
 
 ``expert_names`` remembers the last version ever given to a name, so removing ``qa@3`` never lets a
 later registration reuse ``qa@3`` for different content.
+
+``base_metrics`` holds the base model's own scores (``hub eval --base``), one value per
+(base model, task, metric): an expert's gain is its metric minus the one of its base model.
 """
 
 from __future__ import annotations
@@ -111,6 +114,19 @@ class LineageEdge(SQLModel, table=True):
     weight: float | None = None  # e.g. the parent's merge coefficient
 
 
+class BaseMetricRow(SQLModel, table=True):
+    # Keyed without the revision on purpose: re-evaluating a base model replaces its score, and
+    # base_revision records which revision the score is for.
+    __tablename__ = "base_metrics"
+
+    base_model: str = Field(primary_key=True)
+    base_revision: str | None = None
+    task: str = Field(primary_key=True)
+    metric: str = Field(primary_key=True)
+    value: float
+    evaluated_at: datetime
+
+
 class TaskRow(SQLModel, table=True):
     __tablename__ = "tasks"
 
@@ -128,6 +144,7 @@ expert_names = ExpertName.__table__
 expert_tasks = ExpertTask.__table__
 expert_tags = ExpertTag.__table__
 metrics = MetricRow.__table__
+base_metrics = BaseMetricRow.__table__
 aliases = AliasRow.__table__
 lineage = LineageEdge.__table__
 tasks = TaskRow.__table__
