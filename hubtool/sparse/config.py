@@ -1,0 +1,78 @@
+"""What an adapter is: one small dataclass shared by every adapter kind (no torch import here).
+
+The same config drives sparse, block-sparse, LoRA and full fine-tuning so that `hub train` can switch
+between them with one flag and the catalog can store one JSON shape for all of them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from hubtool.errors import HubError
+
+METHODS = ("sparse", "block-sparse", "lora", "full")
+MASK_SCORES = ("sensitivity", "snip", "grad", "magnitude", "random")
+TARGET_PRESETS = ("qkv", "attn", "mlp", "all")
+
+# The paper re-selects every 100 micro-batches; at effective batch 16 that is ~6 optimizer steps.
+DEFAULT_MASK_INTERVAL = 6
+
+
+@dataclass
+class AdapterConfig:
+    """How to adapt a base model.
+
+    method       sparse | block-sparse | lora | full
+    targets      qkv | attn | mlp | all | a regex searched in module names
+    keep_ratio   fraction of each target weight that is trained (sparse kinds), exact per weight
+    block_size   B of the B x B tiles (block-sparse)
+    mask_score   sensitivity (|delta * dL/dW|, iterative, the paper's) | snip | grad | magnitude | random
+                 (the last four choose the mask once, before the first step)
+    mask_interval  optimizer steps between re-selections (sensitivity)
+    mask_steps   re-select only during the first mask_steps steps, then freeze; None: the first epoch
+    rank, alpha  LoRA rank and scaling (delta = alpha / rank * B @ A)
+    seed         seeds the random mask and the LoRA initialisation
+    """
+
+    method: str = "sparse"
+    targets: str = "qkv"
+    keep_ratio: float = 0.05
+    block_size: int = 16
+    mask_score: str = "sensitivity"
+    mask_interval: int = DEFAULT_MASK_INTERVAL
+    mask_steps: int | None = None
+    rank: int = 4
+    alpha: float = 16.0
+    seed: int = 0
+    extra: dict[str, Any] = field(default_factory=dict)  # room for kind-specific knobs
+
+    def __post_init__(self) -> None:
+        if self.method not in METHODS:
+            raise HubError(f"adapter method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+        if self.mask_score not in MASK_SCORES:
+            raise HubError(f"mask_score: expected one of {', '.join(MASK_SCORES)}, got {self.mask_score!r}")
+        if not 0.0 < self.keep_ratio <= 1.0:
+            raise HubError(f"keep_ratio: expected a number in (0, 1], got {self.keep_ratio}")
+        if self.block_size < 1:
+            raise HubError(f"block_size: expected a positive integer, got {self.block_size}")
+        if self.mask_interval < 1:
+            raise HubError(f"mask_interval: expected a positive number of steps, got {self.mask_interval}")
+        if self.mask_steps is not None and self.mask_steps < 1:
+            raise HubError(f"mask_steps: expected a positive number of steps, got {self.mask_steps}")
+        if self.rank < 1:
+            raise HubError(f"rank: expected a positive integer, got {self.rank}")
+
+    @property
+    def is_sparse(self) -> bool:
+        return self.method in ("sparse", "block-sparse")
+
+    @property
+    def expert_kind(self) -> str:
+        """The hubtool.format kind this adapter packs to."""
+        return {"sparse": "sparse", "block-sparse": "block-sparse", "lora": "lora", "full": "full-delta"}[
+            self.method
+        ]
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)

@@ -1,0 +1,316 @@
+"""The layers that stand in for a target linear module, one per adapter kind, all of one shape.
+
+Every layer holds the base weight as W [out, in] with requires_grad=False (GPT-2's Conv1D stores
+[in, out]; it is transposed once on wrapping and back on merge/export, so everything inside works
+in the Linear convention) and answers the same three questions:
+    forward(x)      y = x (W + delta)ᵀ + bias
+    delta_dense()   the delta as an fp32 [out, in] tensor
+    to_delta()      a hubtool.format delta in the *stored* layout of the base parameter
+and merged() returns a plain Linear/Conv1D with the delta folded in.
+
+SparseLayer (sparse and block-sparse) moves through phases, see hubtool.sparse.adapters:
+    dense   a dense fp32 delta [out, in] is trained; once a mask exists the forward uses only the
+            kept entries, but the gradient stays dense (straight-through) so the next re-selection
+            can score every entry; the adapter zeroes it outside the mask before each step
+    probe   no delta at all: one backward reports dL/dW [out, in] to a callback that picks the mask
+            (snip / grad), then the dense gradient is dropped
+    frozen  only the kept values [nnz] (or tiles [n_tiles, B, B]) exist; forward/backward through
+            hubtool.kernels (W + D folded into one matmul, values' gradient = (gᵀx) at the kept entries)
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hubtool.format.types import BlockDelta, Delta, DenseDelta, LoraDelta, SparseDelta
+from hubtool.kernels import reference
+from hubtool.kernels.reference import tile_positions
+from hubtool.sparse.masks import dense_mask
+
+
+class DeltaLayer(nn.Module):
+    """Common part: the frozen base weight/bias and the layout bookkeeping."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__()
+        self.transposed = type(base).__name__ == "Conv1D"
+        w = base.weight.detach()
+        self.weight = nn.Parameter(w.t().contiguous() if self.transposed else w, requires_grad=False)
+        bias = getattr(base, "bias", None)
+        self.bias = None if bias is None else nn.Parameter(bias.detach(), requires_grad=False)
+
+    @property
+    def shape(self) -> tuple[int, int]:
+        return (self.weight.shape[0], self.weight.shape[1])
+
+    @property
+    def stored_weight(self) -> torch.Tensor:
+        """W in the base parameter's own layout (what fingerprints and expert keys refer to)."""
+        return self.weight.t() if self.transposed else self.weight
+
+    def delta_dense(self) -> torch.Tensor:
+        raise NotImplementedError
+
+    def to_delta(self) -> Delta:
+        raise NotImplementedError
+
+    def trainable(self) -> list[nn.Parameter]:
+        return [p for p in self.parameters() if p.requires_grad]
+
+    @torch.no_grad()
+    def merged(self) -> nn.Module:
+        """A plain Linear (or Conv1D) with W + delta, on W's device and dtype."""
+        w = (self.weight.float() + self.delta_dense().to(self.weight.device)).to(self.weight.dtype)
+        out_f, in_f = self.shape
+        if self.transposed:
+            from transformers.pytorch_utils import Conv1D
+
+            module = Conv1D(out_f, in_f)
+            w = w.t()
+        else:
+            module = nn.Linear(in_f, out_f, bias=self.bias is not None)
+        module = module.to(device=w.device, dtype=w.dtype)
+        module.weight.copy_(w)
+        if self.bias is not None:
+            module.bias.copy_(self.bias)
+        module.requires_grad_(False)
+        return module
+
+
+class SparseLayer(DeltaLayer):
+    """Sparse (block_size None) or block-sparse (B x B tiles) delta on one weight."""
+
+    def __init__(self, base: nn.Module, block_size: int | None = None):
+        super().__init__(base)
+        self.block_size = block_size
+        self.delta: nn.Parameter | None = None  # dense phase, fp32 [out, in]
+        self.values: nn.Parameter | None = None  # frozen phase, fp32 [nnz] or [n_tiles, B, B]
+        self.anchor: nn.Parameter | None = None  # probe phase: a scalar so autograd reaches this layer
+        self.register_buffer("kept", None)  # int64 positions [nnz] or tile ids [n_tiles]
+        self.register_buffer("mask", None, persistent=False)  # bool [out, in], dense phase only
+        self._on_grad: Callable[[torch.Tensor], None] | None = None
+
+    @property
+    def phase(self) -> str:
+        if self.values is not None:
+            return "frozen"
+        if self.delta is not None:
+            return "dense"
+        return "probe" if self.anchor is not None else "new"
+
+    # --- phase changes ------------------------------------------------------------------------------
+
+    def begin_dense(self) -> None:
+        self.delta = nn.Parameter(torch.zeros(self.shape, device=self.weight.device))
+
+    def begin_probe(self, on_grad: Callable[[torch.Tensor], None]) -> None:
+        self.anchor = nn.Parameter(torch.zeros((), device=self.weight.device))
+        self._on_grad = on_grad
+
+    def set_mask(self, kept: torch.Tensor) -> None:
+        """Dense phase: from now on only `kept` entries act in the forward pass."""
+        self.kept = kept.to(self.weight.device)
+        self.mask = dense_mask(self.kept, self.shape, self.block_size)
+
+    @torch.no_grad()
+    def mask_grad_(self) -> None:
+        if self.delta is not None and self.delta.grad is not None and self.mask is not None:
+            self.delta.grad.masked_fill_(~self.mask, 0.0)
+
+    @torch.no_grad()
+    def freeze(self, kept: torch.Tensor | None = None) -> nn.Parameter | None:
+        """Keep only the values at `kept` (default: the current mask); returns the dropped dense delta.
+
+        Values start from the dense delta at the kept entries (zeros when there was none).
+        """
+        if kept is not None:
+            self.kept = kept.to(self.weight.device)
+        if self.kept is None:
+            raise RuntimeError("freeze() before any mask was selected")
+        old = self.delta
+        start = (
+            self.gather(old)
+            if old is not None
+            else torch.zeros(self._values_shape(), device=self.weight.device)
+        )
+        self.values = nn.Parameter(start.float().contiguous())
+        self.delta, self.mask, self.anchor, self._on_grad = None, None, None, None
+        return old
+
+    def gather(self, dense: torch.Tensor) -> torch.Tensor:
+        """The kept entries of a dense [out, in] tensor, in the values layout (zeros outside W for tiles)."""
+        flat = dense.detach().reshape(-1)
+        if self.block_size is None:
+            return flat[self.kept]
+        pos, inside = tile_positions(self.kept, self.shape, self.block_size)
+        return torch.where(inside, flat[pos], torch.zeros((), dtype=flat.dtype, device=flat.device))
+
+    def _values_shape(self) -> tuple[int, ...]:
+        n = int(self.kept.numel())
+        return (n,) if self.block_size is None else (n, self.block_size, self.block_size)
+
+    # --- compute --------------------------------------------------------------------------------------
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.values is not None:
+            kernels = _kernels(self.weight)
+            if self.block_size is None:
+                y = kernels.sparse_linear(x, self.weight, self.kept, self.values)
+            else:
+                y = kernels.block_linear(x, self.weight, self.kept, self.values, self.block_size)
+        elif self.delta is not None:
+            d = self.delta if self.mask is None else _MaskedStraightThrough.apply(self.delta, self.mask)
+            y = F.linear(x, self.weight + d.to(self.weight.dtype))
+        elif self.anchor is not None:
+            y = _ProbeGrad.apply(x, self.weight, self.anchor, self._on_grad)
+        else:
+            y = F.linear(x, self.weight)
+        return y if self.bias is None else y + self.bias
+
+    def delta_dense(self) -> torch.Tensor:
+        if self.values is not None:
+            out = torch.zeros(self.shape[0] * self.shape[1], device=self.weight.device)
+            if self.block_size is None:
+                out[self.kept] = self.values.detach().float()
+            else:
+                pos, inside = tile_positions(self.kept, self.shape, self.block_size)
+                out[pos[inside]] = self.values.detach().float()[inside]
+            return out.view(self.shape)
+        if self.delta is not None:
+            d = self.delta.detach().float()
+            return d if self.mask is None else d * self.mask
+        return torch.zeros(self.shape, device=self.weight.device)
+
+    def to_delta(self) -> Delta:
+        if self.values is None:
+            raise RuntimeError("to_delta() needs a frozen mask; call Adapter.freeze() first")
+        kept, values = self.kept.cpu(), self.values.detach().float().cpu()
+        if self.block_size is None:
+            if self.transposed:
+                kept, values = _transpose_positions(kept, values, self.shape)
+            return SparseDelta(shape=_stored(self.shape, self.transposed), indices=kept, values=values)
+        if self.transposed:
+            kept, values = _transpose_tiles(kept, values, self.shape, self.block_size)
+        return BlockDelta(
+            shape=_stored(self.shape, self.transposed), block_size=self.block_size, tiles=kept, values=values
+        )
+
+
+class LoraLayer(DeltaLayer):
+    """y = x Wᵀ + (alpha / r) · x Aᵀ Bᵀ, A [r, in] Kaiming-uniform (as PEFT), B [out, r] zeros."""
+
+    def __init__(self, base: nn.Module, rank: int, alpha: float, generator: torch.Generator):
+        super().__init__(base)
+        out_f, in_f = self.shape
+        a = torch.empty(rank, in_f)
+        nn.init.kaiming_uniform_(a, a=math.sqrt(5), generator=generator)
+        self.A = nn.Parameter(a.to(self.weight.device))
+        self.B = nn.Parameter(torch.zeros(out_f, rank, device=self.weight.device))
+        self.scale = alpha / rank
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        low_rank = F.linear(F.linear(x, self.A.to(x.dtype)), self.B.to(x.dtype)) * self.scale  # [..., out]
+        return F.linear(x, self.weight, self.bias) + low_rank
+
+    def delta_dense(self) -> torch.Tensor:
+        return (self.B.detach().float() @ self.A.detach().float()) * self.scale
+
+    def to_delta(self) -> Delta:
+        a, b = self.A.detach().float().cpu(), self.B.detach().float().cpu()
+        if self.transposed:  # (B A)ᵀ = Aᵀ Bᵀ: the stored-layout factors swap roles
+            a, b = b.t().contiguous(), a.t().contiguous()
+        return LoraDelta(shape=_stored(self.shape, self.transposed), A=a, B=b, scale=self.scale)
+
+
+class FullLayer(DeltaLayer):
+    """Full fine-tuning of W, trained as a dense fp32 delta (same gradient as training W itself,
+    and with weight decay 0 the same AdamW trajectory) so the expert is exactly W_t - W0."""
+
+    def __init__(self, base: nn.Module):
+        super().__init__(base)
+        self.delta = nn.Parameter(torch.zeros(self.shape, device=self.weight.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.linear(x, self.weight + self.delta.to(self.weight.dtype), self.bias)
+
+    def delta_dense(self) -> torch.Tensor:
+        return self.delta.detach().float()
+
+    def to_delta(self) -> Delta:
+        d = self.delta_dense().cpu()
+        return DenseDelta(
+            shape=_stored(self.shape, self.transposed), values=d.t().contiguous() if self.transposed else d
+        )
+
+
+# --- autograd helpers -------------------------------------------------------------------------------
+
+
+class _MaskedStraightThrough(torch.autograd.Function):
+    """Forward: delta ⊙ mask. Backward: the gradient passes unmasked, so delta.grad is the dense
+    dL/dW_eff [out, in] that scores every entry at the next re-selection."""
+
+    @staticmethod
+    def forward(ctx, delta: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+        return delta * mask
+
+    @staticmethod
+    def backward(ctx, g: torch.Tensor):
+        return g, None
+
+
+class _ProbeGrad(torch.autograd.Function):
+    """y = x Wᵀ; backward hands dL/dW = gᵀx [out, in] to a callback (which turns it into a mask at
+    once, so at most one layer's dense gradient exists at a time) and returns only grad_x."""
+
+    @staticmethod
+    def forward(ctx, x, weight, anchor, on_grad):
+        ctx.save_for_backward(x, weight)
+        ctx.on_grad = on_grad
+        return F.linear(x, weight)
+
+    @staticmethod
+    def backward(ctx, g):
+        x, weight = ctx.saved_tensors
+        out_f, in_f = weight.shape
+        ctx.on_grad(g.reshape(-1, out_f).float().t() @ x.reshape(-1, in_f).float())
+        grad_x = g @ weight.to(g.dtype) if ctx.needs_input_grad[0] else None
+        return grad_x, None, torch.zeros((), device=g.device), None
+
+
+def _kernels(weight: torch.Tensor):
+    """Triton kernels for CUDA weights when triton runs here, else the torch reference (same API)."""
+    if weight.is_cuda:
+        from hubtool.kernels import triton_sparse
+
+        if triton_sparse.triton_available():
+            return triton_sparse
+    return reference
+
+
+# --- layout helpers ---------------------------------------------------------------------------------
+
+
+def _stored(shape: tuple[int, int], transposed: bool) -> tuple[int, int]:
+    return (shape[1], shape[0]) if transposed else shape
+
+
+def _transpose_positions(kept: torch.Tensor, values: torch.Tensor, shape: tuple[int, int]):
+    """Flat positions in [out, in] -> sorted positions in [in, out], values reordered alike."""
+    out_f, in_f = shape
+    moved = (kept % in_f) * out_f + kept // in_f
+    order = moved.argsort()
+    return moved[order], values[order]
+
+
+def _transpose_tiles(tiles: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], b: int):
+    """Tile ids on the [out, in] grid -> sorted ids on the [in, out] grid, each tile transposed."""
+    gr, gc = -(-shape[0] // b), -(-shape[1] // b)
+    moved = (tiles % gc) * gr + tiles // gc
+    order = moved.argsort()
+    return moved[order], values.transpose(1, 2)[order].contiguous()

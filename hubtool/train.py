@@ -1,0 +1,187 @@
+"""`train(...)`: one expert from a task, end to end (what `hub train` calls).
+
+    base model + task data -> tokenized examples -> Adapter + Trainer -> expert -> evaluate
+    -> pack to <out_dir>/<name>.safetensors -> register in the catalog with config, data fingerprint, metrics
+
+Each step is another module's job (hubtool.models, hubtool.data, hubtool.sparse, hubtool.evaluate,
+hubtool.format, hubtool.registry); this file only wires them. Imports are inside the function so
+`import hubtool.train` costs nothing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.sparse.config import DEFAULT_MASK_INTERVAL, AdapterConfig
+
+# The paper's learning rates: 1e-4 for sparse adapters and LoRA, 3e-5 for full fine-tuning.
+DEFAULT_LR = {"sparse": 1e-4, "block-sparse": 1e-4, "lora": 1e-4, "full": 3e-5}
+
+
+@dataclass
+class TrainResult:
+    name: str
+    task: str
+    method: str
+    path: Path | None  # the packed expert (None when interrupted)
+    record: Any | None  # the catalog's ExpertRecord when registered
+    metrics: dict[str, float] = field(default_factory=dict)
+    config: dict[str, Any] = field(default_factory=dict)
+    steps: int = 0
+    interrupted: bool = False  # Ctrl-C: a checkpoint was saved, run again with resume=True
+    out_dir: Path | None = None
+
+
+def train(
+    task: str,
+    *,
+    base: str = "smollm2-135m",
+    method: str = "sparse",
+    data: str | None = None,
+    keep_ratio: float = 0.05,
+    targets: str = "qkv",
+    max_steps: int | None = None,
+    epochs: float | None = None,
+    batch_size: int = 8,
+    grad_accum: int = 1,
+    lr: float | None = None,
+    seed: int = 0,
+    name: str | None = None,
+    mask_score: str = "sensitivity",
+    mask_interval: int = DEFAULT_MASK_INTERVAL,
+    mask_steps: int | None = None,
+    rank: int = 4,
+    alpha: float = 16.0,
+    block_size: int = 16,
+    max_length: int = 256,
+    max_grad_norm: float | None = 0.1,
+    eval_limit: int | None = 200,
+    out_dir: str | Path | None = None,
+    resume: bool = False,
+    catalog: Any = None,
+    register: bool = True,
+    quiet: bool = False,
+) -> TrainResult:
+    """Train, evaluate, pack and register one expert. `data` is a JSONL/CSV file or task folder that
+    overrides the task's own data; `catalog` is a URL or an open Catalog; eval_limit=0 skips evaluation."""
+    import torch
+
+    from hubtool.data import load_task
+    from hubtool.data.prompts import build_training_example
+    from hubtool.errors import HubError
+    from hubtool.format import pack
+    from hubtool.models import base_id, load_base, resolve_base
+    from hubtool.paths import hub_home
+    from hubtool.sparse.adapters import Adapter
+    from hubtool.sparse.trainer import TrainConfig, Trainer
+
+    adapter_cfg = AdapterConfig(
+        method=method,
+        targets=targets,
+        keep_ratio=keep_ratio,
+        block_size=block_size,
+        mask_score=mask_score,
+        mask_interval=mask_interval,
+        mask_steps=mask_steps,
+        rank=rank,
+        alpha=alpha,
+        seed=seed,
+    )
+    name = name or f"{task}-{method}"
+    run_dir = Path(out_dir) if out_dir is not None else hub_home() / "runs" / name
+    task_data = load_task(data or task)
+
+    # fp32 weights everywhere: deltas of ~lr size vanish when added to a bf16 weight. On GPU the
+    # matmuls still run in bf16 under autocast.
+    device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
+    model, tokenizer = load_base(base, dtype=torch.float32, device=device)
+    if tokenizer is None:
+        raise HubError(f"base model {base}: no tokenizer files; training needs one to encode the task")
+    _, revision = resolve_base(base)
+    encode = lambda examples: [build_training_example(tokenizer, ex, max_length) for ex in examples]
+    train_ids, val_ids = encode(task_data.train), encode(task_data.validation)
+
+    train_cfg = TrainConfig(
+        max_steps=max_steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr if lr is not None else DEFAULT_LR[method],
+        max_grad_norm=max_grad_norm,
+        seed=seed,
+        pad_id=_pad_id(tokenizer),
+        quiet=quiet,
+    )
+    adapter = Adapter.apply(model, adapter_cfg)
+    fit = Trainer(model, adapter, train_ids, val_ids, train_cfg, out_dir=run_dir).fit(resume=resume)
+
+    config = {
+        "training": {k: v for k, v in vars(train_cfg).items() if k != "quiet"} | {"max_length": max_length},
+        "data": {
+            "task": task_data.name,
+            "source": task_data.source,
+            "sizes": task_data.sizes,
+            "sha256": data_fingerprint(task_data),
+        },
+        "steps": fit.steps,
+        "best_step": fit.best_step,
+    }
+    result = TrainResult(
+        name,
+        task_data.name,
+        method,
+        None,
+        None,
+        config=config,
+        steps=fit.steps,
+        interrupted=fit.interrupted,
+        out_dir=run_dir,
+    )
+    if fit.interrupted:
+        return result
+
+    metrics: dict[str, float] = {"train_loss": fit.train_loss or float("nan")}
+    if fit.best_val_loss is not None:
+        metrics["val_loss"] = fit.best_val_loss
+    if eval_limit != 0 and task_data.test:
+        from hubtool.evaluate import evaluate
+
+        scores = evaluate(model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size)
+        metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "n")}
+    result.metrics = metrics
+
+    expert = adapter.to_expert(
+        name, task_data.name, base_model=base_id(base), base_revision=revision, config=config
+    )
+    expert.metrics = {task_data.name: metrics}
+    result.path = run_dir / f"{name}.safetensors"
+    pack(expert, result.path)
+    if register:
+        from hubtool.registry import Catalog
+
+        cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
+        result.record = cat.register(result.path, metrics={task_data.name: metrics}, config=config)
+    return result
+
+
+def data_fingerprint(task_data: Any) -> str:
+    """sha256 of the examples as trained on (every split, in order): two experts with the same
+    fingerprint saw the same data."""
+    digest = hashlib.sha256()
+    for split in ("train", "validation", "test"):
+        for ex in task_data.split(split):
+            row = [split, ex.input, ex.output, ex.options, ex.answers]
+            digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
+    return digest.hexdigest()
+
+
+def _pad_id(tokenizer: Any) -> int:
+    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
+        if candidate is not None:
+            return int(candidate)
+    return 0

@@ -1,0 +1,172 @@
+"""Every adapter kind, one table: it trains, its expert reproduces the trained model, the frozen
+sparse layer's gradients equal a dense reference's, and GPT-2's transposed Conv1D weights round-trip."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny import make_tiny_llama
+
+from hubtool.format.types import BlockDelta, DenseDelta, LoraDelta, SparseDelta
+from hubtool.sparse import AdapterConfig
+from hubtool.sparse.adapters import Adapter
+from hubtool.sparse.layers import SparseLayer
+from hubtool.sparse.trainer import TrainConfig, Trainer
+
+KINDS = {
+    # method, adapter overrides, delta type, lr (full fine-tuning moves every entry, so a smaller lr)
+    "sparse": ("sparse", {"keep_ratio": 0.1, "mask_interval": 2}, SparseDelta, 2e-2),
+    "block-sparse": (
+        "block-sparse",
+        {"keep_ratio": 0.2, "block_size": 8, "mask_interval": 2},
+        BlockDelta,
+        2e-2,
+    ),
+    "sparse-snip": ("sparse", {"keep_ratio": 0.1, "mask_score": "snip"}, SparseDelta, 2e-2),
+    "lora": ("lora", {"rank": 4, "alpha": 16}, LoraDelta, 1e-2),
+    "full": ("full", {}, DenseDelta, 3e-3),
+}
+
+
+def token_data(n: int, seed: int, vocab: int = 256) -> list[tuple[list[int], list[int]]]:
+    """Prompts of 10 random tokens answered by a fixed 3-token reply: learnable in a few steps."""
+    gen = torch.Generator().manual_seed(seed)
+    answer = [7, 9, 11]
+    return [
+        (prompt + answer, [-100] * len(prompt) + answer)
+        for prompt in (torch.randint(3, vocab, (10,), generator=gen).tolist() for _ in range(n))
+    ]
+
+
+def logits(model, ids):
+    with torch.no_grad():
+        return model(input_ids=ids).logits
+
+
+def add_expert(model, expert):
+    params = dict(model.named_parameters())
+    with torch.no_grad():
+        for key, delta in expert.deltas.items():
+            assert tuple(params[key].shape) == delta.shape, key
+            params[key] += delta.to_dense()
+    return model
+
+
+@pytest.mark.parametrize("kind", list(KINDS))
+def test_kind_trains_and_its_expert_reproduces_the_model(kind):
+    method, overrides, delta_type, lr = KINDS[kind]
+    torch.manual_seed(0)
+    model = make_tiny_llama()
+    adapter = Adapter.apply(model, AdapterConfig(method=method, targets="qkv", **overrides))
+    train, val = token_data(32, seed=1), token_data(8, seed=2)
+    trainer = Trainer(model, adapter, train, val, TrainConfig(max_steps=8, batch_size=8, lr=lr, quiet=True))
+    before = trainer.evaluate()
+    result = trainer.fit()
+    assert result.best_val_loss < before - 0.25, (before, result.best_val_loss)
+
+    expert = adapter.to_expert(f"tiny-{kind}", task="const", base_model="tiny")
+    assert expert.kind == {"full": "full-delta"}.get(method, method)
+    assert set(expert.deltas) == {
+        f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "qkv"
+    }
+    assert all(isinstance(d, delta_type) and d.fingerprint for d in expert.deltas.values())
+
+    ids = torch.randint(3, 256, (2, 12))
+    trained = logits(model, ids)
+    rebuilt = logits(add_expert(make_tiny_llama(), expert), ids)
+    torch.testing.assert_close(rebuilt, trained, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(logits(adapter.merge(), ids), trained, atol=1e-5, rtol=1e-5)
+
+
+@pytest.mark.parametrize("kind", ["sparse", "block-sparse", "sparse-snip"])
+def test_sparse_kinds_change_nothing_outside_the_mask(kind):
+    method, overrides, _, lr = KINDS[kind]
+    model, base = make_tiny_llama(), make_tiny_llama()
+    adapter = Adapter.apply(model, AdapterConfig(method=method, **overrides))
+    Trainer(model, adapter, token_data(32, seed=1), None, TrainConfig(max_steps=6, lr=lr, quiet=True)).fit()
+    base_params = dict(base.named_parameters())
+    for name, layer in adapter.layers.items():
+        w_eff = layer.weight + layer.delta_dense()
+        outside = ~_kept_mask(layer)
+        assert torch.equal(w_eff[outside], base_params[f"{name}.weight"][outside])
+        assert (w_eff != base_params[f"{name}.weight"]).sum() > 0.5 * layer.values.numel()  # it did train
+    assert sum(p.numel() for p in adapter.parameters()) == sum(
+        lay.values.numel() for lay in adapter.layers.values()
+    )
+
+
+def _kept_mask(layer: SparseLayer) -> torch.Tensor:
+    from hubtool.sparse.masks import dense_mask
+
+    return dense_mask(layer.kept, layer.shape, layer.block_size)
+
+
+@pytest.mark.parametrize("block_size", [None, 8])
+def test_frozen_layer_gradients_equal_a_dense_reference_gathered_at_the_mask(block_size):
+    torch.manual_seed(3)
+    base = torch.nn.Linear(20, 28, bias=True)  # 28 x 20: not multiples of 8, edge tiles are partial
+    layer = SparseLayer(base, block_size=block_size)
+    kept = torch.tensor([1, 4, 5]) if block_size else torch.randperm(28 * 20)[:40].sort().values
+    layer.freeze(kept)
+    with torch.no_grad():
+        layer.values.normal_()
+    x = torch.randn(3, 5, 20, requires_grad=True)
+    probe = torch.randn(3, 5, 28)
+    (layer(x) * probe).sum().backward()
+
+    d = layer.delta_dense().clone().requires_grad_(True)  # the dense reference: y = x (W + D)ᵀ + b
+    x_ref = x.detach().clone().requires_grad_(True)
+    (torch.nn.functional.linear(x_ref, base.weight.detach() + d, base.bias.detach()) * probe).sum().backward()
+    torch.testing.assert_close(x.grad, x_ref.grad)
+    torch.testing.assert_close(layer.values.grad[...], layer.gather(d.grad))
+    assert base.weight.grad is None  # the frozen base weight never gets a gradient
+    if block_size:  # entries of edge tiles that fall outside W get no gradient at all
+        outside = layer.gather(torch.ones(28, 20)) == 0
+        assert outside.any() and (layer.values.grad[outside] == 0).all()
+
+
+@pytest.mark.parametrize("method", ["sparse", "block-sparse", "lora", "full"])
+def test_gpt2_conv1d_deltas_are_stored_in_the_parameters_layout(method):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    def gpt2():
+        torch.manual_seed(5)
+        return GPT2LMHeadModel(
+            GPT2Config(vocab_size=256, n_embd=32, n_layer=1, n_head=2, n_positions=32)
+        ).eval()
+
+    model = gpt2()
+    config = AdapterConfig(method=method, keep_ratio=0.2, block_size=12, mask_score="magnitude")
+    adapter = Adapter.apply(model, config)
+    with torch.no_grad():  # random deltas stand in for training
+        for p in adapter.parameters():
+            p.normal_(std=0.05)
+    expert = adapter.to_expert("g", task="t", base_model="gpt2-tiny")
+    ((key, delta),) = expert.deltas.items()
+    assert key == "transformer.h.0.attn.c_attn.weight" and delta.shape == (32, 96)  # Conv1D: [in, out]
+    ids = torch.randint(0, 256, (2, 9))
+    torch.testing.assert_close(
+        logits(add_expert(gpt2(), expert), ids), logits(model, ids), atol=1e-5, rtol=1e-5
+    )
+    merged = adapter.merge()
+    assert type(merged.transformer.h[0].attn.c_attn).__name__ == "Conv1D"
+    torch.testing.assert_close(
+        logits(merged, ids), logits(add_expert(gpt2(), expert), ids), atol=1e-5, rtol=1e-5
+    )
+
+
+def test_snip_never_trains_a_dense_delta():
+    model = make_tiny_llama()
+    adapter = Adapter.apply(model, AdapterConfig(mask_score="snip", keep_ratio=0.05))
+    assert adapter.needs_probe and adapter.parameters() and all(p.dim() == 0 for p in adapter.parameters())
+    seen = []
+    Trainer(
+        model,
+        adapter,
+        token_data(16, seed=1),
+        None,
+        TrainConfig(max_steps=3, quiet=True),
+        on_step=lambda step, a: seen.append([tuple(p.shape) for p in a.parameters()]),
+    ).fit()
+    nnz = [(max(1, int(0.05 * lay.weight.numel() + 0.5)),) for lay in adapter.layers.values()]
+    assert seen == [nnz] * 3
