@@ -2,74 +2,141 @@
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Iterable
 
 from hubtool.errors import HubError
-from hubtool.paths import hub_home
+from hubtool.paths import hub_home, models_dir
 
 
-def import_expert(path: str | os.PathLike, *, name: str | None = None, task: str | None = None,
-                  tags: Iterable[str] = (), catalog=None):
-    """Register a packed expert file, or a PEFT adapter folder converted to our format, in the catalog."""
+def import_expert(
+    path: str | os.PathLike,
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    tags: Iterable[str] = (),
+    base: str | None = None,
+    catalog=None,
+):
+    """Register a packed expert file, or a PEFT adapter folder converted to our format, in the catalog.
+
+    `base` names the base model of a PEFT folder (default: its adapter_config's); a packed file
+    records its own base model, so giving `base` for one is an error.
+    """
     from hubtool.registry import Catalog
 
-    cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
-    path = Path(path)
-    if path.is_dir():
-        if not (path / "adapter_config.json").is_file():
-            raise HubError(f"{path}: not a PEFT adapter folder (expected adapter_config.json inside)")
-        from hubtool.format import pack
-        from hubtool.interop.peft import import_peft
-
-        expert = import_peft(path, name=name, task=task)
-        # Pack to a temporary file beside the blob store; the catalog copies it into place.
-        tmp_dir = hub_home() / "tmp"
-        tmp_dir.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir)
-        os.close(fd)
-        try:
-            pack(expert, tmp)
-            return cat.register(tmp, name=name, task=task, tags=tags)
-        finally:
-            Path(tmp).unlink(missing_ok=True)
+    path = Path(path).expanduser()
+    if not path.exists():
+        raise HubError(
+            f"{path}: no such file or folder (expected a .safetensors expert or a PEFT adapter folder)"
+        )
+    if path.is_dir() and not (path / "adapter_config.json").is_file():
+        raise HubError(f"{path}: not a PEFT adapter folder (expected adapter_config.json inside)")
+    if path.is_file() and base is not None:
+        raise HubError(
+            f"--base {base!r}: {path} is a packed expert, which names its own base model; "
+            "--base is for PEFT adapter folders"
+        )
     if path.is_file():
+        from hubtool.format.header import read_header
+
+        read_header(path)  # torch-free: a wrong or truncated file fails in ~0.1 s, before any catalog work
+        cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
         return cat.register(path, name=name, task=task, tags=tags)
-    raise HubError(f"{path}: no such file or folder (expected a .safetensors expert or a PEFT adapter folder)")
+    cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
+    from hubtool.format import pack
+    from hubtool.interop.peft import import_peft
+    from hubtool.models import base_id
+
+    expert = import_peft(path, name=name, task=task, base=None if base is None else base_id(base))
+    # Pack to a temporary file beside the blob store; the catalog copies it into place.
+    tmp_dir = hub_home() / "tmp"
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir)
+    os.close(fd)
+    try:
+        pack(expert, tmp)
+        return cat.register(tmp, name=name, task=task, tags=tags)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
 
 
 def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalog=None) -> Path:
-    """Write an expert out of the catalog: `peft` (a folder PeftModel.from_pretrained loads) or `hubtool` (the packed file)."""
+    """Write an expert out of the catalog: `peft` (a folder PeftModel.from_pretrained loads) or `hubtool`
+    (the packed file, byte for byte). Returns what was written."""
     from hubtool.registry import Catalog
 
+    if fmt not in ("peft", "hubtool"):
+        raise HubError(f"--format {fmt!r}: expected 'peft' or 'hubtool'")
     cat = catalog if hasattr(catalog, "get") else Catalog(catalog)
     rec = cat.get(ref)
-    out = Path(out)
+    into_folder = os.fspath(out).endswith(("/", os.sep))  # "out/" means a folder, even a new one
+    out = Path(out).expanduser()
     if fmt == "hubtool":
-        if out.is_dir():
+        if out.is_dir() or into_folder:
             out = out / f"{rec.name}-v{rec.version}.safetensors"
-        tmp = out.with_name(out.name + ".tmp")
-        shutil.copyfile(cat.blob_path(rec), tmp)
-        os.replace(tmp, out)
+        _copy_verified(cat.blob_path(rec), out, rec.sha256, rec.ref)
         return out
-    if fmt == "peft":
-        from hubtool.interop.peft import export_peft
+    from hubtool.interop.peft import export_peft
 
-        export_peft(cat.load(rec.ref), out, base_model_name_or_path=rec.base_model)
-        return out
-    raise HubError(f"--format {fmt!r}: expected 'peft' or 'hubtool'")
+    return export_peft(cat.load(rec.ref), out, base_model_name_or_path=_loadable_base(rec.base_model))
+
+
+def _copy_verified(blob: Path, out: Path, sha256: str, ref: str) -> None:
+    """Copy a blob to `out` atomically (temp file beside it, fsync, rename), hashing on the way, so a
+    corrupted blob is refused instead of exported."""
+    if not blob.is_file():
+        raise HubError(f"{ref}: blob {blob} is missing; run `hub verify`")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        digest = hashlib.sha256()
+        with os.fdopen(fd, "wb") as dst, open(blob, "rb") as src:
+            while chunk := src.read(1 << 20):
+                digest.update(chunk)
+                dst.write(chunk)
+            dst.flush()
+            os.fsync(dst.fileno())
+        if digest.hexdigest() != sha256:
+            raise HubError(f"{ref}: blob {blob} does not match its sha256; run `hub verify`")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _loadable_base(base_model: str) -> str:
+    """What an exported adapter_config.json should name as base_model_name_or_path so that
+    AutoPeftModelForCausalLM can load the base: an existing local folder as an absolute path, the
+    embedded model as its converted folder (once converted), a Hub id unchanged."""
+    from hubtool.models import EMBEDDED
+
+    if base_model in EMBEDDED:
+        folder = models_dir() / base_model
+        return str(folder) if folder.is_dir() else base_model
+    path = Path(base_model).expanduser()
+    return str(path.resolve()) if path.is_dir() else base_model
 
 
 # Keys of evaluate()'s result that describe the run, not the model's quality; not stored as metrics.
 _RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")
 
 
-def evaluate_expert(target: str | None, task: str, *, base: str | None = None, split: str = "test",
-                    limit: int | None = None, max_new_tokens: int = 64, batch_size: int = 8,
-                    catalog=None, store: bool = True) -> dict[str, float]:
+def evaluate_expert(
+    target: str | None,
+    task: str,
+    *,
+    base: str | None = None,
+    split: str = "test",
+    limit: int | None = None,
+    max_new_tokens: int = 64,
+    batch_size: int = 8,
+    catalog=None,
+    store: bool = True,
+) -> dict[str, float]:
     """Score an expert (catalog ref, packed file, PEFT folder) or a model folder, or with target=None the
     base model, on a task. Metrics go to the catalog: on the expert's row, or as the base model's baseline."""
     from hubtool.apply import apply_expert
@@ -101,8 +168,9 @@ def evaluate_expert(target: str | None, task: str, *, base: str | None = None, s
     model, tokenizer = load_base(base_name)
     if expert is not None:
         apply_expert(model, expert)
-    result = evaluate(model, tokenizer, task, split=split, limit=limit, max_new_tokens=max_new_tokens,
-                      batch_size=batch_size)
+    result = evaluate(
+        model, tokenizer, task, split=split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size
+    )
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in _RUN_KEYS}
     if store:
         if rec is not None:

@@ -60,6 +60,8 @@ def train(
     block_size: int = 16,
     max_length: int = 256,
     max_grad_norm: float | None = 0.1,
+    max_train: int | None = None,
+    max_val: int | None = 200,
     eval_limit: int | None = 200,
     out_dir: str | Path | None = None,
     resume: bool = False,
@@ -68,7 +70,9 @@ def train(
     quiet: bool = False,
 ) -> TrainResult:
     """Train, evaluate, pack and register one expert. `data` is a JSONL/CSV file or task folder that
-    overrides the task's own data; `catalog` is a URL or an open Catalog; eval_limit=0 skips evaluation."""
+    overrides the task's own data; `catalog` is a URL or an open Catalog; max_train / max_val cap the
+    training and validation examples (the first N of each split, so the choice is deterministic);
+    eval_limit caps the test examples scored at the end (0 skips evaluation)."""
     import torch
 
     from hubtool.data import load_task
@@ -104,7 +108,8 @@ def train(
         raise HubError(f"base model {base}: no tokenizer files; training needs one to encode the task")
     _, revision = resolve_base(base)
     encode = lambda examples: [build_training_example(tokenizer, ex, max_length) for ex in examples]
-    train_ids, val_ids = encode(task_data.train), encode(task_data.validation)
+    train_ids = encode(task_data.train[:max_train])
+    val_ids = encode(task_data.validation[:max_val])
 
     train_cfg = TrainConfig(
         max_steps=max_steps,
@@ -152,7 +157,7 @@ def train(
         from hubtool.evaluate import evaluate
 
         scores = evaluate(model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size)
-        metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "n")}
+        metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy")}
     result.metrics = metrics
 
     expert = adapter.to_expert(

@@ -35,28 +35,42 @@ from hubtool.cli import train as _train  # noqa: E402,F401
 
 
 def main() -> None:
+    """Run `hub`; every failure ends as one `Error: ...` line on stderr and a non-zero exit."""
     from hubtool.errors import HubError
 
     debug = "--debug" in sys.argv or os.environ.get("HUB_DEBUG") == "1"
     try:
-        app(prog_name="hub")
+        # standalone_mode=False hands usage errors to us instead of Typer's multi-line panel.
+        code = app(prog_name="hub", standalone_mode=False)
+    except typer.TyperException as err:  # Click's usage errors (bad option value, missing argument, ...)
+        message = err.format_message()
+        if not message.strip():  # bare `hub`: Typer has already printed the help
+            sys.exit(err.exit_code)
+        ctx = getattr(err, "ctx", None)
+        _fail(message + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""), err.exit_code)
+    except typer.Abort:
+        _fail("aborted", 1)
     except HubError as err:
         if debug:
             raise
-        from hubtool.cli._common import err_console
-
-        err_console.print(f"[bold red]Error:[/] {err}", highlight=False, soft_wrap=True)
-        sys.exit(err.exit_code)
+        _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
     except Exception as err:  # a bug, not a user error: still one line unless --debug
         if debug:
             raise
-        from hubtool.cli._common import err_console
+        _fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)", 2)
+    # A command that returns normally gives None; `raise typer.Exit(n)` and --help give their code.
+    sys.exit(code if isinstance(code, int) else 0)
 
-        err_console.print(
-            f"[bold red]Error:[/] {type(err).__name__}: {err} (run with --debug for the traceback)",
-            highlight=False,
-            soft_wrap=True,
-        )
-        sys.exit(2)
+
+def _fail(message: str, code: int) -> None:
+    from rich.markup import escape
+
+    from hubtool.cli._common import err_console
+
+    # One line even when the message wraps another tool's multi-line text; escaped, because a path
+    # or name holding "[/x]" would otherwise be read as Rich markup (and crash the error printer).
+    line = escape(" ".join(message.split()))
+    err_console.print(f"[bold red]Error:[/] {line}", highlight=False, soft_wrap=True)
+    sys.exit(code)

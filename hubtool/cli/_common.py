@@ -18,12 +18,20 @@ err_console = Console(stderr=True)
 # Shared option aliases (huggingface_hub's CLI style): one declaration, used by every command.
 CatalogOpt = Annotated[
     Optional[str],
-    typer.Option("--catalog", envvar="HUB_CATALOG", help="Catalog URL (any SQLAlchemy URL). Default: $HUB_HOME/registry.db."),
+    typer.Option(
+        "--catalog",
+        envvar="HUB_CATALOG",
+        help="Catalog URL (any SQLAlchemy URL). Default: $HUB_HOME/registry.db.",
+    ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
 TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task name.")]
-BaseOpt = Annotated[Optional[str], typer.Option("--base", help="Base model: embedded name, HF id or local folder.")]
-NameOpt = Annotated[Optional[str], typer.Option("--name", help="Expert name (default: from the file or the task).")]
+BaseOpt = Annotated[
+    Optional[str], typer.Option("--base", help="Base model: embedded name, HF id or local folder.")
+]
+NameOpt = Annotated[
+    Optional[str], typer.Option("--name", help="Expert name (default: from the file or the task).")
+]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
@@ -48,6 +56,14 @@ def human_bytes(n: int | None) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
+
+
+def esc(value: object) -> str:
+    """Text that came from a user or a file (paths, tasks, tags, base models) made safe to print with
+    Rich markup on: "[/x]" in a tag would otherwise crash the printer, "[bold]" would vanish."""
+    from rich.markup import escape
+
+    return escape(str(value))
 
 
 def fail(message: str) -> None:

@@ -15,7 +15,7 @@ from hubtool.cli._common import (
     TaskOpt,
     YesOpt,
     console,
-    fail,
+    esc,
     human_bytes,
     open_catalog,
     print_json,
@@ -38,16 +38,24 @@ def _metric_summary(metrics: dict) -> str:
 def list_(
     task: TaskOpt = None,
     base: Annotated[Optional[str], typer.Option("--base", help="Only experts of this base model.")] = None,
-    kind: Annotated[Optional[str], typer.Option("--kind", help="sparse, block-sparse, lora, full-delta or merged.")] = None,
+    kind: Annotated[
+        Optional[str], typer.Option("--kind", help="sparse, block-sparse, lora, full-delta or merged.")
+    ] = None,
     tag: Annotated[Optional[str], typer.Option("--tag", help="Only experts with this tag.")] = None,
-    where: Annotated[Optional[str], typer.Option("--where", help="Filter, e.g. 'rougeL>=30, keep_ratio<0.1'.")] = None,
-    sort: Annotated[Optional[str], typer.Option("--sort", help="Field or metric to sort by; '-' prefix for descending.")] = None,
+    where: Annotated[
+        Optional[str], typer.Option("--where", help="Filter, e.g. 'rougeL>=30, keep_ratio<0.1'.")
+    ] = None,
+    sort: Annotated[
+        Optional[str], typer.Option("--sort", help="Field or metric to sort by; '-' prefix for descending.")
+    ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 50,
     json_: JsonOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """List experts in the catalog."""
-    rows = open_catalog(catalog).list(task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit)
+    rows = open_catalog(catalog).list(
+        task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit
+    )
     if json_:
         print_json([r.to_dict() for r in rows])
         return
@@ -62,34 +70,47 @@ def list_(
     for r in rows:
         table.add_row(
             r.ref,
-            r.kind,
-            r.task,
-            r.base_model,
+            esc(r.kind),
+            esc(r.task),
+            esc(r.base_model),
             "-" if r.keep_ratio is None else f"{r.keep_ratio:g}",
             f"{r.nnz:,}",
             human_bytes(r.bytes),
-            _metric_summary(r.metrics),
+            esc(_metric_summary(r.metrics)),
             str(r.created_at)[:16],
         )
     console.print(table)
 
 
+def _baselines(cat, rec) -> dict[str, dict[str, float]]:
+    """{task: {metric: the base model's own score}} for the tasks the expert was measured on."""
+    found = {task: cat.base_metrics(rec.base_model, task) for task in rec.metrics}
+    return {task: values for task, values in found.items() if values}
+
+
 @app.command()
 def show(ref: RefArg, json_: JsonOpt = False, catalog: CatalogOpt = None) -> None:
-    """Show one expert: metadata, per-layer nnz, metrics and lineage."""
+    """Show one expert: metadata, aliases, per-layer nnz, metrics (and gain over the base) and lineage."""
     from hubtool.format.header import read_header
 
     cat = open_catalog(catalog)
     rec = cat.get(ref)
     header = read_header(cat.blob_path(rec))
     lineage = cat.lineage(rec.ref)
-    info = rec.to_dict() | {"weights": header["weights"], "lineage": lineage}
+    baselines = _baselines(cat, rec)
+    gains = cat.gains(rec.ref)
+    info = rec.to_dict() | {
+        "weights": header["weights"],
+        "lineage": lineage,
+        "base_metrics": baselines,
+        "gain": gains,
+    }
     if json_:
         print_json(info)
         return
     from rich.table import Table
 
-    console.print(f"[bold]{rec.ref}[/]  {rec.kind} expert for task [cyan]{rec.task}[/]")
+    console.print(f"[bold]{rec.ref}[/]  {esc(rec.kind)} expert for task [cyan]{esc(rec.task)}[/]")
     facts = [
         ("base model", f"{rec.base_model}" + (f" ({rec.base_revision})" if rec.base_revision else "")),
         ("targets", rec.targets or "-"),
@@ -99,29 +120,52 @@ def show(ref: RefArg, json_: JsonOpt = False, catalog: CatalogOpt = None) -> Non
         ("sha256", rec.sha256),
         ("created", str(rec.created_at)),
         ("tags", ", ".join(rec.tags) or "-"),
+        ("aliases", ", ".join(f"{rec.name}@{a}" for a in rec.aliases) or "-"),
     ]
+    if len(rec.tasks) > 1:
+        facts.append(("tasks", ", ".join(rec.tasks)))
     if rec.hub_repo:
         facts.append(("hub", f"{rec.hub_repo}@{rec.hub_commit}"))
     for key, value in facts:
-        console.print(f"  [dim]{key:>11}[/] {value}", highlight=False)
+        console.print(f"  [dim]{key:>11}[/] {esc(value)}", highlight=False)
     if rec.metrics:
         console.print("[bold]metrics[/]")
         for task_name, per_task in rec.metrics.items():
-            vals = ", ".join(f"{m} {v:.4g}" for m, v in per_task.items())
-            console.print(f"  {task_name}: {vals}", highlight=False)
+            parts = []
+            for metric, value in per_task.items():
+                text = f"{metric} {value:.4g}"
+                if metric in gains.get(task_name, {}):
+                    text += f" ({gains[task_name][metric]:+.4g} over the base's {baselines[task_name][metric]:.4g})"
+                parts.append(text)
+            console.print(f"  {esc(task_name)}: {esc(', '.join(parts))}", highlight=False)
     if lineage.get("parents") or lineage.get("children"):
         console.print("[bold]lineage[/]")
         for p in lineage.get("parents", []):
-            console.print(f"  parent  {p}", highlight=False)
+            gone = "" if p.get("present", True) else " (removed)"
+            console.print(f"  parent  {esc(_edge(p))}{gone}", highlight=False)
         for c in lineage.get("children", []):
-            console.print(f"  child   {c}", highlight=False)
+            console.print(f"  child   {esc(_edge(c))}", highlight=False)
     table = Table(box=None, header_style="bold", title=None)
     for col in ("weight", "shape", "nnz", "density", "encoding"):
         table.add_column(col, justify="left" if col in ("weight", "encoding") else "right")
     for weight, t in header["weights"].items():
         rows, cols = t["shape"]
-        table.add_row(weight, f"{rows}×{cols}", f"{t['nnz']:,}", f"{t['nnz'] / (rows * cols):.4f}", t.get("encoding", "-"))
+        table.add_row(
+            esc(weight),
+            f"{rows}×{cols}",
+            f"{t['nnz']:,}",
+            f"{t['nnz'] / (rows * cols):.4f}",
+            esc(t.get("encoding", "-")),
+        )
     console.print(table)
+
+
+def _edge(edge: dict) -> str:
+    # {"ref": "qa@2", "role": ..., "weight": 0.5} -> "qa@2 (weight 0.5)"
+    extras = [str(edge["role"])] if edge.get("role") else []
+    if edge.get("weight") is not None:
+        extras.append(f"weight {edge['weight']:g}")
+    return edge["ref"] + (f" ({', '.join(extras)})" if extras else "")
 
 
 @app.command("import")
@@ -130,27 +174,39 @@ def import_(
     name: NameOpt = None,
     task: TaskOpt = None,
     tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag to attach (repeatable).")] = None,
+    base: Annotated[
+        Optional[str],
+        typer.Option(
+            "--base", help="PEFT folders only: the base model, when adapter_config.json lacks or misnames it."
+        ),
+    ] = None,
     catalog: CatalogOpt = None,
 ) -> None:
-    """Import a packed expert file or a PEFT adapter folder (LoRA, SHiRA) into the catalog."""
+    """Import a packed expert file or a PEFT adapter folder (LoRA, SHiRA, Super-Tuning) into the catalog."""
     from hubtool.api import import_expert
 
-    rec = import_expert(path, name=name, task=task, tags=tag or (), catalog=catalog)
-    console.print(f"Imported [bold]{rec.ref}[/] ({rec.kind}, task {rec.task}, {rec.nnz:,} entries, {human_bytes(rec.bytes)})")
+    rec = import_expert(path, name=name, task=task, tags=tag or (), base=base, catalog=catalog)
+    console.print(
+        f"Imported [bold]{rec.ref}[/] ({esc(rec.kind)}, task {esc(rec.task)}, {rec.nnz:,} entries, {human_bytes(rec.bytes)})",
+        highlight=False,
+    )
 
 
 @app.command()
 def export(
     ref: RefArg,
-    out: Annotated[Path, typer.Option("--out", help="Output folder (peft) or file (hubtool).")],
-    fmt: Annotated[str, typer.Option("--format", help="peft (a PeftModel folder) or hubtool (the packed file).")] = "peft",
+    # str, not Path: Path would drop the trailing "/" that makes "--out exports/" mean a folder
+    out: Annotated[str, typer.Option("--out", help="Output folder (peft), or file or folder/ (hubtool).")],
+    fmt: Annotated[
+        str, typer.Option("--format", help="peft (a PeftModel folder) or hubtool (the packed file).")
+    ] = "peft",
     catalog: CatalogOpt = None,
 ) -> None:
     """Export an expert as a PEFT adapter folder or as its packed file."""
     from hubtool.api import export_expert
 
     where = export_expert(ref, out, fmt=fmt, catalog=catalog)
-    console.print(f"Exported [bold]{ref}[/] to {where}")
+    console.print(f"Exported [bold]{esc(ref)}[/] to {esc(where)}", highlight=False)
 
 
 @app.command()
@@ -159,6 +215,7 @@ def rm(ref: RefArg, yes: YesOpt = False, catalog: CatalogOpt = None) -> None:
     cat = open_catalog(catalog)
     rec = cat.get(ref)
     if not yes and not typer.confirm(f"Remove {rec.ref}?"):
+        console.print(f"Kept {rec.ref}")
         raise typer.Exit(1)
     cat.remove(rec.ref)
     console.print(f"Removed [bold]{rec.ref}[/]")
@@ -166,7 +223,9 @@ def rm(ref: RefArg, yes: YesOpt = False, catalog: CatalogOpt = None) -> None:
 
 @app.command()
 def alias(
-    ref: Annotated[str, typer.Argument(help="NAME@VERSION (or NAME for the latest) the alias should point to.")],
+    ref: Annotated[
+        str, typer.Argument(help="NAME@VERSION (or NAME for the latest) the alias should point to.")
+    ],
     alias_name: Annotated[str, typer.Argument(metavar="ALIAS", help="Alias name, e.g. best or prod.")],
     catalog: CatalogOpt = None,
 ) -> None:
@@ -179,17 +238,33 @@ def alias(
 
 @app.command()
 def verify(json_: JsonOpt = False, catalog: CatalogOpt = None) -> None:
-    """Re-hash every blob; report mismatches, missing blobs and orphan files."""
-    report = open_catalog(catalog).verify()
-    data = report if isinstance(report, dict) else report.to_dict()
+    """Re-hash every blob; report mismatches, missing blobs and orphan files.
+
+    Exits 1 when a version's blob is changed or gone; orphan files (no version uses them) are
+    reported but harmless, so they alone exit 0.
+    """
+    cat = open_catalog(catalog)
+    report = cat.verify()
     if json_:
-        print_json(data)
+        print_json(report.to_dict())
     else:
-        console.print(f"checked {data.get('checked', 0)} blobs")
-        for key in ("mismatched", "missing", "orphans"):
-            for item in data.get(key, []):
-                console.print(f"  [red]{key[:-1] if key.endswith('s') else key}[/] {item}", highlight=False)
-    if data.get("mismatched") or data.get("missing"):
+        console.print(f"checked {report.checked} blobs")
+        for ref in report.mismatched:
+            console.print(
+                f"  [red]mismatch[/] {ref}: {esc(_blob_of(cat, ref))} no longer hashes to its sha256",
+                highlight=False,
+            )
+        for ref in report.missing:
+            console.print(f"  [red]missing[/]  {ref}: {esc(_blob_of(cat, ref))} is gone", highlight=False)
+        for path in report.orphans:
+            console.print(
+                f"  [yellow]orphan[/]   {esc(path)} (no expert uses it; safe to delete)", highlight=False
+            )
+        if not (report.mismatched or report.missing):
+            console.print("[green]ok[/]" if report.ok else "[green]ok[/] apart from the orphan files")
+    if report.mismatched or report.missing:
         raise typer.Exit(1)
-    if not json_:
-        console.print("[green]ok[/]")
+
+
+def _blob_of(cat, ref: str) -> str:
+    return str(cat.blob_path(cat.get(ref)))

@@ -34,7 +34,8 @@ def train(
     alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha.")] = 16.0,
     max_length: Annotated[int, typer.Option("--max-length", help="Tokens per example (prompt + answer).")] = 256,
     max_train: Annotated[Optional[int], typer.Option("--max-train", help="Use at most N training examples.")] = None,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Evaluate on at most N test examples (0: skip).")] = 100,
+    max_val: Annotated[Optional[int], typer.Option("--max-val", help="Use at most N validation examples.")] = 200,
+    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Evaluate on at most N test examples (0: skip).")] = 200,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same name.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     catalog: CatalogOpt = None,
@@ -46,12 +47,16 @@ def train(
         base=base, method=method, data=data, keep_ratio=keep_ratio, targets=targets, max_steps=max_steps,
         epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, seed=seed, name=name,
         mask_score=mask_score, mask_steps=mask_steps, block_size=block_size, rank=rank, alpha=alpha,
-        max_length=max_length, max_train=max_train, eval_limit=eval_limit, resume=resume, quiet=quiet,
+        max_length=max_length, max_train=max_train, max_val=max_val, eval_limit=eval_limit, resume=resume, quiet=quiet,
         catalog=catalog,
     )
     if mask_interval is not None:
         kwargs["mask_interval"] = mask_interval
     result = train_expert(task, **kwargs)
+    if result.interrupted:
+        console.print(f"Interrupted after {result.steps} steps; checkpoint in {result.out_dir}. "
+                      "Run the same command with --resume to continue.")
+        raise typer.Exit(130)
     rec = result.record
     console.print(f"Registered [bold]{rec.ref}[/] ({rec.kind}, {rec.nnz:,} trained entries)")
     for task_name, per_task in (rec.metrics or {}).items():
