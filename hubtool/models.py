@@ -100,7 +100,10 @@ def load_base(name_or_path: str, *, dtype: Any = None, device: Any = None) -> tu
     The tokenizer is None for a local folder that has no tokenizer files (the tiny test models).
     """
     from transformers import AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
 
+    # Loading a 135M model is quick; transformers' per-tensor progress bars would drown our own output.
+    hf_logging.disable_progress_bar()
     source, _ = resolve_base(name_or_path)
     try:
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else "auto")
@@ -165,7 +168,9 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     """Dequantize the GGUF into a bf16 safetensors folder at ``out``, with tokenizer and manifest."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
+    hf_logging.disable_progress_bar()
     started = time.perf_counter()
     gguf_sha = _sha256(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

@@ -24,14 +24,16 @@ from hubtool.cli._common import (
 RefArg = Annotated[str, typer.Argument(help="Expert reference: NAME, NAME@VERSION or NAME@ALIAS.")]
 
 
+# Quality metrics first in the one-line summary; losses only when nothing else was measured.
+_HEADLINE = ("accuracy", "rougeL", "exact_match")
+
+
 def _metric_summary(metrics: dict) -> str:
-    # {task: {metric: value}} -> "rougeL 41.2 · exact_match 30.0" (first task's metrics, at most three)
-    parts = []
+    """{task: {metric: value}} -> "accuracy 72 · rougeL 41.2" (the primary task's first two headline metrics)."""
     for per_task in metrics.values():
-        for metric, value in list(per_task.items())[:3]:
-            parts.append(f"{metric} {value:.4g}")
-        break
-    return " · ".join(parts) or "-"
+        ranked = sorted(per_task, key=lambda m: (_HEADLINE.index(m) if m in _HEADLINE else len(_HEADLINE), m))
+        return " · ".join(f"{m} {per_task[m]:.3g}" for m in ranked[:2])
+    return "-"
 
 
 @app.command("list")
@@ -65,8 +67,12 @@ def list_(
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("expert", "kind", "task", "base", "keep", "nnz", "size", "metrics", "created"):
-        table.add_column(col, justify="right" if col in ("keep", "nnz", "size") else "left")
+    # `created` and the rest are in `hub show` and --json; the table keeps to what fits 80 columns.
+    for col in ("expert", "kind", "task", "base", "keep", "nnz", "size", "metrics"):
+        # Names never wrap (they are what you copy); a long base model id is cut, not wrapped.
+        table.add_column(col, justify="right" if col in ("keep", "nnz", "size") else "left",
+                         no_wrap=col != "metrics", overflow="ellipsis", max_width=24 if col == "base" else None,
+                         min_width=20 if col == "metrics" else None)
     for r in rows:
         table.add_row(
             r.ref,
@@ -77,7 +83,6 @@ def list_(
             f"{r.nnz:,}",
             human_bytes(r.bytes),
             esc(_metric_summary(r.metrics)),
-            str(r.created_at)[:16],
         )
     console.print(table)
 

@@ -410,7 +410,7 @@ def _shira_export(entries: dict, shapes: dict, base: str):
     modules = sorted(w.removesuffix(".weight") for w in entries)
     # The random mask PEFT draws while building the layers is overwritten by our stored indices on load.
     config = ShiraConfig(
-        r=r, target_modules=modules, random_seed=0, base_model_name_or_path=base, inference_mode=True
+        r=r, target_modules=modules, random_seed=0, base_model_name_or_path=base, inference_mode=True, task_type="CAUSAL_LM"
     )
     return config, tensors
 
@@ -434,7 +434,7 @@ def _supertuning_export(entries: dict, shapes: dict, base: str):
         tensors[f"{module}.supertuning_indices"] = flat.to(torch.int32)
     modules = sorted(w.removesuffix(".weight") for w in entries)
     config = SupertuningConfig(
-        target_modules=modules, sparsity=sparsity, base_model_name_or_path=base, inference_mode=True
+        target_modules=modules, sparsity=sparsity, base_model_name_or_path=base, inference_mode=True, task_type="CAUSAL_LM"
     )
     return config, tensors
 
@@ -460,6 +460,7 @@ def _lora_export(deltas: dict[str, LoraDelta], base: str):
         alpha_pattern=alpha_pattern,
         base_model_name_or_path=base,
         inference_mode=True,
+        task_type="CAUSAL_LM",  # so AutoPeftModelForCausalLM can load the folder by itself
     )
     return config, tensors
 
