@@ -140,6 +140,7 @@ def evaluate_expert(
     """Score an expert (catalog ref, packed file, PEFT folder) or a model folder, or with target=None the
     base model, on a task. Metrics go to the catalog: on the expert's row, or as the base model's baseline."""
     from hubtool.apply import apply_expert
+    from hubtool.data import load_task
     from hubtool.evaluate import evaluate
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.registry import Catalog
@@ -165,17 +166,23 @@ def evaluate_expert(
     base_name = model_path or base or (expert.base_model if expert is not None else None)
     if base_name is None:
         raise HubError("eval: give an expert or --base MODEL")
-    model, tokenizer = load_base(base_name)
+    task_data = load_task(task)  # before the model: a bad task name fails in a second, not after loading
+    # fp32: an expert's small deltas would mostly round away if added into bf16 weights.
+    import torch
+
+    model, tokenizer = load_base(base_name, dtype=torch.float32)
+    if tokenizer is None:
+        raise HubError(f"base model {base_name}: no tokenizer files; evaluation needs one")
     if expert is not None:
         apply_expert(model, expert)
     result = evaluate(
-        model, tokenizer, task, split=split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size
+        model, tokenizer, task_data, split=split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size
     )
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in _RUN_KEYS}
     if store:
         if rec is not None:
-            cat.set_metrics(rec.ref, task, metrics)
+            cat.set_metrics(rec.ref, task_data.name, metrics)
         elif target is None:
             _, revision = resolve_base(base_name)
-            cat.set_base_metrics(base_id(base_name), task, metrics, revision=revision)
+            cat.set_base_metrics(base_id(base_name), task_data.name, metrics, revision=revision)
     return {**metrics, **{k: v for k, v in result.items() if k in _RUN_KEYS}}

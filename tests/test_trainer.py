@@ -8,7 +8,7 @@ import signal
 
 import pytest
 import torch
-from tiny import make_tiny_llama
+from tiny import make_tiny_llama, save_word_tokenizer
 
 from hubtool.sparse import AdapterConfig
 from hubtool.sparse.adapters import Adapter
@@ -150,22 +150,14 @@ def test_train_glue_packs_and_registers_an_expert(tmp_path, hub_home):
     """hubtool.train end to end on a tiny Llama with a word-level tokenizer and a JSONL task."""
     import json
 
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    from transformers import PreTrainedTokenizerFast
-
     from hubtool.format import unpack
     from hubtool.train import train
 
     colors = ["red", "blue", "green", "pink"]
     things = [f"thing{i}" for i in range(80)]
-    words = ["<pad>", "<s>", "</s>", "<unk>", "what", "color", "is", "?", *colors, *things]
-    tokenizer = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
-    tokenizer.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
     base = tmp_path / "base"
     make_tiny_llama(base)
-    PreTrainedTokenizerFast(
-        tokenizer_object=tokenizer, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
-    ).save_pretrained(base)
+    save_word_tokenizer(base, ["what", "color", "is", "?", *colors, *things])
     rows = [{"input": f"what color is {t} ?", "output": colors[i % 4]} for i, t in enumerate(things)]
     data = tmp_path / "colors.jsonl"
     data.write_text("".join(json.dumps(r) + "\n" for r in rows))

@@ -47,3 +47,19 @@ def make_tiny_llama(
     if path is not None:
         model.save_pretrained(Path(path))
     return model
+
+
+def save_word_tokenizer(path: str | Path, words: list[str]):
+    """Save a whitespace word-level tokenizer next to a tiny model: ids 0-3 are <pad> <s> </s> <unk>
+    (the tiny Llama's pad/bos/eos ids), then `words` in order. Returns the tokenizer."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {w: i for i, w in enumerate(["<pad>", "<s>", "</s>", "<unk>", *words])}
+    core = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    core.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    tokenizer = PreTrainedTokenizerFast(
+        tokenizer_object=core, bos_token="<s>", eos_token="</s>", pad_token="<pad>", unk_token="<unk>"
+    )
+    tokenizer.save_pretrained(Path(path))
+    return tokenizer

@@ -1,0 +1,78 @@
+"""`hub tasks`, `hub train` and `hub eval` run for real: the `hub` script in a subprocess, a tiny random
+Llama with a word-level tokenizer saved as a local base model folder, a JSONL task, a real catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from test_cli import hub, ok, ok_json, one_line_error, store_files
+from tiny import make_tiny_llama, save_word_tokenizer
+
+COLORS = ["red", "blue", "green", "pink"]
+THINGS = [f"thing{i}" for i in range(60)]
+
+
+@pytest.fixture
+def colors_task(tmp_path: Path) -> tuple[Path, Path]:
+    """(base model folder, task file): 'what color is thingN ?' -> one of four colours."""
+    base = tmp_path / "base"
+    make_tiny_llama(base)
+    save_word_tokenizer(base, ["what", "color", "is", "?", *COLORS, *THINGS])
+    data = tmp_path / "colors.jsonl"
+    rows = [{"input": f"what color is {t} ?", "output": COLORS[i % 4], "options": COLORS} for i, t in enumerate(THINGS)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return base, data
+
+
+def test_train_eval_list_show(hub_home: Path, colors_task: tuple[Path, Path]) -> None:
+    base, data = colors_task
+    common = ["--base", base, "--data", data, "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2",
+              "--max-length", "32", "--eval-limit", "4", "--quiet"]
+    out = ok(hub("train", "--task", "colors", "--keep-ratio", "0.1", "--mask-interval", "1", *common))
+    assert "Registered colors-sparse@1" in out
+    ok(hub("train", "--task", "colors", "--method", "lora", "--rank", "2", *common))
+
+    rows = {r["ref"]: r for r in ok_json(hub("list", "--task", "colors", "--json"))}
+    assert set(rows) == {"colors-sparse@1", "colors-lora@1"}
+    sparse = rows["colors-sparse@1"]
+    # keep ratio is exact per weight: round(0.1 x numel) of q [64x64], k and v [32x64], in two layers
+    assert sparse["kind"] == "sparse" and sparse["nnz"] == 2 * (410 + 205 + 205)
+    assert sparse["base"] == str(base.resolve())
+    assert {"train_loss", "val_loss", "accuracy"} <= set(sparse["metrics"]["colors"])
+    assert rows["colors-lora@1"]["kind"] == "lora"
+    assert sparse["config"]["data"]["sha256"] == rows["colors-lora@1"]["config"]["data"]["sha256"]
+
+    # the base model's score, then the expert's own: stored, and shown as a gain
+    base_scores = ok_json(hub("eval", "--base", base, "--task", data, "--limit", "8", "--json"))
+    expert_scores = ok_json(hub("eval", "colors-sparse", "--task", data, "--limit", "8", "--json"))
+    assert 0 <= base_scores["accuracy"] <= 100 and 0 <= expert_scores["accuracy"] <= 100
+    shown = ok_json(hub("show", "colors-sparse", "--json"))
+    assert shown["metrics"]["colors"]["accuracy"] == pytest.approx(expert_scores["accuracy"])
+    assert shown["gain"]["colors"]["accuracy"] == pytest.approx(expert_scores["accuracy"] - base_scores["accuracy"])
+
+
+def test_tasks_lists_builtins_and_the_search_path(hub_home: Path, tmp_path: Path) -> None:
+    folder = tmp_path / "tasks" / "echo"
+    folder.mkdir(parents=True)
+    for split, n in (("train", 5), ("validation", 2), ("test", 3)):
+        rows = [{"input": f"say {split} {i}", "output": f"{split} {i}"} for i in range(n)]
+        (folder / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    infos = {t["name"]: t for t in ok_json(hub("tasks", "--json", HUB_TASKS_PATH=str(tmp_path / "tasks")))}
+    assert infos["echo"]["sizes"] == {"train": 5, "validation": 2, "test": 3}
+    assert {"boolq", "nq_open", "xsum", "commonsenseqa"} <= set(infos)
+    assert infos["boolq"]["sizes"]["train"] > 1000
+
+
+def test_train_errors_are_one_line_and_register_nothing(hub_home: Path, colors_task: tuple[Path, Path], tmp_path: Path) -> None:
+    base, data = colors_task
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"input": "x", "output": "y"}\n{"input": "no output"}\n')
+    one_line_error(hub("train", "--task", "t", "--base", base, "--data", tmp_path / "missing.jsonl", "--max-steps", "1"))
+    one_line_error(hub("train", "--task", "t", "--base", base, "--data", bad, "--max-steps", "1"), "bad.jsonl:2")
+    one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--method", "dense"), "method")
+    one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--keep-ratio", "1.5"), "keep_ratio")
+    one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--targets", "nothing_here"), "nothing_here")
+    one_line_error(hub("eval", "nope", "--task", data), "nope")
+    assert ok_json(hub("list", "--json")) == [] and store_files(hub_home) == []
