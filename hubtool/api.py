@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from hubtool.errors import HubError
+from hubtool.fileio import CHUNK, atomic_write
 from hubtool.paths import hub_home, models_dir
 
 
@@ -90,22 +91,13 @@ def _copy_verified(blob: Path, out: Path, sha256: str, ref: str) -> None:
     corrupted blob is refused instead of exported."""
     if not blob.is_file():
         raise HubError(f"{ref}: blob {blob} is missing; run `hub verify`")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
-    try:
+    with atomic_write(out) as dst, open(blob, "rb") as src:
         digest = hashlib.sha256()
-        with os.fdopen(fd, "wb") as dst, open(blob, "rb") as src:
-            while chunk := src.read(1 << 20):
-                digest.update(chunk)
-                dst.write(chunk)
-            dst.flush()
-            os.fsync(dst.fileno())
-        if digest.hexdigest() != sha256:
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+        if digest.hexdigest() != sha256:  # raising inside the block deletes the temp file
             raise HubError(f"{ref}: blob {blob} does not match its sha256; run `hub verify`")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _loadable_base(base_model: str) -> str:
@@ -176,7 +168,13 @@ def evaluate_expert(
     if expert is not None:
         apply_expert(model, expert)
     result = evaluate(
-        model, tokenizer, task_data, split=split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size
+        model,
+        tokenizer,
+        task_data,
+        split=split,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
     )
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in _RUN_KEYS}
     if store:

@@ -11,7 +11,6 @@ torch / transformers are imported inside functions: ``hub list`` and ``hub --hel
 
 from __future__ import annotations
 
-import hashlib
 import importlib.util
 import json
 import re
@@ -21,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 from hubtool.errors import HubError
-from hubtool.interop import atomic_folder
+from hubtool.fileio import atomic_folder, sha256_file
 from hubtool.paths import models_dir
 
 MANIFEST = "hubtool-model.json"
@@ -172,7 +171,7 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
 
     hf_logging.disable_progress_bar()
     started = time.perf_counter()
-    gguf_sha = _sha256(gguf)
+    gguf_sha = sha256_file(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # A GGUF-loaded model carries a quantization_config and refuses save_pretrained; rebuild the same
@@ -191,7 +190,7 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
         "gguf_sha256": gguf_sha,
         "revision": f"gguf-{spec.quant}-sha256:{gguf_sha[:12]}",
         "dtype": "bfloat16",
-        "sha256": {name: _sha256(out / name) for name in weights},
+        "sha256": {name: sha256_file(out / name) for name in weights},
         "convert_seconds": round(time.perf_counter() - started, 2),
     }
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2) + "\n")
@@ -217,7 +216,7 @@ def _verify(folder: Path) -> None:
         path = folder / name
         if not path.is_file():
             raise _corrupt(folder, f"{name} is missing")
-        if _sha256(path) != expected:
+        if sha256_file(path) != expected:
             raise _corrupt(folder, f"{name} does not match its sha256 in {MANIFEST}")
 
 
@@ -225,14 +224,6 @@ def _corrupt(folder: Path, what: str) -> HubError:
     return HubError(
         f"base model folder {folder} is corrupt ({what}); delete the folder and re-run to convert it again"
     )
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _first_line(err: BaseException) -> str:

@@ -30,8 +30,8 @@ def _root(
 
 
 # Each module registers its commands on `app` at import (cheap: no torch, no SQLAlchemy).
-from hubtool.cli import catalog as _catalog  # noqa: E402,F401
-from hubtool.cli import train as _train  # noqa: E402,F401
+from hubtool.cli import catalog as _catalog  # noqa: F401
+from hubtool.cli import train as _train  # noqa: F401
 
 
 def main() -> None:

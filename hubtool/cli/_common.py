@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import json
 import sys
-from typing import Annotated, Any, Optional
+from typing import Annotated, Any
 
 import typer
 from rich.console import Console
@@ -17,7 +17,7 @@ err_console = Console(stderr=True)
 
 # Shared option aliases (huggingface_hub's CLI style): one declaration, used by every command.
 CatalogOpt = Annotated[
-    Optional[str],
+    str | None,
     typer.Option(
         "--catalog",
         envvar="HUB_CATALOG",
@@ -25,12 +25,12 @@ CatalogOpt = Annotated[
     ),
 ]
 JsonOpt = Annotated[bool, typer.Option("--json", help="Print machine-readable JSON instead of a table.")]
-TaskOpt = Annotated[Optional[str], typer.Option("--task", help="Task name.")]
+TaskOpt = Annotated[str | None, typer.Option("--task", help="Task name.")]
 BaseOpt = Annotated[
-    Optional[str], typer.Option("--base", help="Base model: embedded name, HF id or local folder.")
+    str | None, typer.Option("--base", help="Base model: embedded name, HF id or local folder.")
 ]
 NameOpt = Annotated[
-    Optional[str], typer.Option("--name", help="Expert name (default: from the file or the task).")
+    str | None, typer.Option("--name", help="Expert name (default: from the file or the task).")
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -39,16 +39,16 @@ def _metric_summary(metrics: dict) -> str:
 @app.command("list")
 def list_(
     task: TaskOpt = None,
-    base: Annotated[Optional[str], typer.Option("--base", help="Only experts of this base model.")] = None,
+    base: Annotated[str | None, typer.Option("--base", help="Only experts of this base model.")] = None,
     kind: Annotated[
-        Optional[str], typer.Option("--kind", help="sparse, block-sparse, lora, full-delta or merged.")
+        str | None, typer.Option("--kind", help="sparse, block-sparse, lora, full-delta or merged.")
     ] = None,
-    tag: Annotated[Optional[str], typer.Option("--tag", help="Only experts with this tag.")] = None,
+    tag: Annotated[str | None, typer.Option("--tag", help="Only experts with this tag.")] = None,
     where: Annotated[
-        Optional[str], typer.Option("--where", help="Filter, e.g. 'rougeL>=30, keep_ratio<0.1'.")
+        str | None, typer.Option("--where", help="Filter, e.g. 'rougeL>=30, keep_ratio<0.1'.")
     ] = None,
     sort: Annotated[
-        Optional[str], typer.Option("--sort", help="Field or metric to sort by; '-' prefix for descending.")
+        str | None, typer.Option("--sort", help="Field or metric to sort by; '-' prefix for descending.")
     ] = None,
     limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 50,
     json_: JsonOpt = False,
@@ -178,9 +178,9 @@ def import_(
     path: Annotated[Path, typer.Argument(help="A packed expert (.safetensors) or a PEFT adapter folder.")],
     name: NameOpt = None,
     task: TaskOpt = None,
-    tag: Annotated[Optional[list[str]], typer.Option("--tag", help="Tag to attach (repeatable).")] = None,
+    tag: Annotated[list[str] | None, typer.Option("--tag", help="Tag to attach (repeatable).")] = None,
     base: Annotated[
-        Optional[str],
+        str | None,
         typer.Option(
             "--base", help="PEFT folders only: the base model, when adapter_config.json lacks or misnames it."
         ),

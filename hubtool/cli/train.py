@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated
 
 import typer
 
@@ -14,28 +14,28 @@ from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, NameOpt, console, 
 @app.command()
 def train(
     task: Annotated[str, typer.Option("--task", help="Built-in task name, a task folder, or (with --data) a new task's name.")],
-    data: Annotated[Optional[Path], typer.Option("--data", help="JSONL/CSV file or HF datasets folder of prompt→answer pairs.")] = None,
+    data: Annotated[Path | None, typer.Option("--data", help="JSONL/CSV file or HF datasets folder of prompt→answer pairs.")] = None,
     base: Annotated[str, typer.Option("--base", help="Base model: embedded name, HF id or local folder.")] = "smollm2-135m",
     method: Annotated[str, typer.Option("--method", help="sparse | block-sparse | lora | full")] = "sparse",
     keep_ratio: Annotated[float, typer.Option("--keep-ratio", help="Fraction of each target weight that is trained.")] = 0.05,
     targets: Annotated[str, typer.Option("--targets", help="qkv | attn | mlp | all | REGEX over module names.")] = "qkv",
-    max_steps: Annotated[Optional[int], typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
-    epochs: Annotated[Optional[float], typer.Option("--epochs", help="Passes over the training split.")] = None,
+    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[Optional[float], typer.Option("--lr", help="Peak learning rate (default per method).")] = None,
+    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default per method).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     name: NameOpt = None,
     mask_score: Annotated[str, typer.Option("--mask-score", help="sensitivity | snip | grad | magnitude | random")] = "sensitivity",
-    mask_interval: Annotated[Optional[int], typer.Option("--mask-interval", help="Steps between mask re-selections.")] = None,
-    mask_steps: Annotated[Optional[int], typer.Option("--mask-steps", help="Re-select during the first N steps, then freeze.")] = None,
+    mask_interval: Annotated[int | None, typer.Option("--mask-interval", help="Steps between mask re-selections.")] = None,
+    mask_steps: Annotated[int | None, typer.Option("--mask-steps", help="Re-select during the first N steps, then freeze.")] = None,
     block_size: Annotated[int, typer.Option("--block-size", help="Tile size B for block-sparse.")] = 16,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 4,
     alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha.")] = 16.0,
     max_length: Annotated[int, typer.Option("--max-length", help="Tokens per example (prompt + answer).")] = 256,
-    max_train: Annotated[Optional[int], typer.Option("--max-train", help="Use at most N training examples.")] = None,
-    max_val: Annotated[Optional[int], typer.Option("--max-val", help="Use at most N validation examples.")] = 200,
-    eval_limit: Annotated[Optional[int], typer.Option("--eval-limit", help="Evaluate on at most N test examples (0: skip).")] = 200,
+    max_train: Annotated[int | None, typer.Option("--max-train", help="Use at most N training examples.")] = None,
+    max_val: Annotated[int | None, typer.Option("--max-val", help="Use at most N validation examples.")] = 200,
+    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Evaluate on at most N test examples (0: skip).")] = 200,
     resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same name.")] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     catalog: CatalogOpt = None,
@@ -65,11 +65,11 @@ def train(
 
 @app.command("eval")
 def eval_(
-    target: Annotated[Optional[str], typer.Argument(help="Expert NAME[@VERSION], a packed file, a PEFT folder or a model folder.")] = None,
+    target: Annotated[str | None, typer.Argument(help="Expert NAME[@VERSION], a packed file, a PEFT folder or a model folder.")] = None,
     task: Annotated[str, typer.Option("--task", help="Task to evaluate on.")] = ...,
     base: BaseOpt = None,
     split: Annotated[str, typer.Option("--split", help="train | validation | test")] = "test",
-    limit: Annotated[Optional[int], typer.Option("--limit", help="At most N examples.")] = None,
+    limit: Annotated[int | None, typer.Option("--limit", help="At most N examples.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     json_: JsonOpt = False,

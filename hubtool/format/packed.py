@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import os
 import struct
-import tempfile
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +25,7 @@ import safetensors.torch
 import torch
 
 from hubtool.errors import FormatError
+from hubtool.fileio import atomic_write
 from hubtool.format import encodings
 from hubtool.format.header import (
     DELTAS_OF_KIND,
@@ -47,7 +47,8 @@ def pack(
 ) -> int:
     """Write `expert` to `path` atomically; returns the bytes written. See pack_bytes."""
     data = pack_bytes(expert, value_dtype=value_dtype, encoding=encoding)
-    write_atomic(Path(path), data)
+    with atomic_write(path) as f:
+        f.write(data)
     return len(data)
 
 
@@ -136,21 +137,6 @@ def unpack(source: str | os.PathLike[str] | bytes) -> Expert:
         metrics=meta["metrics"],
         parents=meta["parents"],
     )
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, fsync, rename: readers see the old file or the whole new one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str]) -> bytes:

@@ -18,7 +18,6 @@ PEFT names tensors ``base_model.model.<module>.<tuner tensor>``; hubtool names w
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import re
@@ -28,8 +27,8 @@ from typing import Any
 import torch
 
 from hubtool.errors import HubError
+from hubtool.fileio import atomic_folder, sha256_file
 from hubtool.format.types import BlockDelta, Delta, Expert, LoraDelta, SparseDelta
-from hubtool.interop import atomic_folder
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -284,7 +283,7 @@ def _read_sidecar(folder: Path) -> dict[str, Any]:
         raise HubError(f"{path}: cannot read it as JSON ({err})") from err
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise HubError(f"{path}: expected format {SIDECAR_FORMAT!r}")
-    if sidecar.get("weights_sha256") != _sha256(folder / WEIGHTS_FILE):
+    if sidecar.get("weights_sha256") != sha256_file(folder / WEIGHTS_FILE):
         return {}
     weights = sidecar.get("weights")
     if (
@@ -356,7 +355,7 @@ def export_peft(
     with atomic_folder(out_dir) as tmp:
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
-        sidecar = _sidecar(expert, deltas, counts, _sha256(tmp / WEIGHTS_FILE))
+        sidecar = _sidecar(expert, deltas, counts, sha256_file(tmp / WEIGHTS_FILE))
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
         padded = sum(
             t.numel() for k, t in tensors.items() if k.endswith(("shira_weight", "supertuning_values"))
@@ -521,11 +520,3 @@ def _model_card(expert: Expert, base: str, fmt: str, nnz: int, stored: int) -> s
         "",
     ]
     return "\n".join(lines)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(1 << 20):
-            digest.update(chunk)
-    return digest.hexdigest()

@@ -15,28 +15,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
-CHUNK = 1 << 20
+from hubtool.fileio import CHUNK, fsync_path, sha256_file
+
 SUFFIX = ".safetensors"
-
-
-def sha256_file(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        while chunk := f.read(CHUNK):
-            h.update(chunk)
-    return h.hexdigest()
-
-
-def _fsync_dir(path: Path) -> None:
-    # Make the rename itself durable (POSIX); directories can't be opened on Windows.
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 def blob_location(sha256: str) -> str:
@@ -88,7 +69,7 @@ class BlobStore:
             return location  # deduplicated; the staged copy is dropped when stage() exits
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(staged.path, final)  # also repairs a corrupted copy at that address
-        _fsync_dir(final.parent)
+        fsync_path(final.parent)
         return location
 
     def trash(self, location: str) -> Path | None:

@@ -26,10 +26,11 @@ from sqlalchemy.engine import Connection
 
 from hubtool import paths
 from hubtool.errors import HubError, NotFoundError
+from hubtool.fileio import sha256_file
 from hubtool.registry import baselines, db, lookup
 from hubtool.registry import tables as t
 from hubtool.registry import where as where_lang
-from hubtool.registry.blobs import BlobStore, Staged, sha256_file
+from hubtool.registry.blobs import BlobStore, Staged
 from hubtool.registry.lookup import LATEST, NAME, parse_ref
 from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
 
