@@ -17,7 +17,7 @@ for task in nq_open commonsenseqa; do
   $HUB eval --base smollm2-135m --task "$task" --limit "$LIMIT" --max-new-tokens 16
   say "Train a sparse expert for $task: keep ratio 0.05 on q/k/v, $STEPS steps"
   $HUB train --task "$task" --keep-ratio 0.05 --targets qkv --max-steps "$STEPS" --batch-size 8 \
-    --max-length 128 --eval-limit "$LIMIT" --name "$task-sparse"
+    --max-length 128 --max-val 64 --eval-limit "$LIMIT" --max-new-tokens 16 --name "$task-sparse"
 done
 
 say "The catalog"

@@ -142,7 +142,8 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_new_
 
 
 def score(predictions: Sequence[Prediction]) -> dict[str, float]:
-    """rougeL and exact_match over all predictions, accuracy over those with options; in percent."""
+    """rougeL and exact_match over all predictions, accuracy and accuracy_norm over those with options;
+    in percent."""
     if not predictions:
         raise HubError("no predictions to score")
     n = len(predictions)
@@ -153,7 +154,18 @@ def score(predictions: Sequence[Prediction]) -> dict[str, float]:
     chosen = [p for p in predictions if p.option_logprobs is not None]
     if chosen:
         metrics["accuracy"] = 100 * accuracy([p.text for p in chosen], [p.example.output for p in chosen])
+        # Summed log-probs favour short options; accuracy_norm divides by the option's length in bytes
+        # first (lm-evaluation-harness's acc_norm), which is fairer when option lengths differ a lot.
+        normed = [_by_length(p) for p in chosen]
+        metrics["accuracy_norm"] = 100 * accuracy(normed, [p.example.output for p in chosen])
     return metrics
+
+
+def _by_length(p: Prediction) -> str:
+    """The option with the highest log-prob per byte of its text."""
+    options, logps = p.example.options or [], p.option_logprobs or []
+    per_byte = [lp / max(1, len(o.encode())) for o, lp in zip(options, logps)]
+    return options[max(range(len(per_byte)), key=per_byte.__getitem__)]
 
 
 def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "test", limit: int | None = None,

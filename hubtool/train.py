@@ -63,6 +63,7 @@ def train(
     max_train: int | None = None,
     max_val: int | None = 200,
     eval_limit: int | None = 200,
+    max_new_tokens: int = 64,
     out_dir: str | Path | None = None,
     resume: bool = False,
     catalog: Any = None,
@@ -156,8 +157,11 @@ def train(
     if eval_limit != 0 and task_data.test:
         from hubtool.evaluate import evaluate
 
-        scores = evaluate(model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size)
-        metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy")}
+        scores = evaluate(
+            model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size,
+            max_new_tokens=max_new_tokens,
+        )
+        metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "accuracy_norm")}
     result.metrics = metrics
 
     expert = adapter.to_expert(

@@ -112,6 +112,9 @@ def test_option_scores_equal_a_manual_forward_and_pick_the_best(model, tok):
     chosen = [e.options[max(range(3), key=row.__getitem__)] for e, row in zip(examples, scores)]
     assert [p.text for p in preds] == chosen
     assert metrics["accuracy"] == pytest.approx(100 * sum(c == e.output for c, e in zip(chosen, examples)) / 3)
+    # accuracy_norm picks by log-prob per byte of the option text (a char tokenizer: one token per byte)
+    normed = [e.options[max(range(3), key=lambda j: row[j] / len(e.options[j]))] for e, row in zip(examples, scores)]
+    assert metrics["accuracy_norm"] == pytest.approx(100 * sum(c == e.output for c, e in zip(normed, examples)) / 3)
 
 
 def test_batched_generation_matches_one_at_a_time(model, tok):
@@ -161,3 +164,12 @@ def test_evaluate_returns_metrics_in_range(model, tok):
     assert metrics["examples_per_s"] > 0 and metrics["seconds"] > 0
     with pytest.raises(Exception, match="no examples in split 'train'"):
         evaluate(model, tok, task, split="train")
+
+
+def test_accuracy_norm_divides_by_option_length():
+    from hubtool.evaluate import Prediction, score
+
+    # Summed log-prob prefers the short option (-3 > -10); per byte the long one wins (-1 > -3).
+    example = Example("Pick:", "bbbbbbbbbb", ["a", "bbbbbbbbbb"])
+    metrics = score([Prediction(example, "a", [-3.0, -10.0])])
+    assert metrics["accuracy"] == 0 and metrics["accuracy_norm"] == 100

@@ -8,64 +8,124 @@ from typing import Annotated
 import typer
 
 from hubtool.cli import app
-from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, NameOpt, console, print_json
+from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, NameOpt, console, esc, print_json
 
 
 @app.command()
 def train(
-    task: Annotated[str, typer.Option("--task", help="Built-in task name, a task folder, or (with --data) a new task's name.")],
-    data: Annotated[Path | None, typer.Option("--data", help="JSONL/CSV file or HF datasets folder of prompt→answer pairs.")] = None,
-    base: Annotated[str, typer.Option("--base", help="Base model: embedded name, HF id or local folder.")] = "smollm2-135m",
+    task: Annotated[
+        str,
+        typer.Option("--task", help="Built-in task name, a task folder, or (with --data) a new task's name."),
+    ],
+    data: Annotated[
+        Path | None,
+        typer.Option("--data", help="JSONL/CSV file or HF datasets folder of prompt→answer pairs."),
+    ] = None,
+    base: Annotated[
+        str, typer.Option("--base", help="Base model: embedded name, HF id or local folder.")
+    ] = "smollm2-135m",
     method: Annotated[str, typer.Option("--method", help="sparse | block-sparse | lora | full")] = "sparse",
-    keep_ratio: Annotated[float, typer.Option("--keep-ratio", help="Fraction of each target weight that is trained.")] = 0.05,
-    targets: Annotated[str, typer.Option("--targets", help="qkv | attn | mlp | all | REGEX over module names.")] = "qkv",
-    max_steps: Annotated[int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")] = None,
+    keep_ratio: Annotated[
+        float, typer.Option("--keep-ratio", help="Fraction of each target weight that is trained.")
+    ] = 0.05,
+    targets: Annotated[
+        str, typer.Option("--targets", help="qkv | attn | mlp | all | REGEX over module names.")
+    ] = "qkv",
+    max_steps: Annotated[
+        int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")
+    ] = None,
     epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
     lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default per method).")] = None,
     seed: Annotated[int, typer.Option("--seed")] = 0,
     name: NameOpt = None,
-    mask_score: Annotated[str, typer.Option("--mask-score", help="sensitivity | snip | grad | magnitude | random")] = "sensitivity",
-    mask_interval: Annotated[int | None, typer.Option("--mask-interval", help="Steps between mask re-selections.")] = None,
-    mask_steps: Annotated[int | None, typer.Option("--mask-steps", help="Re-select during the first N steps, then freeze.")] = None,
+    mask_score: Annotated[
+        str, typer.Option("--mask-score", help="sensitivity | snip | grad | magnitude | random")
+    ] = "sensitivity",
+    mask_interval: Annotated[
+        int | None, typer.Option("--mask-interval", help="Steps between mask re-selections.")
+    ] = None,
+    mask_steps: Annotated[
+        int | None, typer.Option("--mask-steps", help="Re-select during the first N steps, then freeze.")
+    ] = None,
     block_size: Annotated[int, typer.Option("--block-size", help="Tile size B for block-sparse.")] = 16,
     rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 4,
     alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha.")] = 16.0,
-    max_length: Annotated[int, typer.Option("--max-length", help="Tokens per example (prompt + answer).")] = 256,
-    max_train: Annotated[int | None, typer.Option("--max-train", help="Use at most N training examples.")] = None,
-    max_val: Annotated[int | None, typer.Option("--max-val", help="Use at most N validation examples.")] = 200,
-    eval_limit: Annotated[int | None, typer.Option("--eval-limit", help="Evaluate on at most N test examples (0: skip).")] = 200,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue an interrupted run of the same name.")] = False,
+    max_length: Annotated[
+        int, typer.Option("--max-length", help="Tokens per example (prompt + answer).")
+    ] = 256,
+    max_train: Annotated[
+        int | None, typer.Option("--max-train", help="Use at most N training examples.")
+    ] = None,
+    max_val: Annotated[
+        int | None, typer.Option("--max-val", help="Use at most N validation examples.")
+    ] = 200,
+    eval_limit: Annotated[
+        int | None, typer.Option("--eval-limit", help="Evaluate on at most N test examples (0: skip).")
+    ] = 200,
+    max_new_tokens: Annotated[
+        int, typer.Option("--max-new-tokens", help="Longest generated answer when evaluating.")
+    ] = 64,
+    resume: Annotated[
+        bool, typer.Option("--resume", help="Continue an interrupted run of the same name.")
+    ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Train one expert for a task, evaluate it, pack it and register it in the catalog."""
     from hubtool.train import train as train_expert
 
-    kwargs = dict(
-        base=base, method=method, data=data, keep_ratio=keep_ratio, targets=targets, max_steps=max_steps,
-        epochs=epochs, batch_size=batch_size, grad_accum=grad_accum, lr=lr, seed=seed, name=name,
-        mask_score=mask_score, mask_steps=mask_steps, block_size=block_size, rank=rank, alpha=alpha,
-        max_length=max_length, max_train=max_train, max_val=max_val, eval_limit=eval_limit, resume=resume, quiet=quiet,
-        catalog=catalog,
-    )
+    kwargs = {
+        "base": base,
+        "method": method,
+        "data": data,
+        "keep_ratio": keep_ratio,
+        "targets": targets,
+        "max_steps": max_steps,
+        "epochs": epochs,
+        "batch_size": batch_size,
+        "grad_accum": grad_accum,
+        "lr": lr,
+        "seed": seed,
+        "name": name,
+        "mask_score": mask_score,
+        "mask_steps": mask_steps,
+        "block_size": block_size,
+        "rank": rank,
+        "alpha": alpha,
+        "max_length": max_length,
+        "max_train": max_train,
+        "max_val": max_val,
+        "eval_limit": eval_limit,
+        "max_new_tokens": max_new_tokens,
+        "resume": resume,
+        "quiet": quiet,
+        "catalog": catalog,
+    }
     if mask_interval is not None:
         kwargs["mask_interval"] = mask_interval
     result = train_expert(task, **kwargs)
     if result.interrupted:
-        console.print(f"Interrupted after {result.steps} steps; checkpoint in {result.out_dir}. "
-                      "Run the same command with --resume to continue.")
+        console.print(
+            f"Interrupted after {result.steps} steps; checkpoint in {result.out_dir}. "
+            "Run the same command with --resume to continue."
+        )
         raise typer.Exit(130)
     rec = result.record
     console.print(f"Registered [bold]{rec.ref}[/] ({rec.kind}, {rec.nnz:,} trained entries)")
     for task_name, per_task in (rec.metrics or {}).items():
-        console.print(f"  {task_name}: " + ", ".join(f"{m} {v:.4g}" for m, v in per_task.items()), highlight=False)
+        console.print(
+            f"  {task_name}: " + ", ".join(f"{m} {v:.4g}" for m, v in per_task.items()), highlight=False
+        )
 
 
 @app.command("eval")
 def eval_(
-    target: Annotated[str | None, typer.Argument(help="Expert NAME[@VERSION], a packed file, a PEFT folder or a model folder.")] = None,
+    target: Annotated[
+        str | None,
+        typer.Argument(help="Expert NAME[@VERSION], a packed file, a PEFT folder or a model folder."),
+    ] = None,
     task: Annotated[str, typer.Option("--task", help="Task to evaluate on.")] = ...,
     base: BaseOpt = None,
     split: Annotated[str, typer.Option("--split", help="train | validation | test")] = "test",
@@ -81,14 +141,28 @@ def eval_(
     if target is None and base is None:
         raise typer.BadParameter("give an expert (NAME, file or folder) or --base MODEL")
     metrics = evaluate_expert(
-        target, task, base=base, split=split, limit=limit, max_new_tokens=max_new_tokens,
-        batch_size=batch_size, catalog=catalog,
+        target,
+        task,
+        base=base,
+        split=split,
+        limit=limit,
+        max_new_tokens=max_new_tokens,
+        batch_size=batch_size,
+        catalog=catalog,
     )
     if json_:
         print_json(metrics)
         return
-    console.print(f"[bold]{target or base}[/] on {task} ({split}): " + ", ".join(
-        f"{m} {v:.4g}" for m, v in metrics.items()), highlight=False)
+    run = {k: metrics.pop(k) for k in ("n", "seconds", "examples_per_s") if k in metrics}
+    scores = ", ".join(f"{m} {v:.3g}" for m, v in metrics.items())
+    console.print(f"[bold]{esc(target or base)}[/] on {esc(task)} ({split}): {esc(scores)}", highlight=False)
+    if run:
+        console.print(
+            f"  {run.get('n', 0):.0f} examples in {run.get('seconds', 0):.1f} s "
+            f"({run.get('examples_per_s', 0):.2f}/s)",
+            style="dim",
+            highlight=False,
+        )
 
 
 @app.command()
@@ -106,5 +180,10 @@ def tasks(json_: JsonOpt = False) -> None:
     for col in ("task", "kind", "train", "validation", "test", "source"):
         table.add_column(col, justify="right" if col in ("train", "validation", "test") else "left")
     for i in infos:
-        table.add_row(i.name, i.kind, *(f"{i.sizes.get(s, 0):,}" for s in ("train", "validation", "test")), str(i.source))
+        table.add_row(
+            i.name,
+            i.kind,
+            *(f"{i.sizes.get(s, 0):,}" for s in ("train", "validation", "test")),
+            str(i.source),
+        )
     console.print(table)
