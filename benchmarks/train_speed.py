@@ -33,6 +33,10 @@ import time
 from pathlib import Path
 
 METHODS = ("sparse", "block-sparse", "lora", "full-qkv", "full-all", "shira")
+# With --answer-tokens, methods that train through hub's Trainer use its loss (the output layer runs only
+# at answer positions, hubtool.sparse.loss); the peers use transformers' own loss, as a PEFT user's loop
+# does. "lora+hub-loss" is PEFT LoRA with our loss, to show how much of a gap is the loss, not the adapter.
+HUB_LOSS = ("sparse", "block-sparse", "full-qkv", "lora+hub-loss")
 PEER = "lora"
 BATCH, SEQ, KEEP_RATIO, BLOCK = 8, 128, 0.05, 16
 QKV = ["q_proj", "k_proj", "v_proj"]
@@ -57,7 +61,7 @@ def build(method: str):
         # mask_score "random" freezes at apply time: only the kept values exist, as after mask selection.
         cfg = AdapterConfig(method=kind, targets="qkv", keep_ratio=KEEP_RATIO, block_size=BLOCK, mask_score="random")
         params = Adapter.apply(model, cfg).parameters()
-    elif method == "lora":
+    elif method in ("lora", "lora+hub-loss"):
         from peft import LoraConfig, get_peft_model
 
         model = get_peft_model(model, LoraConfig(r=4, lora_alpha=16, lora_dropout=0.0, target_modules=QKV))
@@ -83,7 +87,7 @@ def shira_rank(model) -> int:
     return max(1, round(ours / sum(o + i for o, i in shapes)))
 
 
-def child(method: str, steps: int, warmup: int, threads: int | None) -> dict:
+def child(method: str, steps: int, warmup: int, threads: int | None, answer_tokens: int = 0) -> dict:
     import torch
 
     if threads:
@@ -92,12 +96,21 @@ def child(method: str, steps: int, warmup: int, threads: int | None) -> dict:
     model, params = build(method)
     opt = torch.optim.AdamW(params, lr=1e-4)
     ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ))
-    batch = {"input_ids": ids, "labels": ids, "attention_mask": torch.ones_like(ids)}
+    labels = ids.clone()
+    if answer_tokens:
+        labels[:, : SEQ - answer_tokens] = -100  # a prompt, then the answer: only the answer is scored
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": torch.ones_like(ids)}
+    if answer_tokens and method in HUB_LOSS:
+        from hubtool.sparse.loss import causal_lm_loss
+
+        loss_of = lambda: causal_lm_loss(model, batch)
+    else:
+        loss_of = lambda: model(**batch).loss
     torch.use_deterministic_algorithms(True, warn_only=True)
     times = []
     for step in range(warmup + steps):
         t0 = time.perf_counter()
-        model(**batch).loss.backward()
+        loss_of().backward()
         torch.nn.utils.clip_grad_norm_(params, 0.1)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -118,6 +131,7 @@ def child(method: str, steps: int, warmup: int, threads: int | None) -> dict:
 def run_child(method: str, args, env: dict) -> dict:
     argv = [sys.executable, __file__, "--child", method, "--steps", str(args.steps), "--warmup", str(args.warmup)]
     argv += ["--threads", str(args.threads)] if args.threads else []
+    argv += ["--answer-tokens", str(args.answer_tokens)]
     done = subprocess.run(argv, env=env, capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"{method} failed:\n{done.stderr[-3000:]}")
@@ -132,10 +146,12 @@ def main() -> None:
     ap.add_argument("--methods", default=",".join(METHODS), help="comma-separated subset of " + ",".join(METHODS))
     ap.add_argument("--tcmalloc", action="store_true", help=f"children run with LD_PRELOAD={TCMALLOC}")
     ap.add_argument("--threads", type=int, help="torch threads per child (default: torch's own, = cores)")
+    ap.add_argument("--answer-tokens", type=int, default=0,
+                    help="score only the last N tokens of each sequence (a prompt, then an answer); 0: all")
     ap.add_argument("--child", help=argparse.SUPPRESS)
     args = ap.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.steps, args.warmup, args.threads)))
+        print(json.dumps(child(args.child, args.steps, args.warmup, args.threads, args.answer_tokens)))
         return
 
     env = dict(os.environ)
@@ -149,6 +165,9 @@ def main() -> None:
         else:
             allocator = f"glibc malloc ({TCMALLOC} not found)"
     methods = args.methods.split(",")
+    unknown = set(methods) - set(METHODS) - set(HUB_LOSS)
+    if unknown:
+        raise SystemExit(f"--methods: unknown {', '.join(sorted(unknown))}; expected some of {', '.join(METHODS + HUB_LOSS[-1:])}")
     runs: dict[str, list[dict]] = {m: [] for m in methods}
     started = time.perf_counter()
     for r in range(args.rounds):
@@ -164,16 +183,18 @@ def print_table(runs: dict[str, list[dict]], args, allocator: str, wall: float) 
     rss = {m: statistics.median(run["peak_rss_mib"] for run in rs) for m, rs in runs.items()}
     peer_step, peer_rss = step.get(PEER), rss.get(PEER)
     first = next(iter(runs.values()))[0]
-    print(f"SmolLM2-135M fp32, CPU x{first['threads']} threads, batch {BATCH} x {SEQ} random tokens, labels on all "
-          f"tokens, targets qkv, {allocator}; median of {args.rounds} rounds x {args.steps} steps "
+    scored = (f"loss on the last {args.answer_tokens} tokens (hub's answer-only loss for {', '.join(HUB_LOSS)})"
+              if args.answer_tokens else "labels on all tokens")
+    print(f"SmolLM2-135M fp32, CPU x{first['threads']} threads, batch {BATCH} x {SEQ} random tokens, {scored}, "
+          f"targets qkv, {allocator}; median of {args.rounds} rounds x {args.steps} steps "
           f"(after {args.warmup} warm-up) per method; wall {wall:.0f} s")
-    head = f"{'method':13s} {'trainable':>10s} {'step s':>8s} {'x lora':>7s} {'tok/s':>7s} {'peak RSS MiB':>13s} {'x lora':>7s}"
+    head = f"{'method':14s} {'trainable':>10s} {'step s':>8s} {'x lora':>7s} {'tok/s':>7s} {'peak RSS MiB':>13s} {'x lora':>7s}"
     print(head)
     print("-" * len(head))
     for m, rs in runs.items():
         ratio = f"{step[m] / peer_step:.2f}" if peer_step else "-"
         mem_ratio = f"{rss[m] / peer_rss:.2f}" if peer_rss else "-"
-        print(f"{m:13s} {rs[0]['trainable']:>10,d} {step[m]:8.3f} {ratio:>7s} {BATCH * SEQ / step[m]:7.0f} "
+        print(f"{m:14s} {rs[0]['trainable']:>10,d} {step[m]:8.3f} {ratio:>7s} {BATCH * SEQ / step[m]:7.0f} "
               f"{rss[m]:13.0f} {mem_ratio:>7s}")
 
 

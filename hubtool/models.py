@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import re
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -170,6 +171,7 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
+    print(f"Converting the embedded base model {spec.name} to {out} (once, ~20 s)", file=sys.stderr)
     started = time.perf_counter()
     gguf_sha = sha256_file(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)

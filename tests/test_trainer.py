@@ -212,3 +212,23 @@ def test_two_process_data_parallel_equals_one_process_accumulating(tmp_path):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)  # the ranks agree
         assert torch.equal(k0, layer.kept)
         torch.testing.assert_close(v0, layer.values.detach(), atol=1e-6, rtol=1e-5)
+
+
+def test_answer_only_loss_equals_the_models_own_loss():
+    """causal_lm_loss runs the output layer only at scored positions; the value must not change."""
+    from hubtool.sparse.loss import causal_lm_loss
+
+    model = make_tiny_llama()
+    gen = torch.Generator().manual_seed(3)
+    ids = torch.randint(4, 256, (3, 20), generator=gen)
+    labels = ids.clone()
+    labels[:, :12] = -100  # a prompt of 12 tokens
+    labels[2, 16:] = -100  # and a shorter answer in one row
+    mask = torch.ones_like(ids)
+    mask[1, 18:] = 0  # right padding
+    labels[1, 18:] = -100
+    batch = {"input_ids": ids, "labels": labels, "attention_mask": mask}
+    ours = causal_lm_loss(model, batch)
+    assert torch.allclose(ours, model(**batch).loss, atol=1e-6)
+    ours.backward()  # and it is differentiable end to end
+    assert model.model.layers[0].self_attn.q_proj.weight.grad is not None

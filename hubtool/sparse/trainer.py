@@ -31,6 +31,7 @@ from torch import nn
 from hubtool.errors import HubError
 from hubtool.sparse import checkpoint
 from hubtool.sparse.adapters import Adapter, Moved
+from hubtool.sparse.loss import causal_lm_loss
 
 TokenizedExample = tuple[Sequence[int], Sequence[int]]  # (input_ids, labels), labels -100 = not scored
 
@@ -170,7 +171,7 @@ class Trainer:
             cursor = (step * self.cfg.grad_accum + micro) * self.world + self.rank
             batch = self._batch(cursor)
             with _autocast(self.device):
-                loss = self.model(**batch).loss
+                loss = causal_lm_loss(self.model, batch)
             (loss / self.cfg.grad_accum).backward()
             total_loss += float(loss.detach()) / self.cfg.grad_accum
             n_tok += int(batch["attention_mask"].sum())
@@ -200,7 +201,7 @@ class Trainer:
         for start in range(0, len(self.validation), self.cfg.batch_size):
             batch = self._collate(self.validation[start : start + self.cfg.batch_size])
             with _autocast(self.device):
-                loss = self.model(**batch).loss
+                loss = causal_lm_loss(self.model, batch)
             n = int((batch["labels"][:, 1:] != -100).sum())  # the model scores tokens 1..T
             total, count = total + float(loss) * n, count + n
         self.model.train(was_training)
@@ -209,7 +210,7 @@ class Trainer:
     def _probe(self) -> None:
         """snip / grad: one forward/backward on the first micro-batch picks every mask."""
         with _autocast(self.device):
-            loss = self.model(**self._batch(0)).loss  # the same batch on every rank: same masks
+            loss = causal_lm_loss(self.model, self._batch(0))  # the same batch on every rank: same masks
         loss.backward()
         if self.adapter.needs_probe:
             raise HubError("mask probe: some target layers got no gradient; are they used by the model?")
