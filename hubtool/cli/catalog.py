@@ -66,24 +66,21 @@ def list_(
         return
     from rich.table import Table
 
-    table = Table(box=None, header_style="bold")
-    # `created` and the rest are in `hub show` and --json; the table keeps to what fits 80 columns.
-    for col in ("expert", "kind", "task", "base", "keep", "nnz", "size", "metrics"):
-        # Names never wrap (they are what you copy); a long base model id is cut, not wrapped.
-        table.add_column(col, justify="right" if col in ("keep", "nnz", "size") else "left",
-                         no_wrap=col != "metrics", overflow="ellipsis", max_width=24 if col == "base" else None,
-                         min_width=20 if col == "metrics" else None)
+    # One base model for every row (the usual case) becomes a caption instead of a repeated column.
+    bases = {r.base_model for r in rows}
+    one_base = bases.pop() if len(bases) == 1 else None
+    table = Table(box=None, header_style="bold", caption=f"base model: {esc(one_base)}" if one_base else None,
+                  caption_justify="left")
+    # nnz, sha256, created and the rest are in `hub show` and --json. Names never wrap (they are what
+    # you copy into the next command); only the metrics cell wraps in a narrow terminal.
+    columns = ["expert", "task", "kind", "keep", "size"] + ([] if one_base else ["base"]) + ["metrics"]
+    for col in columns:
+        table.add_column(col, justify="right" if col in ("keep", "size") else "left", no_wrap=col != "metrics")
     for r in rows:
-        table.add_row(
-            r.ref,
-            esc(r.kind),
-            esc(r.task),
-            esc(r.base_model),
-            "-" if r.keep_ratio is None else f"{r.keep_ratio:g}",
-            f"{r.nnz:,}",
-            human_bytes(r.bytes),
-            esc(_metric_summary(r.metrics)),
-        )
+        cells = [r.ref, esc(r.task), esc(r.kind), "-" if r.keep_ratio is None else f"{r.keep_ratio:.3g}",
+                 human_bytes(r.bytes)]
+        cells += [] if one_base else [esc(r.base_model)]
+        table.add_row(*cells, esc(_metric_summary(r.metrics)))
     console.print(table)
 
 
@@ -94,7 +91,14 @@ def _baselines(cat, rec) -> dict[str, dict[str, float]]:
 
 
 @app.command()
-def show(ref: RefArg, json_: JsonOpt = False, catalog: CatalogOpt = None) -> None:
+def show(
+    ref: RefArg,
+    all_weights: Annotated[
+        bool, typer.Option("--all-weights", help="One row per weight (default: layers with equal rows collapse).")
+    ] = False,
+    json_: JsonOpt = False,
+    catalog: CatalogOpt = None,
+) -> None:
     """Show one expert: metadata, aliases, per-layer nnz, metrics (and gain over the base) and lineage."""
     from hubtool.format.header import read_header
 
@@ -151,18 +155,45 @@ def show(ref: RefArg, json_: JsonOpt = False, catalog: CatalogOpt = None) -> Non
         for c in lineage.get("children", []):
             console.print(f"  child   {esc(_edge(c))}", highlight=False)
     table = Table(box=None, header_style="bold", title=None)
-    for col in ("weight", "shape", "nnz", "density", "encoding"):
+    columns = ("weight", "shape", "nnz", "density", "encoding") if all_weights else (
+        "weight", "count", "shape", "nnz", "density", "encoding")
+    for col in columns:
         table.add_column(col, justify="left" if col in ("weight", "encoding") else "right")
-    for weight, t in header["weights"].items():
-        rows, cols = t["shape"]
+    for label, group in _weight_rows(header["weights"], collapse=not all_weights):
+        rows, cols = group[0]["shape"]
+        nnz = group[0]["nnz"]
         table.add_row(
-            esc(weight),
+            esc(label.removesuffix(".weight")),  # every adapted tensor is a weight; the suffix is noise
+            *([] if all_weights else [f"×{len(group)}" if len(group) > 1 else ""]),
             f"{rows}×{cols}",
-            f"{t['nnz']:,}",
-            f"{t['nnz'] / (rows * cols):.4f}",
-            esc(t.get("encoding", "-")),
+            f"{nnz:,}",
+            f"{nnz / (rows * cols):.4f}",
+            esc(group[0].get("encoding", "-")),
         )
     console.print(table)
+
+
+def _weight_rows(weights: dict[str, dict], collapse: bool) -> list[tuple[str, list[dict]]]:
+    """Rows of the per-weight table in natural order (layers.2 before layers.10). Collapsed, weights
+    that differ only in their layer number and share shape, nnz and encoding are one row
+    ("model.layers.*.self_attn.q_proj.weight  ×30"): a 30-layer expert fits on a screen."""
+    import re
+
+    def natural(name: str) -> list:
+        return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+    groups: dict[tuple, tuple[str, list[dict]]] = {}
+    for name in sorted(weights, key=natural):
+        info = weights[name]
+        pattern = re.sub(r"\.\d+\.", ".*.", name) if collapse else name
+        key = (pattern, tuple(info["shape"]), info["nnz"], info.get("encoding"))
+        label, members = groups.setdefault(key, (pattern, []))
+        members.append(info)
+    # A group of one shows the weight's own name, not a pattern.
+    return [
+        (label if len(members) > 1 else next(n for n in weights if weights[n] is members[0]), members)
+        for label, members in groups.values()
+    ]
 
 
 def _edge(edge: dict) -> str:
