@@ -50,7 +50,7 @@ def list_(
     sort: Annotated[
         str | None, typer.Option("--sort", help="Field or metric to sort by; '-' prefix for descending.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 50,
+    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 25,
     json_: JsonOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
