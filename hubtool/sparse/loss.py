@@ -33,7 +33,8 @@ def causal_lm_loss(model: Any, batch: dict[str, torch.Tensor]) -> torch.Tensor:
 def _parts(model: Any) -> tuple[Any, Any]:
     if getattr(getattr(model, "config", None), "model_type", None) not in PLAIN_HEAD:
         return None, None
-    decoder = getattr(model, "model", None)  # the transformer body of *ForCausalLM (model.model)
+    # The transformer body (LlamaModel inside LlamaForCausalLM; also reached through a PEFT wrapper).
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     if decoder is None or head is None:
         return None, None
