@@ -171,7 +171,7 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()
-    print(f"Converting the embedded base model {spec.name} to {out} (once, ~20 s)", file=sys.stderr)
+    print(f"Converting the embedded base model {spec.name} from its GGUF file (once, ~20 s)", file=sys.stderr)
     started = time.perf_counter()
     gguf_sha = sha256_file(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
