@@ -148,7 +148,8 @@ def train(
         interrupted=fit.interrupted,
         out_dir=run_dir,
     )
-    if fit.interrupted:
+    # Data-parallel: every rank trained the same expert; rank 0 alone evaluates, packs and registers it.
+    if fit.interrupted or int(os.environ.get("RANK", "0")) != 0:
         return result
 
     metrics: dict[str, float] = {"train_loss": fit.train_loss or float("nan")}

@@ -76,3 +76,24 @@ def test_train_errors_are_one_line_and_register_nothing(hub_home: Path, colors_t
     one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--targets", "nothing_here"), "nothing_here")
     one_line_error(hub("eval", "nope", "--task", data), "nope")
     assert ok_json(hub("list", "--json")) == [] and store_files(hub_home) == []
+
+
+def test_accelerate_launch_trains_data_parallel_and_registers_once(hub_home: Path, colors_task: tuple[Path, Path]) -> None:
+    """`accelerate launch -m hubtool train` on two CPU processes: both train, rank 0 alone registers."""
+    import os
+    import shutil
+    import subprocess
+    import sys
+
+    launcher = shutil.which("accelerate", path=str(Path(sys.executable).parent))
+    if launcher is None:
+        pytest.skip("accelerate is not installed")
+    base, data = colors_task
+    argv = [launcher, "launch", "--cpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+            "--dynamo_backend", "no", "-m", "hubtool", "train", "--task", "colors", "--data", str(data),
+            "--base", str(base), "--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--eval-limit", "2",
+            "--quiet"]
+    done = subprocess.run(argv, env=dict(os.environ), capture_output=True, text=True, timeout=300, check=False)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.count("Registered colors-sparse@1") == 1
+    assert [r["ref"] for r in ok_json(hub("list", "--json"))] == ["colors-sparse@1"]

@@ -113,6 +113,8 @@ def train(
         )
         raise typer.Exit(130)
     rec = result.record
+    if rec is None:  # a data-parallel rank other than 0: rank 0 registers the expert
+        return
     console.print(f"Registered [bold]{rec.ref}[/] ({rec.kind}, {rec.nnz:,} trained entries)")
     for task_name, per_task in (rec.metrics or {}).items():
         console.print(
