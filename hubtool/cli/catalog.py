@@ -182,17 +182,14 @@ def _weight_rows(weights: dict[str, dict], collapse: bool) -> list[tuple[str, li
     def natural(name: str) -> list:
         return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
 
-    groups: dict[tuple, tuple[str, list[dict]]] = {}
+    groups: dict[tuple, list[str]] = {}  # (pattern, shape, nnz, encoding) -> weight names
     for name in sorted(weights, key=natural):
         info = weights[name]
         pattern = re.sub(r"\.\d+\.", ".*.", name) if collapse else name
-        key = (pattern, tuple(info["shape"]), info["nnz"], info.get("encoding"))
-        label, members = groups.setdefault(key, (pattern, []))
-        members.append(info)
+        groups.setdefault((pattern, tuple(info["shape"]), info["nnz"], info.get("encoding")), []).append(name)
     # A group of one shows the weight's own name, not a pattern.
     return [
-        (label if len(members) > 1 else next(n for n in weights if weights[n] is members[0]), members)
-        for label, members in groups.values()
+        (key[0] if len(names) > 1 else names[0], [weights[n] for n in names]) for key, names in groups.items()
     ]
 
 
