@@ -23,6 +23,8 @@ from hubtool.cli._common import (
 
 RefArg = Annotated[str, typer.Argument(help="Expert reference: NAME, NAME@VERSION or NAME@ALIAS.")]
 
+PANEL = "Catalog"  # the group these commands are listed under in `hub --help`
+
 
 # Quality metrics first in the one-line summary; losses only when nothing else was measured.
 _HEADLINE = ("accuracy", "rougeL", "exact_match")
@@ -36,7 +38,7 @@ def _metric_summary(metrics: dict) -> str:
     return "-"
 
 
-@app.command("list")
+@app.command("list", rich_help_panel=PANEL)
 def list_(
     task: TaskOpt = None,
     base: Annotated[str | None, typer.Option("--base", help="Only experts of this base model.")] = None,
@@ -90,7 +92,7 @@ def _baselines(cat, rec) -> dict[str, dict[str, float]]:
     return {task: values for task, values in found.items() if values}
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL)
 def show(
     ref: RefArg,
     all_weights: Annotated[
@@ -201,7 +203,7 @@ def _edge(edge: dict) -> str:
     return edge["ref"] + (f" ({', '.join(extras)})" if extras else "")
 
 
-@app.command("import")
+@app.command("import", rich_help_panel=PANEL)
 def import_(
     path: Annotated[Path, typer.Argument(help="A packed expert (.safetensors) or a PEFT adapter folder.")],
     name: NameOpt = None,
@@ -225,7 +227,7 @@ def import_(
     )
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL)
 def export(
     ref: RefArg,
     # str, not Path: Path would drop the trailing "/" that makes "--out exports/" mean a folder
@@ -242,7 +244,7 @@ def export(
     console.print(f"Exported [bold]{esc(ref)}[/] to {esc(where)}", highlight=False)
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL)
 def rm(ref: RefArg, yes: YesOpt = False, catalog: CatalogOpt = None) -> None:
     """Remove an expert version (its blob goes when nothing else uses it)."""
     cat = open_catalog(catalog)
@@ -254,7 +256,7 @@ def rm(ref: RefArg, yes: YesOpt = False, catalog: CatalogOpt = None) -> None:
     console.print(f"Removed [bold]{rec.ref}[/]")
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL)
 def alias(
     ref: Annotated[
         str, typer.Argument(help="NAME@VERSION (or NAME for the latest) the alias should point to.")
@@ -269,7 +271,7 @@ def alias(
     console.print(f"{rec.name}@{alias_name} → {rec.ref}")
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL)
 def verify(json_: JsonOpt = False, catalog: CatalogOpt = None) -> None:
     """Re-hash every blob; report mismatches, missing blobs and orphan files.
 

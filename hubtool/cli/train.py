@@ -10,8 +10,10 @@ import typer
 from hubtool.cli import app
 from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, NameOpt, console, esc, print_json
 
+PANEL = "Train and evaluate"  # the group these commands are listed under in `hub --help`
 
-@app.command()
+
+@app.command(rich_help_panel=PANEL)
 def train(
     task: Annotated[
         str,
@@ -122,7 +124,7 @@ def train(
         )
 
 
-@app.command("eval")
+@app.command("eval", rich_help_panel=PANEL)
 def eval_(
     target: Annotated[
         str | None,
@@ -167,7 +169,7 @@ def eval_(
         )
 
 
-@app.command()
+@app.command(rich_help_panel=PANEL)
 def tasks(json_: JsonOpt = False) -> None:
     """List the tasks available offline (built-in and on HUB_TASKS_PATH) with their sizes."""
     from hubtool.data import list_tasks
