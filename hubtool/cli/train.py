@@ -9,6 +9,7 @@ import typer
 
 from hubtool.cli import app
 from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, NameOpt, console, esc, print_json
+from hubtool.sparse.config import DEFAULT_MASK_INTERVAL  # stdlib-only module: cheap at startup
 
 PANEL = "Train and evaluate"  # the group these commands are listed under in `hub --help`
 
@@ -46,8 +47,8 @@ def train(
         str, typer.Option("--mask-score", help="sensitivity | snip | grad | magnitude | random")
     ] = "sensitivity",
     mask_interval: Annotated[
-        int | None, typer.Option("--mask-interval", help="Steps between mask re-selections.")
-    ] = None,
+        int, typer.Option("--mask-interval", help="Optimizer steps between mask re-selections.")
+    ] = DEFAULT_MASK_INTERVAL,
     mask_steps: Annotated[
         int | None, typer.Option("--mask-steps", help="Re-select during the first N steps, then freeze.")
     ] = None,
@@ -78,36 +79,35 @@ def train(
     """Train one expert for a task, evaluate it, pack it and register it in the catalog."""
     from hubtool.train import train as train_expert
 
-    kwargs = {
-        "base": base,
-        "method": method,
-        "data": data,
-        "keep_ratio": keep_ratio,
-        "targets": targets,
-        "max_steps": max_steps,
-        "epochs": epochs,
-        "batch_size": batch_size,
-        "grad_accum": grad_accum,
-        "lr": lr,
-        "seed": seed,
-        "name": name,
-        "mask_score": mask_score,
-        "mask_steps": mask_steps,
-        "block_size": block_size,
-        "rank": rank,
-        "alpha": alpha,
-        "max_length": max_length,
-        "max_train": max_train,
-        "max_val": max_val,
-        "eval_limit": eval_limit,
-        "max_new_tokens": max_new_tokens,
-        "resume": resume,
-        "quiet": quiet,
-        "catalog": catalog,
-    }
-    if mask_interval is not None:
-        kwargs["mask_interval"] = mask_interval
-    result = train_expert(task, **kwargs)
+    result = train_expert(
+        task,
+        base=base,
+        method=method,
+        data=data,
+        keep_ratio=keep_ratio,
+        targets=targets,
+        max_steps=max_steps,
+        epochs=epochs,
+        batch_size=batch_size,
+        grad_accum=grad_accum,
+        lr=lr,
+        seed=seed,
+        name=name,
+        mask_score=mask_score,
+        mask_interval=mask_interval,
+        mask_steps=mask_steps,
+        block_size=block_size,
+        rank=rank,
+        alpha=alpha,
+        max_length=max_length,
+        max_train=max_train,
+        max_val=max_val,
+        eval_limit=eval_limit,
+        max_new_tokens=max_new_tokens,
+        resume=resume,
+        quiet=quiet,
+        catalog=catalog,
+    )
     if result.interrupted:
         console.print(
             f"Interrupted after {result.steps} steps; checkpoint in {result.out_dir}. "
