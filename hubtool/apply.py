@@ -15,8 +15,7 @@ import torch
 
 from hubtool.errors import FingerprintError, FormatError
 from hubtool.format.fingerprint import fingerprint
-from hubtool.format.types import BlockDelta, Delta, DenseDelta, Expert, LoraDelta, SparseDelta
-from hubtool.kernels import block_add_, dense_add_, scatter_add_
+from hubtool.delta import Delta, Expert
 
 Target = torch.nn.Module | Mapping[str, torch.Tensor]
 
@@ -62,13 +61,7 @@ def check_base(target: Target, expert: Expert, *, check_fingerprint: bool = True
 
 def add_delta_(weight: torch.Tensor, delta: Delta, scale: float = 1.0) -> torch.Tensor:
     """weight [out, in] += scale * delta, in place, through hubtool.kernels."""
-    if isinstance(delta, SparseDelta):
-        return scatter_add_(weight, delta.indices, delta.values, scale)
-    if isinstance(delta, BlockDelta):
-        return block_add_(weight, delta.tiles, delta.values, delta.block_size, scale)
-    if isinstance(delta, (LoraDelta, DenseDelta)):
-        return dense_add_(weight, delta.to_dense(torch.float32), scale)
-    raise FormatError(f"unknown delta type {type(delta).__name__}")
+    return delta.add_to_(weight, scale)
 
 
 def _named_weights(target: Target) -> Mapping[str, torch.Tensor]:

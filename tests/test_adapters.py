@@ -7,7 +7,7 @@ import pytest
 import torch
 from tiny import make_tiny_llama
 
-from hubtool.format.types import BlockDelta, DenseDelta, LoraDelta, SparseDelta
+from hubtool.delta import BlockSparseDelta, FullDelta, LoraDelta, SparseDelta
 from hubtool.sparse import AdapterConfig
 from hubtool.sparse.adapters import Adapter
 from hubtool.sparse.layers import SparseLayer
@@ -19,12 +19,12 @@ KINDS = {
     "block-sparse": (
         "block-sparse",
         {"keep_ratio": 0.2, "block_size": 8, "mask_interval": 2},
-        BlockDelta,
+        BlockSparseDelta,
         2e-2,
     ),
     "sparse-snip": ("sparse", {"keep_ratio": 0.1, "mask_score": "snip"}, SparseDelta, 2e-2),
     "lora": ("lora", {"rank": 4, "alpha": 16}, LoraDelta, 1e-2),
-    "full": ("full", {}, DenseDelta, 3e-3),
+    "full": ("full", {}, FullDelta, 3e-3),
 }
 
 
@@ -65,7 +65,7 @@ def test_kind_trains_and_its_expert_reproduces_the_model(kind):
     assert result.best_val_loss < before - 0.25, (before, result.best_val_loss)
 
     expert = adapter.to_expert(f"tiny-{kind}", task="const", base_model="tiny")
-    assert expert.kind == {"full": "full-delta"}.get(method, method)
+    assert expert.kind == method
     assert set(expert.deltas) == {
         f"model.layers.{i}.self_attn.{p}_proj.weight" for i in range(2) for p in "qkv"
     }

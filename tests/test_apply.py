@@ -10,7 +10,8 @@ from tiny import make_tiny_llama
 
 from hubtool.apply import apply_expert, check_base
 from hubtool.errors import FingerprintError, FormatError
-from hubtool.format import BlockDelta, DenseDelta, Expert, LoraDelta, SparseDelta, fingerprint, pack, unpack
+from hubtool.delta import BlockSparseDelta, Expert, FullDelta, LoraDelta, SparseDelta
+from hubtool.format import fingerprint, pack, unpack
 
 SHAPES = {"layers.0.q.weight": (24, 40), "layers.0.k.weight": (12, 40)}
 
@@ -29,12 +30,12 @@ def make_delta(kind: str, shape: tuple[int, int], base: torch.Tensor, gen: torch
     if kind == "block-sparse":  # B = 16 does not divide 24 x 40: edge tiles are cropped
         cells = -(-rows // 16) * -(-cols // 16)
         tiles = torch.randperm(cells, generator=gen)[: cells // 2 + 1].sort().values
-        return BlockDelta(shape, 16, tiles, torch.randn(tiles.numel(), 16, 16, generator=gen), fp)
+        return BlockSparseDelta(shape, 16, tiles, torch.randn(tiles.numel(), 16, 16, generator=gen), fp)
     if kind == "lora":
         return LoraDelta(
             shape, torch.randn(4, cols, generator=gen), torch.randn(rows, 4, generator=gen), 4.0, fp
         )
-    return DenseDelta(shape, torch.randn(rows, cols, generator=gen), fp)
+    return FullDelta(shape, torch.randn(rows, cols, generator=gen), fp)
 
 
 def make_expert(kind: str, base: dict[str, torch.Tensor], tmp_path: Path) -> Expert:
@@ -50,7 +51,7 @@ def reference(weight: torch.Tensor, delta, scale: float) -> torch.Tensor:
     return (weight.float() + scale * delta.to_dense(torch.float32)).to(weight.dtype)
 
 
-@pytest.mark.parametrize("kind", ["sparse", "block-sparse", "lora", "full-delta"])
+@pytest.mark.parametrize("kind", ["sparse", "block-sparse", "lora", "full"])
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_apply_to_state_dict_equals_dense_reference(kind: str, dtype: torch.dtype, tmp_path: Path) -> None:
     weights = base_weights(dtype)

@@ -21,8 +21,8 @@ from hubtool.errors import FormatError
 from hubtool.format import (
     ENCODINGS,
     KINDS,
-    BlockDelta,
-    DenseDelta,
+    BlockSparseDelta,
+    FullDelta,
     Expert,
     LoraDelta,
     SparseDelta,
@@ -54,19 +54,19 @@ def deltas(draw, delta_type: str, shape: tuple[int, int]):
         extra = {"none": [], "first": [0], "last": [n - 1], "both": [0, n - 1]}[edge]
         indices = torch.unique(torch.cat([indices, torch.tensor(extra, dtype=torch.int64)]))
         return SparseDelta(shape, indices, torch.randn(indices.numel(), generator=gen), fp)
-    if delta_type == "block":
+    if delta_type == "block-sparse":
         b = draw(st.sampled_from([1, 2, 4, 16]))
         cells = -(-rows // b) * -(-cols // b)
         tiles = torch.randperm(cells, generator=gen)[: draw(st.integers(0, cells))].sort().values
-        return BlockDelta(shape, b, tiles, torch.randn(tiles.numel(), b, b, generator=gen), fp)
+        return BlockSparseDelta(shape, b, tiles, torch.randn(tiles.numel(), b, b, generator=gen), fp)
     if delta_type == "lora":
         r = draw(st.integers(1, 4))
         a, b = torch.randn(r, cols, generator=gen), torch.randn(rows, r, generator=gen)
         return LoraDelta(shape, a, b, draw(st.sampled_from([0.5, 4.0])), fp)
-    return DenseDelta(shape, torch.randn(rows, cols, generator=gen), fp)
+    return FullDelta(shape, torch.randn(rows, cols, generator=gen), fp)
 
 
-DELTA_OF_KIND = {"sparse": "sparse", "block-sparse": "block", "lora": "lora", "full-delta": "dense"}
+DELTA_OF_KIND = {"sparse": "sparse", "block-sparse": "block-sparse", "lora": "lora", "full": "full"}
 
 
 @st.composite
@@ -76,7 +76,7 @@ def experts(draw) -> Expert:
     found = {}
     for i in range(n_weights):
         shape = (draw(st.integers(1, 40)), draw(st.integers(1, 40)))
-        delta_type = DELTA_OF_KIND.get(kind) or draw(st.sampled_from(["sparse", "block", "lora", "dense"]))
+        delta_type = DELTA_OF_KIND.get(kind) or draw(st.sampled_from(["sparse", "block-sparse", "lora", "full"]))
         found[f"model.layers.{i}.self_attn.q_proj.weight"] = draw(deltas(delta_type, shape))
     return Expert(
         name=draw(st.text(min_size=1, max_size=12)),
@@ -107,7 +107,7 @@ def same_delta(got, want, dtype: torch.dtype) -> None:
     if isinstance(want, SparseDelta):
         assert torch.equal(got.indices, want.indices.to(torch.int64))
         assert torch.equal(got.values, want.values.to(dtype))
-    elif isinstance(want, BlockDelta):
+    elif isinstance(want, BlockSparseDelta):
         assert got.block_size == want.block_size and torch.equal(got.tiles, want.tiles)
         assert torch.equal(got.values, want.values.to(dtype))
     elif isinstance(want, LoraDelta):
@@ -145,7 +145,7 @@ def test_round_trip(expert: Expert, value_dtype: str, encoding: str) -> None:
     header = read_header(data)
     assert header["nnz"] == expert.nnz
     for name, info in header["weights"].items():
-        if info["delta"] in ("sparse", "block"):
+        if info["delta"] in ("sparse", "block-sparse"):
             assert info["encoding"] == encoding or encoding == "auto"
     assert pack_bytes(got, encoding=encoding) == data  # deterministic: same expert, same bytes
 
@@ -352,8 +352,8 @@ def test_pack_refuses_invalid_deltas() -> None:
     delta.indices = delta.indices.flip(0)
     with pytest.raises(FormatError, match="value_dtype"):
         pack_bytes(expert, value_dtype="int8")
-    with pytest.raises(FormatError, match="cannot hold a DenseDelta"):
-        pack_bytes(Expert("x", "qa", "sparse", "b", {"w": DenseDelta((2, 2), torch.zeros(2, 2))}))
+    with pytest.raises(FormatError, match="cannot hold a FullDelta"):
+        pack_bytes(Expert("x", "qa", "sparse", "b", {"w": FullDelta((2, 2), torch.zeros(2, 2))}))
     big = SparseDelta((2, 2), torch.tensor([0]), torch.tensor([70000.0]))  # overflows float16
     with pytest.raises(FormatError, match="NaN or infinite"):
         pack_bytes(Expert("x", "qa", "sparse", "b", {"w": big}), value_dtype="float16")

@@ -22,7 +22,7 @@ from types import ModuleType
 import pytest
 import torch
 
-from hubtool.format.types import BlockDelta, SparseDelta
+from hubtool.delta import BlockSparseDelta, SparseDelta, TileGrid
 from hubtool.kernels import reference as ref
 
 SHAPES = [(32, 48), (17, 40), (1, 5)]
@@ -73,8 +73,7 @@ def _mask(shape: tuple[int, int], keep: float, gen: torch.Generator) -> torch.Te
 
 
 def _tiles(shape: tuple[int, int], b: int, keep: float, gen: torch.Generator) -> torch.Tensor:
-    grid = BlockDelta(shape, b, torch.zeros(0, dtype=torch.long), torch.zeros(0, b, b)).grid
-    n = grid[0] * grid[1]
+    n = TileGrid(shape, b).cells
     picked = torch.randperm(n, generator=gen)[: max(1, round(keep * n))]
     picked[0] = n - 1  # always include the bottom-right tile, the one most often cut by W's edges
     return picked.unique().sort().values
@@ -104,7 +103,7 @@ def test_reference_block_scatter_add_equals_dense_delta(shape, b):
     w = torch.randn(shape, generator=gen)
     tiles = _tiles(shape, b, 0.4, gen)
     vals = torch.randn(tiles.numel(), b, b, generator=gen)
-    expected = w - 2.0 * BlockDelta(shape, b, tiles, vals).to_dense()
+    expected = w - 2.0 * BlockSparseDelta(shape, b, tiles, vals).to_dense()
     torch.testing.assert_close(ref.block_scatter_add_(w.clone(), tiles, vals, b, -2.0), expected)
 
 
@@ -238,8 +237,8 @@ def test_block_linear_forward_backward(tk):
     vals = torch.randn(tiles.numel(), b, b, generator=gen)
     g = torch.randn(n, shape[0], generator=gen)
 
-    mask = BlockDelta(shape, b, tiles, torch.ones(tiles.numel(), b, b)).to_dense()
-    y_ref, x_ref, d = _dense_autograd(x, w + BlockDelta(shape, b, tiles, vals).to_dense(), mask)
+    mask = BlockSparseDelta(shape, b, tiles, torch.ones(tiles.numel(), b, b)).to_dense()
+    y_ref, x_ref, d = _dense_autograd(x, w + BlockSparseDelta(shape, b, tiles, vals).to_dense(), mask)
     (y_ref * g).sum().backward()
     # The definition's gradient per tile, with entries outside W set to 0 as the kernels define it.
     pos, inside = ref.tile_positions(tiles, shape, b)

@@ -12,7 +12,7 @@ from tiny import make_tiny_llama
 from transformers import AutoModelForCausalLM
 
 from hubtool.errors import HubError
-from hubtool.format.types import BlockDelta, Expert, LoraDelta, SparseDelta
+from hubtool.delta import BlockSparseDelta, Expert, LoraDelta, SparseDelta
 from hubtool.interop.peft import export_peft, import_peft
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -78,7 +78,7 @@ def _random_sparse_expert(base, kind: str, seed: int = 0) -> Expert:
         else:  # 12 x 12 tiles do not divide 64 or 32: edge tiles stick out of W
             grid = (-(-shape[0] // 12)) * (-(-shape[1] // 12))
             tiles = torch.randperm(grid, generator=gen)[: 2 + i % 3].sort().values
-            deltas[weight] = BlockDelta(
+            deltas[weight] = BlockSparseDelta(
                 shape, 12, tiles, torch.randn(tiles.numel(), 12, 12, generator=gen), f"fp{i}"
             )
     return Expert(

@@ -43,7 +43,7 @@ def list_(
     task: TaskOpt = None,
     base: Annotated[str | None, typer.Option("--base", help="Only experts of this base model.")] = None,
     kind: Annotated[
-        str | None, typer.Option("--kind", help="sparse, block-sparse, lora, full-delta or merged.")
+        str | None, typer.Option("--kind", help="sparse, block-sparse, lora, full or merged.")
     ] = None,
     tag: Annotated[str | None, typer.Option("--tag", help="Only experts with this tag.")] = None,
     where: Annotated[

@@ -10,6 +10,7 @@ themselves (positions, finite values) are checked by hubtool.format.packed.unpac
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -19,17 +20,17 @@ from hubtool.errors import FormatError
 
 FORMAT_NAME = "hubtool.expert"
 FORMAT_VERSION = "1"
-KINDS = ("sparse", "block-sparse", "lora", "full-delta", "merged")  # re-exported by types.py
+# One vocabulary (the same words as hubtool.delta and `hub train --method`): expert kinds are the
+# delta kinds plus "merged", which holds whatever its parents held.
+DELTA_KINDS = ("sparse", "block-sparse", "lora", "full")
+KINDS = (*DELTA_KINDS, "merged")
 ENCODINGS = ("raw", "bitmask", "elias-fano", "golomb")
 VALUE_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}  # ours -> safetensors
-# kind -> the per-weight delta types it may hold ("merged" holds whatever its parents were)
-DELTAS_OF_KIND = {
-    "sparse": {"sparse"},
-    "block-sparse": {"block"},
-    "lora": {"lora"},
-    "full-delta": {"dense"},
-    "merged": {"sparse", "block", "lora", "dense"},
-}
+# kind -> the per-weight delta kinds it may hold
+DELTAS_OF_KIND = {**{k: {k} for k in DELTA_KINDS}, "merged": set(DELTA_KINDS)}
+# Names files written before the vocabulary was unified use; read as the new ones, never written.
+LEGACY_KINDS = {"full-delta": "full"}
+LEGACY_DELTAS = {"block": "block-sparse", "dense": "full"}
 _ITEMSIZE = {"U8": 1, "BF16": 2, "F16": 2, "F32": 4}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit
 _REQUIRED = ("format", "format_version", "name", "task", "kind", "base_model", "value_dtype", "weights")
@@ -121,6 +122,7 @@ def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
             raise FormatError(f"__metadata__.{key}: expected a number, got {raw[key]!r}") from None
     for key in ("base_revision", "targets"):
         meta.setdefault(key, None)
+    meta["kind"] = LEGACY_KINDS.get(meta["kind"], meta["kind"])
     if meta["kind"] not in KINDS:
         raise FormatError(f"__metadata__.kind: expected one of {', '.join(KINDS)}, got {meta['kind']!r}")
     if meta["value_dtype"] not in VALUE_DTYPES:
@@ -163,6 +165,8 @@ def _check_weights(meta: dict[str, Any], table: dict[str, Any]) -> None:
         if not isinstance(info, dict):
             raise FormatError(f"{field}: expected a JSON object")
         delta = info.get("delta")
+        if isinstance(delta, str):
+            delta = info["delta"] = LEGACY_DELTAS.get(delta, delta)
         if delta not in allowed:
             raise FormatError(
                 f"{field}.delta: a {meta['kind']} expert holds {sorted(allowed)}, got {delta!r}"
@@ -200,7 +204,7 @@ def _tensor_specs(
 ) -> dict[str, tuple[str, list[int] | None]]:
     """Tensor name -> (dtype, shape or None for a uint8 payload of any length) that a weight needs."""
     (rows, cols), delta, nnz = info["shape"], info["delta"], info["nnz"]
-    if delta in ("sparse", "block") and info.get("encoding") not in ENCODINGS:
+    if delta in ("sparse", "block-sparse") and info.get("encoding") not in ENCODINGS:
         raise FormatError(
             f"{field}.encoding: expected one of {', '.join(ENCODINGS)}, got {info.get('encoding')!r}"
         )
@@ -208,7 +212,7 @@ def _tensor_specs(
         if nnz > rows * cols:
             raise FormatError(f"{field}.nnz: {nnz} is more than the {rows * cols} entries of the weight")
         return {f"{name}.idx": ("U8", None), f"{name}.val": (_VALUE, [nnz])}
-    if delta == "block":
+    if delta == "block-sparse":
         b = info.get("block_size")
         if not _ints([b]) or b == 0:
             raise FormatError(f"{field}.block_size: expected a positive integer, got {b!r}")
@@ -217,11 +221,20 @@ def _tensor_specs(
             raise FormatError(f"tensor {name}.val: {n_tiles} tiles, more than the weight's tile grid holds")
         return {f"{name}.idx": ("U8", None), f"{name}.val": (_VALUE, [n_tiles, b, b])}
     if delta == "lora":
-        if not isinstance(info.get("scale"), (int, float)) or isinstance(info.get("scale"), bool):
-            raise FormatError(f"{field}.scale: expected a number, got {info.get('scale')!r}")
+        scale = info.get("scale")
+        # json.loads reads NaN / Infinity literals; either would turn every weight it touches into NaN.
+        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not _finite(scale):
+            raise FormatError(f"{field}.scale: expected a finite number, got {scale!r}")
         rank = _first_dim(table, f"{name}.lora_A")
         return {f"{name}.lora_A": (_VALUE, [rank, cols]), f"{name}.lora_B": (_VALUE, [rows, rank])}
     return {f"{name}.delta": (_VALUE, [rows, cols])}
+
+
+def _finite(x: int | float) -> bool:
+    try:
+        return math.isfinite(x)
+    except OverflowError:  # an integer too large for a float
+        return False
 
 
 def _first_dim(table: dict[str, Any], tensor: str) -> int:

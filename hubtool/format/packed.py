@@ -15,6 +15,7 @@ expert always gives the same bytes, and so the same content hash in the blob sto
 from __future__ import annotations
 
 import json
+import math
 import os
 import struct
 from pathlib import Path
@@ -35,11 +36,10 @@ from hubtool.format.header import (
     VALUE_DTYPES,
     header_from_bytes,
 )
-from hubtool.format.types import BlockDelta, Delta, DenseDelta, Expert, LoraDelta, SparseDelta
+from hubtool.delta import BlockSparseDelta, Delta, Expert, FullDelta, LoraDelta, SparseDelta, TileGrid
 
 _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _ST_DTYPES = {torch.uint8: "U8", torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}
-_DELTA_NAMES = {SparseDelta: "sparse", BlockDelta: "block", LoraDelta: "lora", DenseDelta: "dense"}
 
 
 def pack(
@@ -119,8 +119,6 @@ def unpack(source: str | os.PathLike[str] | bytes) -> Expert:
     for name, info in meta["weights"].items():
         try:
             deltas[name] = _unpack_delta(name, info, tensors)
-            if deltas[name].nnz != info["nnz"]:
-                raise FormatError(f"nnz: metadata says {info['nnz']}, the tensors hold {deltas[name].nnz}")
         except FormatError as err:
             raise FormatError(f"{where}: {name}: {err}") from None
     return Expert(
@@ -163,65 +161,90 @@ def _safetensors_bytes(tensors: dict[str, torch.Tensor], metadata: dict[str, str
     return struct.pack("<Q", len(text)) + text + b"".join(chunks)
 
 
-# --- one weight ------------------------------------------------------------------------------------
+# --- one weight: one (pack, unpack) pair per delta kind ---------------------------------------------
+# Every writer adds the weight's tensors to `tensors` and its kind-specific fields to `info`; every
+# reader gets the header-checked tensors and returns the delta, decoding and checking positions.
 
 
 def _pack_delta(
     name: str, delta: Delta, kind: str, value_dtype: str, encoding: str, tensors: dict[str, torch.Tensor]
 ) -> dict:
     """Adds the weight's tensors to `tensors` and returns its metadata entry."""
-    delta_name = _DELTA_NAMES.get(type(delta))
-    if delta_name not in DELTAS_OF_KIND[kind]:
+    writer = _WRITERS.get(getattr(delta, "kind", None))
+    if writer is None or delta.kind not in DELTAS_OF_KIND[kind]:
         raise FormatError(f"a {kind} expert cannot hold a {type(delta).__name__}")
     shape = _check_shape(delta.shape)
-    dtype = _TORCH_DTYPES[value_dtype]
-    info: dict = {
-        "delta": delta_name,
-        "shape": list(shape),
-        "nnz": delta.nnz,
-        "fingerprint": delta.fingerprint,
-    }
-    if isinstance(delta, (SparseDelta, BlockDelta)):
-        positions = delta.indices if isinstance(delta, SparseDelta) else delta.tiles
-        universe = shape[0] * shape[1] if isinstance(delta, SparseDelta) else delta.grid[0] * delta.grid[1]
-        pos = _check_positions(positions, universe)
-        if encoding == "auto":
-            info["encoding"], payload = encodings.encode_best(pos, universe)
-        else:
-            info["encoding"], payload = encoding, encodings.encode(pos, universe, encoding)
-        tensors[f"{name}.idx"] = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
-    if isinstance(delta, SparseDelta):
-        tensors[f"{name}.val"] = _values(delta.values, (delta.nnz,), dtype, "values")
-    elif isinstance(delta, BlockDelta):
-        b = info["block_size"] = int(delta.block_size)
-        tensors[f"{name}.val"] = _values(delta.values, (delta.tiles.numel(), b, b), dtype, "values")
-    elif isinstance(delta, LoraDelta):
-        rank = int(delta.A.shape[0]) if delta.A.dim() == 2 else -1
-        tensors[f"{name}.lora_A"] = _values(delta.A, (rank, shape[1]), dtype, "lora A")
-        tensors[f"{name}.lora_B"] = _values(delta.B, (shape[0], rank), dtype, "lora B")
-        info["scale"] = float(delta.scale)
-    else:
-        tensors[f"{name}.delta"] = _values(delta.values, shape, dtype, "values")
+    info: dict = {"delta": delta.kind, "shape": list(shape), "nnz": delta.nnz, "fingerprint": delta.fingerprint}
+    writer(name, delta, shape, _TORCH_DTYPES[value_dtype], encoding, info, tensors)
     return info
+
+
+def _positions(name: str, positions: torch.Tensor, universe: int, encoding: str, info: dict, tensors: dict) -> None:
+    pos = _check_positions(positions, universe)
+    if encoding == "auto":
+        info["encoding"], payload = encodings.encode_best(pos, universe)
+    else:
+        info["encoding"], payload = encoding, encodings.encode(pos, universe, encoding)
+    tensors[f"{name}.idx"] = torch.from_numpy(np.frombuffer(payload, dtype=np.uint8).copy())
+
+
+def _write_sparse(name, delta: SparseDelta, shape, dtype, encoding, info, tensors) -> None:
+    _positions(name, delta.indices, shape[0] * shape[1], encoding, info, tensors)
+    tensors[f"{name}.val"] = _values(delta.values, (delta.nnz,), dtype, "values")
+
+
+def _write_block(name, delta: BlockSparseDelta, shape, dtype, encoding, info, tensors) -> None:
+    _positions(name, delta.tiles, delta.grid.cells, encoding, info, tensors)
+    b = info["block_size"] = int(delta.block_size)
+    tensors[f"{name}.val"] = _values(delta.values, (delta.tiles.numel(), b, b), dtype, "values")
+
+
+def _write_lora(name, delta: LoraDelta, shape, dtype, encoding, info, tensors) -> None:
+    rank = int(delta.A.shape[0]) if delta.A.dim() == 2 else -1
+    tensors[f"{name}.lora_A"] = _values(delta.A, (rank, shape[1]), dtype, "lora A")
+    tensors[f"{name}.lora_B"] = _values(delta.B, (shape[0], rank), dtype, "lora B")
+    if not math.isfinite(float(delta.scale)):
+        raise FormatError(f"scale: expected a finite number, got {delta.scale}")
+    info["scale"] = float(delta.scale)
+
+
+def _write_full(name, delta: FullDelta, shape, dtype, encoding, info, tensors) -> None:
+    tensors[f"{name}.delta"] = _values(delta.values, shape, dtype, "values")
+
+
+def _read_sparse(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> SparseDelta:
+    shape = tuple(info["shape"])
+    values = _finite(tensors[f"{name}.val"], "values")
+    indices = _decode(tensors[f"{name}.idx"], shape[0] * shape[1], values.shape[0], info["encoding"])
+    return SparseDelta(shape, indices, values, info["fingerprint"])
+
+
+def _read_block(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> BlockSparseDelta:
+    shape, b = tuple(info["shape"]), info["block_size"]
+    values = _finite(tensors[f"{name}.val"], "values")  # [n_tiles, B, B]
+    tiles = _decode(tensors[f"{name}.idx"], TileGrid(shape, b).cells, values.shape[0], info["encoding"])
+    return BlockSparseDelta(shape, b, tiles, values, info["fingerprint"])
+
+
+def _read_lora(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> LoraDelta:
+    a, b = (_finite(tensors[f"{name}.lora_{x}"], f"lora {x}") for x in "AB")
+    return LoraDelta(tuple(info["shape"]), a, b, float(info["scale"]), info["fingerprint"])
+
+
+def _read_full(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> FullDelta:
+    return FullDelta(tuple(info["shape"]), _finite(tensors[f"{name}.delta"], "values"), info["fingerprint"])
+
+
+_WRITERS = {"sparse": _write_sparse, "block-sparse": _write_block, "lora": _write_lora, "full": _write_full}
+_READERS = {"sparse": _read_sparse, "block-sparse": _read_block, "lora": _read_lora, "full": _read_full}
 
 
 def _unpack_delta(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> Delta:
     """The weight's delta from its (header-checked) tensors; decodes and checks positions and values."""
-    shape, fp = tuple(info["shape"]), info["fingerprint"]
-    if info["delta"] == "sparse":
-        values = _finite(tensors[f"{name}.val"], "values")
-        indices = _decode(tensors[f"{name}.idx"], shape[0] * shape[1], values.shape[0], info["encoding"])
-        return SparseDelta(shape, indices, values, fp)
-    if info["delta"] == "block":
-        b = info["block_size"]
-        values = _finite(tensors[f"{name}.val"], "values")  # [n_tiles, B, B]
-        grid_cells = -(-shape[0] // b) * -(-shape[1] // b)
-        tiles = _decode(tensors[f"{name}.idx"], grid_cells, values.shape[0], info["encoding"])
-        return BlockDelta(shape, b, tiles, values, fp)
-    if info["delta"] == "lora":
-        a, b = (_finite(tensors[f"{name}.lora_{x}"], f"lora {x}") for x in "AB")
-        return LoraDelta(shape, a, b, float(info["scale"]), fp)
-    return DenseDelta(shape, _finite(tensors[f"{name}.delta"], "values"), fp)
+    delta = _READERS[info["delta"]](name, info, tensors)
+    if delta.nnz != info["nnz"]:
+        raise FormatError(f"nnz: metadata says {info['nnz']}, the tensors hold {delta.nnz}")
+    return delta
 
 
 def _decode(payload: torch.Tensor, universe: int, k: int, encoding: str) -> torch.Tensor:
@@ -267,3 +290,89 @@ def _finite(t: torch.Tensor, what: str) -> torch.Tensor:
 
 def _json(value: object) -> str:
     return json.dumps(value, sort_keys=True, separators=(",", ":"))
+
+
+# --- reading one weight at a time ------------------------------------------------------------------
+
+_SUFFIXES = ("idx", "val", "lora_A", "lora_B", "delta")
+_FROM_ST = {"U8": torch.uint8, "BF16": torch.bfloat16, "F16": torch.float16, "F32": torch.float32}
+
+
+class ExpertReader:
+    """A packed expert read lazily, one weight at a time: the header is parsed and checked once, then
+    `read(weight)` seeks to that weight's tensors (the safetensors offsets) and decodes only them.
+
+        reader = ExpertReader(path)
+        reader.weights                 # {weight name: its header entry (delta, shape, nnz, ...)}
+        delta = reader.read("model.layers.0.self_attn.q_proj.weight")
+        for name, delta in reader.iter_deltas(names, threads=2): ...   # decoded ahead, in order
+
+    What compose streams on: memory holds the current weight's entries, never the whole expert.
+    """
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        from hubtool.format.header import read_header
+
+        self.path = Path(path)
+        self.header = read_header(self.path)  # validates the whole table; raises FormatError
+        with self.path.open("rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+        self._data_start = 8 + n
+        self.weights: dict[str, dict] = self.header["weights"]
+
+    def tensors_of(self, weight: str) -> dict[str, torch.Tensor]:
+        """The raw stored tensors of one weight ({"<weight>.val": ..., ...}), read with one seek each."""
+        table = self.header["tensors"]
+        out = {}
+        with self.path.open("rb") as f:
+            for suffix in _SUFFIXES:
+                key = f"{weight}.{suffix}"
+                entry = table.get(key)
+                if entry is None:
+                    continue
+                begin, end = entry["data_offsets"]
+                f.seek(self._data_start + begin)
+                raw = bytearray(f.read(end - begin))
+                if len(raw) != end - begin:
+                    raise FormatError(f"{self.path}: tensor {key}: file ends inside its payload")
+                dtype = _FROM_ST[entry["dtype"]]
+                t = torch.frombuffer(raw, dtype=dtype) if raw else torch.empty(0, dtype=dtype)
+                out[key] = t.reshape(entry["shape"])
+        return out
+
+    def read(self, weight: str) -> Delta:
+        info = self.weights.get(weight)
+        if info is None:
+            raise FormatError(f"{self.path}: weight {weight} is not in this expert")
+        try:
+            return _unpack_delta(weight, info, self.tensors_of(weight))
+        except FormatError as err:
+            raise FormatError(f"{self.path}: {weight}: {err}") from None
+
+    def iter_deltas(self, weights: list[str] | None = None, *, threads: int = 2):
+        """(name, delta) for each weight in order, decoded up to `threads` weights ahead."""
+        names = list(self.weights) if weights is None else list(weights)
+        if threads <= 1 or len(names) <= 1:
+            for name in names:
+                yield name, self.read(name)
+            return
+        from concurrent.futures import ThreadPoolExecutor
+
+        with ThreadPoolExecutor(threads) as pool:
+            pending = [pool.submit(self.read, n) for n in names[:threads]]
+            for i, name in enumerate(names):
+                delta = pending[i].result()
+                if i + threads < len(names):
+                    pending.append(pool.submit(self.read, names[i + threads]))
+                pending[i] = None  # the delta is the caller's now
+                yield name, delta
+
+    def expert(self, weights: list[str] | None = None) -> Expert:
+        """The expert with the given weights (default all) decoded; the metadata is the file's."""
+        meta = self.header
+        return Expert(
+            name=meta["name"], task=meta["task"], kind=meta["kind"], base_model=meta["base_model"],
+            deltas=dict(self.iter_deltas(weights, threads=1)), base_revision=meta["base_revision"],
+            keep_ratio=meta["keep_ratio"], value_dtype=meta["value_dtype"], targets=meta["targets"],
+            config=meta["config"], metrics=meta["metrics"], parents=meta["parents"],
+        )

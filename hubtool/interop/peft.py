@@ -28,7 +28,7 @@ import torch
 
 from hubtool.errors import HubError
 from hubtool.fileio import atomic_folder, sha256_file
-from hubtool.format.types import BlockDelta, Delta, Expert, LoraDelta, SparseDelta
+from hubtool.delta import BlockSparseDelta, Delta, Expert, LoraDelta, SparseDelta
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -59,12 +59,18 @@ _LORA_PLAIN_INITS = (True, False, "gaussian", "eva", "orthogonal")
 
 
 def import_peft(
-    folder: str | Path, *, name: str | None = None, task: str | None = None, base: str | None = None
+    folder: str | Path,
+    *,
+    name: str | None = None,
+    task: str | None = None,
+    base: str | None = None,
+    trust_remote_code: bool = False,
 ) -> Expert:
     """Read a PEFT LoRA / SHiRA / Super-Tuning folder into an Expert.
 
     ``base`` overrides the base model (else hubtool.json's, else adapter_config's base_model_name_or_path);
-    SHiRA and Super-Tuning need the base's weight shapes, read from its config when hubtool.json is absent.
+    SHiRA and Super-Tuning need the base's weight shapes, read from its config when hubtool.json is absent
+    (the base's own code, named by its ``auto_map``, runs only with trust_remote_code=True).
     The task defaults to the exported expert's, else "unknown".
     """
     folder = Path(folder).expanduser()
@@ -82,7 +88,7 @@ def import_peft(
     if peft_type == "LORA":
         deltas: dict[str, Delta] = dict(_lora_deltas(config, tensors, folder))
     elif peft_type in ("SHIRA", "SUPERTUNING"):
-        deltas = _sparse_deltas(peft_type, config, tensors, sidecar, base_model, folder)
+        deltas = _sparse_deltas(peft_type, config, tensors, sidecar, base_model, folder, trust_remote_code)
     else:
         raise HubError(
             f"{folder / CONFIG_FILE}: peft_type {peft_type!r} is not supported; "
@@ -108,9 +114,15 @@ def import_peft(
 
 
 def _sparse_deltas(
-    peft_type: str, config: dict, tensors: dict, sidecar: dict, base_model: str, folder: Path
+    peft_type: str,
+    config: dict,
+    tensors: dict,
+    sidecar: dict,
+    base_model: str,
+    folder: Path,
+    trust_remote_code: bool = False,
 ) -> dict[str, Delta]:
-    shapes = _sidecar_shapes(sidecar) or _base_shapes(base_model)
+    shapes = _sidecar_shapes(sidecar) or _base_shapes(base_model, trust_remote_code)
     if peft_type == "SHIRA":
         entries = _shira_entries(config, tensors, shapes, folder)
     else:
@@ -203,12 +215,28 @@ def _lora_deltas(config: dict, tensors: dict[str, torch.Tensor], folder: Path):
         rank, module = A.shape[0], weight.removesuffix(".weight")
         # PEFT's own rule: a pattern key matches a module name ending in ".<key>" (or equal to it).
         key = next((k for k in alpha_pattern if re.match(rf"(.*\.)?({k})$", module)), None)
-        alpha = float(alpha_pattern[key] if key is not None else config.get("lora_alpha", 8))
+        field = f"alpha_pattern[{key!r}]" if key is not None else "lora_alpha"
+        alpha = _finite_number(
+            alpha_pattern[key] if key is not None else config.get("lora_alpha", 8), folder / CONFIG_FILE, field
+        )
+        if rank == 0:
+            raise HubError(f"{folder / WEIGHTS_FILE}: {weight} has rank 0; expected lora_A [r, in] with r >= 1")
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         if config.get("fan_in_fan_out"):
             # Conv1D stores W as [in, out] and PEFT adds (B @ A)^T = A^T @ B^T: same form, factors swapped.
             A, B = B.T.contiguous(), A.T.contiguous()
         yield weight, LoraDelta(shape=(B.shape[0], A.shape[1]), A=A, B=B, scale=scale)
+
+
+def _finite_number(value: Any, path: Path, field: str) -> float:
+    """A finite number (Python's json reads NaN and Infinity literals, and float() reads "nan")."""
+    try:
+        number = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):
+        number = math.nan
+    if not math.isfinite(number):
+        raise HubError(f"{path}: {field}={value!r}; expected a finite number")
+    return number
 
 
 def _shira_entries(
@@ -302,10 +330,10 @@ def _sidecar_shapes(sidecar: dict) -> dict[str, tuple[int, ...]]:
     return {w: tuple(spec["shape"]) for w, spec in sidecar.get("weights", {}).items()}
 
 
-def _base_shapes(base_model: str) -> dict[str, tuple[int, ...]]:
+def _base_shapes(base_model: str, trust_remote_code: bool = False) -> dict[str, tuple[int, ...]]:
     from hubtool.models import base_weight_shapes
 
-    return base_weight_shapes(base_model)
+    return base_weight_shapes(base_model, trust_remote_code=trust_remote_code)
 
 
 # --- export ------------------------------------------------------------------------------------------
@@ -324,7 +352,7 @@ def export_peft(
     experts (the default for them). ``base_model_name_or_path`` defaults to the expert's base model.
     """
     deltas = {w: d for w, d in expert.deltas.items() if d.nnz}
-    fmt = format or ("lora" if deltas and all(isinstance(d, LoraDelta) for d in deltas.values()) else "shira")
+    fmt = format or ("lora" if deltas and all(d.kind == "lora" for d in deltas.values()) else "shira")
     if fmt not in FORMATS:
         raise HubError(f"export format {fmt!r} is unknown; expected one of {', '.join(FORMATS)}")
     if not deltas:
@@ -334,8 +362,8 @@ def export_peft(
             raise HubError(
                 f"expert {expert.name}: {weight} is not a 2-D '<module>.weight'; PEFT adapts linear weights"
             )
-        expected = LoraDelta if fmt == "lora" else (SparseDelta, BlockDelta)
-        if not isinstance(delta, expected):
+        expected = ("lora",) if fmt == "lora" else ("sparse", "block-sparse")
+        if delta.kind not in expected:
             raise HubError(
                 f"expert {expert.name}: {weight} is a {type(delta).__name__}; format {fmt!r} takes "
                 f"{'LoRA' if fmt == 'lora' else 'sparse or block-sparse'} deltas only"
@@ -364,19 +392,9 @@ def export_peft(
     return Path(out_dir).expanduser().absolute()
 
 
-def _flat_entries(delta: SparseDelta | BlockDelta) -> tuple[torch.Tensor, torch.Tensor]:
+def _flat_entries(delta: SparseDelta | BlockSparseDelta) -> tuple[torch.Tensor, torch.Tensor]:
     """(sorted flat positions [nnz], fp32 values [nnz]); a block delta gives its tiles' entries inside W."""
-    if isinstance(delta, SparseDelta):
-        return delta.indices.to(torch.int64), delta.values.to(torch.float32)
-    b, (_, grid_cols), (out, inp) = delta.block_size, delta.grid, delta.shape
-    offsets = torch.arange(b)
-    rows = (delta.tiles // grid_cols * b)[:, None, None] + offsets[None, :, None]  # [n_tiles, b, 1]
-    cols = (delta.tiles % grid_cols * b)[:, None, None] + offsets[None, None, :]  # [n_tiles, 1, b]
-    inside = (rows < out) & (cols < inp)  # [n_tiles, b, b]; edge tiles stick out of W
-    flat = (rows * inp + cols)[inside]
-    values = delta.values.to(torch.float32)[inside]
-    order = torch.argsort(flat)
-    return flat[order], values[order]
+    return delta.entries()
 
 
 def _pad(

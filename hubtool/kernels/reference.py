@@ -1,6 +1,6 @@
 """Pure-torch sparse-delta kernels: the CPU path, and the reference the Triton kernels are tested against.
 
-Two delta layouts, both against a frozen weight W of shape [out, in] (see hubtool.format.types):
+Two delta layouts, both against a frozen weight W of shape [out, in] (see hubtool.delta):
   sparse  indices [nnz] int64, sorted unique flat row-major positions into W; values [nnz]
   block   tiles [n_tiles] int64, sorted unique positions on the ceil(out/B) x ceil(in/B) tile grid
           (row-major); values [n_tiles, B, B]; entries of edge tiles that fall outside W are ignored
@@ -120,18 +120,11 @@ def _pad_cols(t: torch.Tensor, width: int) -> torch.Tensor:
 def tile_positions(
     tiles: torch.Tensor, shape: tuple[int, int], block_size: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Flat positions in W of every tile entry, [n_tiles, B, B] int64, and which lie inside W.
+    """Flat positions in W of every tile entry, [n_tiles, B, B] int64, and which lie inside W
+    (hubtool.delta.TileGrid.positions; outside positions are clamped to 0, mask them)."""
+    from hubtool.delta.grid import TileGrid
 
-    Positions of entries outside W are clamped to 0 so they can be gathered safely; mask them.
-    """
-    out_f, in_f = shape
-    b = block_size
-    grid_cols = -(-in_f // b)
-    offs = torch.arange(b, device=tiles.device)
-    rows = (tiles // grid_cols * b)[:, None, None] + offs[None, :, None]  # [n_tiles, B, 1]
-    cols = (tiles % grid_cols * b)[:, None, None] + offs[None, None, :]  # [n_tiles, 1, B]
-    inside = (rows < out_f) & (cols < in_f)  # [n_tiles, B, B]
-    return torch.where(inside, rows * in_f + cols, 0), inside
+    return TileGrid(tuple(shape), block_size).positions(tiles)
 
 
 def sparse_linear(

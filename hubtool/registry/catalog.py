@@ -35,7 +35,7 @@ from hubtool.registry.lookup import LATEST, NAME, parse_ref
 from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
 
 if TYPE_CHECKING:
-    from hubtool.format.types import Expert
+    from hubtool.delta import Expert
 
 __all__ = ["Catalog", "parse_ref"]
 

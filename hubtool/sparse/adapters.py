@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from hubtool.format.types import Expert
+from hubtool.delta import Expert
 from hubtool.sparse import masks
 from hubtool.sparse.config import AdapterConfig
 from hubtool.sparse.layers import DeltaLayer, FullLayer, LoraLayer, SparseLayer

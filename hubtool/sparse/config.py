@@ -69,10 +69,8 @@ class AdapterConfig:
 
     @property
     def expert_kind(self) -> str:
-        """The hubtool.format kind this adapter packs to."""
-        return {"sparse": "sparse", "block-sparse": "block-sparse", "lora": "lora", "full": "full-delta"}[
-            self.method
-        ]
+        """The expert kind this adapter packs to: the method's own name (one vocabulary)."""
+        return self.method
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

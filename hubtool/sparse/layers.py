@@ -27,9 +27,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hubtool.format.types import BlockDelta, Delta, DenseDelta, LoraDelta, SparseDelta
+from hubtool.delta import BlockSparseDelta, Delta, FullDelta, LoraDelta, SparseDelta
 from hubtool.kernels import reference
-from hubtool.kernels.reference import tile_positions
+from hubtool.delta.grid import TileGrid
 from hubtool.sparse.masks import dense_mask
 
 
@@ -147,7 +147,7 @@ class SparseLayer(DeltaLayer):
         flat = dense.detach().reshape(-1)
         if self.block_size is None:
             return flat[self.kept]
-        pos, inside = tile_positions(self.kept, self.shape, self.block_size)
+        pos, inside = TileGrid(self.shape, self.block_size).positions(self.kept)
         return torch.where(inside, flat[pos], torch.zeros((), dtype=flat.dtype, device=flat.device))
 
     def _values_shape(self) -> tuple[int, ...]:
@@ -178,7 +178,7 @@ class SparseLayer(DeltaLayer):
             if self.block_size is None:
                 out[self.kept] = self.values.detach().float()
             else:
-                pos, inside = tile_positions(self.kept, self.shape, self.block_size)
+                pos, inside = TileGrid(self.shape, self.block_size).positions(self.kept)
                 out[pos[inside]] = self.values.detach().float()[inside]
             return out.view(self.shape)
         if self.delta is not None:
@@ -196,7 +196,7 @@ class SparseLayer(DeltaLayer):
             return SparseDelta(shape=_stored(self.shape, self.transposed), indices=kept, values=values)
         if self.transposed:
             kept, values = _transpose_tiles(kept, values, self.shape, self.block_size)
-        return BlockDelta(
+        return BlockSparseDelta(
             shape=_stored(self.shape, self.transposed), block_size=self.block_size, tiles=kept, values=values
         )
 
@@ -243,7 +243,7 @@ class FullLayer(DeltaLayer):
 
     def to_delta(self) -> Delta:
         d = self.delta_dense().cpu()
-        return DenseDelta(
+        return FullDelta(
             shape=_stored(self.shape, self.transposed), values=d.t().contiguous() if self.transposed else d
         )
 
@@ -310,7 +310,7 @@ def _transpose_positions(kept: torch.Tensor, values: torch.Tensor, shape: tuple[
 
 def _transpose_tiles(tiles: torch.Tensor, values: torch.Tensor, shape: tuple[int, int], b: int):
     """Tile ids on the [out, in] grid -> sorted ids on the [in, out] grid, each tile transposed."""
-    gr, gc = -(-shape[0] // b), -(-shape[1] // b)
-    moved = (tiles % gc) * gr + tiles // gc
+    grid = TileGrid(shape, b)
+    moved = (tiles % grid.cols) * grid.rows + tiles // grid.cols
     order = moved.argsort()
     return moved[order], values.transpose(1, 2)[order].contiguous()

@@ -11,7 +11,7 @@ import zlib
 
 import torch
 
-from hubtool.kernels.reference import tile_positions
+from hubtool.delta.grid import TileGrid
 
 
 def kept_count(total: int, keep_ratio: float) -> int:
@@ -21,7 +21,7 @@ def kept_count(total: int, keep_ratio: float) -> int:
 
 def kept_tiles(shape: tuple[int, int], keep_ratio: float, block_size: int) -> int:
     """round(keep_ratio * out * in / B^2), half up, at least 1, at most the number of tiles."""
-    n_tiles = -(-shape[0] // block_size) * -(-shape[1] // block_size)
+    n_tiles = TileGrid(shape, block_size).cells
     return _round_count(keep_ratio * shape[0] * shape[1] / block_size**2, n_tiles)
 
 
@@ -50,12 +50,8 @@ def tile_scores(scores: torch.Tensor, block_size: int) -> torch.Tensor:
 
     Edge tiles of a weight whose dims are not multiples of B are partial: zero padding adds nothing.
     """
-    out_f, in_f = scores.shape
-    b = block_size
-    gr, gc = -(-out_f // b), -(-in_f // b)
-    padded = torch.nn.functional.pad(scores.detach().float().abs(), (0, gc * b - in_f, 0, gr * b - out_f))
-    # [gr*b, gc*b] -> [gr, b, gc, b] -> sum over the two in-tile axes -> [gr, gc]
-    return padded.view(gr, b, gc, b).sum(dim=(1, 3)).reshape(-1)
+    grid = TileGrid((scores.shape[0], scores.shape[1]), block_size)
+    return grid.to_tiles(scores.detach().float().abs()).sum(dim=(1, 2))  # [cells, B, B] -> [cells]
 
 
 def select(scores: torch.Tensor, keep_ratio: float, block_size: int | None) -> torch.Tensor:
@@ -72,7 +68,7 @@ def dense_mask(kept: torch.Tensor, shape: tuple[int, int], block_size: int | Non
     if block_size is None:
         mask[kept] = True
     else:
-        pos, inside = tile_positions(kept, shape, block_size)
+        pos, inside = TileGrid(shape, block_size).positions(kept)
         mask[pos[inside]] = True
     return mask.view(shape)
 
