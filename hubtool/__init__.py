@@ -1,7 +1,7 @@
 """hubtool: a hub for sparse parameter-efficient experts.
 
 The public API is imported lazily so `import hubtool` (and `hub --help`) stays fast:
-    from hubtool import Catalog, train, evaluate, pack, unpack, apply_expert
+    from hubtool import Catalog, train, compose, evaluate, pack, unpack, apply_expert
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ _LAZY = {
     "unpack": "hubtool.format",
     "apply_expert": "hubtool.apply",
     "train": "hubtool.train",
+    "compose": "hubtool.merge.compose",
     "evaluate": "hubtool.evaluate",
     "load_base": "hubtool.models",
     "import_expert": "hubtool.api",

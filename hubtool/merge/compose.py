@@ -1,0 +1,292 @@
+"""`compose(...)`: a catalog query -> a plan -> a merged model folder or a merged expert (what `hub compose` calls).
+
+    from hubtool import compose
+    result = compose(tasks=["qa", "summarize"], out="merged")                 # HF model folder
+    result = compose(tasks=["qa"], method="ties", density=0.2, as_expert="qa-ties")  # catalog expert
+    result = compose(config="recipe.yml", dry_run=True)                        # just the plan
+
+Everything that can be checked is checked before any tensor is read: the recipe, the output path or
+expert name, the experts (one base model and revision), their blobs.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import HubError
+from hubtool.merge.plan import Plan, make_plan, overlap
+from hubtool.merge.recipe import ExpertSpec, Recipe
+
+# The metric retention is reported on, per task: the first the single expert has.
+HEADLINE = ("accuracy", "rougeL", "exact_match")
+
+
+@dataclass
+class ComposeResult:
+    plan: Plan
+    out: Path | None = None  # the model folder written
+    record: Any | None = None  # the merged expert registered
+    overlap: dict[str, list[int]] | None = None  # dry run: per-weight entries touched by 1..N experts
+    output_bytes: int | None = None  # dry run: estimated size of what would be written
+    evaluation: list[dict[str, Any]] = field(default_factory=list)  # --eval rows, one per task
+
+
+def build_recipe(
+    tasks: list[str] | str | None = None,
+    *,
+    experts: list[str] | str | None = None,
+    method: str | None = None,
+    where: str | None = None,
+    pick: str | None = None,
+    weights: list[float] | None = None,
+    density: float | None = None,
+    lam: float | None = None,
+    seed: int | None = None,
+    dtype: str | None = None,
+    config: str | os.PathLike | None = None,
+) -> Recipe:
+    """A recipe from a YAML file and/or arguments; arguments given override the file's values."""
+    recipe = Recipe.from_yaml(config) if config is not None else Recipe()
+    tasks = _split(tasks)
+    refs = _split(experts)
+    if tasks:
+        recipe.tasks, recipe.experts = tasks, ([] if not refs else recipe.experts)
+    if refs:
+        recipe.experts = [ExpertSpec(r) for r in refs]
+    if weights is not None and recipe.tasks and not refs:
+        if len(weights) != len(recipe.tasks):
+            raise HubError(f"--weights: {len(weights)} numbers for {len(recipe.tasks)} --tasks items; give one each")
+        recipe.task_weights = [float(w) for w in weights]
+    elif weights is not None:
+        if len(weights) != len(recipe.experts):
+            raise HubError(f"--weights: {len(weights)} numbers for {len(recipe.experts)} experts")
+        for spec, w in zip(recipe.experts, weights):
+            spec.weight = float(w)
+    for key, value in (("method", method), ("where", where), ("pick", pick), ("density", density), ("lam", lam),
+                       ("seed", seed), ("dtype", dtype)):
+        if value is not None:
+            setattr(recipe, key, value)
+    return recipe.check("compose" if config is None else str(config))
+
+
+def _split(value: list[str] | str | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
+    return [i.strip() for i in items if i.strip()]
+
+
+def compose(
+    tasks: list[str] | str | None = None,
+    *,
+    experts: list[str] | str | None = None,
+    method: str | None = None,
+    where: str | None = None,
+    pick: str | None = None,
+    weights: list[float] | None = None,
+    density: float | None = None,
+    lam: float | None = None,
+    seed: int | None = None,
+    dtype: str | None = None,
+    config: str | os.PathLike | None = None,
+    out: str | os.PathLike | None = None,
+    as_expert: str | None = None,
+    dry_run: bool = False,
+    catalog: Any = None,
+    threads: int = 2,
+    progress: Any = None,
+) -> ComposeResult:
+    """Merge the experts a query selects into a model folder (`out`) or a merged expert (`as_expert`)."""
+    from hubtool.registry import Catalog
+    from hubtool.registry.lookup import NAME
+
+    recipe = build_recipe(tasks, experts=experts, method=method, where=where, pick=pick, weights=weights,
+                          density=density, lam=lam, seed=seed, dtype=dtype, config=config)
+    if not dry_run and (out is None) == (as_expert is None):
+        raise HubError("compose: give exactly one of --out DIR (a model folder) or --as-expert NAME")
+    out_path = None
+    if out is not None:
+        out_path = Path(out).expanduser().absolute()
+        if out_path.exists() and (not out_path.is_dir() or any(out_path.iterdir())):
+            raise HubError(f"--out {out}: {out_path} already exists; expected a new (or empty) folder")
+    if as_expert is not None and not NAME.fullmatch(as_expert):
+        raise HubError(f"--as-expert {as_expert!r}: expected letters, digits, '.', '_' or '-' (at most 128)")
+    cat = catalog if hasattr(catalog, "list") else Catalog(catalog)
+    plan = make_plan(cat, recipe)
+    result = ComposeResult(plan)
+    if dry_run:
+        result.overlap = overlap(plan)
+        result.output_bytes = _estimate_bytes(plan, result.overlap, model=as_expert is None)
+        return result
+    from hubtool.merge import execute
+
+    if out_path is not None:
+        result.out = execute.write_model(plan, out_path, threads=threads, progress=progress,
+                                         card=lambda folder: write_card(plan, folder))
+        return result
+    result.record = register_merged(cat, plan, as_expert, threads=threads, progress=progress)
+    return result
+
+
+def register_merged(cat: Any, plan: Plan, name: str, *, threads: int = 2, progress: Any = None) -> Any:
+    """Build the merged expert, pack it to a temp file, register it with lineage rows to its parents."""
+    import tempfile
+
+    from hubtool.format import pack
+    from hubtool.merge.execute import merged_expert, tmp_dir
+
+    expert = merged_expert(plan, name, threads=threads, progress=progress)
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir())
+    os.close(fd)
+    try:
+        pack(expert, tmp)
+        parents = [{"ref": c.ref, "weight": c.weight, "role": f"merge:{plan.recipe.method}"} for c in plan.choices]
+        return cat.register(tmp, name=name, task=plan.tasks[0], tasks=plan.tasks[1:], parents=parents,
+                            tags=["merged", plan.recipe.method])
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
+def _estimate_bytes(plan: Plan, counts: dict[str, list[int]], *, model: bool) -> int:
+    """A model folder: the base's weights at the output dtype. A merged expert: ~2.75 bytes per
+    union entry (bf16 value + compressed position), the measured packed size at keep ratio 0.05."""
+    if not model:
+        return int(sum(sum(c) for c in counts.values()) * 2.75)
+    from hubtool.merge.execute import base_folder, shard_layout
+
+    from safetensors import safe_open
+
+    folder = base_folder(plan.base_model)
+    total = 0
+    size = {"bfloat16": 2, "float16": 2, "float32": 4}.get(plan.recipe.dtype or "", None)
+    for shard, names in shard_layout(folder):
+        with safe_open(str(folder / shard), framework="pt") as f:
+            for n in names:
+                sl = f.get_slice(n)
+                numel = 1
+                for d in sl.get_shape():
+                    numel *= d
+                total += numel * (size or _itemsize(sl.get_dtype()))
+    return total
+
+
+def _itemsize(dtype: str) -> int:
+    return {"F64": 8, "F32": 4, "BF16": 2, "F16": 2, "I64": 8, "I32": 4, "U8": 1, "I8": 1, "BOOL": 1}.get(dtype, 4)
+
+
+# --- the model card ------------------------------------------------------------------------------------
+
+
+def write_card(plan: Plan, folder: Path) -> None:
+    """README.md with HF model-card metadata (base_model, base_model_relation: merge, parents, recipe)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    from hubtool.merge.execute import provenance
+
+    tasks = plan.tasks
+    data = ModelCardData(
+        base_model=plan.base_model,
+        base_model_relation="merge",
+        library_name="transformers",
+        tags=["hubtool", "merge", "sparse-experts", plan.recipe.method, *tasks],
+        hubtool=provenance(plan),
+    )
+    parents = "\n".join(
+        f"| {c.ref} | {c.task} | {c.record.kind} | {c.weight:g} | `{c.record.sha256[:12]}` | {c.reason} |"
+        for c in plan.choices
+    )
+    text = (
+        f"---\n{data.to_yaml()}\n---\n\n"
+        f"# Merged model: {', '.join(tasks)}\n\n"
+        f"{len(plan.choices)} hubtool experts merged into `{plan.base_model}` with `{plan.recipe.method}`.\n\n"
+        "| expert | task | kind | weight | sha256 | chosen |\n|---|---|---|---|---|---|\n"
+        f"{parents}\n\n"
+        "## Recipe\n\nReproduce this model with `hub compose --config hubtool_recipe.yml --out DIR`:\n\n"
+        f"```yaml\n{plan.recipe.to_yaml()}```\n"
+    )
+    ModelCard(text).save(folder / "README.md")
+
+
+def recipe_from_card(folder: str | os.PathLike) -> Recipe:
+    """The recipe embedded in a composed folder's model card (the YAML block under '## Recipe')."""
+    import yaml
+    from huggingface_hub import ModelCard
+
+    card = ModelCard.load(Path(folder) / "README.md")
+    meta = card.data.to_dict().get("hubtool") or {}
+    if "recipe" not in meta:
+        raise HubError(f"{folder}/README.md: no hubtool recipe in the model card metadata")
+    return Recipe.from_dict(yaml.safe_load(yaml.safe_dump(meta["recipe"])), f"{folder}/README.md")
+
+
+# --- evaluating the result ------------------------------------------------------------------------------
+
+
+def evaluate_result(
+    result: ComposeResult,
+    *,
+    catalog: Any = None,
+    limit: int | None = None,
+    max_new_tokens: int | None = None,
+    batch_size: int = 8,
+) -> list[dict[str, Any]]:
+    """Score the merged model on every task it covers, next to each single expert's stored score and
+    the base model's; retention = merged / single expert, in percent, on the task's headline metric.
+
+    Each task is scored with the settings its expert was scored with at training (split, limit,
+    max_new_tokens, from the expert's config), so the two numbers are comparable; `limit` and
+    `max_new_tokens` override them. Stored on the merged expert, or in the folder's hubtool.json."""
+    import json
+
+    import torch
+
+    from hubtool.apply import apply_expert
+    from hubtool.data import load_task
+    from hubtool.evaluate import evaluate
+    from hubtool.models import load_base
+    from hubtool.registry import Catalog
+
+    cat = catalog if hasattr(catalog, "list") else Catalog(catalog)
+    plan = result.plan
+    tasks = {t: load_task(t, catalog=cat) for t in plan.tasks}  # a bad task fails before the model loads
+    if result.out is not None:
+        model, tokenizer = load_base(str(result.out), dtype=torch.float32)
+    else:
+        model, tokenizer = load_base(plan.base_model, dtype=torch.float32)
+        apply_expert(model, cat.load(result.record.ref))
+    if tokenizer is None:
+        raise HubError(f"{result.out or plan.base_model}: no tokenizer files; evaluation needs one")
+    rows = []
+    for task, data in tasks.items():
+        choice = next(c for c in plan.choices if c.task == task)
+        settings = dict((choice.record.config or {}).get("eval") or {})
+        n = limit if limit is not None else settings.get("limit", 200)
+        new_tokens = max_new_tokens if max_new_tokens is not None else settings.get("max_new_tokens", 64)
+        split = settings.get("split", "test")
+        scores = evaluate(model, tokenizer, data, split=split, limit=n, batch_size=batch_size,
+                          max_new_tokens=new_tokens)
+        merged = {k: float(v) for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "accuracy_norm")}
+        single = (choice.record.metrics or {}).get(task, {})
+        base = cat.base_metrics(plan.base_model, task)
+        metric = next((m for m in HEADLINE if m in merged and m in single), next(iter(merged), None))
+        retention = None
+        if metric is not None and single.get(metric):
+            retention = 100.0 * merged[metric] / single[metric]
+        rows.append({"task": task, "expert": choice.ref, "metric": metric, "merged": merged.get(metric),
+                     "single": single.get(metric), "base": base.get(metric), "retention": retention,
+                     "scores": merged, "examples": int(scores.get("n", 0) or 0), "split": split})
+        if result.record is not None:
+            cat.set_metrics(result.record.ref, task, merged)
+    if result.out is not None:
+        from hubtool.fileio import atomic_write
+        from hubtool.merge.execute import PROVENANCE_FILE
+
+        path = Path(result.out) / PROVENANCE_FILE
+        data = json.loads(path.read_text()) | {"evaluation": rows}
+        with atomic_write(path) as f:
+            f.write((json.dumps(data, indent=2) + "\n").encode())
+    result.evaluation = rows
+    return rows

@@ -1,0 +1,305 @@
+"""Executing a plan: stream the base model shard by shard, merge each adapted weight, write, free.
+
+Memory stays at about one shard plus the current weight's expert entries, whatever the model size:
+  for each base shard:                        (safe_open: tensors are read one at a time)
+      for each tensor in it:
+          adapted?  inputs = every chosen expert's entries for this weight   (ExpertReader.read)
+                    merged = METHODS[method](inputs)       sparse, on the union of positions
+                    W = W + merged                         hubtool.kernels scatter-add, fp32, rounded once
+      write the output shard (temp folder), drop it, go on
+Inputs for the next weights are decoded ahead in a thread pool (decoding positions is the costly part).
+A merged expert (`merged_expert`) needs no base weights at all: only the experts' entries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from hubtool.delta import Expert, FullDelta, SparseDelta
+from hubtool.errors import FingerprintError, HubError
+from hubtool.merge.methods import MergeParams, WeightInputs, merge_weight
+from hubtool.merge.plan import Plan
+
+INDEX = "model.safetensors.index.json"
+RECIPE_FILE = "hubtool_recipe.yml"
+PROVENANCE_FILE = "hubtool.json"
+_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
+# Files of a base model folder that describe the old weights, not the merged model.
+_NOT_COPIED = {INDEX, "README.md", "hubtool-model.json", RECIPE_FILE, PROVENANCE_FILE}
+
+Progress = Callable[[str, int, int], None]  # (what, done, total)
+
+
+def params_of(plan: Plan) -> MergeParams:
+    r = plan.recipe
+    return MergeParams(density=r.density, lam=r.lam, seed=r.seed)
+
+
+# --- inputs of one weight, decoded ahead ---------------------------------------------------------------
+
+
+class Inputs:
+    """Decodes every chosen expert's entries of the weights in `order`, `ahead` weights in advance."""
+
+    def __init__(self, plan: Plan, order: list[str], threads: int = 2) -> None:
+        self.plan, self.readers = plan, plan.readers()
+        self.order = [w for w in order if w in plan.weights]
+        self.pool = ThreadPoolExecutor(max(1, threads))
+        self.ahead = max(1, threads)
+        self.pending: dict[str, Any] = {}
+        self.next = 0
+
+    def _load(self, name: str) -> tuple[WeightInputs, list[str | None]]:
+        idx = self.plan.weights[name]
+        entries, fingerprints = [], []
+        for i in range(len(self.plan.choices)):
+            if i in idx:
+                delta = self.readers[i].read(name)
+                entries.append(delta.entries())
+                fingerprints.append(delta.fingerprint)
+            else:
+                entries.append((torch.zeros(0, dtype=torch.int64), torch.zeros(0)))
+                fingerprints.append(None)
+        w = torch.tensor([c.weight for c in self.plan.choices], dtype=torch.float32)
+        refs = [c.ref for c in self.plan.choices]
+        return WeightInputs(name, self.plan.shapes[name], entries, w, refs), fingerprints
+
+    def get(self, name: str) -> tuple[WeightInputs, list[str | None]]:
+        while self.next < len(self.order) and len(self.pending) < self.ahead + 1:
+            key = self.order[self.next]
+            self.pending[key] = self.pool.submit(self._load, key)
+            self.next += 1
+        future = self.pending.pop(name, None)
+        return future.result() if future is not None else self._load(name)
+
+    def close(self) -> None:
+        self.pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _check_fingerprints(plan: Plan, name: str, weight: torch.Tensor, fingerprints: list[str | None]) -> None:
+    from hubtool.format.fingerprint import fingerprint
+
+    wanted = [(plan.choices[i].ref, fp) for i, fp in enumerate(fingerprints) if fp is not None]
+    if not wanted:
+        return
+    got = fingerprint(weight)
+    for ref, fp in wanted:
+        if fp != got:
+            raise FingerprintError(
+                f"expert {ref} was trained against a different base weight for {name}: expected {fp}, "
+                f"the base model {plan.base_model} has {got}"
+            )
+
+
+# --- the base model's files ------------------------------------------------------------------------------
+
+
+def base_folder(base_model: str) -> Path:
+    """A local folder with the base model's files: the embedded model's, a local folder, or a Hub
+    snapshot (through huggingface_hub, so HF_ENDPOINT and tokens work as in the HF tools)."""
+    from hubtool.models import resolve_base
+
+    source, _ = resolve_base(base_model)
+    path = Path(source)
+    if path.is_dir():
+        return path
+    from huggingface_hub import snapshot_download
+
+    try:
+        return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
+    except Exception as err:  # network, auth, not found: one line
+        raise HubError(f"base model {source}: cannot download its files: {' '.join(str(err).split())}") from None
+
+
+def shard_layout(folder: Path) -> list[tuple[str, list[str]]]:
+    """[(shard file, [tensor names in file order])] of a safetensors model folder."""
+    from safetensors import safe_open
+
+    index = folder / INDEX
+    if index.is_file():
+        weight_map = json.loads(index.read_text())["weight_map"]
+        files = list(dict.fromkeys(weight_map.values()))
+    elif (folder / "model.safetensors").is_file():
+        files = ["model.safetensors"]
+    else:
+        raise HubError(f"{folder}: no model.safetensors or {INDEX}; compose needs a safetensors model")
+    layout = []
+    for name in files:
+        with safe_open(str(folder / name), framework="pt") as f:
+            layout.append((name, list(f.keys())))
+    return layout
+
+
+# --- model folder ---------------------------------------------------------------------------------------
+
+
+def write_model(
+    plan: Plan,
+    out_dir: Path,
+    *,
+    threads: int = 2,
+    progress: Progress | None = None,
+    card: Callable[[Path], None] | None = None,
+) -> Path:
+    """Write the merged model as a complete HF folder at `out_dir` (atomically: all or nothing)."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    from hubtool.fileio import atomic_folder
+    from hubtool.kernels import scatter_add_
+
+    folder = base_folder(plan.base_model)
+    layout = shard_layout(folder)
+    present = {n for _, names in layout for n in names}
+    missing = sorted(set(plan.weights) - present)
+    if missing:
+        raise HubError(f"base model {plan.base_model} has no weight {missing[0]} that the experts adapt")
+    out_dtype = _DTYPES.get(plan.recipe.dtype) if plan.recipe.dtype else None
+    params = params_of(plan)
+    inputs = Inputs(plan, [n for _, names in layout for n in names], threads)
+    weight_map: dict[str, str] = {}
+    total_size, done = 0, 0
+    try:
+        with atomic_folder(out_dir) as tmp:
+            for i, (shard, names) in enumerate(layout):
+                out_name = f"model-{i + 1:05d}-of-{len(layout):05d}.safetensors"
+                tensors: dict[str, torch.Tensor] = {}
+                with safe_open(str(folder / shard), framework="pt") as f:
+                    for name in names:
+                        t = f.get_tensor(name)
+                        dtype = out_dtype or t.dtype
+                        if name in plan.weights:
+                            x, fingerprints = inputs.get(name)
+                            _check_fingerprints(plan, name, t, fingerprints)
+                            union, merged = merge_weight(plan.recipe.method, x, params)
+                            work = t.float() if t.dtype != torch.float32 else t.clone()
+                            scatter_add_(work, union, merged)  # fp32, rounded once below
+                            t = work.to(dtype)
+                            done += 1
+                            if progress:
+                                progress("weights", done, len(plan.weights))
+                        elif t.dtype != dtype and t.is_floating_point():
+                            t = t.to(dtype)
+                        tensors[name] = t.contiguous()
+                        total_size += t.numel() * t.element_size()
+                        weight_map[name] = out_name
+                save_file(tensors, str(tmp / out_name), metadata={"format": "pt"})
+                del tensors
+                if progress:
+                    progress("shards", i + 1, len(layout))
+            index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
+            (tmp / INDEX).write_text(json.dumps(index, indent=2) + "\n")
+            _copy_side_files(folder, tmp, out_dtype)
+            (tmp / RECIPE_FILE).write_text(plan.recipe.to_yaml())
+            (tmp / PROVENANCE_FILE).write_text(json.dumps(provenance(plan), indent=2) + "\n")
+            if card is not None:
+                card(tmp)
+    finally:
+        inputs.close()
+    return out_dir
+
+
+def _copy_side_files(src: Path, dst: Path, out_dtype: torch.dtype | None) -> None:
+    """Config, generation config, tokenizer, chat template: everything but the old weights."""
+    for path in sorted(src.iterdir()):
+        if path.is_file() and path.suffix != ".safetensors" and path.name not in _NOT_COPIED \
+                and not path.name.startswith("."):
+            shutil.copyfile(path, dst / path.name)
+    config = dst / "config.json"
+    if out_dtype is not None and config.is_file():
+        data = json.loads(config.read_text())
+        name = str(out_dtype).removeprefix("torch.")
+        for key in ("dtype", "torch_dtype"):
+            if key in data:
+                data[key] = name
+        data.setdefault("dtype", name)
+        config.write_text(json.dumps(data, indent=2) + "\n")
+
+
+def provenance(plan: Plan) -> dict[str, Any]:
+    return {
+        "hubtool": "compose",
+        "base_model": plan.base_model,
+        "base_revision": plan.base_revision,
+        "method": plan.recipe.method,
+        "parents": [
+            {"ref": c.ref, "task": c.task, "weight": c.weight, "sha256": c.record.sha256, "kind": c.record.kind,
+             "chosen": c.reason}
+            for c in plan.choices
+        ],
+        "recipe": plan.recipe.to_dict(),
+    }
+
+
+# --- merged expert --------------------------------------------------------------------------------------
+
+
+def merged_deltas(plan: Plan, *, threads: int = 2, progress: Progress | None = None) -> Iterator[tuple[str, Any]]:
+    """(weight, merged delta) for every adapted weight: sparse on the union of positions, or a full
+    delta when the union covers more than half of W (a dense kind was among the inputs)."""
+    params = params_of(plan)
+    order = list(plan.weights)
+    inputs = Inputs(plan, order, threads)
+    try:
+        for done, name in enumerate(order, 1):
+            x, fingerprints = inputs.get(name)
+            known = {fp for fp in fingerprints if fp is not None}
+            if len(known) > 1:
+                raise FingerprintError(f"the chosen experts were trained against different base weights for {name}")
+            fp = known.pop() if known else None
+            union, merged = merge_weight(plan.recipe.method, x, params)
+            shape = plan.shapes[name]
+            if union.numel() * 2 > shape[0] * shape[1]:
+                dense = torch.zeros(shape[0] * shape[1])
+                dense[union] = merged
+                yield name, FullDelta(shape, dense.view(shape), fp)
+            else:
+                yield name, SparseDelta(shape, union, merged, fp)
+            if progress:
+                progress("weights", done, len(order))
+    finally:
+        inputs.close()
+
+
+def merged_expert(plan: Plan, name: str, *, threads: int = 2, progress: Progress | None = None) -> Expert:
+    deltas = dict(merged_deltas(plan, threads=threads, progress=progress))
+    dtypes = {c.header()["value_dtype"] for c in plan.choices}
+    value_dtype = "float32" if "float32" in dtypes else "float16" if dtypes == {"float16"} else "bfloat16"
+    targets = {c.record.targets for c in plan.choices}
+    return Expert(
+        name=name,
+        task=plan.tasks[0],
+        kind="merged",
+        base_model=plan.base_model,
+        deltas=deltas,
+        base_revision=plan.base_revision,
+        keep_ratio=None,
+        value_dtype=value_dtype,
+        targets=targets.pop() if len(targets) == 1 else None,
+        config={"merge": provenance(plan)},
+        metrics={},
+        parents=[c.ref for c in plan.choices],
+    )
+
+
+def tmp_dir() -> Path:
+    from hubtool.paths import hub_home
+
+    path = hub_home() / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def remove_quietly(path: Path) -> None:
+    try:
+        os.unlink(path)
+    except FileNotFoundError:
+        pass

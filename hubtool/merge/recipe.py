@@ -1,0 +1,191 @@
+"""A compose recipe: what `hub compose` flags say, as data, read from and written to YAML.
+
+Modelled on mergekit's YAML. A recipe either names its experts or a catalog query that picks them:
+
+    merge_method: ties
+    parameters: {density: 0.2, lambda: 1.0, seed: 0}
+    dtype: bfloat16                      # of the output model folder (default: the base model's)
+    select: {tasks: [qa, summarize], where: "rougeL>=10", pick: best}
+    experts:                             # wins over `select` when given
+      - expert: qa-sparse@3
+        sha256: 9f2c...                  # checked when present
+        parameters: {weight: 1.0}
+
+Every output embeds the *resolved* recipe (experts pinned to versions and sha256, the query kept
+under `select` as provenance), so composing it again reproduces the output. Stdlib + PyYAML only.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import HubError
+
+PICKS = ("best", "latest")
+OUT_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
+              "float32": "float32", "fp32": "float32"}
+
+
+@dataclass
+class ExpertSpec:
+    ref: str  # NAME@VERSION (or NAME / NAME@ALIAS before resolution)
+    weight: float = 1.0
+    sha256: str | None = None
+
+
+@dataclass
+class Recipe:
+    method: str = "overlap-mean"
+    tasks: list[str] = field(default_factory=list)  # task names or categories (the query)
+    task_weights: list[float] | None = None  # one per item of `tasks`, for every task it stands for
+    where: str | None = None
+    pick: str = "best"
+    experts: list[ExpertSpec] = field(default_factory=list)  # explicit, or filled in by resolution
+    density: float | None = None
+    lam: float | None = None
+    seed: int = 0
+    dtype: str | None = None
+    base_model: str | None = None  # filled in by resolution; checked when given
+
+    def check(self, where: str = "recipe") -> Recipe:
+        """Validate every field (names in errors are the YAML keys); returns self."""
+        from hubtool.merge.methods import METHODS
+
+        if self.method not in METHODS:
+            raise HubError(f"{where}: merge_method {self.method!r}: expected one of {', '.join(METHODS)}")
+        if self.pick not in PICKS:
+            raise HubError(f"{where}: select.pick {self.pick!r}: expected one of {', '.join(PICKS)}")
+        if not self.tasks and not self.experts:
+            raise HubError(f"{where}: nothing to compose: give select.tasks (--tasks) or experts (--experts)")
+        if self.density is not None and not 0.0 < self.density <= 1.0:
+            raise HubError(f"{where}: parameters.density {self.density}: expected a number in (0, 1]")
+        if self.lam is not None and not math.isfinite(self.lam):
+            raise HubError(f"{where}: parameters.lambda {self.lam}: expected a finite number")
+        for e in self.experts:
+            if not math.isfinite(e.weight):
+                raise HubError(f"{where}: experts[{e.ref}].parameters.weight: expected a finite number")
+        if sum(e.weight for e in self.experts) == 0 and self.experts and self.method in ("mean", "overlap-mean"):
+            raise HubError(f"{where}: the expert weights sum to 0; {self.method} divides by them")
+        if self.dtype is not None:
+            if self.dtype not in OUT_DTYPES:
+                raise HubError(f"{where}: dtype {self.dtype!r}: expected bfloat16, float16 or float32")
+            self.dtype = OUT_DTYPES[self.dtype]
+        spec = METHODS[self.method]
+        given = {"density": self.density, "lam": self.lam}
+        for key, value in given.items():
+            if value is not None and key not in spec.params:
+                name = "lambda" if key == "lam" else key
+                raise HubError(f"{where}: parameters.{name}: {self.method} takes no {name}")
+        if "density" in spec.params and self.density is None:
+            self.density = spec.defaults.get("density")
+        return self
+
+    # --- YAML ---------------------------------------------------------------------------------------
+
+    def to_dict(self) -> dict[str, Any]:
+        params: dict[str, Any] = {}
+        if self.density is not None:
+            params["density"] = self.density
+        if self.lam is not None:
+            params["lambda"] = self.lam
+        params["seed"] = self.seed
+        out: dict[str, Any] = {"merge_method": self.method}
+        if self.base_model is not None:
+            out["base_model"] = self.base_model
+        out["parameters"] = params
+        if self.dtype is not None:
+            out["dtype"] = self.dtype
+        if self.tasks:
+            out["select"] = {"tasks": list(self.tasks), "pick": self.pick} | ({"where": self.where} if self.where else {})
+            if self.task_weights is not None:
+                out["select"]["weights"] = list(self.task_weights)
+        if self.experts:
+            out["experts"] = [
+                {"expert": e.ref} | ({"sha256": e.sha256} if e.sha256 else {}) | {"parameters": {"weight": e.weight}}
+                for e in self.experts
+            ]
+        return out
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False, default_flow_style=False)
+
+    @classmethod
+    def from_dict(cls, data: Any, where: str = "recipe") -> Recipe:
+        if not isinstance(data, dict):
+            raise HubError(f"{where}: expected a YAML mapping with merge_method, select and/or experts")
+        known = {"merge_method", "base_model", "parameters", "dtype", "select", "experts"}
+        extra = sorted(set(data) - known)
+        if extra:
+            raise HubError(f"{where}: unknown key {extra[0]!r}; expected {', '.join(sorted(known))}")
+        params = _mapping(data.get("parameters"), f"{where}: parameters")
+        unknown = sorted(set(params) - {"density", "lambda", "seed"})
+        if unknown:
+            raise HubError(f"{where}: parameters.{unknown[0]}: unknown; expected density, lambda or seed")
+        select = _mapping(data.get("select"), f"{where}: select")
+        tasks = select.get("tasks", [])
+        if isinstance(tasks, str):
+            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
+        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
+            raise HubError(f"{where}: select.tasks: expected a list of task names or categories")
+        task_weights = select.get("weights")
+        if task_weights is not None:
+            if not isinstance(task_weights, list) or len(task_weights) != len(tasks):
+                raise HubError(f"{where}: select.weights: expected one number per item of select.tasks")
+            task_weights = [_number(w, f"{where}: select.weights") for w in task_weights]
+        experts = []
+        raw_experts = data.get("experts") or []
+        if not isinstance(raw_experts, list):
+            raise HubError(f"{where}: experts: expected a list of {{expert: NAME@VERSION}} entries")
+        for i, item in enumerate(raw_experts):
+            if isinstance(item, str):
+                item = {"expert": item}
+            if not isinstance(item, dict) or not isinstance(item.get("expert"), str):
+                raise HubError(f"{where}: experts[{i}]: expected {{expert: NAME@VERSION, parameters: {{weight: W}}}}")
+            p = _mapping(item.get("parameters"), f"{where}: experts[{i}].parameters")
+            experts.append(ExpertSpec(item["expert"], _number(p.get("weight", 1.0), f"{where}: experts[{i}].parameters.weight"),
+                                      item.get("sha256")))
+        return cls(
+            method=str(data.get("merge_method", "overlap-mean")),
+            tasks=tasks,
+            task_weights=task_weights,
+            where=select.get("where"),
+            pick=str(select.get("pick", "best")),
+            experts=experts,
+            density=None if params.get("density") is None else _number(params["density"], f"{where}: parameters.density"),
+            lam=None if params.get("lambda") is None else _number(params["lambda"], f"{where}: parameters.lambda"),
+            seed=int(_number(params.get("seed", 0), f"{where}: parameters.seed")),
+            dtype=data.get("dtype"),
+            base_model=data.get("base_model"),
+        ).check(where)
+
+    @classmethod
+    def from_yaml(cls, path: str | Path) -> Recipe:
+        import yaml
+
+        path = Path(path)
+        try:
+            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        except OSError as err:
+            raise HubError(f"{path}: cannot read the recipe: {err.strerror}") from None
+        except yaml.YAMLError as err:
+            raise HubError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+        return cls.from_dict(data, str(path))
+
+
+def _mapping(value: Any, what: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise HubError(f"{what}: expected a mapping")
+    return value
+
+
+def _number(value: Any, what: str) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
+        raise HubError(f"{what}: expected a finite number, got {value!r}")
+    return float(value)
