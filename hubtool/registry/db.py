@@ -28,7 +28,7 @@ from hubtool.errors import HubError
 
 # The newest migration in migrations/versions. Checked against the scripts by tests/test_migrations.py;
 # comparing to it lets an up-to-date catalog open without importing alembic at all.
-SCHEMA_HEAD = "0002"
+SCHEMA_HEAD = "0003"
 
 BUSY_TIMEOUT_MS = 30_000
 RETRIES = 8
@@ -103,10 +103,11 @@ def stored_revision(engine: Engine) -> str | None:
         return None  # no alembic_version table yet
 
 
-def ensure_schema(engine: Engine) -> None:
-    """Bring the database to SCHEMA_HEAD. Imports alembic only when there is something to do."""
+def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
+    """Bring the database to SCHEMA_HEAD. Imports alembic only when there is something to do.
+    `blobs` is the catalog's blob store, for migrations that read blob headers (default $HUB_HOME/blobs)."""
     if stored_revision(engine) == SCHEMA_HEAD:
         return
     from hubtool.registry import migrate
 
-    retry(lambda: migrate.upgrade(engine), "upgrading the catalog schema")
+    retry(lambda: migrate.upgrade(engine, blobs=blobs), "upgrading the catalog schema")

@@ -70,12 +70,22 @@ def resolve(conn: Connection, ref: str) -> Resolved:
 
 
 def filters(
-    task: str | None, base: str | None, kind: str | None, tag: str | None, where: str | None
+    task: str | None,
+    base: str | None,
+    kind: str | None,
+    tag: str | None,
+    where: str | None,
+    *,
+    tasks: Sequence[str] | None = None,
 ) -> list[ColumnElement[bool]]:
-    """WHERE clauses for Catalog.list/count; `task` matches any of an expert's tasks."""
+    """WHERE clauses for Catalog.list/count; `task` matches any of an expert's tasks, `tasks` any of
+    them in any of an expert's tasks (an empty list matches nothing)."""
     clauses: list[ColumnElement[bool]] = []
     if task is not None:
         clauses.append(experts.c.id.in_(select(expert_tasks.c.expert_id).where(expert_tasks.c.task == task)))
+    if tasks is not None:
+        in_tasks = expert_tasks.c.task.in_(list(tasks))
+        clauses.append(experts.c.id.in_(select(expert_tasks.c.expert_id).where(in_tasks)))
     if base is not None:
         clauses.append(experts.c.base_model == base)
     if kind is not None:

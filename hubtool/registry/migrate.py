@@ -32,7 +32,8 @@ def script_head() -> str:
     return head
 
 
-def upgrade(engine: Engine, revision: str = "head") -> None:
+def upgrade(engine: Engine, revision: str = "head", *, blobs: Path | None = None) -> None:
+    """Migrate to `revision`; `blobs` (the blob store) is there for migrations that read blob headers."""
     known = {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
     current = stored_revision(engine)
     if current is not None and current not in known:
@@ -45,4 +46,5 @@ def upgrade(engine: Engine, revision: str = "head") -> None:
     # the lock, and the second finds the work already done (SQLite DDL is transactional).
     with write_transaction(engine) as conn:
         cfg.attributes["connection"] = conn
+        cfg.attributes["blobs"] = blobs
         command.upgrade(cfg, revision)

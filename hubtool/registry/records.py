@@ -38,6 +38,7 @@ class ExpertRecord:
     metrics: dict[str, dict[str, float]] = field(default_factory=dict)  # task -> metric -> value
     tags: list[str] = field(default_factory=list)
     aliases: list[str] = field(default_factory=list)  # aliases pointing at this version
+    value_dtype: str | None = None  # bfloat16 | float16 | float32; None: registered before 0003, blob unread
 
     @property
     def ref(self) -> str:
@@ -50,6 +51,7 @@ class ExpertRecord:
             "name": self.name,
             "version": self.version,
             "kind": self.kind,
+            "value_dtype": self.value_dtype,
             "task": self.task,
             "tasks": list(self.tasks),
             "base": self.base_model,  # the short key `hub list --json` users filter on
@@ -77,14 +79,16 @@ class TaskRecord:
     name: str
     description: str | None
     tags: list[str]
-    data_source: str | None
+    data_source: str | None  # the file or folder the task's data is read from (absolute path)
     sizes: dict[str, int]  # split -> number of examples
     created_at: datetime
+    category: str | None = None  # qa, summarize, classify, multiple-choice, math, ... or None
 
     def to_dict(self) -> dict[str, Any]:
         return {
             "name": self.name,
             "description": self.description,
+            "category": self.category,
             "tags": list(self.tags),
             "data_source": self.data_source,
             "sizes": dict(self.sizes),

@@ -8,6 +8,9 @@ filtered in SQL: ``metrics`` (one row per task and metric), ``expert_tags``, ``e
 ``expert_names`` remembers the last version ever given to a name, so removing ``qa@3`` never lets a
 later registration reuse ``qa@3`` for different content.
 
+``tasks`` is where a task lives once trained on: its data source (an absolute path), sizes and
+category, so `hub eval --task NAME` finds it again without the file.
+
 ``base_metrics`` holds the base model's own scores (``hub eval --base``), one value per
 (base model, task, metric): an expert's gain is its metric minus the one of its base model.
 """
@@ -63,6 +66,7 @@ class ExpertRow(SQLModel, table=True):
     description: str | None = None
     hub_repo: str | None = None
     hub_commit: str | None = None
+    value_dtype: str | None = None  # bfloat16 | float16 | float32, from the blob's header (0003)
 
 
 class ExpertTask(SQLModel, table=True):
@@ -136,6 +140,7 @@ class TaskRow(SQLModel, table=True):
     data_source: str | None = None
     sizes: dict[str, int] | None = Field(default=None, sa_column=Column(JSON))  # split -> examples
     created_at: datetime
+    category: str | None = None  # qa, summarize, classify, multiple-choice, math, or a user's (0003)
 
 
 # Core handles on the same tables: the catalog queries through these (no per-row ORM objects).
