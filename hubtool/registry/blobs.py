@@ -9,20 +9,41 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 import tempfile
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
+from hubtool.errors import HubError
 from hubtool.fileio import CHUNK, fsync_path, sha256_file
 
 SUFFIX = ".safetensors"
+# The only form a location takes: "ab/<64 lowercase hex>.safetensors", ab the sha256's first two digits.
+_LOCATION = re.compile(r"([0-9a-f]{2})/(\1[0-9a-f]{62})" + re.escape(SUFFIX))
 
 
 def blob_location(sha256: str) -> str:
     """Where a blob lives, relative to the store (what catalog rows keep)."""
     return f"{sha256[:2]}/{sha256}{SUFFIX}"
+
+
+def check_location(location: str, sha256: str | None = None) -> str:
+    """`location` if it is a blob address (and, given `sha256`, that blob's); else a HubError. Catalog rows
+    are plain SQL anyone can edit: a row saying "../../file" must never make hub rm delete that file."""
+    match = _LOCATION.fullmatch(location) if isinstance(location, str) else None
+    if match is None:
+        raise HubError(
+            f"blob location {location!r} in the catalog: expected ab/<sha256>.safetensors inside the blob "
+            "store (ab = the sha256's first two hex digits); refusing to touch it (was the catalog edited?)"
+        )
+    if sha256 is not None and match[2] != sha256:
+        raise HubError(
+            f"blob location {location!r} in the catalog: expected {blob_location(sha256)} for the row's "
+            "sha256; refusing to touch it (was the catalog edited?)"
+        )
+    return location
 
 
 @dataclass(frozen=True)
@@ -39,7 +60,9 @@ class BlobStore:
         self.root = Path(root)
 
     def path(self, location: str) -> Path:
-        return self.root / location
+        """The file of a blob location; a HubError for anything but ab/<sha256>.safetensors, so no
+        catalog row can point any read, trash or delete outside the store."""
+        return self.root / check_location(location)
 
     @contextmanager
     def stage(self, src: Path) -> Iterator[Staged]:

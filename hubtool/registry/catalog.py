@@ -31,7 +31,7 @@ from hubtool.registry import baselines, db, lookup
 from hubtool.registry import tables as t
 from hubtool.registry import tasks as task_rows
 from hubtool.registry import where as where_lang
-from hubtool.registry.blobs import BlobStore, Staged
+from hubtool.registry.blobs import BlobStore, Staged, check_location
 from hubtool.registry.lookup import LATEST, NAME, parse_ref
 from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
 
@@ -286,6 +286,7 @@ class Catalog:
         """Drop one expert version (its metrics, tags, aliases go with it); delete its blob when no
         other version shares it. Lineage edges naming it as a parent stay (they are history)."""
         record = self.get(ref)
+        check_location(record.blob, record.sha256)  # before anything changes: never delete another file
 
         def tx() -> None:
             trashed = None
