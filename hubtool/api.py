@@ -12,6 +12,19 @@ from hubtool.errors import HubError
 from hubtool.fileio import CHUNK, atomic_write
 from hubtool.paths import hub_home, models_dir
 
+# --dtype spellings -> the packed format's value dtype names
+_DTYPE_SPELLINGS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "bfloat16": "bfloat16",
+                    "float16": "float16", "float32": "float32"}  # fmt: skip
+
+
+def value_dtype_name(dtype: str | None) -> str | None:
+    """"bf16" -> "bfloat16" (also fp16, fp32 and the long names); None stays None."""
+    if dtype is None:
+        return None
+    if dtype.strip().lower() not in _DTYPE_SPELLINGS:
+        raise HubError(f"--dtype {dtype!r}: expected bf16, fp16 or fp32 (or bfloat16, float16, float32)")
+    return _DTYPE_SPELLINGS[dtype.strip().lower()]
+
 
 def import_expert(
     path: str | os.PathLike,
@@ -20,15 +33,20 @@ def import_expert(
     task: str | None = None,
     tags: Iterable[str] = (),
     base: str | None = None,
+    dtype: str | None = None,
     catalog=None,
 ):
     """Register a packed expert file, or a PEFT adapter folder converted to our format, in the catalog.
+
+    `dtype` (bf16, fp16, fp32 or their long names) converts the values on the way in; by default a
+    packed file keeps its value dtype and a PEFT folder its tensors' (a SHiRA's fp32 stays fp32).
 
     `base` names the base model of a PEFT folder (default: its adapter_config's); a packed file
     records its own base model, so giving `base` for one is an error.
     """
     from hubtool.registry import Catalog
 
+    value_dtype = value_dtype_name(dtype)
     path = Path(path).expanduser()
     if not path.exists():
         raise HubError(
@@ -44,22 +62,22 @@ def import_expert(
     if path.is_file():
         from hubtool.format.header import read_header
 
-        read_header(path)  # torch-free: a wrong or truncated file fails in ~0.1 s, before any catalog work
-        cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
-        return cat.register(path, name=name, task=task, tags=tags)
+        header = read_header(path)  # torch-free: a wrong or truncated file fails in ~0.1 s, before any work
     cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
-    from hubtool.format import pack
+    if path.is_file() and value_dtype in (None, header["value_dtype"]):
+        return cat.register(path, name=name, task=task, tags=tags)
+    from hubtool.format import pack, unpack
     from hubtool.interop.peft import import_peft
     from hubtool.models import base_id
 
-    expert = import_peft(path, name=name, task=task, base=None if base is None else base_id(base))
+    expert = unpack(path) if path.is_file() else import_peft(path, name=name, task=task, base=None if base is None else base_id(base))
     # Pack to a temporary file beside the blob store; the catalog copies it into place.
     tmp_dir = hub_home() / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir)
     os.close(fd)
     try:
-        pack(expert, tmp)
+        pack(expert, tmp, value_dtype=value_dtype)
         return cat.register(tmp, name=name, task=task, tags=tags)
     finally:
         Path(tmp).unlink(missing_ok=True)
@@ -158,7 +176,9 @@ def evaluate_expert(
     base_name = model_path or base or (expert.base_model if expert is not None else None)
     if base_name is None:
         raise HubError("eval: give an expert or --base MODEL")
-    task_data = load_task(task)  # before the model: a bad task name fails in a second, not after loading
+    # Before the model: a bad task name fails in a second, not after loading. A task trained on from a
+    # file is found by name through the catalog's tasks table.
+    task_data = load_task(task, catalog=cat)
     # fp32: an expert's small deltas would mostly round away if added into bf16 weights.
     import torch
 

@@ -43,6 +43,7 @@ def train(
     base: str = "smollm2-135m",
     method: str = "sparse",
     data: str | None = None,
+    category: str | None = None,
     keep_ratio: float = 0.05,
     targets: str = "qkv",
     max_steps: int | None = None,
@@ -99,7 +100,11 @@ def train(
     )
     name = name or f"{task}-{method}"
     run_dir = Path(out_dir) if out_dir is not None else hub_home() / "runs" / name
-    task_data = load_task(data or task)
+    # With `data`, `task` names that data's task; a name found nowhere offline is looked up in the
+    # catalog's tasks table, where earlier training recorded its data source and category.
+    task_data = load_task(data or task, name=task if data else None, catalog=catalog)
+    if register:
+        _check_task(task_data.name, category)  # before the model loads: recording the task must not fail
 
     # fp32 weights everywhere: deltas of ~lr size vanish when added to a bf16 weight. On GPU the
     # matmuls still run in bf16 under autocast.
@@ -176,7 +181,22 @@ def train(
 
         cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
         result.record = cat.register(result.path, metrics={task_data.name: metrics}, config=config)
+        cat.record_task(task_data, category=category)  # the task's one home: `hub eval --task` finds it
     return result
+
+
+def _check_task(task: str, category: str | None) -> None:
+    """The task and its category become catalog names: a HubError naming the field unless they are."""
+    from hubtool.data.tasks import check_category
+    from hubtool.errors import HubError
+    from hubtool.registry.lookup import NAME
+
+    if not NAME.fullmatch(task):
+        raise HubError(
+            f"--task {task!r}: expected a task name (letters, digits, '.', '_' or '-'); "
+            "with --data, --task names the new task"
+        )
+    check_category(category, "--category")
 
 
 def data_fingerprint(task_data: Any) -> str:

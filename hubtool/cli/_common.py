@@ -35,11 +35,26 @@ NameOpt = Annotated[
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
 
 
+TasksOpt = Annotated[
+    str | None,
+    typer.Option("--tasks", help="Tasks or categories, comma-separated, e.g. qa,xsum (see `hub tasks`)."),
+]
+
+
 def open_catalog(url: str | None):
     # Imported here so `hub --help` never pays for SQLAlchemy.
     from hubtool.registry import Catalog
 
     return Catalog(url)
+
+
+def resolve_tasks(cat: Any, value: str, *, with_experts: bool = True) -> list[str]:
+    """A --tasks value, "qa,xsum", -> the sorted task names it means (Catalog.tasks_for on each item:
+    a task stays itself, a category becomes its tasks)."""
+    specs = [spec.strip() for spec in value.split(",") if spec.strip()]
+    if not specs:
+        fail(f"--tasks {value!r}: expected task names or categories, comma-separated")
+    return sorted({task for spec in specs for task in cat.tasks_for(spec, with_experts=with_experts)})
 
 
 def print_json(obj: Any) -> None:

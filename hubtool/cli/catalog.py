@@ -13,12 +13,14 @@ from hubtool.cli._common import (
     JsonOpt,
     NameOpt,
     TaskOpt,
+    TasksOpt,
     YesOpt,
     console,
     esc,
     human_bytes,
     open_catalog,
     print_json,
+    resolve_tasks,
 )
 
 RefArg = Annotated[str, typer.Argument(help="Expert reference: NAME, NAME@VERSION or NAME@ALIAS.")]
@@ -41,6 +43,7 @@ def _metric_summary(metrics: dict) -> str:
 @app.command("list", rich_help_panel=PANEL)
 def list_(
     task: TaskOpt = None,
+    tasks: TasksOpt = None,
     base: Annotated[str | None, typer.Option("--base", help="Only experts of this base model.")] = None,
     kind: Annotated[
         str | None, typer.Option("--kind", help="sparse, block-sparse, lora, full or merged.")
@@ -57,8 +60,10 @@ def list_(
     catalog: CatalogOpt = None,
 ) -> None:
     """List experts in the catalog."""
-    rows = open_catalog(catalog).list(
-        task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit
+    cat = open_catalog(catalog)
+    names = None if tasks is None else resolve_tasks(cat, tasks)  # categories become their tasks
+    rows = cat.list(
+        task=task, tasks=names, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit
     )
     if json_:
         print_json([r.to_dict() for r in rows])
@@ -111,6 +116,7 @@ def show(
     baselines = _baselines(cat, rec)
     gains = cat.gains(rec.ref)
     info = rec.to_dict() | {
+        "value_dtype": rec.value_dtype or header["value_dtype"],  # null in rows older than migration 0003
         "weights": header["weights"],
         "lineage": lineage,
         "base_metrics": baselines,
@@ -127,6 +133,7 @@ def show(
         ("targets", rec.targets or "-"),
         ("keep ratio", "-" if rec.keep_ratio is None else f"{rec.keep_ratio:g}"),
         ("nnz", f"{rec.nnz:,}"),
+        ("value dtype", info["value_dtype"]),
         ("size", human_bytes(rec.bytes)),
         ("sha256", rec.sha256),
         ("created", str(rec.created_at)),
@@ -215,12 +222,16 @@ def import_(
             "--base", help="PEFT folders only: the base model, when adapter_config.json lacks or misnames it."
         ),
     ] = None,
+    dtype: Annotated[
+        str | None,
+        typer.Option("--dtype", help="Convert the values to bf16, fp16 or fp32 (default: keep their dtype)."),
+    ] = None,
     catalog: CatalogOpt = None,
 ) -> None:
     """Import a packed expert file or a PEFT adapter folder (LoRA, SHiRA, Super-Tuning) into the catalog."""
     from hubtool.api import import_expert
 
-    rec = import_expert(path, name=name, task=task, tags=tag or (), base=base, catalog=catalog)
+    rec = import_expert(path, name=name, task=task, tags=tag or (), base=base, dtype=dtype, catalog=catalog)
     console.print(
         f"Imported [bold]{rec.ref}[/] ({esc(rec.kind)}, task {esc(rec.task)}, {rec.nnz:,} entries, {human_bytes(rec.bytes)})",
         highlight=False,

@@ -24,6 +24,14 @@ def train(
         Path | None,
         typer.Option("--data", help="JSONL/CSV file or HF datasets folder of prompt→answer pairs."),
     ] = None,
+    category: Annotated[
+        str | None,
+        typer.Option(
+            "--category",
+            help="The task's category (qa, summarize, classify, multiple-choice, math, ...), recorded in "
+            "the catalog. Default: the data folder's task.json, the built-in's, or the one recorded before.",
+        ),
+    ] = None,
     base: Annotated[
         str, typer.Option("--base", help="Base model: embedded name, HF id or local folder.")
     ] = "smollm2-135m",
@@ -84,6 +92,7 @@ def train(
         base=base,
         method=method,
         data=data,
+        category=category,
         keep_ratio=keep_ratio,
         targets=targets,
         max_steps=max_steps,
@@ -170,24 +179,28 @@ def eval_(
 
 
 @app.command(rich_help_panel=PANEL)
-def tasks(json_: JsonOpt = False) -> None:
-    """List the tasks available offline (built-in and on HUB_TASKS_PATH) with their sizes."""
+def tasks(json_: JsonOpt = False, catalog: CatalogOpt = None) -> None:
+    """List the tasks with their category and sizes: those available offline (built-in, shared data,
+    HUB_TASKS_PATH) and those registered in the catalog by `hub train --data`."""
+    from hubtool.cli._common import open_catalog
     from hubtool.data import list_tasks
 
-    infos = list_tasks()
+    infos = list_tasks(open_catalog(catalog).list_tasks())
     if json_:
         print_json([i.__dict__ for i in infos])
         return
     from rich.table import Table
 
     table = Table(box=None, header_style="bold")
-    for col in ("task", "kind", "train", "validation", "test", "source"):
+    for col in ("task", "category", "kind", "train", "validation", "test", "catalog", "source"):
         table.add_column(col, justify="right" if col in ("train", "validation", "test") else "left")
     for i in infos:
         table.add_row(
-            i.name,
-            i.kind,
+            esc(i.name),
+            esc(i.category or "-"),
+            esc(i.kind),
             *(f"{i.sizes.get(s, 0):,}" for s in ("train", "validation", "test")),
-            str(i.source),
+            "yes" if i.registered else "-",
+            esc(i.source),
         )
     console.print(table)
