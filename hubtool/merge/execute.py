@@ -192,6 +192,7 @@ def write_model(
                         total_size += t.numel() * t.element_size()
                         weight_map[name] = out_name
                 save_file(tensors, str(tmp / out_name), metadata={"format": "pt"})
+                os.chmod(tmp / out_name, 0o644)  # safetensors writes through a private temp file (0600)
                 del tensors
                 if progress:
                     progress("shards", i + 1, len(layout))

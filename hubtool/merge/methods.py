@@ -7,11 +7,11 @@ position of W (they touch all of it), so mixed kinds need no special case: the u
 
     @merge_method("my-method", params=("density",))
     def my_method(x: WeightInputs, p: MergeParams) -> Merged:
-        union, values, covered = stack(x)          # [U], [N, U] (0 where absent), bool [N, U]
-        return union, (values * x.w[:, None]).sum(0)
+        union, total, cover = weighted_sums(x)    # [U] each: Σ w_t v_t, Σ_{covering} w_t
+        return union, total / len(x.entries)
 
-The helpers below (stack, trim_to_density, drop_and_rescale, elect_signs) are the building blocks the
-methods share; they follow the published definitions (TIES: Yadav et al. 2023; DARE: Yu et al. 2024;
+The helpers below (weighted_sums, disjoint_sums, stack, trim_to_density, drop_and_rescale) are the
+building blocks the methods share; they follow the published definitions (TIES: Yadav et al. 2023; DARE: Yu et al. 2024;
 task arithmetic: Ilharco et al. 2023; overlap-mean: Arnob et al. 2025) and mergekit's conventions
 (density is a fraction of the weight's entries; weights are normalised by their sum where the method
 averages).
@@ -73,30 +73,63 @@ def merge_method(name: str, *, params: tuple[str, ...] = (), defaults: dict[str,
 
 
 # --- building blocks ----------------------------------------------------------------------------------
+# Work buffers are dense over W ([numel], fp32 or bool): O(numel + entries) per weight with no sort and
+# no [N, U] matrix, so 20 experts on a 28 M-entry weight cost three weight-sized buffers.
 
 
 def union_positions(entries: list[tuple[torch.Tensor, torch.Tensor]], numel: int) -> torch.Tensor:
     """Sorted unique positions covered by any expert, [U] int64."""
-    total = sum(int(p.numel()) for p, _ in entries)
-    if total == 0:
-        return torch.zeros(0, dtype=torch.int64)
-    if total * 8 < numel:  # few entries: sorting them beats touching every entry of W
-        return torch.unique(torch.cat([p for p, _ in entries]))
     mark = torch.zeros(numel, dtype=torch.bool)
-    for p, _ in entries:
-        mark[p] = True
+    for pos, _ in entries:
+        mark[pos] = True
     return mark.nonzero().squeeze(1)
 
 
+def weighted_sums(x: WeightInputs, entries=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(union [U], Σ_t w_t v_t [U], Σ_{t covering the entry} w_t [U]) over the experts' entries."""
+    entries = x.entries if entries is None else entries
+    total = torch.zeros(x.numel, dtype=torch.float32)
+    cover = torch.zeros(x.numel, dtype=torch.float32)
+    mark = torch.zeros(x.numel, dtype=torch.bool)
+    for w, (pos, val) in zip(x.w.tolist(), entries):
+        if pos.numel():
+            total.index_add_(0, pos, val if w == 1.0 else val * w)  # positions are unique per expert
+            cover.index_add_(0, pos, torch.full((pos.numel(),), w))
+            mark[pos] = True
+    union = mark.nonzero().squeeze(1)
+    return union, total[union], cover[union]
+
+
+def disjoint_sums(x: WeightInputs, entries=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """TIES' disjoint merge: elect the sign of Σ w_t v_t per entry, then (union, Σ w_t v_t and Σ w_t
+    over only the experts whose value has the elected sign). A value of exactly 0 agrees with nothing."""
+    entries = x.entries if entries is None else entries
+    union, total, _ = weighted_sums(x, entries)
+    sign = torch.zeros(x.numel, dtype=torch.float32)
+    sign[union] = torch.where(total >= 0, 1.0, -1.0)
+    num = torch.zeros(x.numel, dtype=torch.float32)
+    den = torch.zeros(x.numel, dtype=torch.float32)
+    for w, (pos, val) in zip(x.w.tolist(), entries):
+        if pos.numel():
+            agree = torch.sign(val) == sign[pos]
+            p, v = pos[agree], val[agree]
+            num.index_add_(0, p, v * w)
+            den.index_add_(0, p, torch.full((p.numel(),), w))
+    return union, num[union], den[union]
+
+
 def stack(x: WeightInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(union [U], values [N, U] fp32 with 0 where an expert is absent, covered [N, U] bool)."""
+    """(union [U], values [N, U] fp32 with 0 where an expert is absent, covered [N, U] bool): every
+    expert's values side by side, for methods that need more than sums. Costs N x U memory."""
     union = union_positions(x.entries, x.numel)
+    rank = torch.full((x.numel,), -1, dtype=torch.int64)
+    rank[union] = torch.arange(union.numel())
     n = len(x.entries)
     values = torch.zeros(n, union.numel(), dtype=torch.float32)
     covered = torch.zeros(n, union.numel(), dtype=torch.bool)
     for t, (pos, val) in enumerate(x.entries):
         if pos.numel():
-            slot = torch.searchsorted(union, pos)  # pos ⊆ union, both sorted
+            slot = rank[pos]
             values[t, slot] = val
             covered[t, slot] = True
     return union, values, covered
@@ -126,12 +159,6 @@ def drop_and_rescale(x: WeightInputs, density: float, seed: int):
     return out
 
 
-def elect_signs(values: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
-    """TIES sign election: the sign of the weighted sum per entry ([N, U] -> [U], 0 stays 0 → +)."""
-    total = (values * w[:, None]).sum(0)
-    return torch.where(total >= 0, 1.0, -1.0)
-
-
 def _with(x: WeightInputs, entries) -> WeightInputs:
     return WeightInputs(x.name, x.shape, entries, x.w, x.experts)
 
@@ -140,22 +167,21 @@ def _lam(p: MergeParams, default: float = 1.0) -> float:
     return default if p.lam is None else p.lam
 
 
+def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
+    """num / den where den != 0, else 0 (an entry no counted expert touches)."""
+    return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
+
+
 def _linear(x: WeightInputs, lam: float) -> Merged:
     """Σ_t w_t D_t / Σ_t w_t, times lam (mergekit's normalised linear merge)."""
-    union, values, _ = stack(x)
-    return union, (values * x.w[:, None]).sum(0) / x.w.sum() * lam
+    union, total, _ = weighted_sums(x)
+    return union, total / float(x.w.sum()) * lam
 
 
 def _disjoint_mean(x: WeightInputs, lam: float) -> Merged:
-    """Elect signs, then average each entry over the experts that agree with it (weights normalised
-    over those experts only)."""
-    union, values, covered = stack(x)
-    sign = elect_signs(values, x.w)
-    agree = covered & (torch.sign(values) == sign[None, :])
-    wv = x.w[:, None] * agree
-    den = wv.sum(0)
-    merged = torch.where(den > 0, (values * wv).sum(0) / den.clamp_min(1e-30), 0.0)
-    return union, merged * lam
+    """Elect signs, then average each entry over the experts that agree with it."""
+    union, num, den = disjoint_sums(x)
+    return union, _ratio(num, den) * lam
 
 
 # --- the methods --------------------------------------------------------------------------------------
@@ -164,11 +190,8 @@ def _disjoint_mean(x: WeightInputs, lam: float) -> Merged:
 @merge_method("overlap-mean", params=("lam",))
 def overlap_mean(x: WeightInputs, p: MergeParams) -> Merged:
     """Each entry averaged over only the experts whose mask covers it (the paper's merge)."""
-    union, values, covered = stack(x)
-    wc = x.w[:, None] * covered  # [N, U]
-    den = wc.sum(0)
-    merged = torch.where(den > 0, (values * x.w[:, None]).sum(0) / den.clamp_min(1e-30), 0.0)
-    return union, merged * _lam(p)
+    union, total, cover = weighted_sums(x)
+    return union, _ratio(total, cover) * _lam(p)
 
 
 @merge_method("mean", params=("lam",))
@@ -180,8 +203,8 @@ def mean(x: WeightInputs, p: MergeParams) -> Merged:
 @merge_method("task-arithmetic", params=("lam",), defaults={"lam": 0.4})
 def task_arithmetic(x: WeightInputs, p: MergeParams) -> Merged:
     """Sum of the (weighted) deltas times lambda (default 0.4)."""
-    union, values, _ = stack(x)
-    return union, (values * x.w[:, None]).sum(0) * _lam(p, 0.4)
+    union, total, _ = weighted_sums(x)
+    return union, total * _lam(p, 0.4)
 
 
 @merge_method("ties", params=("density", "lam"), defaults={"density": 0.2})
