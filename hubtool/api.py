@@ -35,6 +35,7 @@ def import_expert(
     base: str | None = None,
     dtype: str | None = None,
     catalog=None,
+    trust_remote_code: bool = False,
 ):
     """Register a packed expert file, or a PEFT adapter folder converted to our format, in the catalog.
 
@@ -42,7 +43,8 @@ def import_expert(
     packed file keeps its value dtype and a PEFT folder its tensors' (a SHiRA's fp32 stays fp32).
 
     `base` names the base model of a PEFT folder (default: its adapter_config's); a packed file
-    records its own base model, so giving `base` for one is an error.
+    records its own base model, so giving `base` for one is an error. A base model's own code (its
+    config's auto_map) runs only with trust_remote_code=True.
     """
     from hubtool.registry import Catalog
 
@@ -70,7 +72,13 @@ def import_expert(
     from hubtool.interop.peft import import_peft
     from hubtool.models import base_id
 
-    expert = unpack(path) if path.is_file() else import_peft(path, name=name, task=task, base=None if base is None else base_id(base))
+    expert = unpack(path) if path.is_file() else import_peft(
+        path,
+        name=name,
+        task=task,
+        base=None if base is None else base_id(base),
+        trust_remote_code=trust_remote_code,
+    )
     # Pack to a temporary file beside the blob store; the catalog copies it into place.
     tmp_dir = hub_home() / "tmp"
     tmp_dir.mkdir(parents=True, exist_ok=True)
@@ -146,9 +154,11 @@ def evaluate_expert(
     batch_size: int = 8,
     catalog=None,
     store: bool = True,
+    trust_remote_code: bool = False,
 ) -> dict[str, float]:
     """Score an expert (catalog ref, packed file, PEFT folder) or a model folder, or with target=None the
-    base model, on a task. Metrics go to the catalog: on the expert's row, or as the base model's baseline."""
+    base model, on a task. Metrics go to the catalog: on the expert's row, or as the base model's baseline.
+    A model's own code (its config's auto_map) runs only with trust_remote_code=True."""
     from hubtool.apply import apply_expert
     from hubtool.data import load_task
     from hubtool.evaluate import evaluate
@@ -163,7 +173,7 @@ def evaluate_expert(
         if path.is_dir() and (path / "adapter_config.json").is_file():
             from hubtool.interop.peft import import_peft
 
-            expert = import_peft(path)
+            expert = import_peft(path, trust_remote_code=trust_remote_code)
         elif path.is_dir():
             model_path = str(path)  # a composed model folder: evaluate it as it is
         elif path.is_file():
@@ -182,7 +192,7 @@ def evaluate_expert(
     # fp32: an expert's small deltas would mostly round away if added into bf16 weights.
     import torch
 
-    model, tokenizer = load_base(base_name, dtype=torch.float32)
+    model, tokenizer = load_base(base_name, dtype=torch.float32, trust_remote_code=trust_remote_code)
     if tokenizer is None:
         raise HubError(f"base model {base_name}: no tokenizer files; evaluation needs one")
     if expert is not None:

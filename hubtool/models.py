@@ -83,21 +83,28 @@ def resolve_base(name_or_path: str) -> tuple[str, str | None]:
     return name_or_path, None
 
 
-def load_tokenizer(name_or_path: str):
-    """The base model's tokenizer (with its chat template when it has one)."""
+def load_tokenizer(name_or_path: str, *, trust_remote_code: bool = False):
+    """The base model's tokenizer (with its chat template when it has one).
+
+    A folder's own tokenizer code (``auto_map``) runs only with trust_remote_code=True; never a prompt.
+    """
     from transformers import AutoTokenizer
 
     source, _ = resolve_base(name_or_path)
     try:
-        return AutoTokenizer.from_pretrained(source)
+        return AutoTokenizer.from_pretrained(source, trust_remote_code=bool(trust_remote_code))
     except (OSError, ValueError) as err:
-        raise HubError(f"cannot load a tokenizer from {source}: {_first_line(err)}") from err
+        raise _load_error("a tokenizer", source, err) from err
 
 
-def load_base(name_or_path: str, *, dtype: Any = None, device: Any = None) -> tuple[Any, Any | None]:
+def load_base(
+    name_or_path: str, *, dtype: Any = None, device: Any = None, trust_remote_code: bool = False
+) -> tuple[Any, Any | None]:
     """(causal LM in eval mode, tokenizer). dtype None keeps the folder's saved dtype.
 
     The tokenizer is None for a local folder that has no tokenizer files (the tiny test models).
+    Custom modeling code named by the folder's ``auto_map`` runs only with trust_remote_code=True: by
+    default a known architecture loads with transformers' own classes and an unknown one is an error.
     """
     from transformers import AutoModelForCausalLM
     from transformers.utils import logging as hf_logging
@@ -106,31 +113,44 @@ def load_base(name_or_path: str, *, dtype: Any = None, device: Any = None) -> tu
     hf_logging.disable_progress_bar()
     source, _ = resolve_base(name_or_path)
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype if dtype is not None else "auto")
+        model = AutoModelForCausalLM.from_pretrained(
+            source, dtype=dtype if dtype is not None else "auto", trust_remote_code=bool(trust_remote_code)
+        )
     except (OSError, ValueError) as err:
-        raise HubError(f"cannot load a base model from {source}: {_first_line(err)}") from err
+        raise _load_error("a base model", source, err) from err
     if device is not None:
         model = model.to(device)
     model.eval()
     local = Path(source)
     if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
         return model, None
-    return model, load_tokenizer(name_or_path)
+    return model, load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
 
 
-def base_weight_shapes(name_or_path: str) -> dict[str, tuple[int, ...]]:
+def base_weight_shapes(name_or_path: str, *, trust_remote_code: bool = False) -> dict[str, tuple[int, ...]]:
     """Parameter name -> shape of the base model, from its config alone (built on the meta device)."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
 
+    trust = bool(trust_remote_code)
     source, _ = resolve_base(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
     except (OSError, ValueError) as err:
-        raise HubError(f"cannot read the model config of {source}: {_first_line(err)}") from err
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
+        raise _load_error("the model config", source, err) from err
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+def _load_error(what: str, source: str, err: BaseException) -> HubError:
+    """One line; a refusal to run the folder's own code says which flag allows it."""
+    if "trust_remote_code" in str(err):
+        return HubError(
+            f"cannot load {what} from {source}: its config names custom code (auto_map) that hubtool "
+            "does not run; pass --trust-remote-code (trust_remote_code=True) only if you trust that code"
+        )
+    return HubError(f"cannot load {what} from {source}: {_first_line(err)}")
 
 
 # --- the embedded model: locate the GGUF, convert once, verify always --------------------------------------
@@ -174,13 +194,15 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     print(f"Converting the embedded base model {spec.name} from its GGUF file (once, ~20 s)", file=sys.stderr)
     started = time.perf_counter()
     gguf_sha = sha256_file(gguf)
-    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-    quantized = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
+    quantized = AutoModelForCausalLM.from_pretrained(
+        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+    )
     # A GGUF-loaded model carries a quantization_config and refuses save_pretrained; rebuild the same
     # architecture from a clean config and copy the dequantized fp32 weights in, rounding to bf16.
     config = quantized.config
     del config.quantization_config
-    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16)
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.bfloat16, trust_remote_code=False)
     model.load_state_dict(quantized.state_dict(), strict=True)
     model.generation_config = quantized.generation_config
     model.save_pretrained(out)

@@ -37,6 +37,28 @@ class TrainResult:
     out_dir: Path | None = None
 
 
+def expert_name(task: str, method: str, name: str | None = None) -> str:
+    """The expert's name, checked: `name`, else "<task's base name>-<method>" (a task folder's name or a
+    task file's stem, never its path). A HubError unless it is a catalog name (lookup.NAME): the name
+    becomes $HUB_HOME/runs/<name>/<name>.safetensors, so "../x" or "/abs/dir" must never get that far."""
+    from hubtool.errors import HubError
+    from hubtool.registry.lookup import NAME
+
+    rule = "letters, digits, '.', '_' or '-', starting with a letter or digit, at most 128"
+    if name is not None:
+        if not isinstance(name, str) or not NAME.fullmatch(name):
+            raise HubError(f"--name {name!r}: expected an expert name ({rule}), not a path")
+        return name
+    path = Path(task).expanduser()
+    stem = path.stem if path.is_file() else (path.resolve().name if path.is_dir() else path.name)
+    default = f"{stem}-{method}"
+    if not NAME.fullmatch(default):
+        raise HubError(
+            f"--task {task!r}: the default expert name {default!r} is not a name ({rule}); pass --name NAME"
+        )
+    return default
+
+
 def train(
     task: str,
     *,
@@ -70,11 +92,15 @@ def train(
     catalog: Any = None,
     register: bool = True,
     quiet: bool = False,
+    trust_remote_code: bool = False,
 ) -> TrainResult:
     """Train, evaluate, pack and register one expert. `data` is a JSONL/CSV file or task folder that
     overrides the task's own data; `catalog` is a URL or an open Catalog; max_train / max_val cap the
     training and validation examples (the first N of each split, so the choice is deterministic);
-    eval_limit caps the test examples scored at the end (0 skips evaluation)."""
+    eval_limit caps the test examples scored at the end (0 skips evaluation). The base model's own code
+    (its config's auto_map) runs only with trust_remote_code=True."""
+    # Before any work: the name becomes the run folder and the packed file's name, so it must be a name.
+    name = expert_name(task, method, name)
     import torch
 
     from hubtool.data import load_task
@@ -98,7 +124,6 @@ def train(
         alpha=alpha,
         seed=seed,
     )
-    name = name or f"{task}-{method}"
     run_dir = Path(out_dir) if out_dir is not None else hub_home() / "runs" / name
     # With `data`, `task` names that data's task; a name found nowhere offline is looked up in the
     # catalog's tasks table, where earlier training recorded its data source and category.
@@ -109,7 +134,7 @@ def train(
     # fp32 weights everywhere: deltas of ~lr size vanish when added to a bf16 weight. On GPU the
     # matmuls still run in bf16 under autocast.
     device = f"cuda:{os.environ.get('LOCAL_RANK', '0')}" if torch.cuda.is_available() else "cpu"
-    model, tokenizer = load_base(base, dtype=torch.float32, device=device)
+    model, tokenizer = load_base(base, dtype=torch.float32, device=device, trust_remote_code=trust_remote_code)
     if tokenizer is None:
         raise HubError(f"base model {base}: no tokenizer files; training needs one to encode the task")
     _, revision = resolve_base(base)

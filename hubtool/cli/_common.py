@@ -33,6 +33,13 @@ NameOpt = Annotated[
     str | None, typer.Option("--name", help="Expert name (default: from the file or the task).")
 ]
 YesOpt = Annotated[bool, typer.Option("--yes", "-y", help="Do not ask for confirmation.")]
+TrustRemoteCodeOpt = Annotated[
+    bool,
+    typer.Option(
+        "--trust-remote-code",
+        help="Run Python code that a base model's config names (auto_map). Off: never run, never ask.",
+    ),
+]
 
 
 TasksOpt = Annotated[

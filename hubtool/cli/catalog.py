@@ -14,6 +14,7 @@ from hubtool.cli._common import (
     NameOpt,
     TaskOpt,
     TasksOpt,
+    TrustRemoteCodeOpt,
     YesOpt,
     console,
     esc,
@@ -222,6 +223,7 @@ def import_(
             "--base", help="PEFT folders only: the base model, when adapter_config.json lacks or misnames it."
         ),
     ] = None,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     dtype: Annotated[
         str | None,
         typer.Option("--dtype", help="Convert the values to bf16, fp16 or fp32 (default: keep their dtype)."),
@@ -231,7 +233,16 @@ def import_(
     """Import a packed expert file or a PEFT adapter folder (LoRA, SHiRA, Super-Tuning) into the catalog."""
     from hubtool.api import import_expert
 
-    rec = import_expert(path, name=name, task=task, tags=tag or (), base=base, dtype=dtype, catalog=catalog)
+    rec = import_expert(
+        path,
+        name=name,
+        task=task,
+        tags=tag or (),
+        base=base,
+        dtype=dtype,
+        catalog=catalog,
+        trust_remote_code=trust_remote_code,
+    )
     console.print(
         f"Imported [bold]{rec.ref}[/] ({esc(rec.kind)}, task {esc(rec.task)}, {rec.nnz:,} entries, {human_bytes(rec.bytes)})",
         highlight=False,

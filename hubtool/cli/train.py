@@ -8,7 +8,16 @@ from typing import Annotated
 import typer
 
 from hubtool.cli import app
-from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, NameOpt, console, esc, print_json
+from hubtool.cli._common import (
+    BaseOpt,
+    CatalogOpt,
+    JsonOpt,
+    NameOpt,
+    TrustRemoteCodeOpt,
+    console,
+    esc,
+    print_json,
+)
 from hubtool.sparse.config import DEFAULT_MASK_INTERVAL  # stdlib-only module: cheap at startup
 
 PANEL = "Train and evaluate"  # the group these commands are listed under in `hub --help`
@@ -82,6 +91,7 @@ def train(
         bool, typer.Option("--resume", help="Continue an interrupted run of the same name.")
     ] = False,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bar.")] = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Train one expert for a task, evaluate it, pack it and register it in the catalog."""
@@ -116,6 +126,7 @@ def train(
         resume=resume,
         quiet=quiet,
         catalog=catalog,
+        trust_remote_code=trust_remote_code,
     )
     if result.interrupted:
         console.print(
@@ -146,6 +157,7 @@ def eval_(
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     json_: JsonOpt = False,
+    trust_remote_code: TrustRemoteCodeOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Evaluate an expert (or, with only --base, the base model) on a task; store the metrics."""
@@ -162,6 +174,7 @@ def eval_(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         catalog=catalog,
+        trust_remote_code=trust_remote_code,
     )
     if json_:
         print_json(metrics)
