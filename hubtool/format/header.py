@@ -230,7 +230,7 @@ def _tensor_specs(
     return {f"{name}.delta": (_VALUE, [rows, cols])}
 
 
-def _finite(x: int | float) -> bool:
+def _finite(x: float) -> bool:
     try:
         return math.isfinite(x)
     except OverflowError:  # an integer too large for a float

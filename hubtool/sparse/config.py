@@ -6,6 +6,7 @@ between them with one flag and the catalog can store one JSON shape for all of t
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -62,6 +63,8 @@ class AdapterConfig:
             raise HubError(f"mask_steps: expected a positive number of steps, got {self.mask_steps}")
         if self.rank < 1:
             raise HubError(f"rank: expected a positive integer, got {self.rank}")
+        if not math.isfinite(self.alpha):  # alpha / rank is the packed scale: NaN would poison every weight
+            raise HubError(f"alpha: expected a finite number, got {self.alpha}")
 
     @property
     def is_sparse(self) -> bool:
