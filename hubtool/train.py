@@ -166,6 +166,8 @@ def train(
         },
         "steps": fit.steps,
         "best_step": fit.best_step,
+        # How the stored scores were measured: compose --eval scores a merge the same way.
+        "eval": {"split": "test", "limit": eval_limit, "max_new_tokens": max_new_tokens},
     }
     result = TrainResult(
         name,
