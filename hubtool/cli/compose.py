@@ -8,13 +8,10 @@ from typing import Annotated
 import typer
 
 from hubtool.cli import app
-from hubtool.cli._common import CatalogOpt, JsonOpt, console, esc, human_bytes, print_json
+from hubtool.cli._common import CatalogOpt, JsonOpt, TasksOpt, console, esc, human_bytes, print_json
 
 PANEL = "Merge"
 
-TasksOpt = Annotated[
-    str | None, typer.Option("--tasks", help="Comma list of tasks or categories (qa, summarize, ...).")
-]
 ExpertsOpt = Annotated[
     str | None, typer.Option("--experts", help="Comma list of experts NAME@VERSION instead of a query.")
 ]
