@@ -33,6 +33,7 @@ def _root(
 # Registration order is `hub --help` order: the data flow, training first.
 from hubtool.cli import train as _train  # noqa: F401, I001
 from hubtool.cli import compose as _compose  # noqa: F401
+from hubtool.cli import explore as _explore  # noqa: F401
 from hubtool.cli import catalog as _catalog  # noqa: F401
 
 

@@ -1,0 +1,233 @@
+"""Trying a model: greedy text from a composed folder, one expert, an in-memory compose, or the base model.
+
+    from hubtool.generate import generate
+    generate("merged/", "What is the capital of France?")            # a folder `hub compose --out` wrote
+    generate("qa-sparse@2", "What is ...?")                          # an expert on its own base model
+    generate(prompt="What is ...?", tasks="qa,summarize")             # composed in memory, nothing written
+    generate(prompt="What is ...?", base="smollm2-135m")             # the base model alone
+
+The in-memory compose is the same plan and the same merged deltas as `hub compose` (make_plan,
+merged_deltas), added in fp32 into the fp32 base model after the fingerprint check. On an fp32 base it is
+the folder `hub compose --out` writes, bit for bit; on a bf16 base the folder is rounded to bf16 once
+and the in-memory model is not.
+
+The prompt goes through the tokenizer's chat template when it has one (hubtool.data.prompts, as in
+training and evaluation), unless chat_template=False; decoding is greedy and stops at EOS. Only the new
+text is returned. torch and transformers are imported inside the functions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import FingerprintError, FormatError, HubError
+
+
+@dataclass
+class Target:
+    """What generate() will load, decided (and checked) before any model is loaded."""
+
+    kind: str  # "folder" | "expert" | "compose" | "base"
+    source: str  # the folder / base model to load
+    label: str  # for messages: the folder, the expert ref, "compose of a@1, b@2", the base model
+    record: Any = None  # kind "expert": the catalog record
+    plan: Any = None  # kind "compose": the plan
+    catalog: Any = None  # kind "expert": the catalog it is loaded from
+
+
+def resolve_target(
+    target: str | None = None,
+    *,
+    tasks: list[str] | str | None = None,
+    experts: list[str] | str | None = None,
+    method: str | None = None,
+    where: str | None = None,
+    base: str | None = None,
+    catalog: Any = None,
+) -> Target:
+    """The model a generate() call means. Raises HubError for bad input; reads no tensor."""
+    composing = bool(tasks) or bool(experts)
+    if target is not None and not str(target).strip():
+        raise HubError("TARGET: expected a model folder or an expert NAME[@VERSION], got an empty string")
+    if target is not None and composing:
+        raise HubError(
+            f"TARGET {target}: give either TARGET (a model folder or an expert) or --tasks/--experts "
+            "(composed in memory), not both"
+        )
+    if method is not None and not composing:
+        raise HubError("--method: only with --tasks or --experts (it says how to merge them)")
+    if target is None and not composing:
+        if base is None:
+            raise HubError("nothing to generate with: give TARGET (a model folder or an expert), "
+                           "--tasks/--experts, or --base MODEL")
+        return Target("base", base, base)
+    if target is not None:
+        path = Path(target).expanduser()
+        if path.is_dir():
+            if base is not None:
+                raise HubError(f"--base: TARGET {target} is a model folder; --base goes with an expert or --tasks")
+            if not (path / "config.json").is_file():
+                raise HubError(f"TARGET {target}: not a model folder (expected a config.json in it)")
+            _need_tokenizer(path, f"TARGET {target}")
+            return Target("folder", str(path.resolve()), str(target))
+        if path.exists() or "/" in str(target) or str(target).endswith(".safetensors"):
+            raise HubError(
+                f"TARGET {target}: not a model folder; expected a folder `hub compose --out` wrote, "
+                "or an expert NAME[@VERSION] from the catalog (a base model goes with --base)"
+            )
+        cat = _catalog(catalog)
+        try:
+            rec = cat.get(str(target))
+        except HubError as err:
+            raise HubError(f"TARGET {target}: not a model folder, and not an expert in the catalog ({err})") from None
+        source = base if base is not None else rec.base_model
+        return Target("expert", source, rec.ref, record=rec, catalog=cat)
+    from hubtool.merge.compose import build_recipe
+    from hubtool.merge.plan import make_plan
+
+    recipe = build_recipe(tasks, experts=experts, method=method, where=where)
+    plan = make_plan(_catalog(catalog), recipe)
+    source = base if base is not None else plan.base_model
+    label = f"{plan.recipe.method} of {', '.join(c.ref for c in plan.choices)}"
+    return Target("compose", source, label, plan=plan)
+
+
+def load_target(target: Target, *, threads: int = 2) -> tuple[Any, Any]:
+    """(fp32 model in eval mode, tokenizer) for a resolved target, experts applied."""
+    import torch
+
+    from hubtool.models import load_base, resolve_base
+
+    source, _ = resolve_base(target.source)  # checks a folder / id before the model loads
+    if Path(source).is_dir():
+        _need_tokenizer(Path(source), target.label)
+    if target.kind == "expert":
+        expert = target.catalog.load(target.record.ref)  # checks the blob's sha256
+        model, tokenizer = load_base(target.source, dtype=torch.float32)
+        from hubtool.apply import apply_expert
+
+        apply_expert(model, expert)
+    elif target.kind == "compose":
+        model, tokenizer = load_base(target.source, dtype=torch.float32)
+        apply_plan(model, target.plan, threads=threads)
+    else:
+        model, tokenizer = load_base(target.source, dtype=torch.float32)
+    if tokenizer is None:
+        raise HubError(f"{target.label}: no tokenizer files next to {source}; generate needs one")
+    return model, tokenizer
+
+
+def apply_plan(model: Any, plan: Any, *, threads: int = 2) -> int:
+    """Add the plan's merged deltas into `model` in place (fp32), one weight at a time, after checking
+    each weight's name, shape and base fingerprint. Returns the number of weights changed."""
+    import torch
+
+    from hubtool.format.fingerprint import fingerprint
+    from hubtool.merge.execute import merged_deltas
+
+    params = dict(model.named_parameters(remove_duplicate=False))
+    refs = ", ".join(c.ref for c in plan.choices)
+    done = 0
+    with torch.no_grad():
+        for name, delta in merged_deltas(plan, threads=threads):
+            weight = params.get(name)
+            if weight is None:
+                raise FormatError(f"experts {refs}: weight {name} is not in the base model {plan.base_model}")
+            if tuple(weight.shape) != tuple(delta.shape):
+                raise FormatError(f"experts {refs}: weight {name} has shape {list(weight.shape)} in the base "
+                                  f"model, the experts expect {list(delta.shape)}")
+            if delta.fingerprint is not None:
+                got = fingerprint(weight)
+                if got != delta.fingerprint:
+                    raise FingerprintError(
+                        f"experts {refs} were trained against a different base weight for {name}: expected "
+                        f"{delta.fingerprint}, the base model {plan.base_model} has {got}"
+                    )
+            delta.add_to_(weight.data)
+            done += 1
+    return done
+
+
+def prompt_token_ids(tokenizer: Any, prompt: str, *, chat_template: bool = True) -> list[int]:
+    """The prompt's ids: through the chat template when asked and the tokenizer has one, else plain text
+    with the tokenizer's own special tokens (e.g. Llama's BOS)."""
+    from hubtool.data.prompts import has_chat_template, prompt_ids
+
+    if chat_template and has_chat_template(tokenizer):
+        return prompt_ids(tokenizer, prompt)
+    return list(tokenizer(prompt, add_special_tokens=True)["input_ids"])
+
+
+def generate_ids(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int = 64,
+                 chat_template: bool = True) -> list[int]:
+    """The new token ids of a greedy continuation of `prompt`, cut before the first EOS."""
+    import torch
+    from transformers import GenerationConfig
+
+    ids = prompt_token_ids(tokenizer, prompt, chat_template=chat_template)
+    if not ids:
+        raise HubError("prompt: the tokenizer gives no tokens for it; expected some text")
+    stops = [tokenizer.eos_token_id]
+    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
+    stops += config_eos if isinstance(config_eos, list) else [config_eos]
+    stops = list(dict.fromkeys(s for s in stops if s is not None))
+    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
+                              pad_token_id=pad, eos_token_id=stops or None)
+    input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
+    with torch.no_grad():
+        out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
+                             generation_config=config)
+    row = out[0, input_ids.shape[1]:].tolist()
+    cut = min((row.index(s) for s in stops if s in row), default=len(row))
+    return row[:cut]
+
+
+def generate(
+    target: str | None = None,
+    prompt: str = "",
+    *,
+    tasks: list[str] | str | None = None,
+    experts: list[str] | str | None = None,
+    method: str | None = None,
+    where: str | None = None,
+    base: str | None = None,
+    max_new_tokens: int = 64,
+    chat_template: bool = True,
+    catalog: Any = None,
+) -> str:
+    """The greedy continuation of `prompt` (new text only) by a model folder, an expert NAME[@VERSION],
+    the experts `tasks`/`experts` choose (composed in memory with `method`), or the `base` model alone."""
+    check_request(prompt, max_new_tokens)
+    resolved = resolve_target(target, tasks=tasks, experts=experts, method=method, where=where, base=base,
+                              catalog=catalog)
+    model, tokenizer = load_target(resolved)
+    new = generate_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
+    return tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
+def check_request(prompt: str, max_new_tokens: int) -> None:
+    if not isinstance(prompt, str) or not prompt.strip():
+        raise HubError("PROMPT: expected some text, got an empty prompt")
+    if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
+        raise HubError(f"--max-new-tokens {max_new_tokens}: expected a whole number of at least 1")
+
+
+# --- helpers ---------------------------------------------------------------------------------------------
+
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+
+
+def _need_tokenizer(folder: Path, what: str) -> None:
+    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
+        raise HubError(f"{what}: {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); generate needs one")
+
+
+def _catalog(catalog: Any) -> Any:
+    if hasattr(catalog, "list"):
+        return catalog
+    from hubtool.registry import Catalog
+
+    return Catalog(catalog)
