@@ -105,7 +105,7 @@ def test_a_0001_catalog_is_upgraded_with_its_data_intact(tmp_path, packed):
     assert "base_metrics" not in inspect(engine).get_table_names()
 
     with Catalog(url, blobs=blobs) as cat:
-        assert db.stored_revision(engine) == db.SCHEMA_HEAD == "0003"
+        assert db.stored_revision(engine) == db.SCHEMA_HEAD == "0004"
         assert "base_metrics" in inspect(engine).get_table_names()
         rec = cat.get("qa@best")
         assert (rec.ref, rec.tasks, rec.tags, rec.aliases) == ("qa@1", ["qa"], ["demo"], ["best"])
@@ -119,3 +119,16 @@ def test_a_0001_catalog_is_upgraded_with_its_data_intact(tmp_path, packed):
         assert cat.gains("qa") == {"qa": {"rougeL": 11.5}}
         assert cat.register(packed("qa", "qa", seed=5)).version == 2
     engine.dispose()
+
+
+def test_0004_renames_the_full_delta_kind(tmp_path, packed):
+    """Rows registered under the old name "full-delta" read as "full" after the upgrade (one vocabulary)."""
+    url, blobs = f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "blobs"
+    write_0001_catalog(url, blobs, packed("qa", "qa", seed=4))
+    engine = db.make_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("UPDATE experts SET kind = 'full-delta'"))
+    engine.dispose()
+    with Catalog(url, blobs=blobs) as cat:
+        assert cat.get("qa@1").kind == "full"
+        assert [r.ref for r in cat.list(kind="full")] == ["qa@1"]

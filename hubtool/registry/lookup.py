@@ -89,7 +89,9 @@ def filters(
     if base is not None:
         clauses.append(experts.c.base_model == base)
     if kind is not None:
-        clauses.append(experts.c.kind == kind)
+        from hubtool.format.header import LEGACY_KINDS  # stdlib only
+
+        clauses.append(experts.c.kind == LEGACY_KINDS.get(kind, kind))  # "full-delta" still finds "full"
     if tag is not None:
         clauses.append(experts.c.id.in_(select(expert_tags.c.expert_id).where(expert_tags.c.tag == tag)))
     if where:
