@@ -258,3 +258,15 @@ def test_rejects_mismatched_values(tk):
         tk.sparse_scatter_add_(w, torch.arange(4), torch.zeros(3))
     with pytest.raises(ValueError, match="values must be"):
         tk.block_scatter_add_(w, torch.arange(2), torch.zeros(2, 4, 4), 8)
+
+
+def test_triton_scatter_accumulates_a_merge_like_the_torch_path(tk):
+    """compose's accumulators (Σ w_t v_t over experts, hubtool.merge.methods) through the Triton kernel."""
+    gen = _gen(11)
+    experts = [(_mask((10, 30), 0.2, gen), torch.randn(60, generator=gen), w) for w in (1.0, 0.5, 2.0)]
+    expected = torch.zeros(10, 30)
+    got = torch.zeros(10, 30)
+    for pos, val, w in experts:
+        ref.sparse_scatter_add_(expected, pos, val, w)
+        tk.sparse_scatter_add_(got, pos, val, w)
+    torch.testing.assert_close(got, expected)

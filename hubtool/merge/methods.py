@@ -87,35 +87,39 @@ def union_positions(entries: list[tuple[torch.Tensor, torch.Tensor]], numel: int
 
 def weighted_sums(x: WeightInputs, entries=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(union [U], Σ_t w_t v_t [U], Σ_{t covering the entry} w_t [U]) over the experts' entries."""
+    from hubtool.kernels import scatter_add_  # torch on CPU, Triton on GPU
+
     entries = x.entries if entries is None else entries
-    total = torch.zeros(x.numel, dtype=torch.float32)
-    cover = torch.zeros(x.numel, dtype=torch.float32)
+    total = torch.zeros(x.shape, dtype=torch.float32)  # [out, in], what the kernels take; flat positions
+    cover = torch.zeros(x.shape, dtype=torch.float32)
     mark = torch.zeros(x.numel, dtype=torch.bool)
     for w, (pos, val) in zip(x.w.tolist(), entries):
         if pos.numel():
-            total.index_add_(0, pos, val if w == 1.0 else val * w)  # positions are unique per expert
-            cover.index_add_(0, pos, torch.full((pos.numel(),), w))
+            scatter_add_(total, pos, val, w)  # positions are unique per expert: no two adds collide
+            scatter_add_(cover, pos, torch.ones(pos.numel()), w)
             mark[pos] = True
     union = mark.nonzero().squeeze(1)
-    return union, total[union], cover[union]
+    return union, total.view(-1)[union], cover.view(-1)[union]
 
 
 def disjoint_sums(x: WeightInputs, entries=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """TIES' disjoint merge: elect the sign of Σ w_t v_t per entry, then (union, Σ w_t v_t and Σ w_t
     over only the experts whose value has the elected sign). A value of exactly 0 agrees with nothing."""
+    from hubtool.kernels import scatter_add_
+
     entries = x.entries if entries is None else entries
     union, total, _ = weighted_sums(x, entries)
     sign = torch.zeros(x.numel, dtype=torch.float32)
     sign[union] = torch.where(total >= 0, 1.0, -1.0)
-    num = torch.zeros(x.numel, dtype=torch.float32)
-    den = torch.zeros(x.numel, dtype=torch.float32)
+    num = torch.zeros(x.shape, dtype=torch.float32)
+    den = torch.zeros(x.shape, dtype=torch.float32)
     for w, (pos, val) in zip(x.w.tolist(), entries):
         if pos.numel():
             agree = torch.sign(val) == sign[pos]
             p, v = pos[agree], val[agree]
-            num.index_add_(0, p, v * w)
-            den.index_add_(0, p, torch.full((p.numel(),), w))
-    return union, num[union], den[union]
+            scatter_add_(num, p, v, w)
+            scatter_add_(den, p, torch.ones(p.numel()), w)
+    return union, num.view(-1)[union], den.view(-1)[union]
 
 
 def stack(x: WeightInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
