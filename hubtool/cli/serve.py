@@ -1,0 +1,72 @@
+"""Sharing: `hub serve`, a Hugging Face Hub-compatible server (Starlette + uvicorn, imported only here)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from hubtool.cli import app
+
+PANEL = "Share"
+
+SERVE_HELP = """Serve a Hugging Face Hub-compatible API for air-gapped teams.
+
+The unmodified huggingface_hub client (hf, HfApi, hf_hub_download,
+snapshot_download) and transformers (from_pretrained, push_to_hub) use it
+with their default settings. Point them at it before Python starts:
+
+    export HF_ENDPOINT=http://127.0.0.1:8910
+    export HF_TOKEN=<your token>     (or: HF_ENDPOINT=... hf auth login)
+
+Token file: one '<user> <token>' line per user, '#' starts a comment;
+re-read when it changes. Every token may read and write every repo;
+without --public-read, reads need a token too.
+
+Storage under --root: content-addressed blobs plus commits and refs per
+repo (docs/hub.md). Uploads never use Xet: the server asks clients for
+regular uploads, which it streams to disk.
+"""
+
+
+@app.command(rich_help_panel=PANEL, help=SERVE_HELP)
+def serve(
+    host: Annotated[
+        str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")
+    ] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 8910,
+    root: Annotated[
+        Path | None,
+        typer.Option("--root", envvar="HUB_SERVE_ROOT", help="Storage folder. Default: $HUB_HOME/serve."),
+    ] = None,
+    token_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--token-file",
+            envvar="HUB_SERVE_TOKEN_FILE",
+            help="File of '<user> <token>' lines (# comments). Without it nobody can write.",
+        ),
+    ] = None,
+    public_read: Annotated[
+        bool, typer.Option("--public-read", help="Let anyone read public repos without a token.")
+    ] = False,
+    log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
+) -> None:
+    from hubtool.errors import HubError
+    from hubtool.paths import hub_home
+
+    if log_level not in ("debug", "info", "warning", "error"):
+        raise typer.BadParameter("--log-level: expected debug, info, warning or error")
+    if token_file is not None and not token_file.is_file():
+        raise HubError(f"--token-file {token_file}: no such file")
+    from hubtool.hub.server import run
+
+    run(
+        root=root or hub_home() / "serve",
+        host=host,
+        port=port,
+        token_file=token_file,
+        public_read=public_read,
+        log_level=log_level,
+    )

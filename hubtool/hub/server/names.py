@@ -1,0 +1,127 @@
+"""What a repo id, a revision and a path in a repo may look like (stdlib only).
+
+Everything that later becomes part of a file name on disk, or a key in a commit's tree, passes through
+here first. Bad values are 400s with an `X-Error-Code` (InvalidRepoId, InvalidRevision, InvalidPath):
+no `..`, no absolute paths, no NUL or other control characters, no backslashes, bounded lengths.
+"""
+
+from __future__ import annotations
+
+import re
+
+from hubtool.hub.server.errors import bad_request
+
+REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
+# URL prefix of /resolve and of repo URLs
+TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
+
+MAX_NAME = 96
+MAX_REVISION = 255
+MAX_PATH = 1024
+MAX_PATH_PART = 255
+
+# One namespace or repo name: the Hub's rule (letters, digits, - _ .; no leading/trailing - or .; no -- or ..).
+_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?")
+# Namespaces that would collide with the server's own URL space.
+RESERVED_NAMESPACES = {"api", "datasets", "spaces", "models", "_lfs", "static"}
+_REV_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
+COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+SHA256 = re.compile(r"[0-9a-f]{64}")
+
+
+def repo_type(segment: str) -> str:
+    """`models` / `datasets` / `spaces` (a URL segment) -> `model` / `dataset` / `space`."""
+    try:
+        return REPO_TYPES[segment]
+    except KeyError:
+        raise bad_request(
+            "InvalidRepoType", f"unknown repo type {segment!r}: expected models, datasets or spaces"
+        )
+
+
+def body_repo_type(value: object) -> str:
+    """The `type` of a create/delete body: None or "model" -> model, "dataset", "space"."""
+    if value is None or value == "model":
+        return "model"
+    if value in ("dataset", "space"):
+        return str(value)
+    raise bad_request("InvalidRepoType", "repo type: expected model, dataset or space")
+
+
+def check_name_part(part: object, what: str = "repo id") -> str:
+    if (
+        not isinstance(part, str)
+        or not 0 < len(part) <= MAX_NAME
+        or not _PART.fullmatch(part)
+        or ".." in part
+        or "--" in part
+        or part.endswith(".git")
+    ):
+        shown = part[:100] if isinstance(part, str) else type(part).__name__
+        raise bad_request(
+            "InvalidRepoId",
+            f"invalid {what} {shown!r}: expected 1-{MAX_NAME} letters, digits, '-', '_' or '.', "
+            "not starting or ending with '-' or '.', without '--', '..' or a '.git' ending",
+        )
+    return part
+
+
+def check_repo_id(namespace: object, name: object) -> str:
+    """`namespace/name` after checking both parts; the id as one string."""
+    ns = check_name_part(namespace, "namespace")
+    if ns.lower() in RESERVED_NAMESPACES:
+        raise bad_request("InvalidRepoId", f"namespace {ns!r} is reserved")
+    return f"{ns}/{check_name_part(name, 'repo name')}"
+
+
+def check_revision(rev: object) -> str:
+    """A branch, tag or commit id: git-ref-like parts separated by '/' (`refs/heads/x` allowed)."""
+    if not isinstance(rev, str) or not 0 < len(rev) <= MAX_REVISION:
+        raise bad_request("InvalidRevision", "invalid revision: expected 1-255 characters")
+    parts = rev.split("/")
+    if not all(_REV_PART.fullmatch(p) and not p.endswith((".lock", ".")) for p in parts) or ".." in rev:
+        raise bad_request(
+            "InvalidRevision",
+            f"invalid revision {rev[:100]!r}: expected letters, digits, '.', '_', '+', '-' in '/'-separated "
+            "parts, without '..'",
+        )
+    return rev
+
+
+def check_branch_name(name: object) -> str:
+    """A new branch or tag name: a revision that is not itself a commit id and not under refs/."""
+    name = check_revision(name)
+    if COMMIT_ID.fullmatch(name) or name.startswith("refs/"):
+        raise bad_request(
+            "InvalidRevision", f"invalid branch or tag name {name!r}: looks like a commit id or a ref"
+        )
+    return name
+
+
+def check_path(path: object, *, allow_root: bool = False) -> str:
+    """A path inside a repo: relative, '/'-separated, no empty, '.', '..' or '.git' parts, no control
+    characters or backslashes. `allow_root` accepts "" (the repo's root folder)."""
+    if allow_root and path == "":
+        return ""
+    if not isinstance(path, str) or not 0 < len(path) <= MAX_PATH:
+        raise bad_request("InvalidPath", f"invalid path: expected 1-{MAX_PATH} characters")
+    shown = path[:200]
+    if any(ord(c) < 32 or c == "\x7f" for c in path) or "\\" in path:
+        raise bad_request(
+            "InvalidPath", f"invalid path {shown!r}: control characters and backslashes are refused"
+        )
+    if path.startswith("/"):
+        raise bad_request("InvalidPath", f"invalid path {shown!r}: must be relative to the repo root")
+    parts = path.split("/")
+    for part in parts:
+        if part in ("", ".", "..") or part == ".git" or len(part.encode()) > MAX_PATH_PART:
+            raise bad_request(
+                "InvalidPath", f"invalid path {shown!r}: empty, '.', '..' or '.git' parts are refused"
+            )
+    return path
+
+
+def check_sha256(oid: object) -> str:
+    if not isinstance(oid, str) or not SHA256.fullmatch(oid):
+        raise bad_request("InvalidOid", "invalid LFS oid: expected 64 lowercase hex digits (sha256)")
+    return oid
