@@ -104,6 +104,10 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
     out = Path(out).expanduser()
     if fmt == "hubtool":
         if out.is_dir() or into_folder:
+            from hubtool.registry.lookup import NAME
+
+            if not NAME.fullmatch(rec.name):  # a row edited by hand must not pick a path outside `out`
+                raise HubError(f"{rec.ref}: catalog name {rec.name!r} is not a valid expert name; fix the row")
             out = out / f"{rec.name}-v{rec.version}.safetensors"
         _copy_verified(cat.blob_path(rec), out, rec.sha256, rec.ref)
         return out
