@@ -9,6 +9,7 @@ Conventions checked here, where the two tools agree (mergekit 0.1.5):
   ties             each D_t trimmed to its int(density * numel(W)) largest magnitudes (density counts W's
                    entries, not the expert's kept entries), the sign of Σ w_t D_t elected per entry (>= 0 is
                    +), then Σ w_t D_t / Σ w_t over the nonzero entries that agree, times lambda
+  mean             Σ w_t D_t / Σ w_t, which is mergekit's `linear` (normalize true) of the dense models
 Defaults differ and are passed explicitly: our task-arithmetic lambda defaults to 0.4 (mergekit 1.0), our ties
 density to 0.2 (mergekit 1.0, no trimming).
 """
@@ -83,7 +84,8 @@ def setup(hub_home, tmp_path):
     return cat, refs, experts, base, dense
 
 
-def _mergekit(method: str, base: Path, dense: list[Path], out: Path, *, lam: float, density: float | None = None):
+def _mergekit(method: str, base: Path | None, dense: list[Path], out: Path, *, lam: float | None = None,
+              density: float | None = None):
     from mergekit.config import MergeConfiguration
     from mergekit.merge import MergeOptions, run_merge
 
@@ -91,10 +93,12 @@ def _mergekit(method: str, base: Path, dense: list[Path], out: Path, *, lam: flo
     for folder, w in zip(dense, WEIGHTS):
         params = {"weight": w} if density is None else {"weight": w, "density": density}
         models.append({"model": str(folder), "parameters": params})
-    config = MergeConfiguration.model_validate({
-        "merge_method": method, "base_model": str(base), "models": models,
-        "parameters": {"lambda": lam}, "dtype": "float32", "out_dtype": "float32",
-    })
+    config = {"merge_method": method, "models": models, "dtype": "float32", "out_dtype": "float32"}
+    if base is not None:
+        config["base_model"] = str(base)
+    if lam is not None:
+        config["parameters"] = {"lambda": lam}
+    config = MergeConfiguration.model_validate(config)
     run_merge(config, str(out), options=MergeOptions(device="cpu", copy_tokenizer=False, write_model_card=False,
                                                       quiet=True))
     return _state(out)
@@ -133,3 +137,10 @@ def test_ties_matches_mergekit(setup, tmp_path):
                         out=tmp_path / "untrimmed", catalog=cat)
     name = next(iter(experts[0].deltas))
     assert not torch.allclose(_state(untrimmed.out)[name], got[name])
+
+
+def test_mean_matches_mergekit_linear(setup, tmp_path):
+    cat, refs, experts, base, dense = setup
+    ours = compose(experts=refs, weights=WEIGHTS, method="mean", out=tmp_path / "ours", catalog=cat)
+    theirs = _mergekit("linear", None, dense, tmp_path / "mk")  # Σ w_t (W + D_t) / Σ w_t, no base model
+    _assert_same(_state(ours.out), theirs, _state(base), set(experts[0].deltas))
