@@ -225,6 +225,8 @@ class HubApp:
         """The repo's metadata, if the caller may read it (401 RepoNotFound otherwise, as the Hub does)."""
         user = self._user(request)
         meta = self.storage.repo_meta(repo)
+        if meta is None and (user is not None or self.public_read):
+            raise self._missing(request, repo)
         if user is None and not (self.public_read and meta is not None and not meta.get("private")):
             raise ApiError(
                 401,
@@ -232,14 +234,31 @@ class HubApp:
                 f"Authentication required to read {repo.label}: send a token (set HF_TOKEN)",
             )
         if meta is None:
-            raise repo_not_found(repo.label)
+            raise self._missing(request, repo)
         return meta
+
+    def _missing(self, request: Request, repo: RepoRef) -> ApiError:
+        """RepoNotFound, or a 307 to the new URL of a repo that was moved (renamed or transferred)."""
+        moved = self.storage.moved_to(repo)
+        if moved is None:
+            return repo_not_found(repo.label)
+        raw = (request.scope.get("raw_path") or request.scope["path"].encode()).decode("utf-8")
+        old = f"/{repo.id}"
+        at = raw.find(old + "/") if raw.find(old + "/") >= 0 else raw.find(old + ".git/")
+        if at < 0 and raw.endswith(old):
+            at = len(raw) - len(old)
+        if at < 0:
+            return repo_not_found(repo.label)
+        location = self.base(request) + raw[:at] + f"/{moved}" + raw[at + len(old) :]
+        if request.url.query:
+            location += "?" + request.url.query
+        return ApiError(307, None, f"{repo.label} moved to {moved}", headers={"Location": location})
 
     def require_write(self, request: Request, repo: RepoRef) -> tuple[str, dict]:
         user = self.require_user(request, what=f"writing to {repo.label}")
         meta = self.storage.repo_meta(repo)
         if meta is None:
-            raise repo_not_found(repo.label)
+            raise self._missing(request, repo)
         return user, meta
 
     # -- helpers ------------------------------------------------------------------------------------
@@ -913,6 +932,8 @@ class HubApp:
     # -- LFS batch API (basic transfer) ----------------------------------------------------------------
 
     async def lfs_batch(self, request: Request, repo: RepoRef) -> Response:
+        if not self.public_read:
+            self.require_user(request, what=f"the LFS API of {repo.label}")
         body = await self.read_json(request)
         operation = body.get("operation") if isinstance(body, dict) else None
         if operation == "upload":

@@ -297,6 +297,30 @@ class Storage:
             os.rename(self.repo_dir(src), dest)
             fsync_path(dest.parent)
             fsync_path(self.repo_dir(src).parent)
+        with self._locks.get(f"redirects/{src.type}"):
+            redirects = self.redirects(src.type)
+            redirects[src.id] = dst.id
+            redirects.pop(dst.id, None)
+            with atomic_write(self.repos / f"{src.type}-redirects.json") as f:
+                f.write(json.dumps(redirects, sort_keys=True).encode())
+
+    def redirects(self, repo_type: str) -> dict[str, str]:
+        """Old id -> new id of moved repos (the Hub answers 307 for a renamed repo's old URLs)."""
+        try:
+            return dict(json.loads((self.repos / f"{repo_type}-redirects.json").read_text()))
+        except (OSError, ValueError):
+            return {}
+
+    def moved_to(self, repo: RepoRef) -> str | None:
+        """Where a repo that no longer exists under this id went (following up to 10 moves)."""
+        redirects = self.redirects(repo.type)
+        current, seen = repo.id, set()
+        while current in redirects and current not in seen and len(seen) < 10:
+            seen.add(current)
+            current = redirects[current]
+        if current == repo.id or self.repo_meta(RepoRef(repo.type, current)) is None:
+            return None
+        return current
 
     def empty_commit(self, repo: RepoRef, user: str) -> str:
         """A parentless commit with an empty tree (for `create_branch(..., empty=True)`)."""
