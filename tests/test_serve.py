@@ -529,6 +529,14 @@ def test_bad_ids_paths_and_revisions(server):
     assert status == 400 and h["x-error-code"] == "InvalidPath"
     assert api.list_repo_commits("org/valid")[0].commit_id == head
     assert not list(server.root.rglob("escape.txt"))
+    # Refused early in a large body: the rest is read and dropped, the client gets the 400 (not a reset).
+    big_line = {
+        "key": "file",
+        "value": {"content": base64.b64encode(os.urandom(4 << 20)).decode(), "path": "b.bin"},
+    }
+    body = _ndjson({"key": "deletedFile", "value": {"path": "a\\b"}}, big_line)
+    status, h, _ = server.raw("POST", "/api/models/org/valid/commit/main", body=body)
+    assert status == 400 and h["x-error-code"] == "InvalidPath"
     status, h, _ = server.raw("POST", "/api/models/org/valid/commit/main", body=b'{"key": "header", "val')
     assert status == 400 and h["x-error-code"] == "InvalidCommitBody"
     status, h, _ = server.raw("POST", "/api/models/org/valid/commit/nobranch", body=b"")

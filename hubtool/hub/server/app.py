@@ -812,9 +812,13 @@ class HubApp:
                 )
             )
         except ParseError as err:
+            await _drain(request)
             raise bad_request("InvalidCommitBody", f"commit body: {err}") from None
         except ClientDisconnect:
             log.info("%s: commit to %s abandoned by the client (nothing committed)", user, repo.label)
+            raise
+        except ApiError:
+            await _drain(request)
             raise
         finally:
             # Temp files that did not make it into the blob store (a failed or abandoned commit) go now.
@@ -1070,6 +1074,16 @@ class HubApp:
 
 
 # -- small helpers ----------------------------------------------------------------------------------
+
+
+async def _drain(request: Request) -> None:
+    """Read (and drop) what is left of a refused request body, so that the client, still sending, gets the
+    error response instead of a reset connection."""
+    try:
+        async for _ in request.stream():
+            pass
+    except (ClientDisconnect, RuntimeError):  # gone, or the body was already read to the end
+        pass
 
 
 def _two(repo_id: str) -> tuple[str, str]:
