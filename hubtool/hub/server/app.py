@@ -43,7 +43,6 @@ from hubtool.hub.server.storage import (
     Upload,
     folder_oid,
     git_oid_of_file,
-    sync_file,
 )
 
 log = logging.getLogger("hubtool.hub.server")
@@ -853,6 +852,9 @@ class HubApp:
         key, value = item.get("key"), item.get("value")
         if not isinstance(value, dict):
             raise ParseError(f"line {key!r}: 'value' must be an object")
+        content = value.get("content")
+        if isinstance(content, Spilled) and key != "file":
+            content.discard()  # a `content` where none belongs: nothing of it is kept
         if key == "header":
             if state["header"] is not None or state["ops"]:
                 raise ParseError("the header must be the first line, and only one")
@@ -897,14 +899,15 @@ class HubApp:
         content = value.get("content")
         encoding = value.get("encoding", "base64")
         if isinstance(content, Spilled):
+            raw, content.raw = content.raw, None  # a commit of many files must not keep their text around
             if encoding == "base64":
                 if not content.base64_ok:
                     raise ParseError(f"file {path}: content is not valid base64")
                 temp, size, sha = content.path, content.size, content.sha256
             else:
-                if content.raw is None:
+                if raw is None:
                     raise ParseError(f"file {path}: non-base64 content larger than 1 MiB; send it base64")
-                temp, size, sha = self._write_temp(content.raw, extra_temps)
+                temp, size, sha = self._write_temp(raw, extra_temps)
                 content.discard()
         elif isinstance(content, str):
             data = content.encode("utf-8")
@@ -923,9 +926,7 @@ class HubApp:
             temp.unlink(missing_ok=True)
             size, oid = self.storage.blob_info(sha)  # type: ignore[misc]
             return Upload(None, sha, size, oid)
-        oid = git_oid_of_file(temp, size)
-        sync_file(temp)  # the slow part of durability happens here, outside the repo lock
-        return Upload(temp, sha, size, oid, synced=True)
+        return Upload(temp, sha, size, git_oid_of_file(temp, size))  # fsynced, in parallel, at commit time
 
     def _write_temp(self, data: bytes, extra_temps: list):
         temp = self.storage.temp_path()

@@ -98,6 +98,7 @@ class Spilled:
         self._file.close()
 
     def discard(self) -> None:
+        self.raw = self._raw = None
         if self._file is not None and not self._file.closed:
             self._file.close()
         self.path.unlink(missing_ok=True)

@@ -188,25 +188,41 @@ class Storage:
             return size, oid
 
     def _write_meta(self, sha256: str, size: int, oid: str) -> None:
+        # Not fsynced: a lost or torn meta file is rebuilt from its blob by blob_info().
         meta = self.blob_path(sha256).with_name(sha256 + ".json")
-        with atomic_write(meta) as f:
-            f.write(json.dumps({"size": size, "gitOid": oid}).encode())
+        tmp = meta.with_name(f".{meta.name}.{uuid.uuid4().hex}.tmp")
+        tmp.write_bytes(json.dumps({"size": size, "gitOid": oid}).encode())
+        os.replace(tmp, meta)
+
+    @staticmethod
+    def sync_uploads(uploads: list[Upload]) -> None:
+        """fsync the data of temp files (in parallel: one journal commit serves many files)."""
+        todo = [u for u in uploads if u.temp is not None and not u.synced]
+        _parallel(sync_file, [u.temp for u in todo])
+        for u in todo:
+            u.synced = True
+
+    def store_uploads(self, uploads: list[Upload]) -> None:
+        """Move hashed temp files into the blob store (dropping those whose blob is already there); on
+        return the renames are durable."""
+        self.sync_uploads(uploads)
+        folders = set()
+        for upload in uploads:
+            if upload.temp is None:
+                continue
+            dest = self.blob_path(upload.sha256)
+            if dest.is_file():
+                upload.temp.unlink(missing_ok=True)
+            else:
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                self._write_meta(upload.sha256, upload.size, upload.oid)
+                os.replace(upload.temp, dest)
+                folders.add(dest.parent)
+            upload.temp = None
+        _parallel(fsync_path, sorted(folders))
 
     def store_upload(self, upload: Upload) -> None:
-        """Move a hashed temp file into the blob store (or drop it if that blob is already there)."""
-        if upload.temp is None:
-            return
-        dest = self.blob_path(upload.sha256)
-        if dest.is_file():
-            upload.temp.unlink(missing_ok=True)
-        else:
-            dest.parent.mkdir(parents=True, exist_ok=True)
-            self._write_meta(upload.sha256, upload.size, upload.oid)
-            if not upload.synced:
-                sync_file(upload.temp)
-            os.replace(upload.temp, dest)
-            fsync_path(dest.parent)
-        upload.temp = None
+        self.store_uploads([upload])
 
     # -- repos --------------------------------------------------------------------------------------
 
@@ -475,6 +491,7 @@ class Storage:
     ) -> Commit:
         """Apply `ops` on top of `branch` and advance it; all or nothing."""
         branch = self.branch_name(branch)
+        self.sync_uploads([op.upload for op in ops if isinstance(op, AddOp)])  # the slow part, before the lock
         with self.locked(repo):
             self.require_repo(repo)
             refs = self.refs(repo)
@@ -527,9 +544,7 @@ class Storage:
                     src = source_tree[op.src_path]
                     tree[op.path] = Entry(src.sha256, src.size, src.oid, src.lfs)
             # Blobs go into the store first (a crash now leaves unreferenced blobs, never a half commit).
-            for op in ops:
-                if isinstance(op, AddOp):
-                    self.store_upload(op.upload)
+            self.store_uploads([op.upload for op in ops if isinstance(op, AddOp)])
             # Files this commit wrote get their LFS flag now (from the new .gitattributes); the others keep
             # theirs, as git keeps existing blobs when .gitattributes changes. Entries are new objects here.
             rules = self.lfs_rules(tree)
@@ -572,6 +587,24 @@ def _check_no_conflict(tree: dict[str, Entry], path: str) -> None:
     prefix = path + "/"
     if any(p.startswith(prefix) for p in tree):
         raise ApiError(409, "PathConflict", f"cannot add {path}: it is a folder")
+
+
+_POOL = None
+
+
+def _parallel(fn, items) -> None:
+    items = list(items)
+    if len(items) <= 1:
+        for item in items:
+            fn(item)
+        return
+    global _POOL
+    if _POOL is None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hub-fsync")
+    for _ in _POOL.map(fn, items):
+        pass
 
 
 def sync_file(path: Path) -> None:
