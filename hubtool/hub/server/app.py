@@ -1295,6 +1295,7 @@ def serve(
         server_header=False,
         proxy_headers=False,
         timeout_keep_alive=30,
+        timeout_graceful_shutdown=10,  # a stuck download must not keep a stopping server alive
         h11_max_incomplete_event_size=64 * 1024,
     )
     try:
