@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import importlib.util
 import json
+import os
 import re
 import sys
 import time
@@ -195,9 +196,17 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     started = time.perf_counter()
     gguf_sha = sha256_file(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
-    quantized = AutoModelForCausalLM.from_pretrained(
-        gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
-    )
+    # transformers' GGUF reader draws a plain tqdm bar per tensor; our one line above says enough.
+    quiet, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"
+    try:
+        quantized = AutoModelForCausalLM.from_pretrained(
+            gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
+        )
+    finally:
+        if quiet is None:
+            os.environ.pop("TQDM_DISABLE", None)
+        else:
+            os.environ["TQDM_DISABLE"] = quiet
     # A GGUF-loaded model carries a quantization_config and refuses save_pretrained; rebuild the same
     # architecture from a clean config and copy the dequantized fp32 weights in, rounding to bf16.
     config = quantized.config
