@@ -11,9 +11,10 @@ torch / transformers are imported inside functions: ``hub list`` and ``hub --hel
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import json
-import os
 import re
 import sys
 import time
@@ -196,17 +197,12 @@ def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     started = time.perf_counter()
     gguf_sha = sha256_file(gguf)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name, trust_remote_code=False)
-    # transformers' GGUF reader draws a plain tqdm bar per tensor; our one line above says enough.
-    quiet, os.environ["TQDM_DISABLE"] = os.environ.get("TQDM_DISABLE"), "1"
-    try:
+    # transformers' GGUF reader draws a plain tqdm bar on stderr; our one line above says enough.
+    # (Failures still raise; only the bar's text is dropped.)
+    with contextlib.redirect_stderr(io.StringIO()):
         quantized = AutoModelForCausalLM.from_pretrained(
             gguf.parent, gguf_file=gguf.name, dtype=torch.float32, trust_remote_code=False
         )
-    finally:
-        if quiet is None:
-            os.environ.pop("TQDM_DISABLE", None)
-        else:
-            os.environ["TQDM_DISABLE"] = quiet
     # A GGUF-loaded model carries a quantization_config and refuses save_pretrained; rebuild the same
     # architecture from a clean config and copy the dequantized fp32 weights in, rounding to bf16.
     config = quantized.config
