@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import hashlib
 import math
+import re
 
 import numpy as np
 import pytest
@@ -379,7 +380,11 @@ def _items(count: int) -> list[tuple[bytes, int, int, str]]:
 
 
 @pytest.mark.parametrize("threads", [None, 1, 2, 3, 16])
-def test_decode_many_returns_every_decode_in_order(threads: int | None) -> None:
+@pytest.mark.parametrize("parallel_bytes", [0, encodings._PARALLEL_BYTES])
+def test_decode_many_returns_every_decode_in_order(
+    threads: int | None, parallel_bytes: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(encodings, "_PARALLEL_BYTES", parallel_bytes)  # 0: threads even for a few bytes
     items = _items(13)
     decoded = decode_many(items, threads=threads)
     assert len(decoded) == len(items)
@@ -390,10 +395,23 @@ def test_decode_many_returns_every_decode_in_order(threads: int | None) -> None:
 
 
 @pytest.mark.parametrize("threads", [1, 2])
-def test_decode_many_raises_the_first_failure(threads: int) -> None:
+def test_decode_many_raises_the_first_failure(threads: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(encodings, "_PARALLEL_BYTES", 0)
     items = _items(6)
     broken = [items[0], (items[1][0] + b"\x00", *items[1][1:]), items[2], (b"", 10, 3, "raw")]
-    with pytest.raises(FormatError, match="is .* bytes, expected"):
+    with pytest.raises(FormatError) as first:
+        decode(*broken[1])
+    with pytest.raises(FormatError, match=re.escape(str(first.value))):
         decode_many(broken, threads=threads)
     with pytest.raises(ValueError, match="threads"):
         decode_many(items, threads=0)
+
+
+@pytest.mark.parametrize("encoding", ENCODINGS)
+@pytest.mark.parametrize("step", [1, 2, 3, 5])  # every Golomb m and Elias-Fano l from 0 up
+def test_a_corrupt_huge_nnz_is_rejected_before_allocating(encoding: str, step: int) -> None:
+    n = 100
+    payload = encode(np.arange(0, n, step), n, encoding)
+    with pytest.raises(FormatError, match="expected"):
+        decode(payload, n, 10**13, encoding)  # 80 TB of positions, if anything were allocated first
+    assert _outcome(decode, payload, n, 10**5, encoding) == _outcome(_v1_decode, payload, n, 10**5, encoding)

@@ -42,6 +42,8 @@ _ARANGE.flags.writeable = False
 _TABLE_WIDTH = 11
 # Fixed-width streams of at most this many values are read per value, longer ones per byte column.
 _SMALL = 8192
+# decode_many uses threads only for at least this much payload: a pool costs ~0.1-1 ms to start.
+_PARALLEL_BYTES = 1 << 18
 
 
 def encode(positions: np.ndarray, n: int, encoding: str) -> bytes:
@@ -99,7 +101,8 @@ def decode_many(items: Iterable[tuple[bytes, int, int, str]], *, threads: int | 
     """decode() of each (payload, n, k, encoding), in order, on a pool of `threads` threads.
 
     The decoders spend their time in numpy loops that release the GIL, so threads run in parallel;
-    threads defaults to os.cpu_count(). The first failing item (in order) raises its FormatError.
+    threads defaults to os.cpu_count(). Lists too small to gain from threads (under _PARALLEL_BYTES
+    of payload) are decoded in this thread. The first failing item (in order) raises its FormatError.
     """
     items = list(items)
     if threads is None:
@@ -107,10 +110,17 @@ def decode_many(items: Iterable[tuple[bytes, int, int, str]], *, threads: int | 
     if threads < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     threads = min(threads, len(items))
-    if threads <= 1:
+    if threads <= 1 or sum(len(item[0]) for item in items) < _PARALLEL_BYTES:
         return [decode(*item) for item in items]
     with ThreadPoolExecutor(max_workers=threads, thread_name_prefix="hubtool-decode") as pool:
-        return list(pool.map(lambda item: decode(*item), items))
+        # Largest first, so no thread is left with a big one at the end; results in input order.
+        order = sorted(range(len(items)), key=lambda i: -len(items[i][0]))
+        futures = {i: pool.submit(decode, *items[i]) for i in order}
+        try:
+            return [futures[i].result() for i in range(len(items))]
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
 
 
 def check_positions(positions: np.ndarray, n: int) -> None:
@@ -133,6 +143,8 @@ def _check_range(positions: np.ndarray, n: int) -> None:
 
 def _bitmask_decode(buf: np.ndarray, n: int, k: int) -> np.ndarray:
     _expect_len(buf, -(-n // 8), "bitmask payload")
+    if k > 8 * buf.size:  # before allocating k positions for a corrupt k
+        raise FormatError(f"bitmask has {_count_ones(buf)} bits set, expected nnz {k}")
     positions = np.empty(k, dtype=np.int64)
     done = 0
     # Under 1 bit in 8 set, finding the non-zero bytes first and unpacking only those is faster
@@ -142,7 +154,7 @@ def _bitmask_decode(buf: np.ndarray, n: int, k: int) -> np.ndarray:
     for start in range(0, buf.size, step):
         chunk = buf[start : start + step]
         if sparse:  # unpack only the non-zero bytes
-            nonzero = np.flatnonzero(chunk != 0)
+            nonzero = (chunk != 0).nonzero()[0]
             bits = _ones(chunk[nonzero])
             found = nonzero[bits >> 3]
             found <<= 3
@@ -183,6 +195,8 @@ def _ef_decode(buf: np.ndarray, n: int, k: int) -> tuple[np.ndarray, bool]:
     if low > max(1, n).bit_length():
         raise FormatError(f"elias-fano low-bit width {low} is larger than the universe {n} needs")
     low_bytes = -(-(k * low) // 8)
+    if not low:  # a corrupt k fails on the high stream, as below, before k zeros are allocated
+        _check_unary_room(buf[1:], k, "elias-fano high stream")
     lows = _unpack_fixed(buf[1 : 1 + low_bytes], k, low, "elias-fano low stream")
     high = buf[1 + low_bytes :]
     if (8 * high.size + 1) << low >= 2**62:  # int64 could overflow: the plain way, checked after
@@ -192,6 +206,7 @@ def _ef_decode(buf: np.ndarray, n: int, k: int) -> tuple[np.ndarray, bool]:
         positions |= lows
         return positions, False
     # h_i = (bit index of the i-th one) - i: the unary values are never materialised or summed.
+    _check_unary_room(high, k, "elias-fano high stream")
     positions = np.empty(k, dtype=np.int64)
     ordered = True
     for start, base, ones in _unary_chunks(high, k, "elias-fano high stream"):
@@ -254,6 +269,10 @@ def _golomb_decode(buf: np.ndarray, n: int, k: int) -> tuple[np.ndarray, bool]:
     if m > max(n, 1):
         raise FormatError(f"golomb parameter m = {m} is larger than the universe {n}")
     width, cut = _truncated_binary(m)
+    if not width and k > 8 * buf.size:  # a corrupt k fails as below, before k zeros are allocated
+        n_extra = 0 if cut else k
+        _unpack_fixed(buf[at : at + -(-n_extra // 8)], n_extra, 1, "golomb extra stream")
+        _check_unary_room(buf[at:], k, "golomb unary stream")
     low_bytes = -(-(k * width) // 8)
     low = _unpack_fixed(buf[at : at + low_bytes], k, width, "golomb low stream")
     at += low_bytes
@@ -274,6 +293,7 @@ def _golomb_decode(buf: np.ndarray, n: int, k: int) -> tuple[np.ndarray, bool]:
     #   x_i = sum_{j<=i} (q_j m + r_j + 1) - 1 = m o_i + (m - 1) + sum_{j<=i} d_j,  d_j = r_j + 1 - m:
     # one cumsum of small steps per chunk; the unary values q are never materialised.
     # d is looked up by index 2 v + e (low value v, extra bit e or 0) in a 2^(width+1) table.
+    _check_unary_room(unary, k, "golomb unary stream")
     table = _golomb_table(m) if width <= _TABLE_WIDTH else None
     if table is not None:
         steps = np.empty(min(k, 8 * _STEP), dtype=np.int64)
@@ -288,7 +308,7 @@ def _golomb_decode(buf: np.ndarray, n: int, k: int) -> tuple[np.ndarray, bool]:
         v = low[start:stop]
         d = v.astype(np.int64)
         if cut:  # the extra bits go to the entries with v >= cut, in order
-            long = np.flatnonzero(v >= cut)
+            long = (v >= cut).nonzero()[0]
             e = extra[taken : taken + long.size]
             taken += long.size
         else:  # m = 2^b: every entry has one
@@ -455,8 +475,8 @@ def _unary_encode(q: np.ndarray) -> bytes:
 
 def _ones(buf: np.ndarray) -> np.ndarray:
     """int64 bit indices of the one bits of a bit stream."""
-    # The bool view matters: numpy's nonzero has a branch-free loop for bool only (~7x faster).
-    return np.flatnonzero(np.unpackbits(buf).view(np.bool_))
+    # The bool view matters: numpy has fast nonzero loops for bool only (~7x faster than uint8).
+    return np.unpackbits(buf).view(np.bool_).nonzero()[0]
 
 
 def _count_ones(buf: np.ndarray) -> int:
@@ -487,6 +507,12 @@ def _unary_chunks(buf: np.ndarray, k: int, what: str) -> Iterator[tuple[int, int
             yield done, 8 * start, ones
             done += ones.size
     _check_unary(buf, done, k, what)
+
+
+def _check_unary_room(buf: np.ndarray, k: int, what: str) -> None:
+    """A stream of fewer than k bits cannot hold k values: reject before allocating k positions."""
+    if k > 8 * buf.size:
+        _check_unary(buf, _count_ones(buf), k, what)
 
 
 def _check_unary(buf: np.ndarray, count: int, k: int, what: str) -> None:
