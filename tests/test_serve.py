@@ -9,10 +9,8 @@ from __future__ import annotations
 
 import base64
 import hashlib
-import http.client
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -34,87 +32,9 @@ from huggingface_hub.errors import (
 )
 
 TESTS = Path(__file__).parent
-ALICE, BOB = "tok-alice-0123456789", "tok-bob-9876543210"
-TOKENS = f"# hub serve users\nalice {ALICE}\n\n# bob joined later\nbob {BOB}\n"
 
-
-# -- a server subprocess -----------------------------------------------------------------------------
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    def __init__(self, root: Path, token_file: Path | None, *extra: str, port: int | None = None) -> None:
-        self.root = root
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = root.parent / f"serve-{root.name}-{self.port}.log"
-        cmd = [sys.executable, "-m", "hubtool", "serve", "--port", str(self.port), "--root", str(root)]
-        if token_file is not None:
-            cmd += ["--token-file", str(token_file)]
-        cmd += extra
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUB_"))}
-        env["HUB_HOME"] = str(root.parent / "hub-home")
-        with open(self.log, "ab") as log:
-            self.proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env)
-        deadline = time.monotonic() + 60
-        while True:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"hub serve exited ({self.proc.returncode}):\n{self.log.read_text()}")
-            try:
-                socket.create_connection(("127.0.0.1", self.port), timeout=0.5).close()
-                return
-            except OSError:
-                if time.monotonic() > deadline:
-                    self.stop()
-                    raise RuntimeError(
-                        f"hub serve did not listen within 60 s:\n{self.log.read_text()}"
-                    ) from None
-                time.sleep(0.05)
-
-    def stop(self, *, kill: bool = False) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=15)
-
-    def status(self, key: str) -> int:
-        """A /proc/PID/status value in kB (VmHWM: peak RSS)."""
-        for line in Path(f"/proc/{self.proc.pid}/status").read_text().splitlines():
-            if line.startswith(key + ":"):
-                return int(line.split()[1])
-        raise KeyError(key)
-
-    def api(self, token: str | bool = ALICE) -> HfApi:
-        return HfApi(endpoint=self.url, token=token)
-
-    def raw(
-        self,
-        method: str,
-        path: str,
-        *,
-        token: str | None = ALICE,
-        body: bytes | None = None,
-        headers: dict | None = None,
-    ):
-        """One request with the exact path given (no normalisation) -> (status, headers, body)."""
-        conn = http.client.HTTPConnection("127.0.0.1", self.port, timeout=30)
-        try:
-            hdrs = dict(headers or {})
-            if token:
-                hdrs["Authorization"] = f"Bearer {token}"
-            conn.request(method, path, body=body, headers=hdrs)
-            resp = conn.getresponse()
-            return resp.status, {k.lower(): v for k, v in resp.getheaders()}, resp.read()
-        finally:
-            conn.close()
+# The server subprocess, its users and their tokens live in tests/hubserver.py (test_push_pull uses them too).
+from hubserver import ALICE, BOB, TOKENS, Server, client_env
 
 
 @pytest.fixture(scope="module")
@@ -132,11 +52,7 @@ def server(tmp_path_factory, token_file):
 
 
 def _client_env(srv: Server, tmp: Path, token: str = ALICE) -> dict:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUGGING"))}
-    env.update(
-        HF_ENDPOINT=srv.url, HF_TOKEN=token, HF_HOME=str(tmp / "hf-home"), HF_HUB_CACHE=str(tmp / "hf-cache")
-    )
-    return env
+    return client_env(srv, tmp, token)
 
 
 # -- the huggingface_hub client, default settings ----------------------------------------------------
