@@ -237,7 +237,9 @@ def _v1_decode(payload: bytes, n: int, k: int, encoding: str) -> np.ndarray:
         raise FormatError(f"unknown position encoding {encoding!r}: expected one of {', '.join(ENCODINGS)}")
     if positions.size:
         if positions[0] < 0 or positions[-1] >= n:
-            raise FormatError(f"positions out of range: expected [0, {n}), got [{positions[0]}, {positions[-1]}]")
+            raise FormatError(
+                f"positions out of range: expected [0, {n}), got [{positions[0]}, {positions[-1]}]"
+            )
         steps = np.diff(positions)
         if steps.size and steps.min() <= 0:
             at = int(np.argmax(steps <= 0))
