@@ -15,13 +15,14 @@ from __future__ import annotations
 import binascii
 import hashlib
 import re
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 _STRING_STOP = re.compile(rb'["\\\x00-\x1f]')
-_B64 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_CONTROL = re.compile(rb"[\x00-\x1f]")
 _WS = b" \t\r\n"
 _NUMBER_CHARS = frozenset(b"+-0123456789.eE")
 _ESCAPES = {
@@ -38,6 +39,20 @@ _ESCAPES = {
 
 class ParseError(ValueError):
     pass
+
+
+def _a2b_strict(block: bytes | memoryview) -> bytes:
+    return binascii.a2b_base64(block, strict_mode=True)
+
+
+def _a2b_regex(block: bytes | memoryview) -> bytes:  # Python 3.10: no strict_mode
+    if not _B64_310.fullmatch(block):
+        raise binascii.Error("not base64")
+    return binascii.a2b_base64(block)
+
+
+_B64_310 = re.compile(rb"[A-Za-z0-9+/]*={0,2}")
+_a2b_base64 = _a2b_strict if sys.version_info >= (3, 11) else _a2b_regex
 
 
 @dataclass
@@ -61,7 +76,7 @@ class Spilled:
         self._file = open(self.path, "wb")  # noqa: SIM115 (written across feed() calls, closed in close())
         self._digest = hashlib.sha256()
 
-    def write(self, data: bytes) -> None:
+    def write(self, data: bytes | memoryview) -> None:
         if self._raw is not None:
             if len(self._raw) + len(data) <= self._keep_raw:
                 self._raw += data
@@ -69,18 +84,34 @@ class Spilled:
                 self._raw = None
         if not self.base64_ok:
             return
-        if self._carry:
-            data = self._carry + data
+        data = memoryview(data)
+        if self._carry:  # complete the quantum left over from the last write (no copy of `data`)
+            need = 4 - len(self._carry)
+            head, data = self._carry + bytes(data[:need]), data[need:]
+            if len(head) < 4:
+                self._carry = head
+                return
+            self._carry = b""
+            if not self._decode(head):
+                return
         cut = len(data) - len(data) % 4
-        block, self._carry = data[:cut], data[cut:]
-        if not block:
-            return
-        if self._padded or not _B64.fullmatch(block):
+        if cut < len(data):
+            self._carry = bytes(data[cut:])
+        if cut:
+            self._decode(data[:cut])
+
+    def _decode(self, block: bytes | memoryview) -> bool:
+        """Decode whole base64 quanta; strict: only the alphabet, padding at the very end only."""
+        if self._padded:  # padding ends the data: anything after it is invalid
             self.base64_ok = False
-            return
-        if block.endswith(b"="):
-            self._padded = True  # padding ends the data: anything after it is invalid
-        decoded = binascii.a2b_base64(block)
+            return False
+        try:
+            decoded = _a2b_base64(block)
+        except binascii.Error:
+            self.base64_ok = False
+            return False
+        if block[-1] == 61:  # "="
+            self._padded = True
         self.size += len(decoded)
         if self._max_size and self.size > self._max_size:
             raise ParseError(
@@ -88,6 +119,7 @@ class Spilled:
             )
         self._digest.update(decoded)
         self._file.write(decoded)
+        return True
 
     def close(self) -> None:
         if self._carry:
@@ -153,6 +185,7 @@ class NDJSONParser:
         self._state = _VALUE
         self._string: bytearray | None = None  # a small string being read
         self._sink: Spilled | None = None  # or the spilled one
+        self._tail = b""  # the last <= 3 raw bytes given to the sink
         self._string_is_key = False
         self._token = bytearray()  # number / literal / \\u digits
         self._high_surrogate: int | None = None
@@ -256,6 +289,7 @@ class NDJSONParser:
                 self.spills.append(sink)
                 sink.open()
                 self._sink = sink
+                self._tail = b""
                 self._string = None
             else:
                 self._string = bytearray()
@@ -280,6 +314,9 @@ class NDJSONParser:
         return len(s) == 2 and s[0].is_obj and s[0].key == "value" and s[1].is_obj and s[1].key == "content"
 
     def _read_string(self, data: bytes, pos: int) -> int:
+        sink = self._sink
+        if sink is not None and sink.base64_ok:
+            return self._read_content(sink, data, pos)
         m = _STRING_STOP.search(data, pos)
         end = m.start() if m else len(data)
         if end > pos:
@@ -293,6 +330,32 @@ class NDJSONParser:
             self._state = _ESCAPE
         else:
             raise ParseError("control character inside a JSON string")
+        return end + 1
+
+    def _read_content(self, sink: Spilled, data: bytes, pos: int) -> int:
+        """A file's content string while it is still valid base64: the string ends at the next '"' or '\\'
+        (bytes.find, not a regex: this is every byte of every file). A raw control character cannot pass the
+        strict base64 decoder, so only once decoding fails is the text checked for one: the failed segment and
+        the last bytes before it (the decoder's carry-over; decoded bytes were base64, never control bytes)."""
+        quote, backslash = data.find(b'"', pos), data.find(b"\\", pos)
+        if quote < 0 or (0 <= backslash < quote):
+            quote = backslash
+        end = len(data) if quote < 0 else quote
+        if end > pos:
+            if self._high_surrogate is not None:
+                raise ParseError("unpaired surrogate in a JSON string")
+            segment = memoryview(data)[pos:end]
+            sink.write(segment)
+            tail = self._tail + bytes(segment[-3:])
+            if not sink.base64_ok and _CONTROL.search(self._tail + bytes(segment)):
+                raise ParseError("control character inside a JSON string")
+            self._tail = tail[-3:]
+        if quote < 0:
+            return end
+        if data[end] == ord('"'):
+            self._end_string()
+        else:
+            self._state = _ESCAPE
         return end + 1
 
     def _append(self, chunk: bytes) -> None:
@@ -341,6 +404,8 @@ class NDJSONParser:
             raise ParseError("unpaired surrogate in a JSON string")
         if self._sink is not None:
             self._sink.close()
+            if not self._sink.base64_ok and _CONTROL.search(self._tail):  # raw bytes the decoder never saw
+                raise ParseError("control character inside a JSON string")
             value: Any = self._sink
             self._sink = None
         else:
