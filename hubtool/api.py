@@ -159,9 +159,10 @@ def evaluate_expert(
     catalog=None,
     store: bool = True,
     trust_remote_code: bool = False,
+    max_prompt_tokens: int | None = None,
 ) -> dict[str, float]:
     """Score an expert (catalog ref, packed file, PEFT folder) or a model folder, or with target=None the
-    base model, on a task. Metrics go to the catalog: on the expert's row, or as the base model's baseline.
+    base model, on a task (prompts cut from the left to max_prompt_tokens when given). Metrics go to the catalog: on the expert's row, or as the base model's baseline.
     A model's own code (its config's auto_map) runs only with trust_remote_code=True."""
     from hubtool.apply import apply_expert
     from hubtool.data import load_task
@@ -209,6 +210,7 @@ def evaluate_expert(
         limit=limit,
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
+        max_prompt_tokens=max_prompt_tokens,
     )
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in _RUN_KEYS}
     if store:

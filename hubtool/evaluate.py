@@ -66,12 +66,18 @@ def _pad_id(tokenizer: Any) -> int:
     return 0
 
 
+def _cut(ids: list[int], max_prompt_tokens: int | None) -> list[int]:
+    """A prompt cut from the left to its last max_prompt_tokens tokens, as training cuts it: the end,
+    where the question and the answer cue sit, survives."""
+    return ids if not max_prompt_tokens or len(ids) <= max_prompt_tokens else ids[-max_prompt_tokens:]
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
-             batch_size: int = 8) -> list[str]:
+             batch_size: int = 8, max_prompt_tokens: int | None = None) -> list[str]:
     """Greedy answers to task prompts, in the order given."""
     from transformers import GenerationConfig
 
-    ids = [prompt_ids(tokenizer, p) for p in prompts]
+    ids = [_cut(prompt_ids(tokenizer, p), max_prompt_tokens) for p in prompts]
     stops = _stop_ids(model, tokenizer)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                               pad_token_id=_pad_id(tokenizer), eos_token_id=stops or None)
@@ -90,7 +96,7 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
 
 
 def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
-                    batch_size: int = 8) -> list[list[float]]:
+                    batch_size: int = 8, max_prompt_tokens: int | None = None) -> list[list[float]]:
     """Per example, the summed log-prob of each option's tokens given the prompt; batch_size counts
     (prompt, option) sequences per forward."""
     import torch
@@ -99,6 +105,7 @@ def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
     for i, example in enumerate(examples):
         for j, option in enumerate(example.options or []):
             p_ids, o_ids = prompt_answer_ids(tokenizer, example.input, option)
+            p_ids = _cut(p_ids, max_prompt_tokens)
             if not p_ids:
                 raise HubError(f"prompt of example {i} encodes to no tokens: nothing to condition the options on")
             pairs.append((i, j, p_ids + o_ids, len(o_ids)))
@@ -123,7 +130,7 @@ def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
 
 
 def predict(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_new_tokens: int = 64,
-            batch_size: int = 8) -> list[Prediction]:
+            batch_size: int = 8, max_prompt_tokens: int | None = None) -> list[Prediction]:
     import torch
 
     with_options = [n for n, e in enumerate(examples) if e.options]
@@ -131,10 +138,11 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_new_
     predictions: list[Prediction | None] = [None] * len(examples)
     with torch.inference_mode():
         texts = generate(model, tokenizer, [examples[n].input for n in free_form],
-                         max_new_tokens=max_new_tokens, batch_size=batch_size)
+                         max_new_tokens=max_new_tokens, batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
         for n, text in zip(free_form, texts):
             predictions[n] = Prediction(examples[n], text)
-        scores = option_logprobs(model, tokenizer, [examples[n] for n in with_options], batch_size=batch_size)
+        scores = option_logprobs(model, tokenizer, [examples[n] for n in with_options], batch_size=batch_size,
+                                 max_prompt_tokens=max_prompt_tokens)
         for n, s in zip(with_options, scores):
             options = examples[n].options or []
             predictions[n] = Prediction(examples[n], options[max(range(len(s)), key=s.__getitem__)], s)
@@ -170,10 +178,11 @@ def _by_length(p: Prediction) -> str:
 
 def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "test", limit: int | None = None,
              max_new_tokens: int = 64, batch_size: int = 8, predictions: list[Prediction] | None = None,
-             ) -> dict[str, float]:
+             max_prompt_tokens: int | None = None) -> dict[str, float]:
     """Metrics of `model` on a split of `task` (a TaskData or a name for load_task): rougeL, exact_match,
     accuracy (tasks with options) in percent, plus n, seconds and examples_per_s. Pass a list as
-    `predictions` to receive the per-example predictions."""
+    `predictions` to receive the per-example predictions. max_prompt_tokens cuts each prompt from the
+    left as training does (an expert trained with --max-length L is scored on what it saw)."""
     data = load_task(task) if isinstance(task, str) else task
     examples = data.split(split)[:limit]
     if not examples:
@@ -182,7 +191,8 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
     model.eval()
     try:
         start = time.perf_counter()
-        results = predict(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size)
+        results = predict(model, tokenizer, examples, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                          max_prompt_tokens=max_prompt_tokens)
         seconds = time.perf_counter() - start
     finally:
         model.train(was_training)

@@ -167,7 +167,8 @@ def train(
         "steps": fit.steps,
         "best_step": fit.best_step,
         # How the stored scores were measured: compose --eval scores a merge the same way.
-        "eval": {"split": "test", "limit": eval_limit, "max_new_tokens": max_new_tokens},
+        "eval": {"split": "test", "limit": eval_limit, "max_new_tokens": max_new_tokens,
+                 "max_prompt_tokens": max_length},
     }
     result = TrainResult(
         name,
@@ -190,9 +191,10 @@ def train(
     if eval_limit != 0 and task_data.test:
         from hubtool.evaluate import evaluate
 
+        # Prompts cut to the training window, as in training: the expert is scored on what it learnt from.
         scores = evaluate(
             model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size,
-            max_new_tokens=max_new_tokens,
+            max_new_tokens=max_new_tokens, max_prompt_tokens=max_length,
         )
         metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "accuracy_norm")}
     result.metrics = metrics

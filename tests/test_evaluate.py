@@ -8,7 +8,14 @@ from tiny import make_tiny_llama
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers
 from transformers import PreTrainedTokenizerFast
 
-from hubtool.data.prompts import IGNORE_INDEX, build_training_example, collate, format_prompt, prompt_ids
+from hubtool.data.prompts import (
+    IGNORE_INDEX,
+    build_training_example,
+    collate,
+    format_prompt,
+    prompt_answer_ids,
+    prompt_ids,
+)
 from hubtool.data.tasks import Example, TaskData
 from hubtool.evaluate import evaluate, generate, option_logprobs
 
@@ -173,3 +180,22 @@ def test_accuracy_norm_divides_by_option_length():
     example = Example("Pick:", "bbbbbbbbbb", ["a", "bbbbbbbbbb"])
     metrics = score([Prediction(example, "a", [-3.0, -10.0])])
     assert metrics["accuracy"] == 0 and metrics["accuracy_norm"] == 100
+
+
+def test_max_prompt_tokens_scores_the_end_of_each_prompt(model, tok):
+    """Cut prompts are what training sees: option scores equal a manual forward on the prompt's last N
+    ids, and a window as long as the prompt changes nothing."""
+    examples = [Example("A much longer question, is it?\nAnswer:", "yes", ["no", "yes"])]
+    n = 6
+    cut = option_logprobs(model, tok, examples, max_prompt_tokens=n)[0]
+    for score, option in zip(cut, examples[0].options):
+        p_ids, o = prompt_answer_ids(tok, examples[0].input, option)
+        p_ids = p_ids[-n:]
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([p_ids + o])).logits[0].log_softmax(-1)
+        assert score == pytest.approx(sum(logp[len(p_ids) + i - 1, t].item() for i, t in enumerate(o)), abs=1e-4)
+    whole = option_logprobs(model, tok, examples)[0]
+    assert option_logprobs(model, tok, examples, max_prompt_tokens=10_000)[0] == pytest.approx(whole)
+    assert cut != pytest.approx(whole)
+    long = ["Question: what is longer than this?\nAnswer:"]
+    assert generate(model, tok, long, max_new_tokens=4, max_prompt_tokens=10_000) == generate(model, tok, long, max_new_tokens=4)

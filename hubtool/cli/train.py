@@ -155,6 +155,10 @@ def eval_(
     split: Annotated[str, typer.Option("--split", help="train | validation | test")] = "test",
     limit: Annotated[int | None, typer.Option("--limit", help="At most N examples.")] = None,
     max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    max_prompt_tokens: Annotated[
+        int | None,
+        typer.Option("--max-prompt-tokens", help="Cut prompts from the left to N tokens (as --max-length does in training)."),
+    ] = None,
     batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
     json_: JsonOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
@@ -175,6 +179,7 @@ def eval_(
         batch_size=batch_size,
         catalog=catalog,
         trust_remote_code=trust_remote_code,
+        max_prompt_tokens=max_prompt_tokens,
     )
     if json_:
         print_json(metrics)

@@ -267,7 +267,7 @@ def evaluate_result(
         new_tokens = max_new_tokens if max_new_tokens is not None else settings.get("max_new_tokens", 64)
         split = settings.get("split", "test")
         scores = evaluate(model, tokenizer, data, split=split, limit=n, batch_size=batch_size,
-                          max_new_tokens=new_tokens)
+                          max_new_tokens=new_tokens, max_prompt_tokens=settings.get("max_prompt_tokens"))
         merged = {k: float(v) for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "accuracy_norm")}
         single = (choice.record.metrics or {}).get(task, {})
         base = cat.base_metrics(plan.base_model, task)
