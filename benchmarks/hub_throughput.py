@@ -1,0 +1,197 @@
+"""`hub serve` push and pull of a 300 MiB model with the real huggingface_hub client, against `cp`.
+
+    .venv/bin/python benchmarks/hub_throughput.py [--workdir /tmp/hub-bench-serve] [--mib 300] [--rounds 3]
+                                                  [--rss-mib 30,300] [--quick] [--keep]
+                                                  [--server-pythonpath DIRS]
+
+The model: a real safetensors file of random bf16 tensors (torch.randn * 0.02, [<=1920, 4096] each), built
+under --workdir. Every round stamps 8 new bytes into its first tensor, so each push is new content (the
+server cannot deduplicate it) and goes to a new repo.
+
+Measured in one run, interleaved round by round (the order rotates), page cache warmed by reading the source:
+  cp     `cp SRC DST` on the same disk (wall; the copy's fsync is timed apart: the server fsyncs, cp does not)
+  push   HfApi().upload_file(path_or_fileobj=SRC, path_in_repo="model.safetensors", repo_id=...) in a fresh
+         client process, default settings (hf_xet installed, so huggingface_hub 2.x gets `regular` from
+         preupload and sends the file base64 inside the NDJSON commit body)
+  pull   hf_hub_download(repo, "model.safetensors", cache_dir=<fresh>) in a fresh client process; sha256 of
+         the downloaded file checked against the source
+Times are taken in the client process around the call (imports excluded). The server's own time per
+request comes from its access log (preupload, commit, resolve GET). Goals (issue 7): push and pull each
+>= 0.5 x cp throughput.
+
+Then the server's peak RSS (VmHWM of /proc/<pid>/status) in a fresh server: idle, after a push + pull of
+--rss-mib[0] MiB, after a push + pull of --rss-mib[1] MiB. Goal: flat within 64 MiB.
+Everything under --workdir is deleted at the end (unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hub_common import (  # noqa: E402
+    Server,
+    check_disk,
+    command_line,
+    fsync_file,
+    make_safetensors,
+    median,
+    read_through,
+    run_worker,
+    sha256_file,
+    stamp,
+)
+
+
+def mibs(nbytes: int, seconds: float) -> float:
+    return nbytes / 2**20 / seconds
+
+
+def push_pull(srv: Server, workdir: Path, src: Path, repo: str, tag: str) -> dict:
+    """One push then one pull of `src` into a new repo; both verified. -> seconds and client peaks."""
+    api = srv.api()
+    api.create_repo(repo)
+    env = srv.client_env(workdir / "client")
+    log = workdir / "client.log"
+    want = sha256_file(src)
+    read_through(src)
+    push = run_worker(["push", repo, str(src), "model.safetensors"], env, timeout=900, log=log)
+    cache = workdir / f"cache-{tag}"
+    pull = run_worker(["pull", repo, "model.safetensors", str(cache)], env, timeout=900, log=log)
+    got = Path(pull["path"])
+    if got.stat().st_size != src.stat().st_size or sha256_file(got) != want:
+        raise SystemExit(f"pull of {repo}: the downloaded file differs from the source")
+    shutil.rmtree(cache)
+    return {"push": push["seconds"], "pull": pull["seconds"], "push_rss": push["vmhwm_kib"],
+            "pull_rss": pull["vmhwm_kib"]}
+
+
+def time_cp(src: Path, workdir: Path, reps: int = 3) -> tuple[float, float]:
+    """Median of `reps` x (cp SRC DST, then fsync DST timed apart); the copy is deleted after each."""
+    dst = workdir / "cp" / src.name
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    read_through(src)
+    cps, syncs = [], []
+    for _ in range(reps):
+        dst.unlink(missing_ok=True)
+        t0 = time.perf_counter()
+        subprocess.run(["cp", str(src), str(dst)], check=True)
+        cps.append(time.perf_counter() - t0)
+        t0 = time.perf_counter()
+        fsync_file(dst)
+        syncs.append(time.perf_counter() - t0)
+        dst.unlink()
+    return median(cps), median(syncs)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/hub-bench-serve"))
+    ap.add_argument("--mib", type=int, default=300, help="model size for the throughput rounds")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--rss-mib", default="30,300", help="the two sizes of the server memory check")
+    ap.add_argument("--quick", action="store_true", help="30 MiB, 2 rounds, RSS at 3 and 30 MiB")
+    ap.add_argument("--keep", action="store_true", help="leave --workdir in place")
+    ap.add_argument("--server-pythonpath", default=None,
+                    help="put in front of the server's PYTHONPATH: an older source tree (git archive) for "
+                         "before/after, and/or a `pip install --target` folder with pybase64/httptools/uvloop")
+    args = ap.parse_args()
+    if args.quick:
+        args.mib, args.rounds, args.rss_mib = 30, 2, "3,30"
+    small_mib, big_mib = (int(x) for x in args.rss_mib.split(","))
+    workdir = args.workdir.absolute()
+    # sources + per round: server blob + download (+ the cp copy, deleted at once); the RSS run: its two files
+    check_disk(workdir, ((args.mib + 1) * (2 + 2 * args.rounds) + 3 * (small_mib + big_mib)) << 20)
+    started = time.perf_counter()
+
+    src = workdir / "src" / "model.safetensors"
+    t0 = time.perf_counter()
+    size = make_safetensors(src, args.mib)
+    print(f"model: {src} ({size:,} bytes, random bf16, safetensors), ready in {time.perf_counter() - t0:.1f} s")
+
+    import huggingface_hub
+
+    print(f"client: huggingface_hub {huggingface_hub.__version__}, default settings; server: hub serve on 127.0.0.1")
+    try:
+        srv = Server(workdir, "root-throughput", pythonpath=args.server_pythonpath)
+        try:
+            warm = workdir / "src-warm" / "model.safetensors"  # first-call costs (pyc, sockets) out of the rounds
+            make_safetensors(warm, 1)
+            push_pull(srv, workdir, warm, "bench/warmup", "warm")
+            print(f"server speed-ups loaded: {srv.modules()}")
+            rows = []
+            for r in range(args.rounds):
+                stamp(src, r + 1)
+                repo = f"bench/model-{r}"
+                if r % 2 == 0:
+                    cp_s, sync_s = time_cp(src, workdir)
+                    res = push_pull(srv, workdir, src, repo, f"r{r}")
+                else:
+                    res = push_pull(srv, workdir, src, repo, f"r{r}")
+                    cp_s, sync_s = time_cp(src, workdir)
+                res.update(cp=cp_s, sync=sync_s)
+                rows.append(res)
+                print(f"  round {r}: cp {cp_s:.3f} s (+ fsync {sync_s:.3f} s), push {res['push']:.3f} s, "
+                      f"pull {res['pull']:.3f} s")
+            commit_ms = srv.request_ms("POST", r"/api/models/bench/model-\d+/commit/main")
+            preupload_ms = srv.request_ms("POST", r"/api/models/bench/model-\d+/preupload/main")
+            get_ms = srv.request_ms("GET", r"/bench/model-\d+/resolve/main/model.safetensors")
+            throughput_hwm = srv.vmhwm_kib()
+        finally:
+            srv.stop()
+
+        rss_src = {}
+        for mib_ in (small_mib, big_mib):
+            rss_src[mib_] = workdir / f"src-{mib_}" / "model.safetensors"
+            make_safetensors(rss_src[mib_], mib_, seed=mib_)
+        srv = Server(workdir, "root-rss", pythonpath=args.server_pythonpath)
+        try:
+            srv.api().whoami()
+            peaks = {"idle": srv.vmhwm_kib()}
+            for mib_ in (small_mib, big_mib):
+                push_pull(srv, workdir, rss_src[mib_], f"bench/rss-{mib_}", f"rss{mib_}")
+                peaks[mib_] = srv.vmhwm_kib()
+        finally:
+            srv.stop()
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    cp = median([r["cp"] for r in rows])
+    sync = median([r["sync"] for r in rows])
+    push = median([r["push"] for r in rows])
+    pull = median([r["pull"] for r in rows])
+    print()
+    print(f"{command_line()}")
+    print(f"{size / 2**20:.0f} MiB safetensors (random bf16), loopback, median of {args.rounds} interleaved rounds "
+          f"(cp: 3 copies a round); "
+          f"wall {time.perf_counter() - started:.0f} s")
+    print(f"{'operation':<44} {'s':>7} {'MiB/s':>8} {'x cp':>6}")
+    print(f"{'cp SRC DST (same disk, page cache)':<44} {cp:>7.3f} {mibs(size, cp):>8.0f} {1:>6.2f}")
+    print(f"{'cp SRC DST + fsync DST':<44} {cp + sync:>7.3f} {mibs(size, cp + sync):>8.0f} {cp / (cp + sync):>6.2f}")
+    print(f"{'push: HfApi.upload_file (regular, base64)':<44} {push:>7.3f} {mibs(size, push):>8.0f} "
+          f"{cp / push:>6.2f}")
+    print(f"{'pull: hf_hub_download (fresh cache)':<44} {pull:>7.3f} {mibs(size, pull):>8.0f} {cp / pull:>6.2f}")
+    print(f"server time per request (access log, median): preupload {median(preupload_ms):.0f} ms, "
+          f"commit {median(commit_ms):.0f} ms, resolve GET {median(get_ms):.0f} ms")
+    print(f"client peak RSS (median): push {median([r['push_rss'] for r in rows]) / 1024:.0f} MiB, "
+          f"pull {median([r['pull_rss'] for r in rows]) / 1024:.0f} MiB")
+    ok_push, ok_pull = cp / push >= 0.5, cp / pull >= 0.5
+    print(f"goal push >= 0.5 x cp: {'met' if ok_push else 'NOT met'} ({cp / push:.2f}); "
+          f"pull >= 0.5 x cp: {'met' if ok_pull else 'NOT met'} ({cp / pull:.2f})")
+    print()
+    grow = (peaks[big_mib] - peaks[small_mib]) / 1024
+    print(f"server peak RSS (VmHWM), fresh server: idle {peaks['idle'] / 1024:.1f} MiB, after {small_mib} MiB "
+          f"push+pull {peaks[small_mib] / 1024:.1f} MiB, after {big_mib} MiB push+pull {peaks[big_mib] / 1024:.1f} MiB "
+          f"(+{grow:.1f} MiB); throughput server after all rounds {throughput_hwm / 1024:.1f} MiB")
+    print(f"goal flat within 64 MiB: {'met' if grow < 64 else 'NOT met'}")
+
+
+if __name__ == "__main__":
+    main()
