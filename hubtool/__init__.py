@@ -24,6 +24,8 @@ _LAZY = {
     "load_base": "hubtool.models",
     "import_expert": "hubtool.api",
     "export_expert": "hubtool.api",
+    "push": "hubtool.hub.push",
+    "pull": "hubtool.hub.pull",
     "HubError": "hubtool.errors",
 }
 

@@ -61,6 +61,9 @@ def compose(
     config: Annotated[
         Path | None, typer.Option("--config", help="A recipe YAML (mergekit-style); flags override it.")
     ] = None,
+    push: Annotated[
+        str | None, typer.Option("--push", help="Then push the result to this Hub repo ORG/NAME (as `hub push`).")
+    ] = None,
     json_: JsonOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
@@ -68,6 +71,12 @@ def compose(
     from hubtool.cli._common import open_catalog
     from hubtool.merge.compose import compose as run
 
+    if push is not None:  # before any work: a bad repo id must not cost a merge
+        from hubtool.hub.client import check_repo_id
+
+        check_repo_id(push, "--push")
+        if dry_run:
+            raise typer.BadParameter("--push: nothing to push with --dry-run")
     cat = open_catalog(catalog)
     progress_ctx, progress = _progress(quiet=json_ or dry_run)
     with progress_ctx:
@@ -101,10 +110,19 @@ def compose(
         rows = evaluate_result(result, catalog=cat, limit=eval_limit)
         if not json_:
             _print_eval(rows)
+    pushed = None
+    if push is not None:  # endpoint and token: HF_ENDPOINT, HF_TOKEN or the stored login
+        from hubtool.hub.push import push_expert, push_folder
+
+        pushed = (push_folder(result.out, push) if result.out is not None
+                  else push_expert(result.record.ref, push, catalog=cat))  # fmt: skip
+        if not json_:
+            console.print(f"Pushed to {esc(pushed.url)} (commit {pushed.commit[:12]})", highlight=False)
     if json_:
         print_json({"out": str(result.out) if result.out else None,
                     "expert": result.record.ref if result.record else None,
-                    "recipe": plan.recipe.to_dict(), "evaluation": rows})
+                    "recipe": plan.recipe.to_dict(), "evaluation": rows,
+                    "pushed": pushed.to_dict() if pushed else None})
 
 
 def _progress(quiet: bool):

@@ -1,0 +1,228 @@
+"""What push and pull share: repo-id and revision checks, the HfApi client, one-line errors.
+
+huggingface_hub is imported inside functions only (`hub --help` and `hub list` never load it).
+Endpoint and token work as in the HF tools: an explicit value wins, else HF_ENDPOINT / HF_TOKEN, else
+the client's stored login (`hf auth login`); token=None lets huggingface_hub find it. A token is never
+printed, logged, stored or put into an error message: every message that leaves here is scrubbed.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from hubtool.errors import HubError
+
+# The Hub's rule for one part of a repo id (huggingface_hub.utils.validate_repo_id): letters, digits,
+# '-', '_', '.'; no leading or trailing '-' or '.', no '--' or '..', at most 96 characters, no '.git' end.
+_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
+# A branch, tag or commit: git's ref rules, roughly (no '..', no spaces or control characters, no '~^:?*[\').
+_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+/-]{0,254}")
+
+
+class HubAccessError(HubError):
+    """The Hub (or a `hub serve`) refused a request or could not be reached."""
+
+
+def check_repo_id(repo_id: object, what: str = "repo") -> str:
+    """'org/name' or 'name' (the token's own namespace), checked before any work is done."""
+    parts = repo_id.split("/") if isinstance(repo_id, str) else []
+    if not 1 <= len(parts) <= 2 or not all(
+        _PART.fullmatch(p) and ".." not in p and "--" not in p and not p.endswith(".git") for p in parts
+    ):
+        raise HubError(
+            f"{what} {repo_id!r}: expected ORG/NAME or NAME (letters, digits, '-', '_', '.'; no '--' or '..'; "
+            "at most 96 characters a part)"
+        )
+    return str(repo_id)
+
+
+def check_revision(revision: object, what: str = "revision") -> str:
+    if (
+        not isinstance(revision, str)
+        or not _REVISION.fullmatch(revision)
+        or ".." in revision
+        or "//" in revision
+        or revision.endswith(("/", ".lock", "."))
+    ):
+        raise HubError(f"{what} {revision!r}: expected a branch, tag or commit id")
+    return revision
+
+
+def split_repo(spec: str, what: str = "repo") -> tuple[str, str | None]:
+    """'org/name@rev' -> ('org/name', 'rev'); 'org/name' -> ('org/name', None). Both parts checked."""
+    repo, at, revision = spec.partition("@")
+    check_repo_id(repo, what)
+    if at:
+        check_revision(revision, f"{what} {spec!r}: revision")
+    return repo, (revision if at else None)
+
+
+def make_api(endpoint: str | None, token: str | None) -> Any:
+    from huggingface_hub import HfApi
+
+    from hubtool import __version__
+
+    return HfApi(
+        endpoint=endpoint or None, token=token or None, library_name="hubtool", library_version=__version__
+    )
+
+
+def endpoint_of(endpoint: str | None) -> str:
+    from huggingface_hub import constants
+
+    return (endpoint or constants.ENDPOINT).rstrip("/")
+
+
+def _known_token(token: str | None) -> str | None:
+    if token:
+        return token
+    try:
+        from huggingface_hub import get_token
+
+        return get_token()
+    except Exception:  # noqa: BLE001 (a broken token file is the client's business, not ours)
+        return None
+
+
+def scrub(text: str, token: str | None) -> str:
+    """One line, without the token (and without anything that looks like a bearer header)."""
+    text = " ".join(str(text).split())
+    if token:
+        text = text.replace(token, "***")
+    return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
+
+
+@contextmanager
+def hub_errors(
+    what: str,
+    *,
+    endpoint: str | None,
+    token: str | None,
+    repo: str | None = None,
+    revision: str | None = None,
+) -> Iterator[None]:
+    """Turn huggingface_hub / network exceptions raised inside into one-line HubAccessErrors.
+
+    `what` says what was being done ("pushing qa@1 to org/qa"); `repo`/`revision` name the target."""
+    try:
+        yield
+    except HubError:
+        raise
+    except Exception as err:  # classified below; anything unknown is re-raised untouched
+        message = _classify(err, what, endpoint=endpoint, token=token, repo=repo, revision=revision)
+        if message is None:
+            raise
+        raise HubAccessError(scrub(message, _known_token(token))) from None
+
+
+def _classify(
+    err: Exception,
+    what: str,
+    *,
+    endpoint: str | None,
+    token: str | None,
+    repo: str | None,
+    revision: str | None,
+) -> str | None:
+    from huggingface_hub.errors import (
+        EntryNotFoundError,
+        HfHubHTTPError,
+        OfflineModeIsEnabled,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    where = endpoint_of(endpoint)
+    login = "pass --token, set HF_TOKEN or run `hf auth login`"
+    status = getattr(getattr(err, "response", None), "status_code", None)
+    detail = _server_message(err)
+    if isinstance(err, RevisionNotFoundError):
+        return f"{what}: {repo} has no revision {revision or 'main'!r} on {where}"
+    if isinstance(err, RepositoryNotFoundError):
+        if status == 401 and not _known_token(token):
+            return f"{what}: {repo} is not readable on {where} without a token ({login})"
+        return f"{what}: no repo {repo} on {where} (or the token may not read it)"
+    if isinstance(err, EntryNotFoundError):
+        return f"{what}: {repo}@{revision or 'main'} lacks a file: {detail or err}"
+    if isinstance(err, HfHubHTTPError) and status is not None:
+        if status == 401:
+            reason = "no token was sent" if not _known_token(token) else "the token was refused"
+            return f"{what}: 401 Unauthorized from {where}: {reason} ({login})"
+        if status == 403:
+            return f"{what}: 403 Forbidden from {where}: the token may not do this on {repo}{_tail(detail)}"
+        if status == 412:
+            return f"{what}: {repo} changed while pushing (someone else committed); push again"
+        if status == 404:  # a 404 the client could not type: no Hub API answers there
+            return f"{what}: HTTP 404 from {where}: is it a Hub endpoint? (check --endpoint / HF_ENDPOINT)"
+        return f"{what}: HTTP {status} from {where}{_tail(detail)}"
+    if isinstance(err, OfflineModeIsEnabled):
+        return f"{what}: HF_HUB_OFFLINE is set, so {where} is not contacted"
+    if _is_network_error(err):
+        return f"{what}: cannot reach {where} ({_reason(err)}); is the server up? (check --endpoint / HF_ENDPOINT)"
+    if isinstance(err, ValueError) and "huggingface_hub" in type(err).__module__:
+        return f"{what}: {err}"
+    return None
+
+
+def _is_network_error(err: BaseException) -> bool:
+    try:
+        import httpx2
+
+        if isinstance(err, httpx2.TransportError):
+            return True
+    except ImportError:  # an older client on httpx or requests
+        pass
+    try:
+        import httpx
+
+        if isinstance(err, httpx.TransportError):
+            return True
+    except ImportError:
+        pass
+    return isinstance(err, (ConnectionError, TimeoutError))
+
+
+def _reason(err: BaseException) -> str:
+    text = " ".join(str(err).split())
+    return text[:200] or type(err).__name__
+
+
+def _server_message(err: BaseException) -> str:
+    message = getattr(err, "server_message", None)
+    if message:
+        return " ".join(str(message).split())[:300]
+    return ""
+
+
+def _tail(detail: str) -> str:
+    return f": {detail}" if detail else ""
+
+
+@contextmanager
+def quiet_client() -> Iterator[None]:
+    """Silence huggingface_hub's own warnings and progress bars for the duration (our output says it)."""
+    import logging
+
+    logger = logging.getLogger("huggingface_hub")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        from huggingface_hub.utils import (
+            are_progress_bars_disabled,
+            disable_progress_bars,
+            enable_progress_bars,
+        )
+
+        was_disabled = are_progress_bars_disabled()
+        disable_progress_bars()
+    except ImportError:
+        was_disabled = True
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+        if not was_disabled:
+            enable_progress_bars()

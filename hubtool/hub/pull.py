@@ -1,0 +1,337 @@
+"""`hub pull`: experts from a Hub repo (one expert, or a library) into the local catalog.
+
+    from hubtool import pull
+    result = pull("org/qa")                          # the expert of an expert repo
+    result = pull("org/qa-library@v1", expert="qa")  # one expert of a library, at a tag
+    result.registered, result.present, result.warnings
+
+The revision is resolved to its commit first, and every file is read at that commit, so the record and
+the files belong together. Each packed file must hash to the sha256 its record names and pass the
+format's full validation (read_header + unpack) before anything is registered. An expert keeps its
+record (name, tasks, tags, metrics, config, lineage parents, description) and gets where it came from
+(repo and commit: Catalog.set_hub); its version is the next one of that name in this catalog. An
+expert already present (same name and sha256) is not registered again. A base model that does not
+match this machine's is a warning here; applying the expert then fails on its fingerprints.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import tempfile
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import FormatError, HubError, NotFoundError
+from hubtool.hub.client import check_revision, hub_errors, make_api, quiet_client, split_repo
+from hubtool.hub.push import EXPERT_FORMAT, LIBRARY_FILE, RECORD_FILE
+
+_SHA256 = re.compile(r"[0-9a-f]{64}")
+_SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
+
+
+@dataclass
+class PullResult:
+    repo_id: str
+    revision: str  # as asked ("main" by default)
+    commit: str  # what it resolved to
+    registered: list[Any] = field(default_factory=list)  # ExpertRecords added to the catalog
+    present: list[Any] = field(default_factory=list)  # ExpertRecords that were already there
+    origins: dict[str, str] = field(default_factory=dict)  # local ref -> the ref it had where it was pushed
+    warnings: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "repo_id": self.repo_id,
+            "revision": self.revision,
+            "commit": self.commit,
+            "registered": [r.ref for r in self.registered],
+            "present": [r.ref for r in self.present],
+            "origins": dict(self.origins),
+            "warnings": list(self.warnings),
+        }
+
+
+def pull(
+    repo: str,
+    *,
+    revision: str | None = None,
+    expert: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    catalog: Any = None,
+) -> PullResult:
+    """Download and register the expert(s) of `repo` ("org/name" or "org/name@revision"); `expert` picks
+    one of a library by name (its latest version there) or NAME@VERSION (the version it had when pushed)."""
+    from hubtool.registry.lookup import parse_ref
+
+    repo_id, spec_revision = split_repo(repo, "repo")
+    if revision is not None and spec_revision is not None and revision != spec_revision:
+        raise HubError(f"pull {repo}: the revision is given twice ({spec_revision!r} and {revision!r})")
+    revision = revision or spec_revision
+    if revision is not None:
+        check_revision(revision)
+    wanted = parse_ref(expert) if expert is not None else None
+    cat = _catalog(catalog)
+    api = make_api(endpoint, token)
+    what = f"pulling {repo_id}" + (f"@{revision}" if revision else "")
+    errors = {"endpoint": endpoint, "token": token, "repo": repo_id, "revision": revision}
+
+    from hubtool.paths import hub_home
+
+    tmp_root = hub_home() / "tmp"
+    tmp_root.mkdir(parents=True, exist_ok=True)
+    with quiet_client(), tempfile.TemporaryDirectory(prefix="pull-", dir=tmp_root) as tmp:
+        with hub_errors(what, **errors):
+            info = api.repo_info(repo_id, revision=revision)
+        commit = info.sha
+        files = {s.rfilename for s in (info.siblings or [])}
+        where = f"{repo_id}@{commit[:12]}"
+
+        def download(paths: list[str]) -> Path:
+            from huggingface_hub import snapshot_download
+
+            with hub_errors(what, **{**errors, "revision": commit}):
+                snapshot_download(repo_id, revision=commit, allow_patterns=paths, local_dir=tmp,
+                                  endpoint=endpoint, token=token)  # fmt: skip
+            return Path(tmp)
+
+        entries = _entries(files, where, download)
+        entries = _pick(entries, wanted, where)
+        result = PullResult(repo_id=repo_id, revision=revision or "main", commit=commit)
+        todo = []
+        for entry in entries:
+            found = _present(cat, entry)
+            if found is not None:
+                result.present.append(found)
+                result.origins[found.ref] = entry["ref"]
+                if found.hub_repo is None:
+                    cat.set_hub(found.ref, repo_id, commit)
+            else:
+                todo.append(entry)
+        if todo:
+            local = download(sorted({e["file"] for e in todo}))
+            for entry in todo:  # every file verified before anything is registered
+                _verify(local / entry["file"], entry, where)
+            for entry in todo:
+                for message in _base_warnings(cat, entry):
+                    if message not in result.warnings:
+                        result.warnings.append(message)
+                        warnings.warn(message, stacklevel=2)
+            for entry in todo:
+                rec = _register(cat, local / entry["file"], entry)
+                rec = cat.set_hub(rec.ref, repo_id, commit)
+                result.registered.append(rec)
+                result.origins[rec.ref] = entry["ref"]
+    return result
+
+
+# --- what the repo holds ------------------------------------------------------------------------------------
+
+
+def _entries(files: set[str], where: str, download: Any) -> list[dict[str, Any]]:
+    """The expert records of the repo: hubtool_library.json's, or hubtool.json's one."""
+    if LIBRARY_FILE in files:
+        doc = _read_json(download([LIBRARY_FILE]) / LIBRARY_FILE, where)
+        items = doc.get("experts") if isinstance(doc, dict) else None
+        if not isinstance(items, list) or not items:
+            raise HubError(
+                f'{where}: {LIBRARY_FILE} lists no experts (expected {{"experts": [record, ...]}})'
+            )
+    elif RECORD_FILE in files:
+        doc = _read_json(download([RECORD_FILE]) / RECORD_FILE, where)
+        if not isinstance(doc, dict) or not ("sha256" in doc and "file" in doc):
+            if isinstance(doc, dict) and ("recipe" in doc or "experts" in doc):
+                raise HubError(
+                    f"{where} holds a composed model (its {RECORD_FILE} is the merge's provenance), not an "
+                    "expert: load it with from_pretrained"
+                )
+            raise HubError(f"{where}: {RECORD_FILE} is not a hubtool expert record (no sha256 and file)")
+        items = [doc]
+    else:
+        raise HubError(f"{where} holds no hubtool expert (no {RECORD_FILE} or {LIBRARY_FILE})")
+    return [_check_entry(item, files, where) for item in items]
+
+
+def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
+    from hubtool.registry.lookup import NAME
+
+    if not isinstance(item, dict):
+        raise HubError(f"{where}: an expert record is not a JSON object")
+    name, file, sha = item.get("name"), item.get("file"), item.get("sha256")
+    label = f"{where}: expert {name!r}"
+    if not isinstance(name, str) or not NAME.fullmatch(name):
+        raise HubError(f"{label}: expected a name of letters, digits, '.', '_' or '-'")
+    if item.get("hub_format", EXPERT_FORMAT) != EXPERT_FORMAT:
+        raise HubError(
+            f"{label}: hub_format {item.get('hub_format')!r}; this hubtool reads {EXPERT_FORMAT!r}"
+        )
+    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
+        raise HubError(f"{label}: sha256 {sha!r} is not 64 hex digits")
+    if not isinstance(file, str) or not _SAFE_PATH.fullmatch(file) or ".." in file.split("/"):
+        raise HubError(f"{label}: file {file!r} is not a plain path inside the repo")
+    if file not in files:
+        raise HubError(f"{label}: its file {file} is not in the repo")
+    if not isinstance(item.get("task"), str):
+        raise HubError(f"{label}: no task")
+    for key, kind in (("tasks", list), ("tags", list), ("metrics", dict), ("config", dict)):
+        if item.get(key) is not None and not isinstance(item[key], kind):
+            raise HubError(f"{label}: {key} is not a JSON {kind.__name__}")
+    item.setdefault("ref", f"{name}@{item.get('version', '?')}")
+    return item
+
+
+def _pick(
+    entries: list[dict[str, Any]], wanted: tuple[str, str | None] | None, where: str
+) -> list[dict[str, Any]]:
+    if wanted is None:
+        return sorted(entries, key=lambda e: (e["name"], _version(e)))
+    name, selector = wanted
+    same = [e for e in entries if e["name"] == name]
+    if selector is not None and selector != "latest":
+        same = [e for e in same if str(e.get("version")) == selector or selector in (e.get("aliases") or [])]
+    if not same:
+        held = ", ".join(sorted({e["ref"] for e in entries}))
+        label = name if selector is None else f"{name}@{selector}"
+        raise NotFoundError(f"{where}: no expert {label} (it holds {held})")
+    return [max(same, key=_version)]
+
+
+def _version(entry: dict[str, Any]) -> int:
+    version = entry.get("version")
+    return version if isinstance(version, int) else 0
+
+
+def _read_json(path: Path, where: str) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as err:
+        raise HubError(f"{where}: {path.name} is not valid JSON ({' '.join(str(err).split())})") from None
+
+
+# --- checking, registering -------------------------------------------------------------------------------------
+
+
+def _present(cat: Any, entry: dict[str, Any]) -> Any | None:
+    """This catalog's version of the same name and content, if there is one."""
+    for rec in cat.list(where=f"name={entry['name']}"):
+        if rec.sha256 == entry["sha256"]:
+            return rec
+    return None
+
+
+def _verify(path: Path, entry: dict[str, Any], where: str) -> None:
+    from hubtool.fileio import sha256_file
+    from hubtool.format import unpack
+    from hubtool.format.header import read_header
+
+    if not path.is_file():
+        raise HubError(f"{where}: {entry['file']} was not downloaded")
+    got = sha256_file(path)
+    if got != entry["sha256"]:
+        raise HubError(
+            f"{where}: checksum mismatch: {entry['file']} has sha256 {got[:16]}..., its record says "
+            f"{entry['sha256'][:16]}...; the file changed after it was pushed (nothing was registered)"
+        )
+    try:
+        read_header(path)
+        unpack(path)
+    except FormatError as err:
+        message = str(err).replace(str(path), entry["file"])
+        raise HubError(f"{where}: {entry['file']} is not a valid hubtool expert: {message}") from None
+
+
+def _register(cat: Any, path: Path, entry: dict[str, Any]) -> Any:
+    tasks = [t for t in (entry.get("tasks") or []) if isinstance(t, str) and t != entry["task"]]
+    parents = [
+        {"ref": p["ref"], "role": p.get("role"), "weight": p.get("weight")}
+        for p in ((entry.get("lineage") or {}).get("parents") or [])
+        if isinstance(p, dict) and isinstance(p.get("ref"), str)
+    ]
+    rec = cat.register(
+        path,
+        name=entry["name"],
+        task=entry["task"],
+        tasks=tasks,
+        tags=[t for t in (entry.get("tags") or []) if isinstance(t, str)],
+        metrics=entry.get("metrics") or None,
+        config=entry.get("config") or None,
+        parents=parents,
+        description=entry.get("description"),
+    )
+    _add_task(cat, entry)
+    return rec
+
+
+def _add_task(cat: Any, entry: dict[str, Any]) -> None:
+    """A task this catalog has never heard of gets its row (category, description; no data), so
+    `--tasks CATEGORY` finds the pulled expert. A task it knows keeps its own row."""
+    info = entry.get("task_info") if isinstance(entry.get("task_info"), dict) else {}
+    category = entry.get("category") or info.get("category")
+    if not category or cat.category_of(entry["task"]) is not None:
+        return
+    try:
+        cat.get_task(entry["task"])
+        return
+    except NotFoundError:
+        pass
+    try:
+        cat.add_task(
+            entry["task"],
+            description=info.get("description"),
+            tags=[t for t in info.get("tags") or [] if isinstance(t, str)],
+            sizes={k: v for k, v in (info.get("sizes") or {}).items() if isinstance(v, int)},
+            category=category,
+        )
+    except HubError:  # a category name this catalog refuses: the expert is registered all the same
+        pass
+
+
+def _base_warnings(cat: Any, entry: dict[str, Any]) -> list[str]:
+    """Why the expert may not fit this machine's base model: the embedded model converted here has
+    another revision, a local folder it names is not here, or this catalog's experts of the same base
+    were trained on another revision."""
+    from hubtool.models import EMBEDDED, MANIFEST, resolve_base
+    from hubtool.paths import models_dir
+
+    base, revision = entry.get("base_model"), entry.get("base_revision")
+    ref = entry["ref"]
+    if not isinstance(base, str) or not base:
+        return [f"{ref}: its record names no base model"]
+    out = []
+    local_revision = None
+    if base in EMBEDDED:
+        if (models_dir() / base / MANIFEST).is_file():
+            try:
+                local_revision = resolve_base(base)[1]
+            except HubError as err:
+                out.append(f"{ref}: the local base model {base} cannot be checked: {err}")
+    elif base.startswith(("/", "~", ".")) and not Path(base).expanduser().is_dir():
+        out.append(
+            f"{ref}: its base model {base} is not a folder on this machine; pass one with the same weights"
+        )
+    if local_revision and revision and local_revision != revision:
+        out.append(
+            f"{ref}: trained on {base} revision {revision}, but this machine's is {local_revision}; "
+            "applying it will fail the fingerprint check"
+        )
+    elif revision:
+        others = {
+            r.base_revision for r in cat.list(base=base) if r.base_revision and r.sha256 != entry["sha256"]
+        }
+        if others and revision not in others:
+            out.append(
+                f"{ref}: trained on {base} revision {revision}, but this catalog's experts of {base} use "
+                f"{', '.join(sorted(others))}"
+            )
+    return out
+
+
+def _catalog(catalog: Any) -> Any:
+    if hasattr(catalog, "get"):
+        return catalog
+    from hubtool.registry import Catalog
+
+    return Catalog(catalog)

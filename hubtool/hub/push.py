@@ -1,0 +1,469 @@
+"""`hub push`: an expert, a composed model folder or a library of experts into one Hub repo.
+
+    from hubtool import push
+    push("qa@3", repo="org/qa")                      # one expert
+    push("merged/", repo="org/merged")               # a composed model folder, as it is
+    push(repo="org/qa-library", library=True, tasks="qa")   # many experts, one repo
+
+One expert's repo holds:
+  <name>.safetensors                  the packed file, byte for byte the catalog's blob
+  adapter_config.json,                a PEFT export (SHiRA for sparse / block-sparse, LoRA for lora), so
+  adapter_model.safetensors           PeftModel.from_pretrained(base, "org/qa") works from the Hub; left
+                                      out, with a note in the card, for deltas PEFT cannot hold (full)
+  hubtool.json                        the catalog record (ExpertRecord.to_dict without the local fields
+                                      blob, aliases, hub_repo, hub_commit) plus category, lineage, the
+                                      file's name, and the PEFT export's sidecar (format, weights_sha256,
+                                      expert, weights: what `hub import` of a downloaded folder reads)
+  README.md                           the model card (hubtool.hub.card)
+A library: experts/<name>-v<version>.safetensors, hubtool_library.json ({"experts": [record, ...]}), a card.
+
+Everything goes up through huggingface_hub's HfApi: create_repo(exist_ok=True), then one create_commit.
+The client asks the server for the oid of every path first and leaves out unchanged files, and makes
+no commit at all when nothing changed; the files are built deterministically (sorted keys, no times of
+the push) so pushing the same expert again changes nothing. Files an earlier push wrote that this one
+does not (an old expert's file, a PEFT export that no longer applies) are deleted in the same commit.
+The repo id and the commit go into the catalog (Catalog.set_hub).
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import HubError, NotFoundError
+from hubtool.hub.client import check_repo_id, check_revision, hub_errors, make_api, quiet_client
+
+RECORD_FILE = "hubtool.json"
+LIBRARY_FILE = "hubtool_library.json"
+LIBRARY_FOLDER = "experts"
+EXPERT_FORMAT = "hubtool-expert-repo"  # hubtool.json's "hub_format"
+LIBRARY_FORMAT = "hubtool-expert-library"
+HUB_FORMAT_VERSION = 1
+PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
+# Record fields that describe this machine's catalog, not the expert: never pushed.
+_LOCAL_FIELDS = ("blob", "aliases", "hub_repo", "hub_commit")
+# Paths an expert or library push owns: what an earlier push left there and this one doesn't write goes.
+_MANAGED = ("*.safetensors", "*.safetensors.index.json", f"{LIBRARY_FOLDER}/*", "adapter_config.json",
+            RECORD_FILE, LIBRARY_FILE, "hubtool_recipe.yml")  # fmt: skip
+# A model folder push replaces weights and hubtool files; other files of the repo (a LICENSE) stay.
+_MANAGED_MODEL = (*_MANAGED, "*.bin", "*.pt", "*.pth", "*.gguf")
+
+
+@dataclass
+class PushResult:
+    repo_id: str
+    commit: str  # the head after the push (the earlier head when nothing changed)
+    changed: bool  # False: every file was already there, no commit was made
+    url: str
+    revision: str = "main"
+    files: list[str] = field(default_factory=list)  # what the repo holds from this push
+    deleted: list[str] = field(default_factory=list)  # files of an earlier push removed
+    experts: list[str] = field(default_factory=list)  # refs pushed (none for a model folder)
+    notes: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def push(
+    target: str | os.PathLike | None = None,
+    *,
+    repo: str | None = None,
+    library: bool = False,
+    tasks: str | list[str] | None = None,
+    experts: str | list[str] | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    catalog: Any = None,
+) -> PushResult:
+    """Push an expert ref ("qa", "qa@3"), a model folder (an existing directory), or with library=True
+    the experts that `tasks` / `experts` select into `repo`. `token`/`endpoint` None: HF_TOKEN / the
+    stored login and HF_ENDPOINT, as the HF tools do."""
+    common = {
+        "private": private,
+        "revision": revision,
+        "message": message,
+        "endpoint": endpoint,
+        "token": token,
+    }
+    if library:
+        if target is not None:
+            raise HubError("push --library: give the experts with --tasks or --experts, not a NAME or DIR")
+        if repo is None:
+            raise HubError("push --library: give the repo to publish into")
+        return push_library(repo, tasks=tasks, experts=experts, catalog=catalog, **common)
+    if tasks is not None or experts is not None:
+        raise HubError("push: --tasks and --experts select the experts of a library; add --library REPO")
+    if target is None:
+        raise HubError("push: give an expert (NAME or NAME@VERSION) or a model folder")
+    if Path(target).expanduser().is_dir():
+        if repo is None:
+            raise HubError(f"push {target}: a model folder needs --repo ORG/NAME")
+        return push_folder(target, repo, **common)
+    return push_expert(str(target), repo, catalog=catalog, **common)
+
+
+# --- one expert -------------------------------------------------------------------------------------------
+
+
+def push_expert(
+    ref: str,
+    repo: str | None = None,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    catalog: Any = None,
+) -> PushResult:
+    """Push one catalog expert; `repo` defaults to its name in the token's own namespace."""
+    _check_target(repo, revision)
+    cat = _catalog(catalog)
+    rec = cat.get(ref)
+    repo = repo or check_repo_id(rec.name, f"repo (from the expert name {rec.name!r})")
+    with _staging() as stage:
+        record, notes = stage_expert(cat, rec, stage)
+
+        def card(repo_id: str) -> str:
+            from hubtool.hub.card import expert_card
+
+            return expert_card(
+                record, repo_id=repo_id, peft_format=record.get("peft"), note=record.get("peft_note")
+            )
+
+        result = _commit(
+            stage,
+            repo,
+            card=card,
+            managed=_MANAGED,
+            message=message or f"hub push {rec.ref}",
+            what=f"pushing {rec.ref}",
+            private=private,
+            revision=revision,
+            endpoint=endpoint,
+            token=token,
+        )
+    result.experts, result.notes = [rec.ref], notes
+    cat.set_hub(rec.ref, result.repo_id, result.commit)
+    return result
+
+
+def stage_expert(cat: Any, rec: Any, folder: Path) -> tuple[dict[str, Any], list[str]]:
+    """Write an expert's repo files (all but the card) into `folder`; (its hubtool.json record, notes)."""
+    from hubtool.api import _copy_verified
+
+    file = f"{rec.name}.safetensors"
+    _check_name(rec)
+    _copy_verified(cat.blob_path(rec), folder / file, rec.sha256, rec.ref)
+    record = pushed_record(cat, rec, file)
+    peft_format, sidecar, note = _peft_export(cat, rec, folder)
+    notes = []
+    if peft_format is None:
+        record["peft_note"] = note
+        notes.append(f"no PEFT adapter in the repo: {note}")
+    doc = {**(sidecar or {}), **record, "peft": peft_format}
+    _write_json(folder / RECORD_FILE, doc)
+    return doc, notes
+
+
+def pushed_record(cat: Any, rec: Any, file: str) -> dict[str, Any]:
+    """What the Hub learns of a catalog version: its record without this machine's fields, plus the task's
+    category and description, the lineage edges to its parents and the packed file's name in the repo."""
+    record = {k: v for k, v in rec.to_dict().items() if k not in _LOCAL_FIELDS}
+    record["category"] = cat.category_of(rec.task)
+    try:
+        task = cat.get_task(rec.task)
+        record["task_info"] = {"description": task.description, "category": task.category,
+                               "tags": sorted(task.tags), "sizes": dict(sorted(task.sizes.items()))}  # fmt: skip
+    except NotFoundError:
+        pass
+    record["lineage"] = {
+        "parents": [{k: p[k] for k in ("ref", "role", "weight")} for p in cat.lineage(rec.ref)["parents"]]
+    }
+    record["hub_format"], record["hub_format_version"] = EXPERT_FORMAT, HUB_FORMAT_VERSION
+    record["file"] = file
+    return record
+
+
+def _peft_export(cat: Any, rec: Any, folder: Path) -> tuple[str | None, dict | None, str | None]:
+    """(PEFT format, the export's sidecar, None), or (None, None, why not) when PEFT cannot load it."""
+    from hubtool.format.header import read_header
+
+    deltas = {w["delta"] for w in read_header(cat.blob_path(rec))["weights"].values()}
+    if "full" in deltas:
+        return (
+            None,
+            None,
+            "PEFT has no adapter type that holds a full weight delta; `hub pull` and apply_expert do",
+        )
+    if "lora" in deltas and deltas != {"lora"}:
+        return None, None, "it mixes LoRA and sparse deltas, which no single PEFT adapter type holds"
+    from hubtool.hub.card import base_hub_id
+    from hubtool.interop.peft import SIDECAR_FILE, export_peft
+
+    expert = cat.load(rec.ref)
+    base = base_hub_id(rec.base_model) or rec.base_model
+    formats = ["lora"] if deltas == {"lora"} else ["shira", "supertuning"]
+    for i, fmt in enumerate(formats):
+        out = folder / f".peft-{fmt}"
+        try:
+            export_peft(expert, out, base_model_name_or_path=base, format=fmt)
+        except HubError:
+            if i + 1 == len(formats):
+                raise
+            continue  # SHiRA cannot hold a layer this dense; Super-Tuning can
+        for name in PEFT_FILES:
+            os.replace(out / name, folder / name)
+        # PEFT keeps target_modules as a set, so its order in the file follows the process's string hash
+        # seed: sorted, the file is the same in every run (and a second push is no change).
+        config = json.loads((folder / PEFT_FILES[0]).read_text())
+        if isinstance(config.get("target_modules"), list):
+            config["target_modules"] = sorted(config["target_modules"])
+        _write_json(folder / PEFT_FILES[0], config)
+        sidecar = json.loads((out / SIDECAR_FILE).read_text())
+        shutil.rmtree(out)
+        return fmt, sidecar, None
+    raise AssertionError("unreachable")
+
+
+# --- a model folder -----------------------------------------------------------------------------------------
+
+
+def push_folder(
+    folder: str | os.PathLike,
+    repo: str,
+    *,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+) -> PushResult:
+    """Upload a model folder as it is (a composed model: its card and recipe are in it). Hidden files and
+    folders (.git, .cache) stay behind."""
+    _check_target(repo, revision)
+    folder = Path(folder).expanduser().absolute()
+    if not folder.is_dir():
+        raise HubError(f"{folder}: not a folder")
+    if not _folder_files(folder):
+        raise HubError(f"{folder}: no files to push")
+    return _commit(
+        folder,
+        repo,
+        card=None,
+        managed=_MANAGED_MODEL,
+        message=message or f"hub push {folder.name}",
+        what=f"pushing {folder}",
+        private=private,
+        revision=revision,
+        endpoint=endpoint,
+        token=token,
+    )
+
+
+# --- a library ------------------------------------------------------------------------------------------------
+
+
+def push_library(
+    repo: str,
+    *,
+    tasks: str | list[str] | None = None,
+    experts: str | list[str] | None = None,
+    private: bool = False,
+    revision: str | None = None,
+    message: str | None = None,
+    endpoint: str | None = None,
+    token: str | None = None,
+    catalog: Any = None,
+) -> PushResult:
+    """Publish a set of experts into one repo: `tasks` (task names or categories: the latest version of
+    each expert for them) and/or `experts` (refs)."""
+    _check_target(repo, revision)
+    cat = _catalog(catalog)
+    records = select_experts(cat, tasks=tasks, experts=experts)
+    with _staging() as stage:
+        entries = []
+        for rec in records:
+            _check_name(rec)
+            file = f"{LIBRARY_FOLDER}/{rec.name}-v{rec.version}.safetensors"
+            from hubtool.api import _copy_verified
+
+            _copy_verified(cat.blob_path(rec), stage / file, rec.sha256, rec.ref)
+            entries.append(pushed_record(cat, rec, file))
+        _write_json(stage / LIBRARY_FILE, {"hub_format": LIBRARY_FORMAT, "hub_format_version": HUB_FORMAT_VERSION,
+                                           "experts": entries})  # fmt: skip
+
+        def card(repo_id: str) -> str:
+            from hubtool.hub.card import library_card
+
+            return library_card(entries, repo_id=repo_id)
+
+        result = _commit(
+            stage,
+            repo,
+            card=card,
+            managed=_MANAGED,
+            message=message or f"hub push --library: {len(records)} experts",
+            what=f"pushing a library of {len(records)} experts",
+            private=private,
+            revision=revision,
+            endpoint=endpoint,
+            token=token,
+        )
+    result.experts = [r.ref for r in records]
+    for rec in records:
+        cat.set_hub(rec.ref, result.repo_id, result.commit)
+    return result
+
+
+def select_experts(cat: Any, *, tasks: str | list[str] | None, experts: str | list[str] | None) -> list[Any]:
+    """The library's experts, sorted by name and version: every `experts` ref, plus the latest version of
+    each expert name whose tasks include one that `tasks` means (a task or a category)."""
+    specs, refs = _split(tasks), _split(experts)
+    if not specs and not refs:
+        raise HubError(
+            "push --library: select experts with --tasks TASKS (names or categories) or --experts REFS"
+        )
+    chosen = {}
+    for ref in refs:
+        rec = cat.get(ref)
+        chosen[rec.ref] = rec
+    if specs:
+        names = sorted({t for spec in specs for t in cat.tasks_for(spec)})
+        latest: dict[str, Any] = {}
+        for rec in cat.list(tasks=names):
+            if rec.name not in latest or rec.version > latest[rec.name].version:
+                latest[rec.name] = rec
+        if not latest:
+            raise NotFoundError(
+                f"push --library --tasks {','.join(specs)}: no experts for {', '.join(names)}"
+            )
+        chosen.update({rec.ref: rec for rec in latest.values()})
+    return sorted(chosen.values(), key=lambda r: (r.name, r.version))
+
+
+# --- the commit -------------------------------------------------------------------------------------------------
+
+
+def _commit(
+    folder: Path,
+    repo: str,
+    *,
+    card: Any,
+    managed: tuple[str, ...],
+    message: str,
+    what: str,
+    private: bool,
+    revision: str | None,
+    endpoint: str | None,
+    token: str | None,
+) -> PushResult:
+    """create_repo(exist_ok) -> the branch -> the card (it names the final repo id) -> one create_commit of
+    every file in `folder`, deleting managed files of an earlier push that this one doesn't write."""
+    from huggingface_hub import CommitOperationAdd, CommitOperationDelete
+
+    api = make_api(endpoint, token)
+    errors = {"endpoint": endpoint, "token": token, "revision": revision}
+    with quiet_client():
+        with hub_errors(what, repo=repo, **errors):
+            url = api.create_repo(repo, private=True if private else None, exist_ok=True)
+        repo_id = url.repo_id
+        with hub_errors(what, repo=repo_id, **errors):
+            if revision and revision != "main":
+                api.create_branch(repo_id, branch=revision, exist_ok=True)
+            info = api.repo_info(repo_id, revision=revision)
+        if card is not None:
+            (folder / "README.md").write_text(card(repo_id), encoding="utf-8")
+        files = _folder_files(folder)
+        remote = sorted(s.rfilename for s in (info.siblings or []))
+        stale = [p for p in remote if p not in files and any(fnmatch.fnmatch(p, m) for m in managed)]
+        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in files]
+        operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
+        with hub_errors(what, repo=repo_id, **errors):
+            commit = api.create_commit(
+                repo_id, operations, commit_message=message, revision=revision, parent_commit=info.sha
+            )
+    return PushResult(
+        repo_id=repo_id,
+        commit=commit.oid,
+        changed=commit.oid != info.sha,
+        url=str(url),
+        revision=revision or "main",
+        files=files,
+        deleted=stale if commit.oid != info.sha else [],
+    )
+
+
+def _folder_files(folder: Path) -> list[str]:
+    """Relative posix paths of the regular files under `folder`, sorted; hidden parts (.git, .cache) skipped."""
+    out = []
+    for path in folder.rglob("*"):
+        rel = path.relative_to(folder)
+        if any(part.startswith(".") for part in rel.parts) or not path.is_file():
+            continue
+        out.append(rel.as_posix())
+    return sorted(out)
+
+
+# --- small helpers ---------------------------------------------------------------------------------------------
+
+
+def _check_target(repo: str | None, revision: str | None) -> None:
+    """Before any work: the repo id and the branch must be ones the Hub accepts."""
+    if repo is not None:
+        check_repo_id(repo, "--repo")
+    if revision is not None:
+        check_revision(revision, "--revision")
+
+
+def _check_name(rec: Any) -> None:
+    from hubtool.registry.lookup import NAME
+
+    if not NAME.fullmatch(rec.name):  # a row edited by hand must not become a path outside the repo
+        raise HubError(f"{rec.ref}: catalog name {rec.name!r} is not a valid expert name; fix the row")
+
+
+def _catalog(catalog: Any) -> Any:
+    if hasattr(catalog, "get"):
+        return catalog
+    from hubtool.registry import Catalog
+
+    return Catalog(catalog)
+
+
+class _staging:
+    """A temp folder beside the blob store ($HUB_HOME/tmp), removed afterwards."""
+
+    def __enter__(self) -> Path:
+        from hubtool.paths import hub_home
+
+        root = hub_home() / "tmp"
+        root.mkdir(parents=True, exist_ok=True)
+        self.path = Path(tempfile.mkdtemp(prefix="push-", dir=root))
+        return self.path
+
+    def __exit__(self, *exc: object) -> None:
+        shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n",
+                    encoding="utf-8")  # fmt: skip
+
+
+def _split(value: str | list[str] | None) -> list[str]:
+    if value is None:
+        return []
+    items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
+    return [i.strip() for i in items if i.strip()]
