@@ -213,7 +213,8 @@ def run_worker(args: list[str], env: dict, *, timeout: float, log: Path | None =
     """Run one client worker (this file's `push` / `pull` / ...) in a fresh process; its JSON result."""
     cmd = [sys.executable, str(Path(__file__).resolve()), *args]
     with open(log or os.devnull, "ab") as err:
-        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, timeout=timeout, cwd=ROOT)
+        proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=err, timeout=timeout, cwd=ROOT,
+                              check=False)
     if proc.returncode != 0:
         tail = log.read_text(errors="replace")[-3000:] if log is not None else ""
         raise RuntimeError(f"worker {args[:2]} failed ({proc.returncode}):\n{tail}")

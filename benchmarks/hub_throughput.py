@@ -27,7 +27,6 @@ Everything under --workdir is deleted at the end (unless --keep).
 from __future__ import annotations
 
 import argparse
-import os
 import shutil
 import subprocess
 import sys
@@ -35,7 +34,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from hub_common import (  # noqa: E402
+from hub_common import (
     Server,
     check_disk,
     command_line,

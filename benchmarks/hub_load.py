@@ -1,0 +1,301 @@
+"""`hub serve` under load: 32 concurrent hf_hub_download calls and 4 concurrent HfApi.upload_file pushes.
+
+    .venv/bin/python benchmarks/hub_load.py [--workdir /tmp/hub-bench-serve] [--download-mib 16]
+        [--downloads 256] [--concurrency 32] [--push-mib 8] [--pushes 32] [--pushers 4]
+        [--time-limit 180] [--quick] [--keep] [--server-pythonpath DIRS]
+
+One `hub serve` subprocess on 127.0.0.1; the clients are threads of this process, the real huggingface_hub
+(progress bars off: 32 bars at once are noise; otherwise default settings). Phases, one after the other:
+  downloads   --concurrency threads, each hf_hub_download(repo, "model.safetensors", cache_dir=<its own>)
+              of one --download-mib safetensors (random bf16) until --downloads calls are done; every
+              downloaded file's sha256 is checked against the source (after the call, outside its latency),
+              then its cache folder is deleted so the next call downloads again
+  pushes      --pushers threads, HfApi.upload_file of a new --push-mib file each (distinct content, no
+              dedupe) until --pushes calls are done; "4 repos": one repo per thread; "1 repo": all threads
+              push to the same repo and branch (serialised by the server's repo lock)
+  mixed       downloads and pushes (4 repos) at the same time
+Every phase stops by itself: at its call count, or at --time-limit seconds (calls then in flight finish;
+the client's own timeouts bound each). Latency = wall time of one call (a download is HEAD + GET, a push is
+preupload + commit). After the pushes every pushed file is downloaded again and its sha256 checked.
+Reported: calls/s, MiB/s, p50/p99 latency, errors (goal: 0), the server's HTTP requests/s (access log),
+server CPU and peak RSS. Everything under --workdir is deleted at the end (unless --keep).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import sys
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from hub_common import (
+    TOKEN,
+    Server,
+    check_disk,
+    command_line,
+    make_safetensors,
+    pct,
+    sha256_file,
+    stamp,
+)
+
+
+class Phase:
+    """Calls of one kind: latencies, bytes, errors; thread-safe."""
+
+    def __init__(self, name: str) -> None:
+        self.name, self.lat, self.errors, self.nbytes = name, [], [], 0
+        self.lock = threading.Lock()
+        self.start = self.end = 0.0
+
+    def ok(self, seconds: float, nbytes: int) -> None:
+        with self.lock:
+            self.lat.append(seconds)
+            self.nbytes += nbytes
+
+    def fail(self, err: BaseException) -> None:
+        with self.lock:
+            self.errors.append(f"{type(err).__name__}: {str(err)[:200]}")
+
+    def row(self) -> str:
+        wall = self.end - self.start
+        n = len(self.lat)
+        return (f"{self.name:<28} {n:>6} {len(self.errors):>6} {wall:>7.1f} {n / wall:>8.2f} "
+                f"{self.nbytes / 2**20 / wall:>8.0f} {1000 * pct(self.lat, 0.5):>8.0f} {1000 * pct(self.lat, 0.99):>8.0f} "
+                f"{1000 * max(self.lat, default=float('nan')):>8.0f}")
+
+
+HEADER = (f"{'phase':<28} {'calls':>6} {'errors':>6} {'wall s':>7} {'calls/s':>8} {'MiB/s':>8} {'p50 ms':>8} "
+          f"{'p99 ms':>8} {'max ms':>8}")
+
+
+def run_downloads(phase: Phase, srv: Server, repo: str, want: str, size: int, total: int, threads: int,
+                  deadline: float, workdir: Path) -> None:
+    from huggingface_hub import hf_hub_download
+
+    counter = iter(range(total))
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        cache = workdir / f"dl-cache-{phase.name.split()[0]}-{k}"
+        while time.monotonic() < deadline:
+            with lock:
+                if next(counter, None) is None:
+                    return
+            t0 = time.perf_counter()
+            try:
+                got = hf_hub_download(repo, "model.safetensors", cache_dir=cache, endpoint=srv.url, token=TOKEN)
+                seconds = time.perf_counter() - t0
+                if os.path.getsize(got) != size or sha256_file(got) != want:
+                    raise RuntimeError("downloaded bytes differ from the source")
+                phase.ok(seconds, size)
+            except Exception as err:  # counted, reported
+                phase.fail(err)
+            finally:
+                shutil.rmtree(cache, ignore_errors=True)
+
+    phase.start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    phase.end = time.perf_counter()
+
+
+def run_pushes(phase: Phase, srv: Server, repos: list[str], files: list[Path], threads: int, deadline: float,
+               pushed: list) -> None:
+    from huggingface_hub import HfApi
+
+    todo = iter(enumerate(files))
+    lock = threading.Lock()
+
+    def worker(k: int) -> None:
+        api = HfApi(endpoint=srv.url, token=TOKEN)
+        repo = repos[k % len(repos)]
+        while time.monotonic() < deadline:
+            with lock:
+                item = next(todo, None)
+            if item is None:
+                return
+            i, path = item
+            t0 = time.perf_counter()
+            try:
+                api.upload_file(path_or_fileobj=str(path), path_in_repo=f"push/{path.name}", repo_id=repo)
+                phase.ok(time.perf_counter() - t0, path.stat().st_size)
+                with lock:
+                    pushed.append((repo, f"push/{path.name}", path))
+            except Exception as err:
+                phase.fail(err)
+
+    phase.start = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(worker, range(threads)))
+    phase.end = time.perf_counter()
+
+
+def verify_pushes(srv: Server, pushed: list, workdir: Path) -> int:
+    """Download every pushed file again (not timed): its sha256 must be the source's. -> files checked."""
+    from huggingface_hub import HfApi, hf_hub_download
+
+    api = HfApi(endpoint=srv.url, token=TOKEN)
+    for repo in sorted({r for r, _, _ in pushed}):
+        listed = set(api.list_repo_files(repo))
+        missing = [p for r, p, _ in pushed if r == repo and p not in listed]
+        if missing:
+            raise SystemExit(f"{repo}: pushed files missing from the repo: {missing[:5]}")
+    cache = workdir / "verify-cache"
+    for repo, path_in_repo, src in pushed:
+        got = hf_hub_download(repo, path_in_repo, cache_dir=cache, endpoint=srv.url, token=TOKEN)
+        if sha256_file(got) != sha256_file(src):
+            raise SystemExit(f"{repo}/{path_in_repo}: downloaded bytes differ from the pushed file")
+        shutil.rmtree(cache)
+    return len(pushed)
+
+
+def server_requests(srv: Server, start_wall: float, end_wall: float) -> int:
+    """HTTP requests the server logged between two time.time() stamps (its log has ms timestamps)."""
+    import datetime as dt
+
+    n = 0
+    for line in srv.log.read_text(errors="replace").splitlines():
+        if " 127.0.0.1 " not in line or not line.endswith("ms"):
+            continue
+        try:
+            stamp_ = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        except ValueError:
+            continue
+        n += start_wall <= stamp_ <= end_wall + 1
+    return n
+
+
+def push_files(workdir: Path, tag: str, n: int, mib: int) -> list[Path]:
+    base = workdir / "push-src" / "base.safetensors"
+    make_safetensors(base, mib, seed=7)
+    out = []
+    for i in range(n):
+        path = workdir / "push-src" / tag / f"shard-{i:04d}.safetensors"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(base, path)
+        stamp(path, (sum(tag.encode()) << 32) | (i + 1))
+        out.append(path)
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--workdir", type=Path, default=Path("/tmp/hub-bench-serve"))
+    ap.add_argument("--download-mib", type=int, default=16)
+    ap.add_argument("--downloads", type=int, default=256, help="download calls per download phase")
+    ap.add_argument("--concurrency", type=int, default=32, help="download threads")
+    ap.add_argument("--push-mib", type=int, default=8)
+    ap.add_argument("--pushes", type=int, default=32, help="push calls per push phase")
+    ap.add_argument("--pushers", type=int, default=4, help="push threads")
+    ap.add_argument("--time-limit", type=float, default=180, help="seconds per phase at most")
+    ap.add_argument("--quick", action="store_true", help="2 MiB downloads x 64, 1 MiB pushes x 8")
+    ap.add_argument("--keep", action="store_true")
+    ap.add_argument("--server-pythonpath", default=None,
+                    help="put in front of the server's PYTHONPATH (an older source tree, optional speed-ups)")
+    args = ap.parse_args()
+    if args.quick:
+        args.download_mib, args.downloads, args.push_mib, args.pushes = 2, 64, 1, 8
+    workdir = args.workdir.absolute()
+    phases_push = 3  # pushes (4 repos), pushes (1 repo), mixed
+    need = ((args.download_mib + 1) * (args.concurrency + 2) + 3 * (args.push_mib + 1) * args.pushes * phases_push) << 20
+    check_disk(workdir, need)
+    os.environ.update(HF_HOME=str(workdir / "hf-home"), HF_HUB_DISABLE_PROGRESS_BARS="1")
+    for key in [k for k in os.environ if k.startswith("HF_") and k not in ("HF_HOME", "HF_HUB_DISABLE_PROGRESS_BARS")]:
+        del os.environ[key]
+    import huggingface_hub
+    from huggingface_hub import HfApi
+
+    started = time.perf_counter()
+    phases: list[Phase] = []
+    try:
+        src = workdir / "src" / "model.safetensors"
+        size = make_safetensors(src, args.download_mib, seed=3)
+        want = sha256_file(src)
+        files = {tag: push_files(workdir, tag, args.pushes, args.push_mib) for tag in ("p4", "p1", "mix")}
+        srv = Server(workdir, "root-load", pythonpath=args.server_pythonpath)
+        try:
+            api = HfApi(endpoint=srv.url, token=TOKEN)
+            api.create_repo("bench/load-src")
+            api.upload_file(path_or_fileobj=str(src), path_in_repo="model.safetensors", repo_id="bench/load-src")
+            repos4 = [f"bench/load-push-{k}" for k in range(args.pushers)]
+            for repo in [*repos4, "bench/load-one", *[f"bench/load-mix-{k}" for k in range(args.pushers)]]:
+                api.create_repo(repo)
+            print(f"client: huggingface_hub {huggingface_hub.__version__} (threads of this process); "
+                  f"server speed-ups loaded: {srv.modules()}")
+            pushed: list = []
+            cpu = {}
+
+            def timed(name, fn):
+                t_wall, c0 = time.time(), srv.cpu_seconds()
+                fn()
+                cpu[name] = (srv.cpu_seconds() - c0, server_requests(srv, t_wall, time.time()), time.time() - t_wall)
+
+            dl = Phase(f"downloads x{args.concurrency}")
+            timed(dl.name, lambda: run_downloads(dl, srv, "bench/load-src", want, size, args.downloads,
+                                                 args.concurrency, time.monotonic() + args.time_limit, workdir))
+            phases.append(dl)
+            p4 = Phase(f"pushes x{args.pushers}, {args.pushers} repos")
+            timed(p4.name, lambda: run_pushes(p4, srv, repos4, files["p4"], args.pushers,
+                                              time.monotonic() + args.time_limit, pushed))
+            phases.append(p4)
+            p1 = Phase(f"pushes x{args.pushers}, 1 repo")
+            timed(p1.name, lambda: run_pushes(p1, srv, ["bench/load-one"], files["p1"], args.pushers,
+                                              time.monotonic() + args.time_limit, pushed))
+            phases.append(p1)
+            mix_dl = Phase(f"mixed: downloads x{args.concurrency}")
+            mix_push = Phase(f"mixed: pushes x{args.pushers}")
+
+            def mixed():
+                deadline = time.monotonic() + args.time_limit
+                t = threading.Thread(target=run_pushes, args=(mix_push, srv, [f"bench/load-mix-{k}" for k in
+                                     range(args.pushers)], files["mix"], args.pushers, deadline, pushed))
+                t.start()
+                run_downloads(mix_dl, srv, "bench/load-src", want, size, args.downloads, args.concurrency, deadline,
+                              workdir)
+                t.join()
+
+            timed("mixed", mixed)
+            phases += [mix_dl, mix_push]
+            verified = verify_pushes(srv, pushed, workdir)
+            hwm = srv.vmhwm_kib()
+            commits_one = len(api.list_repo_commits("bench/load-one"))
+        finally:
+            srv.stop()
+    finally:
+        if not args.keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    print()
+    print(command_line())
+    print(f"hub serve on 127.0.0.1, huggingface_hub {huggingface_hub.__version__}; downloads: {size / 2**20:.0f} MiB "
+          f"safetensors, {args.downloads} calls per phase on {args.concurrency} threads, each its own cache dir; "
+          f"pushes: {args.push_mib} MiB files, {args.pushes} calls per phase on {args.pushers} threads; "
+          f"wall {time.perf_counter() - started:.0f} s")
+    print(HEADER)
+    for p in phases:
+        print(p.row())
+    print()
+    for name, (cpu_s, reqs, wall) in cpu.items():
+        print(f"server during {name:<24}: {reqs:>5} HTTP requests, {reqs / wall:7.1f} req/s, CPU {cpu_s:6.1f} s "
+              f"({100 * cpu_s / wall:.0f}% of one core)")
+    print(f"server peak RSS (VmHWM) after all phases: {hwm / 1024:.0f} MiB")
+    errors = sum(len(p.errors) for p in phases)
+    print(f"verified: every download's sha256 == source ({sum(len(p.lat) for p in phases if 'download' in p.name)} "
+          f"downloads); all {verified} pushed files listed and downloaded back byte-identical; 1-repo phase made "
+          f"{commits_one - 1} commits on main (one per push)")
+    print(f"errors: {errors} (goal 0)")
+    for p in phases:
+        for e in p.errors[:5]:
+            print(f"  {p.name}: {e}")
+    if errors:
+        sys.exit(1)
+
+
+if __name__ == "__main__":
+    main()
