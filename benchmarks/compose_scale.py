@@ -270,12 +270,14 @@ def profile_child(setup_file: str, shards: int, out: str, result: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hub-bench"))
+    ap.add_argument("--omp-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for every measured process, ours and the peer's (default: unset)")
     ap.add_argument("--layers", type=int, default=32)
     ap.add_argument("--experts", type=int, default=20)
     ap.add_argument("--keep", type=float, default=0.05)
     ap.add_argument("--shard-gb", type=float, default=2.0, help="max shard size, GB (10^9 bytes, as HF)")
     ap.add_argument("--profile-shards", type=int, default=1, help="shards to profile phase by phase (0: none)")
-    ap.add_argument("--quick", action="store_true", help="2 layers, 3 experts, 0.25 GB shards")
+    ap.add_argument("--quick", action="store_true", help="2 layers, 3 experts, 0.25 GB shards, profile all")
     ap.add_argument("--setup-only", action="store_true", help="build (or check) the cached inputs, measure nothing")
     ap.add_argument("--profile-child", nargs=4, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -284,6 +286,7 @@ def main() -> None:
         return profile_child(a[0], int(a[1]), a[2], a[3])
     if args.quick:
         args.layers, args.experts, args.shard_gb = 2, 3, 0.25
+        args.profile_shards = args.profile_shards and 99  # all shards: the first holds no qkv weight
     print(f"command: {command_line()}")
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], check=False, capture_output=True, text=True,
                             cwd=Path(__file__).parent).stdout.strip()
@@ -298,6 +301,9 @@ def main() -> None:
     check_disk(args.workdir, base_bytes + 2**30)
     env = dict(os.environ, HUB_HOME=s["hub_home"])
     env.pop("HUB_CATALOG", None)
+    if args.omp_threads:
+        env["OMP_NUM_THREADS"] = str(args.omp_threads)
+    print(f"OMP_NUM_THREADS for the measured processes: {env.get('OMP_NUM_THREADS', 'unset (torch default)')}")
     print(f"base: {len(shards)} shards, {gib(base_bytes)}, largest {gib(largest)}; {len(s['refs'])} experts, "
           f"{mib(experts_bytes)} packed (setup took base {s['base_seconds']} s, experts {s['experts_seconds']} s)")
 

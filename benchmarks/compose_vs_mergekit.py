@@ -128,6 +128,8 @@ def ties_reference(setup: dict, density: float) -> dict:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hub-bench"))
+    ap.add_argument("--omp-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for every measured process, ours and the peer's (default: unset)")
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--keep", type=float, default=0.05)
     ap.add_argument("--density", type=float, default=0.2)
@@ -148,6 +150,9 @@ def main() -> None:
     home = Path(setup["home"])
     env = dict(os.environ, HUB_HOME=setup["hub_home"])
     env.pop("HUB_CATALOG", None)
+    if args.omp_threads:
+        env["OMP_NUM_THREADS"] = str(args.omp_threads)
+    print(f"OMP_NUM_THREADS for the measured processes: {env.get('OMP_NUM_THREADS', 'unset (torch default)')}")
     mk = str(BIN / "mergekit-yaml")
     methods = [("task-arithmetic", "task_arithmetic")] + ([] if args.quick else [("ties", "ties")])
     results = {}

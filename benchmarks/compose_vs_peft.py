@@ -69,6 +69,8 @@ def peft_child(setup_file: str, out: str, timings: str) -> None:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/hub-bench"))
+    ap.add_argument("--omp-threads", type=int, default=None,
+                    help="OMP_NUM_THREADS for every measured process, ours and the peer's (default: unset)")
     ap.add_argument("--experts", type=int, default=8)
     ap.add_argument("--keep", type=float, default=0.05)
     ap.add_argument("--rounds", type=int, default=3)
@@ -87,6 +89,9 @@ def main() -> None:
     setup_file = home / "setup.json"
     env = dict(os.environ, HUB_HOME=setup["hub_home"])
     env.pop("HUB_CATALOG", None)
+    if args.omp_threads:
+        env["OMP_NUM_THREADS"] = str(args.omp_threads)
+    print(f"OMP_NUM_THREADS for the measured processes: {env.get('OMP_NUM_THREADS', 'unset (torch default)')}")
     hub_argv = [HUB, "compose", "--experts", ",".join(setup["refs"]), "--method", "task-arithmetic",
                 "--lambda", "1", "--out"]
     print(f"ours: HUB_HOME={setup['hub_home']} {' '.join(hub_argv)} OUT")
