@@ -168,7 +168,9 @@ def test_cli_push_pull_round_trip_keeps_the_record(server, base, cat, tmp_path, 
     assert "base_model" not in card.split("---")[1]  # a local folder is no Hub id
 
     # Again: byte-identical files, so the client skips them all and makes no commit.
-    again = hub("push", merged.ref, "--repo", "org/qa-merged", env=env)
+    # (This time with --token and no HF_TOKEN: a new process, another string hash seed, same bytes.)
+    again = hub("push", merged.ref, "--repo", "org/qa-merged", "--token", ALICE,
+                env=cli_env(server, tmp_path, hub_home, token=None))  # fmt: skip
     assert again.returncode == 0, again.stderr
     assert "nothing to commit" in again.stdout
     assert [c.commit_id for c in api.list_repo_commits("org/qa-merged")] == commits
@@ -197,13 +199,13 @@ def test_cli_push_pull_round_trip_keeps_the_record(server, base, cat, tmp_path, 
     ]
     assert other.category_of("squad") == "qa"
 
-    again = hub("pull", f"org/qa-merged@{commits[0]}", env=env2)
-    assert again.returncode == 0, again.stderr
-    assert "already in the catalog" in again.stdout
+    repull = hub("pull", f"org/qa-merged@{commits[0]}", env=env2)
+    assert repull.returncode == 0, repull.stderr
+    assert "already in the catalog" in repull.stdout
     assert [r.ref for r in other.list()] == ["qa-merged@1"]
 
     # The token is nowhere: not in any output, not in either catalog file.
-    for result in (first, again, pulled):
+    for result in (first, again, pulled, repull):
         assert ALICE not in result.stdout + result.stderr
     for db in (hub_home / "registry.db", home2 / "registry.db"):
         assert ALICE.encode() not in db.read_bytes()
@@ -267,6 +269,19 @@ def test_peft_from_pretrained_from_the_server_matches_local_apply(server, base, 
         with torch.no_grad():
             assert not torch.allclose(plain(ids).logits, want, atol=1e-4)  # the expert does change something
         torch.testing.assert_close(torch.tensor(logits[f"org/{rec.name}"]), want, atol=2e-5, rtol=1e-5)
+
+    # A downloaded repo folder is also a PEFT folder `hub import` restores exactly (hubtool.json is its sidecar).
+    from huggingface_hub import snapshot_download
+
+    from hubtool.interop.peft import import_peft
+
+    folder = snapshot_download("org/peft-sparse", endpoint=server.url, token=ALICE, cache_dir=tmp_path / "snap")
+    restored, original = import_peft(folder), cat.load(sparse.ref)
+    assert restored.name == "peft-sparse" and set(restored.deltas) == set(original.deltas)
+    for name, delta in original.deltas.items():
+        assert torch.equal(restored.deltas[name].indices, delta.indices)
+        assert torch.equal(restored.deltas[name].values, delta.values)
+        assert restored.deltas[name].fingerprint == delta.fingerprint
 
 
 def test_compose_push_then_from_pretrained(server, base, cat, tmp_path, hub_home):
