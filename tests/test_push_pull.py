@@ -367,6 +367,9 @@ def test_library_push_and_pull(server, base, cat, other, tmp_path, hub_home):
     assert other.get("lib-qa").metrics == {"squad": {"rougeL": 26.0}}
     with pytest.raises(HubError, match="no expert nope"):
         pull("org/lib", expert="nope", endpoint=server.url, token=ALICE, catalog=other)
+    with pytest.raises(HubError, match=r"no expert lib-qa@1 \(it holds lib-qa@2, lib-sum@1\)"):
+        pull("org/lib", expert="lib-qa@1", endpoint=server.url, token=ALICE, catalog=other)
+    assert pull("org/lib", expert="lib-qa@2", endpoint=server.url, token=ALICE, catalog=other).present
 
 
 def test_stale_files_go_and_base_models_are_checked(server, base, cat, other, tmp_path, hub_home):

@@ -191,7 +191,7 @@ def _pick(
     name, selector = wanted
     same = [e for e in entries if e["name"] == name]
     if selector is not None and selector != "latest":
-        same = [e for e in same if str(e.get("version")) == selector or selector in (e.get("aliases") or [])]
+        same = [e for e in same if str(e.get("version")) == selector]  # the version it had where pushed
     if not same:
         held = ", ".join(sorted({e["ref"] for e in entries}))
         label = name if selector is None else f"{name}@{selector}"

@@ -293,11 +293,11 @@ def push_library(
     records = select_experts(cat, tasks=tasks, experts=experts)
     with _staging() as stage:
         entries = []
+        from hubtool.api import _copy_verified
+
         for rec in records:
             _check_name(rec)
             file = f"{LIBRARY_FOLDER}/{rec.name}-v{rec.version}.safetensors"
-            from hubtool.api import _copy_verified
-
             _copy_verified(cat.blob_path(rec), stage / file, rec.sha256, rec.ref)
             entries.append(pushed_record(cat, rec, file))
         _write_json(stage / LIBRARY_FILE, {"hub_format": LIBRARY_FORMAT, "hub_format_version": HUB_FORMAT_VERSION,
