@@ -17,7 +17,7 @@ $HUB tasks
 
 for task in nq_open xsum; do
   say "Base model on $task (the bar each expert is measured against)"
-  $HUB eval --base smollm2-135m --task "$task" --limit "$LIMIT" --max-new-tokens 24
+  $HUB eval --base smollm2-135m --task "$task" --limit "$LIMIT" --max-new-tokens 24 --max-prompt-tokens 128
   say "Train a sparse expert for $task: keep ratio 0.05 on q/k/v, $STEPS steps"
   $HUB train --task "$task" --keep-ratio 0.05 --targets qkv --max-steps "$STEPS" --batch-size 8 \
     --max-length 128 --max-val 64 --eval-limit "$LIMIT" --max-new-tokens 24 --name "$task-sparse"

@@ -28,9 +28,11 @@ def inputs(deltas, masks, w=None) -> WeightInputs:
 
 
 def run(method, x, **p) -> torch.Tensor:
-    union, values = merge_weight(method, x, MergeParams(**p))
+    merged = merge_weight(method, x, MergeParams(**p))
+    union, values = merged.entries()
     out = torch.zeros(NUMEL)
     out[union] = values
+    torch.testing.assert_close(out.view(SHAPE), merged.values)  # entries and dense form agree
     return out.view(SHAPE)
 
 
@@ -70,11 +72,13 @@ def ref_trim(D, density):
     return out
 
 
-def ref_disjoint(D, w):
+def ref_disjoint(D, w, normalize=True):
     wd = D * w[:, None, None]
     sign = torch.where(wd.sum(0) >= 0, 1.0, -1.0)
     agree = torch.sign(D) == sign
     num = (wd * agree).sum(0)
+    if not normalize:
+        return num
     den = (w[:, None, None] * agree).sum(0)
     return torch.where(den > 0, num / den.clamp_min(1e-30), 0.0)
 
@@ -112,6 +116,22 @@ def test_ties_trims_elects_and_takes_the_disjoint_mean(case, density):
     torch.testing.assert_close(run("ties", inputs(D, M, w.tolist()), density=density), expected)
 
 
+def test_ties_without_normalize_sums_the_agreeing_experts(case):
+    D, M = case
+    w = torch.tensor([1.0, 2.0, 0.5])
+    got = run("ties", inputs(D, M, w.tolist()), density=0.3, normalize=False)
+    torch.testing.assert_close(got, ref_disjoint(ref_trim(D, 0.3), w, normalize=False))
+
+
+def test_trim_keeps_the_lower_positions_among_equal_magnitudes():
+    from hubtool.merge.methods import trim_to_density
+
+    pos = torch.arange(10)
+    val = torch.tensor([1.0, -2.0, 2.0, 2.0, 0.5, -2.0, 3.0, 0.1, 2.0, 1.0])
+    (kept, vals), = trim_to_density([(pos, val)], 0.3, 10)  # k = 3: 3.0, then the first two of the 2.0s
+    assert kept.tolist() == [1, 2, 6] and vals.tolist() == [-2.0, 2.0, 3.0]
+
+
 def test_ties_sign_conflict_is_resolved_by_the_weighted_sum(case):
     D, M = case
     got = run("ties", inputs(D, M), density=1.0)
@@ -138,8 +158,12 @@ def test_dare_drops_with_the_seeded_mask_and_rescales(case, method):
         kept_share = pos.numel() / max(1, int(M[t].sum()))
         assert 0.0 < kept_share < 1.0  # some dropped, some kept
         torch.testing.assert_close(val, D[t].view(-1)[pos] * 2.0)  # rescaled by 1 / density
-    ref = ref_linear(Dd, x.w) if method == "dare-linear" else ref_disjoint(Dd, x.w)
+    # mergekit's defaults: DARE merges sum (weights are expected to say how much of each)...
+    ref = (Dd * x.w[:, None, None]).sum(0) if method == "dare-linear" else ref_disjoint(Dd, x.w, normalize=False)
     torch.testing.assert_close(run(method, x, density=0.5, seed=7), ref)
+    # ...and normalize=True makes them means
+    ref = ref_linear(Dd, x.w) if method == "dare-linear" else ref_disjoint(Dd, x.w)
+    torch.testing.assert_close(run(method, x, density=0.5, seed=7, normalize=True), ref)
     # same seed, same result; another seed, another drop
     torch.testing.assert_close(run(method, x, density=0.5, seed=7), run(method, x, density=0.5, seed=7))
     assert not torch.equal(run(method, x, density=0.5, seed=7), run(method, x, density=0.5, seed=8))
@@ -149,7 +173,7 @@ def test_dare_drops_with_the_seeded_mask_and_rescales(case, method):
 def test_every_method_merges_in_sparse_form(case, method):
     """Sparse inputs give a result on the union of their positions, nothing outside it."""
     D, M = case
-    union, _ = merge_weight(method, inputs(D, M), MergeParams(density=0.5))
+    union, _ = merge_weight(method, inputs(D, M), MergeParams(density=0.5)).entries()
     covered = M.any(0).reshape(-1).nonzero().squeeze(1)
     assert set(union.tolist()) <= set(covered.tolist())
 

@@ -46,6 +46,10 @@ def compose(
     ] = None,
     lam: Annotated[float | None, typer.Option("--lambda", help="Scale of the merged delta.")] = None,
     seed: Annotated[int | None, typer.Option("--seed", help="Seed of the dare-* random drop.")] = None,
+    normalize: Annotated[
+        bool | None,
+        typer.Option("--normalize/--no-normalize", help="Divide by the experts' weights (ties: yes; dare-*: no)."),
+    ] = None,
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="Output weights: bfloat16 | float16 | float32 (default: the base's).")
     ] = None,
@@ -82,7 +86,7 @@ def compose(
     with progress_ctx:
         result = run(
             tasks, experts=experts, method=method, where=where, pick=pick, weights=_floats(weights, "--weights"),
-            density=density, lam=lam, seed=seed, dtype=dtype, config=config, out=out, as_expert=as_expert,
+            density=density, lam=lam, seed=seed, normalize=normalize, dtype=dtype, config=config, out=out, as_expert=as_expert,
             dry_run=dry_run, catalog=cat, progress=progress,
         )
     plan = result.plan

@@ -45,6 +45,7 @@ def build_recipe(
     density: float | None = None,
     lam: float | None = None,
     seed: int | None = None,
+    normalize: bool | None = None,
     dtype: str | None = None,
     config: str | os.PathLike | None = None,
 ) -> Recipe:
@@ -66,7 +67,7 @@ def build_recipe(
         for spec, w in zip(recipe.experts, weights):
             spec.weight = float(w)
     for key, value in (("method", method), ("where", where), ("pick", pick), ("density", density), ("lam", lam),
-                       ("seed", seed), ("dtype", dtype)):
+                       ("seed", seed), ("normalize", normalize), ("dtype", dtype)):
         if value is not None:
             setattr(recipe, key, value)
     return recipe.check("compose" if config is None else str(config))
@@ -90,6 +91,7 @@ def compose(
     density: float | None = None,
     lam: float | None = None,
     seed: int | None = None,
+    normalize: bool | None = None,
     dtype: str | None = None,
     config: str | os.PathLike | None = None,
     out: str | os.PathLike | None = None,
@@ -104,7 +106,7 @@ def compose(
     from hubtool.registry.lookup import NAME
 
     recipe = build_recipe(tasks, experts=experts, method=method, where=where, pick=pick, weights=weights,
-                          density=density, lam=lam, seed=seed, dtype=dtype, config=config)
+                          density=density, lam=lam, seed=seed, normalize=normalize, dtype=dtype, config=config)
     if not dry_run and (out is None) == (as_expert is None):
         raise HubError("compose: give exactly one of --out DIR (a model folder) or --as-expert NAME")
     out_path = None

@@ -40,7 +40,7 @@ Progress = Callable[[str, int, int], None]  # (what, done, total)
 
 def params_of(plan: Plan) -> MergeParams:
     r = plan.recipe
-    return MergeParams(density=r.density, lam=r.lam, seed=r.seed)
+    return MergeParams(density=r.density, lam=r.lam, seed=r.seed, normalize=r.normalize)
 
 
 # --- inputs of one weight, decoded ahead ---------------------------------------------------------------
@@ -154,7 +154,6 @@ def write_model(
     from safetensors.torch import save_file
 
     from hubtool.fileio import atomic_folder
-    from hubtool.kernels import scatter_add_
 
     folder = base_folder(plan.base_model)
     layout = shard_layout(folder)
@@ -179,10 +178,8 @@ def write_model(
                         if name in plan.weights:
                             x, fingerprints = inputs.get(name)
                             _check_fingerprints(plan, name, t, fingerprints)
-                            union, merged = merge_weight(plan.recipe.method, x, params)
-                            work = t.float() if t.dtype != torch.float32 else t.clone()
-                            scatter_add_(work, union, merged)  # fp32, rounded once below
-                            t = work.to(dtype)
+                            merged = merge_weight(plan.recipe.method, x, params)
+                            t = add_merged(t, merged, dtype)
                             done += 1
                             if progress:
                                 progress("weights", done, len(plan.weights))
@@ -206,6 +203,16 @@ def write_model(
     finally:
         inputs.close()
     return out_dir
+
+
+def add_merged(weight: torch.Tensor, merged: Any, dtype: torch.dtype) -> torch.Tensor:
+    """W + merged in one pass over W: fp32 sum rounded once to `dtype` on the union, W itself (cast)
+    elsewhere, so untouched entries keep their exact bits (-0.0 included)."""
+    from hubtool.kernels import dense_add_
+
+    summed = dense_add_(weight.float(), merged.values)  # fp32 [out, in], through hubtool.kernels
+    covered = merged.covered.view(weight.shape)
+    return torch.where(covered, summed.to(dtype), weight.to(dtype))
 
 
 def _copy_side_files(src: Path, dst: Path, out_dtype: torch.dtype | None) -> None:
@@ -256,7 +263,7 @@ def merged_deltas(plan: Plan, *, threads: int = 2, progress: Progress | None = N
             if len(known) > 1:
                 raise FingerprintError(f"the chosen experts were trained against different base weights for {name}")
             fp = known.pop() if known else None
-            union, merged = merge_weight(plan.recipe.method, x, params)
+            union, merged = merge_weight(plan.recipe.method, x, params).entries()
             shape = plan.shapes[name]
             if union.numel() * 2 > shape[0] * shape[1]:
                 dense = torch.zeros(shape[0] * shape[1])

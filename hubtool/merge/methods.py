@@ -1,14 +1,15 @@
 """Merge methods: small plain functions in a registry. Adding a method is one decorated function.
 
 Every method merges ONE weight at a time, in sparse form: it gets each expert's entries for that
-weight, (sorted flat positions [nnz_t] int64, fp32 values [nnz_t]), and returns the merged delta's
-entries on the union of the experts' positions. LoRA and full deltas arrive as entries at every
-position of W (they touch all of it), so mixed kinds need no special case: the union is then all of W.
+weight, (sorted flat positions [nnz_t] int64, fp32 values [nnz_t]) — never a dense copy of an expert —
+and returns a Merged: the merged delta on the union of the experts' positions. LoRA and full deltas
+arrive as entries at every position of W (they touch all of it), so mixed kinds need no special case.
 
-    @merge_method("my-method", params=("density",))
-    def my_method(x: WeightInputs, p: MergeParams) -> Merged:
-        union, total, cover = weighted_sums(x)    # [U] each: Σ w_t v_t, Σ_{covering} w_t
-        return union, total / len(x.entries)
+    @merge_method("my-mean", params=("lam",))
+    def my_mean(x: WeightInputs, p: MergeParams) -> Merged:
+        '''One line for `hub compose --help`.'''
+        s = weighted_sums(x)                        # Σ w_t v_t, Σ_{t covering} w_t: [out, in] each
+        return Merged(s.total / len(x.entries), s.covered)
 
 The helpers below (weighted_sums, disjoint_sums, stack, trim_to_density, drop_and_rescale) are the
 building blocks the methods share; they follow the published definitions (TIES: Yadav et al. 2023; DARE: Yu et al. 2024;
@@ -25,7 +26,31 @@ from dataclasses import dataclass, field
 
 import torch
 
-Merged = tuple[torch.Tensor, torch.Tensor]  # (sorted flat positions [U] int64, fp32 values [U])
+
+
+@dataclass
+class Merged:
+    """One weight's merged delta: fp32 values [out, in] (0 off the union) and the union, bool [numel].
+
+    The model writer adds `values` into W in one pass; a merged expert keeps `entries()`."""
+
+    values: torch.Tensor
+    covered: torch.Tensor
+
+    def entries(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """(sorted flat positions [U'] int64, values [U']) of the union, entries that merged to 0 dropped."""
+        flat = self.values.reshape(-1)
+        keep = self.covered.reshape(-1) & (flat != 0)
+        pos = keep.nonzero().squeeze(1)
+        return pos, flat[pos]
+
+    @classmethod
+    def from_entries(cls, shape: tuple[int, int], positions: torch.Tensor, values: torch.Tensor) -> Merged:
+        dense = torch.zeros(shape[0] * shape[1], dtype=torch.float32)
+        dense[positions] = values.float()
+        covered = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
+        covered[positions] = True
+        return cls(dense.view(shape), covered)
 
 
 @dataclass
@@ -33,6 +58,7 @@ class MergeParams:
     density: float | None = None  # ties / dare-* / magnitude-prune: fraction of W's entries kept
     lam: float | None = None  # lambda: scale of the merged delta (task-arithmetic default 0.4, others 1)
     seed: int = 0  # dare-*: the random drop is a function of (seed, expert, weight)
+    normalize: bool | None = None  # divide by the (agreeing) experts' weights; None: the method's default
 
 
 @dataclass
@@ -73,44 +99,48 @@ def merge_method(name: str, *, params: tuple[str, ...] = (), defaults: dict[str,
 
 
 # --- building blocks ----------------------------------------------------------------------------------
-# Work buffers are dense over W ([numel], fp32 or bool): O(numel + entries) per weight with no sort and
-# no [N, U] matrix, so 20 experts on a 28 M-entry weight cost three weight-sized buffers.
+# Work buffers are dense over W ([out, in] fp32, bool [numel]): O(numel + entries) per weight, no sort,
+# no [N, U] matrix, so 20 experts on a 28 M-entry weight cost a few weight-sized buffers. The adds go
+# through hubtool.kernels (torch on CPU, Triton on GPU); positions are unique per expert, so no two
+# adds of one call collide.
 
 
-def union_positions(entries: list[tuple[torch.Tensor, torch.Tensor]], numel: int) -> torch.Tensor:
-    """Sorted unique positions covered by any expert, [U] int64."""
-    mark = torch.zeros(numel, dtype=torch.bool)
-    for pos, _ in entries:
-        mark[pos] = True
-    return mark.nonzero().squeeze(1)
+@dataclass
+class Sums:
+    total: torch.Tensor  # Σ_t w_t v_t, fp32 [out, in]
+    weight: torch.Tensor  # Σ_t w_t over the experts counted at each entry, fp32 [out, in]
+    covered: torch.Tensor  # bool [numel]: some expert has the entry
+
+    def ratio(self) -> torch.Tensor:
+        """total / weight where weight != 0, else 0."""
+        w = self.weight
+        return torch.where(w != 0, self.total / torch.where(w != 0, w, 1.0), 0.0)
 
 
-def weighted_sums(x: WeightInputs, entries=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(union [U], Σ_t w_t v_t [U], Σ_{t covering the entry} w_t [U]) over the experts' entries."""
+def weighted_sums(x: WeightInputs, entries=None) -> Sums:
+    """Σ_t w_t v_t and Σ_{t covering the entry} w_t over the experts' entries, and their union."""
     from hubtool.kernels import scatter_add_  # torch on CPU, Triton on GPU
 
     entries = x.entries if entries is None else entries
     total = torch.zeros(x.shape, dtype=torch.float32)  # [out, in], what the kernels take; flat positions
-    cover = torch.zeros(x.shape, dtype=torch.float32)
-    mark = torch.zeros(x.numel, dtype=torch.bool)
+    weight = torch.zeros(x.shape, dtype=torch.float32)
+    covered = torch.zeros(x.numel, dtype=torch.bool)
     for w, (pos, val) in zip(x.w.tolist(), entries):
         if pos.numel():
-            scatter_add_(total, pos, val, w)  # positions are unique per expert: no two adds collide
-            scatter_add_(cover, pos, torch.ones(pos.numel()), w)
-            mark[pos] = True
-    union = mark.nonzero().squeeze(1)
-    return union, total.view(-1)[union], cover.view(-1)[union]
+            scatter_add_(total, pos, val, w)
+            scatter_add_(weight, pos, torch.ones(pos.numel()), w)
+            covered[pos] = True
+    return Sums(total, weight, covered)
 
 
-def disjoint_sums(x: WeightInputs, entries=None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """TIES' disjoint merge: elect the sign of Σ w_t v_t per entry, then (union, Σ w_t v_t and Σ w_t
-    over only the experts whose value has the elected sign). A value of exactly 0 agrees with nothing."""
+def agreeing_sums(x: WeightInputs, entries=None) -> Sums:
+    """TIES' disjoint sums: elect the sign of Σ w_t v_t per entry (0 counts as +), then sum w_t v_t and
+    w_t over only the experts whose value has the elected sign. A value of exactly 0 agrees with nothing."""
     from hubtool.kernels import scatter_add_
 
     entries = x.entries if entries is None else entries
-    union, total, _ = weighted_sums(x, entries)
-    sign = torch.zeros(x.numel, dtype=torch.float32)
-    sign[union] = torch.where(total >= 0, 1.0, -1.0)
+    first = weighted_sums(x, entries)
+    sign = torch.where(first.total >= 0, 1.0, -1.0).reshape(-1)  # [numel]
     num = torch.zeros(x.shape, dtype=torch.float32)
     den = torch.zeros(x.shape, dtype=torch.float32)
     for w, (pos, val) in zip(x.w.tolist(), entries):
@@ -119,13 +149,17 @@ def disjoint_sums(x: WeightInputs, entries=None) -> tuple[torch.Tensor, torch.Te
             p, v = pos[agree], val[agree]
             scatter_add_(num, p, v, w)
             scatter_add_(den, p, torch.ones(p.numel()), w)
-    return union, num.view(-1)[union], den.view(-1)[union]
+    return Sums(num, den, first.covered)
 
 
 def stack(x: WeightInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(union [U], values [N, U] fp32 with 0 where an expert is absent, covered [N, U] bool): every
-    expert's values side by side, for methods that need more than sums. Costs N x U memory."""
-    union = union_positions(x.entries, x.numel)
+    expert's values side by side, for methods that need more than sums (costs N x U memory). Return
+    `Merged.from_entries(x.shape, union, merged)`."""
+    mark = torch.zeros(x.numel, dtype=torch.bool)
+    for pos, _ in x.entries:
+        mark[pos] = True
+    union = mark.nonzero().squeeze(1)
     rank = torch.full((x.numel,), -1, dtype=torch.int64)
     rank[union] = torch.arange(union.numel())
     n = len(x.entries)
@@ -140,20 +174,22 @@ def stack(x: WeightInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 
 def trim_to_density(entries: list[tuple[torch.Tensor, torch.Tensor]], density: float, numel: int):
-    """Each expert keeps its round(density * numel) largest-magnitude entries (ties: lower position)."""
+    """Each expert keeps its int(density * numel) largest-magnitude entries; among equal magnitudes the
+    lower positions (a stable sort over position-ordered entries), so the result is deterministic."""
     k = max(0, int(density * numel))
     out = []
     for pos, val in entries:
         if val.numel() > k:
-            keep = torch.topk(val.abs(), k, sorted=False).indices.sort().values
+            keep = torch.sort(val.abs(), descending=True, stable=True).indices[:k].sort().values
             pos, val = pos[keep], val[keep]
         out.append((pos, val))
     return out
 
 
 def drop_and_rescale(x: WeightInputs, density: float, seed: int):
-    """DARE: each entry survives with probability `density` and is rescaled by 1/density. The draw is
-    seeded by (seed, expert, weight), so a merge is reproducible and does not depend on other experts."""
+    """DARE: each entry survives with probability `density` and is rescaled by 1/density (as the DARE
+    paper does; mergekit rescales to keep each tensor's L1 norm, equal on average). The draw is seeded by
+    (seed, expert, weight), so a merge is reproducible and does not depend on the other experts."""
     out = []
     for ref, (pos, val) in zip(x.experts or [str(i) for i in range(len(x.entries))], x.entries):
         digest = hashlib.sha256(f"{seed}|{ref}|{x.name}".encode()).digest()
@@ -171,72 +207,68 @@ def _lam(p: MergeParams, default: float = 1.0) -> float:
     return default if p.lam is None else p.lam
 
 
-def _ratio(num: torch.Tensor, den: torch.Tensor) -> torch.Tensor:
-    """num / den where den != 0, else 0 (an entry no counted expert touches)."""
-    return torch.where(den != 0, num / torch.where(den != 0, den, 1.0), 0.0)
+def _linear(x: WeightInputs, p: MergeParams, *, normalize: bool) -> Merged:
+    """λ Σ_t w_t D_t, divided by Σ_t w_t when normalising (mergekit's linear merge)."""
+    s = weighted_sums(x)
+    scale = _lam(p) / (float(x.w.sum()) if (p.normalize if p.normalize is not None else normalize) else 1.0)
+    return Merged(s.total * scale, s.covered)
 
 
-def _linear(x: WeightInputs, lam: float) -> Merged:
-    """Σ_t w_t D_t / Σ_t w_t, times lam (mergekit's normalised linear merge)."""
-    union, total, _ = weighted_sums(x)
-    return union, total / float(x.w.sum()) * lam
+def _disjoint(x: WeightInputs, p: MergeParams, *, normalize: bool) -> Merged:
+    """Elect signs, then sum the agreeing experts' weighted values, divided by their weights when
+    normalising (the disjoint mean)."""
+    s = agreeing_sums(x)
+    merged = s.ratio() if (p.normalize if p.normalize is not None else normalize) else s.total
+    return Merged(merged * _lam(p), s.covered)
 
 
-def _disjoint_mean(x: WeightInputs, lam: float) -> Merged:
-    """Elect signs, then average each entry over the experts that agree with it."""
-    union, num, den = disjoint_sums(x)
-    return union, _ratio(num, den) * lam
-
-
-# --- the methods --------------------------------------------------------------------------------------
+# --- the methods (defaults as in mergekit, whose users expect them, unless the paper says otherwise) ------
 
 
 @merge_method("overlap-mean", params=("lam",))
 def overlap_mean(x: WeightInputs, p: MergeParams) -> Merged:
     """Each entry averaged over only the experts whose mask covers it (the paper's merge)."""
-    union, total, cover = weighted_sums(x)
-    return union, _ratio(total, cover) * _lam(p)
+    s = weighted_sums(x)
+    return Merged(s.ratio() * _lam(p), s.covered)
 
 
 @merge_method("mean", params=("lam",))
 def mean(x: WeightInputs, p: MergeParams) -> Merged:
     """Sum of the deltas divided by the number of experts (by Σ weights when weighted)."""
-    return _linear(x, _lam(p))
+    return _linear(x, p, normalize=True)
 
 
 @merge_method("task-arithmetic", params=("lam",), defaults={"lam": 0.4})
 def task_arithmetic(x: WeightInputs, p: MergeParams) -> Merged:
-    """Sum of the (weighted) deltas times lambda (default 0.4)."""
-    union, total, _ = weighted_sums(x)
-    return union, total * _lam(p, 0.4)
+    """Sum of the (weighted) deltas times lambda (default 0.4, the paper's)."""
+    s = weighted_sums(x)
+    return Merged(s.total * _lam(p, 0.4), s.covered)
 
 
-@merge_method("ties", params=("density", "lam"), defaults={"density": 0.2})
+@merge_method("ties", params=("density", "lam", "normalize"), defaults={"density": 0.2})
 def ties(x: WeightInputs, p: MergeParams) -> Merged:
     """Trim each delta to its top-density entries by magnitude, elect signs, disjoint mean."""
-    return _disjoint_mean(_with(x, trim_to_density(x.entries, p.density, x.numel)), _lam(p))
+    return _disjoint(_with(x, trim_to_density(x.entries, p.density, x.numel)), p, normalize=True)
 
 
-@merge_method("dare-ties", params=("density", "lam", "seed"), defaults={"density": 0.5})
+@merge_method("dare-ties", params=("density", "lam", "seed", "normalize"), defaults={"density": 0.5})
 def dare_ties(x: WeightInputs, p: MergeParams) -> Merged:
-    """Seeded random drop to density and rescale (DARE), then sign election and disjoint mean."""
-    return _disjoint_mean(_with(x, drop_and_rescale(x, p.density, p.seed)), _lam(p))
+    """Seeded random drop to density and rescale (DARE), elect signs, sum the agreeing experts."""
+    return _disjoint(_with(x, drop_and_rescale(x, p.density, p.seed)), p, normalize=False)
 
 
-@merge_method("dare-linear", params=("density", "lam", "seed"), defaults={"density": 0.5})
+@merge_method("dare-linear", params=("density", "lam", "seed", "normalize"), defaults={"density": 0.5})
 def dare_linear(x: WeightInputs, p: MergeParams) -> Merged:
-    """Seeded random drop to density and rescale (DARE), then the weighted mean."""
-    return _linear(_with(x, drop_and_rescale(x, p.density, p.seed)), _lam(p))
+    """Seeded random drop to density and rescale (DARE), then the weighted sum."""
+    return _linear(_with(x, drop_and_rescale(x, p.density, p.seed)), p, normalize=False)
 
 
-@merge_method("magnitude-prune", params=("density", "lam"), defaults={"density": 0.2})
+@merge_method("magnitude-prune", params=("density", "lam", "normalize"), defaults={"density": 0.2})
 def magnitude_prune(x: WeightInputs, p: MergeParams) -> Merged:
     """Trim each delta to its top-density entries by magnitude, then the weighted mean."""
-    return _linear(_with(x, trim_to_density(x.entries, p.density, x.numel)), _lam(p))
+    return _linear(_with(x, trim_to_density(x.entries, p.density, x.numel)), p, normalize=True)
 
 
 def merge_weight(method: str, x: WeightInputs, p: MergeParams) -> Merged:
-    """Run a registered method on one weight; drops entries that merged to exactly zero."""
-    union, merged = METHODS[method].fn(x, p)
-    keep = merged != 0
-    return union[keep], merged[keep]
+    """Run a registered method on one weight."""
+    return METHODS[method].fn(x, p)

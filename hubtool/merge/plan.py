@@ -151,7 +151,8 @@ def make_plan(catalog: Any, recipe: Recipe) -> Plan:
         method=recipe.method, tasks=list(recipe.tasks), task_weights=recipe.task_weights, where=recipe.where,
         pick=recipe.pick,
         experts=[ExpertSpec(c.ref, c.weight, c.record.sha256) for c in choices],
-        density=recipe.density, lam=recipe.lam, seed=recipe.seed, dtype=recipe.dtype, base_model=first.base_model,
+        density=recipe.density, lam=recipe.lam, seed=recipe.seed, normalize=recipe.normalize, dtype=recipe.dtype,
+        base_model=first.base_model,
     )
     return Plan(resolved, choices, first.base_model, first.base_revision, weights, shapes)
 

@@ -3,7 +3,7 @@
 Modelled on mergekit's YAML. A recipe either names its experts or a catalog query that picks them:
 
     merge_method: ties
-    parameters: {density: 0.2, lambda: 1.0, seed: 0}
+    parameters: {density: 0.2, lambda: 1.0, normalize: true, seed: 0}
     dtype: bfloat16                      # of the output model folder (default: the base model's)
     select: {tasks: [qa, summarize], where: "rougeL>=10", pick: best}
     experts:                             # wins over `select` when given
@@ -47,6 +47,7 @@ class Recipe:
     density: float | None = None
     lam: float | None = None
     seed: int = 0
+    normalize: bool | None = None  # ties / dare-* / magnitude-prune: divide by the experts' weights
     dtype: str | None = None
     base_model: str | None = None  # filled in by resolution; checked when given
 
@@ -74,7 +75,9 @@ class Recipe:
                 raise HubError(f"{where}: dtype {self.dtype!r}: expected bfloat16, float16 or float32")
             self.dtype = OUT_DTYPES[self.dtype]
         spec = METHODS[self.method]
-        given = {"density": self.density, "lam": self.lam}
+        if self.normalize is not None and not isinstance(self.normalize, bool):
+            raise HubError(f"{where}: parameters.normalize {self.normalize!r}: expected true or false")
+        given = {"density": self.density, "lam": self.lam, "normalize": self.normalize}
         for key, value in given.items():
             if value is not None and key not in spec.params:
                 name = "lambda" if key == "lam" else key
@@ -91,6 +94,8 @@ class Recipe:
             params["density"] = self.density
         if self.lam is not None:
             params["lambda"] = self.lam
+        if self.normalize is not None:
+            params["normalize"] = self.normalize
         params["seed"] = self.seed
         out: dict[str, Any] = {"merge_method": self.method}
         if self.base_model is not None:
@@ -123,9 +128,9 @@ class Recipe:
         if extra:
             raise HubError(f"{where}: unknown key {extra[0]!r}; expected {', '.join(sorted(known))}")
         params = _mapping(data.get("parameters"), f"{where}: parameters")
-        unknown = sorted(set(params) - {"density", "lambda", "seed"})
+        unknown = sorted(set(params) - {"density", "lambda", "seed", "normalize"})
         if unknown:
-            raise HubError(f"{where}: parameters.{unknown[0]}: unknown; expected density, lambda or seed")
+            raise HubError(f"{where}: parameters.{unknown[0]}: unknown; expected density, lambda, normalize or seed")
         select = _mapping(data.get("select"), f"{where}: select")
         tasks = select.get("tasks", [])
         if isinstance(tasks, str):
@@ -159,6 +164,7 @@ class Recipe:
             density=None if params.get("density") is None else _number(params["density"], f"{where}: parameters.density"),
             lam=None if params.get("lambda") is None else _number(params["lambda"], f"{where}: parameters.lambda"),
             seed=int(_number(params.get("seed", 0), f"{where}: parameters.seed")),
+            normalize=params.get("normalize"),
             dtype=data.get("dtype"),
             base_model=data.get("base_model"),
         ).check(where)
