@@ -50,6 +50,7 @@ log = logging.getLogger("hubtool.hub.server")
 
 CHUNK = 1 << 20
 MAX_JSON_BODY = 8 << 20
+EARLY_SYNC = 8 << 20  # files at least this large start their fsync as soon as they are received
 MAX_FILE_SIZE = 50 * 10**9  # the client cannot download a larger file over plain HTTP anyway
 MAX_COMMIT_OPS = 100_000
 LFS_URL_TTL = 3600
@@ -927,7 +928,11 @@ class HubApp:
             temp.unlink(missing_ok=True)
             size, oid = self.storage.blob_info(sha)  # type: ignore[misc]
             return Upload(None, sha, size, oid)
-        return Upload(temp, sha, size, git_oid_of_file(temp, size))  # fsynced, in parallel, at commit time
+        # A large file's fsync (the disk) starts now and runs while its git oid is hashed (the CPU) and later
+        # lines are parsed; apply_commit waits for it. Small files are fsynced together at commit time (one
+        # journal commit for many of them).
+        syncing = self.storage.start_sync(temp) if size >= EARLY_SYNC else None
+        return Upload(temp, sha, size, git_oid_of_file(temp, size), syncing=syncing)
 
     def _write_temp(self, data: bytes, extra_temps: list):
         temp = self.storage.temp_path()

@@ -57,7 +57,7 @@ _a2b_base64 = _a2b_strict if sys.version_info >= (3, 11) else _a2b_regex
 try:  # SIMD base64 (25x binascii here), when installed: the same strictness (alphabet only, padding at the end)
     from pybase64 import b64decode as _pybase64_decode
 
-    def _a2b_base64(block: bytes | memoryview) -> bytes:  # noqa: F811
+    def _a2b_base64(block: bytes | memoryview) -> bytes:
         return _pybase64_decode(block, validate=True)
 
 except ImportError:

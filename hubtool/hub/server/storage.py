@@ -35,6 +35,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from hubtool.fileio import atomic_write, fsync_path
 from hubtool.hub.server import names, patterns
@@ -106,6 +107,7 @@ class Upload:
     size: int
     oid: str
     synced: bool = False  # the temp file's data has been fsynced (done before taking the repo lock)
+    syncing: Any = None  # a Future of that fsync, when it was started early (Storage.start_sync)
 
 
 @dataclass
@@ -195,11 +197,19 @@ class Storage:
         os.replace(tmp, meta)
 
     @staticmethod
+    def start_sync(path: Path):
+        """Start the fsync of a complete temp file in the background (a Future): the disk works while the
+        request goes on (hashing the file's git oid, parsing the next files)."""
+        return _pool().submit(sync_file, path)
+
+    @staticmethod
     def sync_uploads(uploads: list[Upload]) -> None:
         """fsync the data of temp files (in parallel: one journal commit serves many files)."""
         todo = [u for u in uploads if u.temp is not None and not u.synced]
-        _parallel(sync_file, [u.temp for u in todo])
+        _parallel(sync_file, [u.temp for u in todo if u.syncing is None])
         for u in todo:
+            if u.syncing is not None:
+                u.syncing.result()  # raises what the fsync raised
             u.synced = True
 
     def store_uploads(self, uploads: list[Upload]) -> None:
@@ -598,13 +608,17 @@ def _parallel(fn, items) -> None:
         for item in items:
             fn(item)
         return
+    for _ in _pool().map(fn, items):
+        pass
+
+
+def _pool():
     global _POOL
     if _POOL is None:
         from concurrent.futures import ThreadPoolExecutor
 
         _POOL = ThreadPoolExecutor(max_workers=8, thread_name_prefix="hub-fsync")
-    for _ in _POOL.map(fn, items):
-        pass
+    return _POOL
 
 
 def sync_file(path: Path) -> None:
