@@ -224,12 +224,6 @@ def _peft_export(cat: Any, rec: Any, folder: Path) -> tuple[str | None, dict | N
             continue  # SHiRA cannot hold a layer this dense; Super-Tuning can
         for name in PEFT_FILES:
             os.replace(out / name, folder / name)
-        # PEFT keeps target_modules as a set, so its order in the file follows the process's string hash
-        # seed: sorted, the file is the same in every run (and a second push is no change).
-        config = json.loads((folder / PEFT_FILES[0]).read_text())
-        if isinstance(config.get("target_modules"), list):
-            config["target_modules"] = sorted(config["target_modules"])
-        _write_json(folder / PEFT_FILES[0], config)
         sidecar = json.loads((out / SIDECAR_FILE).read_text())
         shutil.rmtree(out)
         return fmt, sidecar, None

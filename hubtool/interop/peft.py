@@ -383,6 +383,12 @@ def export_peft(
     with atomic_folder(out_dir) as tmp:
         save_file(tensors, tmp / WEIGHTS_FILE, metadata={"format": "pt"})
         config.save_pretrained(str(tmp))
+        # PEFT keeps target_modules as a set, written in the order of the process's string hash: sorted,
+        # the same expert always exports to the same bytes (and a second `hub push` changes nothing).
+        written = json.loads((tmp / CONFIG_FILE).read_text())
+        if isinstance(written.get("target_modules"), list):
+            written["target_modules"] = sorted(written["target_modules"])
+            (tmp / CONFIG_FILE).write_text(json.dumps(written, indent=2, sort_keys=True) + "\n")
         sidecar = _sidecar(expert, deltas, counts, sha256_file(tmp / WEIGHTS_FILE))
         (tmp / SIDECAR_FILE).write_text(json.dumps(sidecar, indent=2) + "\n")
         padded = sum(

@@ -188,9 +188,13 @@ def write_card(plan: Plan, folder: Path) -> None:
 
     from hubtool.merge.execute import provenance
 
+    from hubtool.hub.card import base_hub_id
+
     tasks = plan.tasks
+    # The Hub checks base_model names a real model: the embedded base's Hub id; a local folder has none.
+    hub_base = base_hub_id(plan.base_model)
     data = ModelCardData(
-        base_model=plan.base_model,
+        base_model=hub_base,
         base_model_relation="merge",
         library_name="transformers",
         tags=["hubtool", "merge", "sparse-experts", plan.recipe.method, *tasks],
