@@ -255,6 +255,58 @@ def _worker(argv: list[str]) -> None:
         info = api.upload_file(path_or_fileobj=file, path_in_repo=dest, repo_id=repo)
         seconds = time.perf_counter() - t0
         result = {"seconds": seconds, "commit": info.oid}
+    elif kind == "push-lfs":  # push-lfs REPO FILE PATH_IN_REPO: the LFS basic transfer (raw PUT), not default
+        # What huggingface_hub < 1.20 does: the server answers `lfs` to such a user agent, and with Xet off the
+        # client uploads through the LFS batch API (a signed PUT of the raw bytes), then commits an lfsFile line.
+        os.environ["HF_HUB_DISABLE_XET"] = "1"
+        from huggingface_hub import HfApi
+
+        repo, file, dest = argv[1:4]
+        api = HfApi(headers={"user-agent": "hub-bench/1.0; hf_hub/1.19.0"})
+        t0 = time.perf_counter()
+        info = api.upload_file(path_or_fileobj=file, path_in_repo=dest, repo_id=repo)
+        seconds = time.perf_counter() - t0
+        result = {"seconds": seconds, "commit": info.oid}
+    elif kind == "build-body":  # build-body FILE: the client's own work for a regular upload, no server
+        # upload_file's CPU work before and while it sends: sha256 + sample of the file (CommitOperationAdd),
+        # then the NDJSON body exactly as huggingface_hub's _send_commit builds it (base64 inline, json.dumps).
+        import json as json_
+
+        from huggingface_hub._commit_api import CommitOperationAdd, _prepare_commit_payload
+
+        file = argv[1]
+        t0 = time.perf_counter()
+        op = CommitOperationAdd(path_in_repo="model.safetensors", path_or_fileobj=file)
+        op._upload_mode = "regular"
+        payload = _prepare_commit_payload(operations=[op], files_to_copy={}, commit_message="x")
+        data = b"".join(json_.dumps(item).encode() + b"\n" for item in payload)
+        seconds = time.perf_counter() - t0
+        result = {"seconds": seconds, "body_bytes": len(data)}
+    elif kind == "get-socket":  # get-socket PATH: GET into memory over a plain socket (no HTTP library)
+        import socket as socket_
+        from urllib.parse import urlsplit
+
+        url = urlsplit(os.environ["HF_ENDPOINT"])
+        t0 = time.perf_counter()
+        with socket_.create_connection((url.hostname, url.port)) as s:
+            s.sendall(f"GET {argv[1]} HTTP/1.1\r\nHost: {url.netloc}\r\nAuthorization: Bearer "
+                      f"{os.environ['HF_TOKEN']}\r\nConnection: close\r\n\r\n".encode())
+            buf = memoryview(bytearray(8 << 20))
+            n = 0
+            while k := s.recv_into(buf):
+                n += k
+        result = {"seconds": time.perf_counter() - t0, "bytes": n}
+    elif kind == "get-httpx":  # get-httpx PATH: the client's HTTP stack alone (httpx2 stream, iter_raw, no file)
+        import httpx2
+
+        t0 = time.perf_counter()
+        n = 0
+        with httpx2.Client() as client, client.stream(
+            "GET", os.environ["HF_ENDPOINT"] + argv[1], headers={"Authorization": f"Bearer {os.environ['HF_TOKEN']}"}
+        ) as response:
+            for chunk in response.iter_raw():
+                n += len(chunk)
+        result = {"seconds": time.perf_counter() - t0, "bytes": n}
     elif kind == "push-folder":  # push-folder REPO FOLDER
         from huggingface_hub import HfApi
 

@@ -123,8 +123,11 @@ def main() -> None:
             warm = workdir / "src-warm" / "model.safetensors"  # first-call costs (pyc, sockets) out of the rounds
             make_safetensors(warm, 1)
             push_pull(srv, workdir, warm, "bench/warmup", "warm")
-            print(f"server speed-ups loaded: {srv.modules()}")
+            modules = srv.modules()
+            print(f"server speed-ups loaded: {modules}")
             rows = []
+            env = srv.client_env(workdir / "client")
+            log = workdir / "client.log"
             for r in range(args.rounds):
                 stamp(src, r + 1)
                 repo = f"bench/model-{r}"
@@ -135,12 +138,24 @@ def main() -> None:
                     res = push_pull(srv, workdir, src, repo, f"r{r}")
                     cp_s, sync_s = time_cp(src, workdir)
                 res.update(cp=cp_s, sync=sync_s)
+                # Where the time goes, same round, same file:
+                resolve = f"/{repo}/resolve/main/model.safetensors"
+                res["get_socket"] = run_worker(["get-socket", resolve], env, timeout=900, log=log)["seconds"]
+                res["get_httpx"] = run_worker(["get-httpx", resolve], env, timeout=900, log=log)["seconds"]
+                body = run_worker(["build-body", str(src)], env, timeout=900, log=log)
+                res["body"], res["body_rss"] = body["seconds"], body["vmhwm_kib"]
+                stamp(src, 1_000_000 + r)  # new content again: the LFS batch API would skip a stored blob
+                srv.api().create_repo(f"bench/lfs-{r}")
+                res["push_lfs"] = run_worker(["push-lfs", f"bench/lfs-{r}", str(src), "model.safetensors"], env,
+                                             timeout=900, log=log)["seconds"]
                 rows.append(res)
                 print(f"  round {r}: cp {cp_s:.3f} s (+ fsync {sync_s:.3f} s), push {res['push']:.3f} s, "
-                      f"pull {res['pull']:.3f} s")
+                      f"pull {res['pull']:.3f} s; client body {res['body']:.3f} s, push via LFS {res['push_lfs']:.3f} s, "
+                      f"GET socket {res['get_socket']:.3f} s, GET httpx {res['get_httpx']:.3f} s")
             commit_ms = srv.request_ms("POST", r"/api/models/bench/model-\d+/commit/main")
             preupload_ms = srv.request_ms("POST", r"/api/models/bench/model-\d+/preupload/main")
             get_ms = srv.request_ms("GET", r"/bench/model-\d+/resolve/main/model.safetensors")
+            put_ms = srv.request_ms("PUT", r"/_lfs/upload/[0-9a-f]+")
             throughput_hwm = srv.vmhwm_kib()
         finally:
             srv.stop()
@@ -162,25 +177,34 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(workdir, ignore_errors=True)
 
-    cp = median([r["cp"] for r in rows])
-    sync = median([r["sync"] for r in rows])
-    push = median([r["push"] for r in rows])
-    pull = median([r["pull"] for r in rows])
+    m = {key: median([r[key] for r in rows]) for key in rows[0]}
+    cp, sync = m["cp"], m["sync"]
+    commit, put, get = median(commit_ms) / 1000, median(put_ms) / 1000, median(get_ms) / 1000
     print()
     print(f"{command_line()}")
-    print(f"{size / 2**20:.0f} MiB safetensors (random bf16), loopback, median of {args.rounds} interleaved rounds "
-          f"(cp: 3 copies a round); "
+    print(f"{size / 2**20:.0f} MiB safetensors (random bf16), loopback, huggingface_hub {huggingface_hub.__version__}, "
+          f"server speed-ups: {modules}; median of {args.rounds} interleaved rounds (cp: 3 copies a round); "
           f"wall {time.perf_counter() - started:.0f} s")
-    print(f"{'operation':<44} {'s':>7} {'MiB/s':>8} {'x cp':>6}")
-    print(f"{'cp SRC DST (same disk, page cache)':<44} {cp:>7.3f} {mibs(size, cp):>8.0f} {1:>6.2f}")
-    print(f"{'cp SRC DST + fsync DST':<44} {cp + sync:>7.3f} {mibs(size, cp + sync):>8.0f} {cp / (cp + sync):>6.2f}")
-    print(f"{'push: HfApi.upload_file (regular, base64)':<44} {push:>7.3f} {mibs(size, push):>8.0f} "
-          f"{cp / push:>6.2f}")
-    print(f"{'pull: hf_hub_download (fresh cache)':<44} {pull:>7.3f} {mibs(size, pull):>8.0f} {cp / pull:>6.2f}")
-    print(f"server time per request (access log, median): preupload {median(preupload_ms):.0f} ms, "
-          f"commit {median(commit_ms):.0f} ms, resolve GET {median(get_ms):.0f} ms")
-    print(f"client peak RSS (median): push {median([r['push_rss'] for r in rows]) / 1024:.0f} MiB, "
-          f"pull {median([r['pull_rss'] for r in rows]) / 1024:.0f} MiB")
+
+    def row(label: str, seconds: float) -> None:
+        print(f"{label:<66} {seconds:>7.3f} {mibs(size, seconds):>8.0f} {cp / seconds:>6.2f}")
+
+    print(f"{'operation':<66} {'s':>7} {'MiB/s':>8} {'x cp':>6}")
+    row("cp SRC DST (same disk, page cache)", cp)
+    row("cp SRC DST + fsync DST", cp + sync)
+    row("push: HfApi.upload_file, default settings (regular: base64 NDJSON)", m["push"])
+    row("  client alone: sha256 + base64/JSON commit body, no server", m["body"])
+    row("  server: the commit request (access log)", commit)
+    row("push via LFS basic (raw PUT; hf_hub < 1.20 UA + HF_HUB_DISABLE_XET)", m["push_lfs"])
+    row("  server: the LFS PUT request (access log)", put)
+    row("pull: hf_hub_download, default settings, fresh cache", m["pull"])
+    row("  server: GET into memory over a plain socket", m["get_socket"])
+    row("  client HTTP stack alone: httpx2 stream iter_raw, no file", m["get_httpx"])
+    print(f"other requests (median): preupload {median(preupload_ms):.0f} ms; resolve GET during hf_hub_download "
+          f"{1000 * get:.0f} ms")
+    print(f"client peak RSS (median): push {m['push_rss'] / 1024:.0f} MiB (building the body alone "
+          f"{m['body_rss'] / 1024:.0f} MiB), pull {m['pull_rss'] / 1024:.0f} MiB")
+    push, pull = m["push"], m["pull"]
     ok_push, ok_pull = cp / push >= 0.5, cp / pull >= 0.5
     print(f"goal push >= 0.5 x cp: {'met' if ok_push else 'NOT met'} ({cp / push:.2f}); "
           f"pull >= 0.5 x cp: {'met' if ok_pull else 'NOT met'} ({cp / pull:.2f})")
