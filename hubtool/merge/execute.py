@@ -47,38 +47,36 @@ def params_of(plan: Plan) -> MergeParams:
 
 
 class Inputs:
-    """Decodes every chosen expert's entries of the weights in `order`, `ahead` weights in advance."""
+    """Every chosen expert's entries of the weights in `order`, decoded one weight ahead: while the
+    caller merges weight i, the experts of weight i+1 are read and decoded in parallel (one task per
+    expert). Memory: two weights' entries at most."""
 
     def __init__(self, plan: Plan, order: list[str], threads: int = 2) -> None:
         self.plan, self.readers = plan, plan.readers()
         self.order = [w for w in order if w in plan.weights]
         self.pool = ThreadPoolExecutor(max(1, threads))
-        self.ahead = max(1, threads)
-        self.pending: dict[str, Any] = {}
-        self.next = 0
+        self.pending: dict[str, list[Any]] = {}  # weight -> one future per expert touching it
+        self.index = {w: k for k, w in enumerate(self.order)}
+        self.w = torch.tensor([c.weight for c in plan.choices], dtype=torch.float32)
+        self.refs = [c.ref for c in plan.choices]
 
-    def _load(self, name: str) -> tuple[WeightInputs, list[str | None]]:
-        idx = self.plan.weights[name]
-        entries, fingerprints = [], []
-        for i in range(len(self.plan.choices)):
-            if i in idx:
-                delta = self.readers[i].read(name)
-                entries.append(delta.entries())
-                fingerprints.append(delta.fingerprint)
-            else:
-                entries.append((torch.zeros(0, dtype=torch.int64), torch.zeros(0)))
-                fingerprints.append(None)
-        w = torch.tensor([c.weight for c in self.plan.choices], dtype=torch.float32)
-        refs = [c.ref for c in self.plan.choices]
-        return WeightInputs(name, self.plan.shapes[name], entries, w, refs), fingerprints
+    def _read(self, i: int, name: str) -> tuple[tuple[torch.Tensor, torch.Tensor], str | None]:
+        delta = self.readers[i].read(name)
+        return delta.entries(), delta.fingerprint
+
+    def _submit(self, name: str) -> list[Any]:
+        return [self.pool.submit(self._read, i, name) for i in self.plan.weights[name]]
 
     def get(self, name: str) -> tuple[WeightInputs, list[str | None]]:
-        while self.next < len(self.order) and len(self.pending) < self.ahead + 1:
-            key = self.order[self.next]
-            self.pending[key] = self.pool.submit(self._load, key)
-            self.next += 1
-        future = self.pending.pop(name, None)
-        return future.result() if future is not None else self._load(name)
+        futures = self.pending.pop(name, None) or self._submit(name)
+        k = self.index.get(name, len(self.order)) + 1
+        if k < len(self.order) and self.order[k] not in self.pending:  # the next weight, while we wait
+            self.pending[self.order[k]] = self._submit(self.order[k])
+        done = dict(zip(self.plan.weights[name], (f.result() for f in futures)))
+        empty = (torch.zeros(0, dtype=torch.int64), torch.zeros(0))
+        entries = [done[i][0] if i in done else empty for i in range(len(self.plan.choices))]
+        fingerprints = [done[i][1] if i in done else None for i in range(len(self.plan.choices))]
+        return WeightInputs(name, self.plan.shapes[name], entries, self.w, self.refs), fingerprints
 
     def close(self) -> None:
         self.pool.shutdown(wait=True, cancel_futures=True)
@@ -151,7 +149,6 @@ def write_model(
 ) -> Path:
     """Write the merged model as a complete HF folder at `out_dir` (atomically: all or nothing)."""
     from safetensors import safe_open
-    from safetensors.torch import save_file
 
     from hubtool.fileio import atomic_folder
 
@@ -170,27 +167,29 @@ def write_model(
         with atomic_folder(out_dir) as tmp:
             for i, (shard, names) in enumerate(layout):
                 out_name = f"model-{i + 1:05d}-of-{len(layout):05d}.safetensors"
-                tensors: dict[str, torch.Tensor] = {}
                 with safe_open(str(folder / shard), framework="pt") as f:
-                    for name in names:
-                        t = f.get_tensor(name)
-                        dtype = out_dtype or t.dtype
-                        if name in plan.weights:
-                            x, fingerprints = inputs.get(name)
-                            _check_fingerprints(plan, name, t, fingerprints)
-                            merged = merge_weight(plan.recipe.method, x, params)
-                            t = add_merged(t, merged, dtype)
-                            done += 1
-                            if progress:
-                                progress("weights", done, len(plan.weights))
-                        elif t.dtype != dtype and t.is_floating_point():
-                            t = t.to(dtype)
-                        tensors[name] = t.contiguous()
-                        total_size += t.numel() * t.element_size()
-                        weight_map[name] = out_name
-                save_file(tensors, str(tmp / out_name), metadata={"format": "pt"})
-                os.chmod(tmp / out_name, 0o644)  # safetensors writes through a private temp file (0600)
-                del tensors
+                    specs = [_out_spec(n, f.get_slice(n), out_dtype) for n in names]
+                    # Header first (every tensor's dtype and shape is known), then each tensor as it is
+                    # made: the writer holds one tensor, never the shard.
+                    with ShardWriter(tmp / out_name, specs) as writer:
+                        for name in names:
+                            t = f.get_tensor(name)
+                            dtype = out_dtype if out_dtype is not None and t.is_floating_point() else t.dtype
+                            if name in plan.weights:
+                                x, fingerprints = inputs.get(name)
+                                _check_fingerprints(plan, name, t, fingerprints)
+                                merged = merge_weight(plan.recipe.method, x, params)
+                                t = add_merged(t, merged, dtype)
+                                del merged, x
+                                done += 1
+                                if progress:
+                                    progress("weights", done, len(plan.weights))
+                            elif t.dtype != dtype:
+                                t = t.to(dtype)
+                            writer.write(name, t)
+                            total_size += t.numel() * t.element_size()
+                            weight_map[name] = out_name
+                            del t
                 if progress:
                     progress("shards", i + 1, len(layout))
             index = {"metadata": {"total_size": total_size}, "weight_map": dict(sorted(weight_map.items()))}
@@ -203,6 +202,61 @@ def write_model(
     finally:
         inputs.close()
     return out_dir
+
+
+_ST_TO_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,
+                "I64": torch.int64, "I32": torch.int32, "I16": torch.int16, "I8": torch.int8, "U8": torch.uint8,
+                "BOOL": torch.bool}
+_TORCH_TO_ST = {v: k for k, v in _ST_TO_TORCH.items()}
+
+
+def _out_spec(name: str, sl: Any, out_dtype: torch.dtype | None) -> tuple[str, str, list[int]]:
+    """(name, safetensors dtype, shape) of a tensor as it will be written."""
+    st = sl.get_dtype()
+    if out_dtype is not None and _ST_TO_TORCH.get(st, torch.uint8).is_floating_point:
+        st = _TORCH_TO_ST[out_dtype]
+    return name, st, list(sl.get_shape())
+
+
+class ShardWriter:
+    """A safetensors file written tensor by tensor: the header (from the known dtypes and shapes) goes
+    first, then each tensor's bytes in order, so nothing but the current tensor is held in memory."""
+
+    def __init__(self, path: Path, specs: list[tuple[str, str, list[int]]]) -> None:
+        header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
+        offset = 0
+        self.expected: list[tuple[str, str, list[int], int]] = []
+        for name, st, shape in specs:
+            numel = 1
+            for d in shape:
+                numel *= d
+            size = numel * torch.empty(0, dtype=_ST_TO_TORCH[st]).element_size()
+            header[name] = {"dtype": st, "shape": shape, "data_offsets": [offset, offset + size]}
+            self.expected.append((name, st, shape, size))
+            offset += size
+        text = json.dumps(header, separators=(",", ":")).encode()
+        text += b" " * (-len(text) % 8)  # tensors start 8-byte aligned, as safetensors writes them
+        self.file = open(path, "wb")
+        self.file.write(len(text).to_bytes(8, "little") + text)
+        self.at = 0
+
+    def write(self, name: str, t: torch.Tensor) -> None:
+        want, st, shape, size = self.expected[self.at]
+        if name != want or _TORCH_TO_ST[t.dtype] != st or list(t.shape) != shape:
+            raise HubError(f"internal: shard writer expected {want} {st} {shape}, got {name} {t.dtype} {list(t.shape)}")
+        data = t.contiguous().view(torch.uint8).reshape(-1).numpy() if t.numel() else b""
+        self.file.write(data)
+        self.at += 1
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, kind: Any, *exc: Any) -> None:
+        try:
+            if kind is None and self.at != len(self.expected):
+                raise HubError(f"internal: shard writer got {self.at} of {len(self.expected)} tensors")
+        finally:
+            self.file.close()
 
 
 def add_merged(weight: torch.Tensor, merged: Any, dtype: torch.dtype) -> torch.Tensor:
