@@ -82,9 +82,11 @@ def test_embedded_folder_is_verified_on_every_resolve(hub_home):
     loaded, _ = models.load_base("smollm2-135m")
     assert torch.equal(loaded.model.embed_tokens.weight, model.model.embed_tokens.weight)
 
+    # a verified file is stamped (size, mtime, inode) and not hashed again while the stamp holds...
+    assert (folder / models.VERIFIED).is_file()
     weights = folder / "model.safetensors"
     data = bytearray(weights.read_bytes())
-    data[-1] ^= 0xFF  # one flipped bit-pattern in the last weight value
+    data[-1] ^= 0xFF  # ...but a rewritten one is: one flipped bit-pattern in the last weight value
     weights.write_bytes(bytes(data))
     with pytest.raises(HubError, match="corrupt.*does not match its sha256.*delete the folder"):
         models.resolve_base("smollm2-135m")
