@@ -255,6 +255,29 @@ def _worker(argv: list[str]) -> None:
         info = api.upload_file(path_or_fileobj=file, path_in_repo=dest, repo_id=repo)
         seconds = time.perf_counter() - t0
         result = {"seconds": seconds, "commit": info.oid}
+    elif kind == "push-many":  # push-many REPO START DEADLINE FILE...: one client of a concurrent push load
+        # Imports first, then waits for START (epoch seconds, shared by all clients), then one upload_file per
+        # file until DEADLINE; prints every call's latency and every error.
+        from huggingface_hub import HfApi
+
+        repo, start, deadline, files = argv[1], float(argv[2]), float(argv[3]), argv[4:]
+        api = HfApi()
+        api.whoami()  # connection and first-call costs before the start
+        time.sleep(max(0.0, start - time.time()))
+        lat, errors, pushed, nbytes = [], [], [], 0
+        for file in files:
+            if time.time() > deadline:
+                break
+            dest = f"push/{Path(file).name}"
+            t0 = time.perf_counter()
+            try:
+                api.upload_file(path_or_fileobj=file, path_in_repo=dest, repo_id=repo)
+                lat.append(time.perf_counter() - t0)
+                nbytes += os.path.getsize(file)
+                pushed.append([repo, dest, file])
+            except Exception as err:  # noqa: BLE001 (counted and reported)
+                errors.append(f"{type(err).__name__}: {str(err)[:200]}")
+        result = {"lat": lat, "errors": errors, "pushed": pushed, "bytes": nbytes, "end": time.time()}
     elif kind == "push-lfs":  # push-lfs REPO FILE PATH_IN_REPO: the LFS basic transfer (raw PUT), not default
         # What huggingface_hub < 1.20 does: the server answers `lfs` to such a user agent, and with Xet off the
         # client uploads through the LFS batch API (a signed PUT of the raw bytes), then commits an lfsFile line.

@@ -4,15 +4,18 @@
         [--downloads 256] [--concurrency 32] [--push-mib 8] [--pushes 32] [--pushers 4]
         [--time-limit 180] [--quick] [--keep] [--server-pythonpath DIRS]
 
-One `hub serve` subprocess on 127.0.0.1; the clients are threads of this process, the real huggingface_hub
-(progress bars off: 32 bars at once are noise; otherwise default settings). Phases, one after the other:
+One `hub serve` subprocess on 127.0.0.1; the clients are the real huggingface_hub (progress bars off: 32 bars
+at once are noise; otherwise default settings): the downloads are threads of this process, each pusher is its
+own client process (threads of one process would queue behind its GIL while they base64-encode). Phases, one
+after the other:
   downloads   --concurrency threads, each hf_hub_download(repo, "model.safetensors", cache_dir=<its own>)
               of one --download-mib safetensors (random bf16) until --downloads calls are done; every
               downloaded file's sha256 is checked against the source (after the call, outside its latency),
               then its cache folder is deleted so the next call downloads again
-  pushes      --pushers threads, HfApi.upload_file of a new --push-mib file each (distinct content, no
-              dedupe) until --pushes calls are done; "4 repos": one repo per thread; "1 repo": all threads
-              push to the same repo and branch (serialised by the server's repo lock)
+  pushes      --pushers client processes, HfApi.upload_file of a new --push-mib file each (distinct
+              content, no dedupe), --pushes calls in all, started together after their imports; "4 repos":
+              one repo per client; "1 repo": all clients push to the same repo and branch (no parentCommit:
+              the server applies the commits one after the other on the newest head)
   mixed       downloads and pushes (4 repos) at the same time
 Every phase stops by itself: at its call count, or at --time-limit seconds (calls then in flight finish;
 the client's own timeouts bound each). Latency = wall time of one call (a download is HEAD + GET, a push is
@@ -105,35 +108,38 @@ def run_downloads(phase: Phase, srv: Server, repo: str, want: str, size: int, to
     phase.end = time.perf_counter()
 
 
-def run_pushes(phase: Phase, srv: Server, repos: list[str], files: list[Path], threads: int, deadline: float,
-               pushed: list) -> None:
-    from huggingface_hub import HfApi
+def run_pushes(phase: Phase, srv: Server, repos: list[str], files: list[Path], clients: int, deadline: float,
+               pushed: list, workdir: Path) -> None:
+    """`clients` client processes (each its own interpreter, as separate users' uploads are; threads of one
+    process would queue behind one GIL while they base64-encode), files dealt round-robin; client k pushes
+    to repos[k % len(repos)]. They start together (after their imports) and stop at `deadline`."""
+    import json
+    import subprocess
 
-    todo = iter(enumerate(files))
-    lock = threading.Lock()
-
-    def worker(k: int) -> None:
-        api = HfApi(endpoint=srv.url, token=TOKEN)
-        repo = repos[k % len(repos)]
-        while time.monotonic() < deadline:
-            with lock:
-                item = next(todo, None)
-            if item is None:
-                return
-            _, path = item
-            t0 = time.perf_counter()
-            try:
-                api.upload_file(path_or_fileobj=str(path), path_in_repo=f"push/{path.name}", repo_id=repo)
-                phase.ok(time.perf_counter() - t0, path.stat().st_size)
-                with lock:
-                    pushed.append((repo, f"push/{path.name}", path))
-            except Exception as err:  # noqa: BLE001 (every failure is counted and reported)
-                phase.fail(err)
-
-    phase.start = time.perf_counter()
-    with ThreadPoolExecutor(threads) as pool:
-        list(pool.map(worker, range(threads)))
-    phase.end = time.perf_counter()
+    env = srv.client_env(workdir / "push-clients")
+    env["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    start = time.time() + 5.0  # time for the clients' imports
+    wall_deadline = start + (deadline - time.monotonic())
+    procs = []
+    for k in range(clients):
+        mine = [str(f) for f in files[k::clients]]
+        cmd = [sys.executable, str(Path(__file__).parent / "hub_common.py"), "push-many", repos[k % len(repos)],
+               str(start), str(wall_deadline), *mine]
+        procs.append(subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL))
+    ends = []
+    for proc in procs:
+        out, _ = proc.communicate(timeout=max(60.0, wall_deadline - time.time() + 600))
+        if proc.returncode != 0:
+            phase.fail(RuntimeError(f"push client exited {proc.returncode}"))
+            continue
+        res = json.loads(out.decode().strip().splitlines()[-1])
+        for seconds in res["lat"]:
+            phase.lat.append(seconds)
+        phase.nbytes += res["bytes"]
+        phase.errors += res["errors"]
+        pushed += [tuple(item) for item in res["pushed"]]
+        ends.append(res["end"])
+    phase.start, phase.end = 0.0, max(ends, default=start) - start
 
 
 def verify_pushes(srv: Server, pushed: list, workdir: Path) -> int:
@@ -155,20 +161,10 @@ def verify_pushes(srv: Server, pushed: list, workdir: Path) -> int:
     return len(pushed)
 
 
-def server_requests(srv: Server, start_wall: float, end_wall: float) -> int:
-    """HTTP requests the server logged between two time.time() stamps (its log has ms timestamps)."""
-    import datetime as dt
-
-    n = 0
-    for line in srv.log.read_text(errors="replace").splitlines():
-        if " 127.0.0.1 " not in line or not line.endswith("ms"):
-            continue
-        try:
-            stamp_ = dt.datetime.strptime(line[:23], "%Y-%m-%d %H:%M:%S,%f").timestamp()
-        except ValueError:
-            continue
-        n += start_wall <= stamp_ <= end_wall + 1
-    return n
+def logged_requests(srv: Server) -> int:
+    """How many requests the server's access log holds so far."""
+    return sum(1 for line in srv.log.read_text(errors="replace").splitlines() if " 127.0.0.1 " in line
+               and line.endswith("ms"))
 
 
 def push_files(workdir: Path, tag: str, n: int, mib: int) -> list[Path]:
@@ -192,7 +188,7 @@ def main() -> None:
     ap.add_argument("--concurrency", type=int, default=32, help="download threads")
     ap.add_argument("--push-mib", type=int, default=8)
     ap.add_argument("--pushes", type=int, default=32, help="push calls per push phase")
-    ap.add_argument("--pushers", type=int, default=4, help="push threads")
+    ap.add_argument("--pushers", type=int, default=4, help="push client processes")
     ap.add_argument("--time-limit", type=float, default=180, help="seconds per phase at most")
     ap.add_argument("--quick", action="store_true", help="2 MiB downloads x 64, 1 MiB pushes x 8")
     ap.add_argument("--keep", action="store_true")
@@ -231,10 +227,10 @@ def main() -> None:
             pushed: list = []
             cpu = {}
 
-            def timed(name, fn):
-                t_wall, c0 = time.time(), srv.cpu_seconds()
+            def timed(name, fn, idle=0.0):  # idle: seconds at the start spent waiting for client imports
+                t0, c0, n0 = time.perf_counter(), srv.cpu_seconds(), logged_requests(srv)
                 fn()
-                cpu[name] = (srv.cpu_seconds() - c0, server_requests(srv, t_wall, time.time()), time.time() - t_wall)
+                cpu[name] = (srv.cpu_seconds() - c0, logged_requests(srv) - n0, time.perf_counter() - t0 - idle)
 
             dl = Phase(f"downloads x{args.concurrency}")
             timed(dl.name, lambda: run_downloads(dl, srv, "bench/load-src", want, size, args.downloads,
@@ -242,11 +238,11 @@ def main() -> None:
             phases.append(dl)
             p4 = Phase(f"pushes x{args.pushers}, {args.pushers} repos")
             timed(p4.name, lambda: run_pushes(p4, srv, repos4, files["p4"], args.pushers,
-                                              time.monotonic() + args.time_limit, pushed))
+                                              time.monotonic() + args.time_limit, pushed, workdir), 5.0)
             phases.append(p4)
             p1 = Phase(f"pushes x{args.pushers}, 1 repo")
             timed(p1.name, lambda: run_pushes(p1, srv, ["bench/load-one"], files["p1"], args.pushers,
-                                              time.monotonic() + args.time_limit, pushed))
+                                              time.monotonic() + args.time_limit, pushed, workdir), 5.0)
             phases.append(p1)
             mix_dl = Phase(f"mixed: downloads x{args.concurrency}")
             mix_push = Phase(f"mixed: pushes x{args.pushers}")
@@ -254,13 +250,14 @@ def main() -> None:
             def mixed():
                 deadline = time.monotonic() + args.time_limit
                 t = threading.Thread(target=run_pushes, args=(mix_push, srv, [f"bench/load-mix-{k}" for k in
-                                     range(args.pushers)], files["mix"], args.pushers, deadline, pushed))
+                                     range(args.pushers)], files["mix"], args.pushers, deadline, pushed, workdir))
                 t.start()
+                time.sleep(5.0)  # the push clients start after their imports
                 run_downloads(mix_dl, srv, "bench/load-src", want, size, args.downloads, args.concurrency, deadline,
                               workdir)
                 t.join()
 
-            timed("mixed", mixed)
+            timed("mixed", mixed, 5.0)
             phases += [mix_dl, mix_push]
             verified = verify_pushes(srv, pushed, workdir)
             hwm = srv.vmhwm_kib()
@@ -275,7 +272,7 @@ def main() -> None:
     print(command_line())
     print(f"hub serve on 127.0.0.1, huggingface_hub {huggingface_hub.__version__}; downloads: {size / 2**20:.0f} MiB "
           f"safetensors, {args.downloads} calls per phase on {args.concurrency} threads, each its own cache dir; "
-          f"pushes: {args.push_mib} MiB files, {args.pushes} calls per phase on {args.pushers} threads; "
+          f"pushes: {args.push_mib} MiB files, {args.pushes} calls per phase from {args.pushers} client processes; "
           f"wall {time.perf_counter() - started:.0f} s")
     print(HEADER)
     for p in phases:
