@@ -15,9 +15,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from _timing import time_command  # noqa: E402
+from _timing import time_command
 
-from hubtool.registry.bulk import fill_synthetic  # noqa: E402
+from hubtool.registry.bulk import fill_synthetic
 
 
 def main() -> None:

@@ -13,9 +13,9 @@ from collections.abc import Mapping
 
 import torch
 
+from hubtool.delta import Delta, Expert
 from hubtool.errors import FingerprintError, FormatError
 from hubtool.format.fingerprint import fingerprint
-from hubtool.delta import Delta, Expert
 
 Target = torch.nn.Module | Mapping[str, torch.Tensor]
 

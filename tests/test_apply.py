@@ -9,8 +9,8 @@ import torch
 from tiny import make_tiny_llama
 
 from hubtool.apply import apply_expert, check_base
-from hubtool.errors import FingerprintError, FormatError
 from hubtool.delta import BlockSparseDelta, Expert, FullDelta, LoraDelta, SparseDelta
+from hubtool.errors import FingerprintError, FormatError
 from hubtool.format import fingerprint, pack, unpack
 
 SHAPES = {"layers.0.q.weight": (24, 40), "layers.0.k.weight": (12, 40)}

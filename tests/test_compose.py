@@ -9,14 +9,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny import make_tiny_llama, save_word_tokenizer
 
 from hubtool.delta import BlockSparseDelta, Expert, FullDelta, LoraDelta, SparseDelta, TileGrid
 from hubtool.errors import HubError, NotFoundError
 from hubtool.format import fingerprint, pack
 from hubtool.merge.compose import compose, recipe_from_card
 from hubtool.registry import Catalog
-
-from tiny import make_tiny_llama, save_word_tokenizer
 
 TARGETS = ("q_proj", "k_proj", "v_proj")
 
@@ -238,12 +237,12 @@ def test_cli_compose_dry_run_and_out(base, hub_home, tmp_path):
     register(cat, tmp_path, make_expert(model, base_path, "a", "squad", seed=1))
     register(cat, tmp_path, make_expert(model, base_path, "b", "xsum", seed=2))
     hub = [sys.executable, "-m", "hubtool"]
-    dry = subprocess.run([*hub, "compose", "--tasks", "qa,summarize", "--dry-run"], capture_output=True, text=True)
+    dry = subprocess.run([*hub, "compose", "--tasks", "qa,summarize", "--dry-run"], capture_output=True, text=True, check=False)
     assert dry.returncode == 0, dry.stderr
     assert "k=2" in dry.stdout and "Nothing was written" in dry.stdout
     run = subprocess.run([*hub, "compose", "--tasks", "qa,summarize", "--out", str(tmp_path / "m")],
-                         capture_output=True, text=True)
+                         capture_output=True, text=True, check=False)
     assert run.returncode == 0, run.stderr
     assert (tmp_path / "m" / "model.safetensors.index.json").is_file()
-    bad = subprocess.run([*hub, "compose", "--tasks", "nope", "--out", str(tmp_path / "m2")], capture_output=True, text=True)
+    bad = subprocess.run([*hub, "compose", "--tasks", "nope", "--out", str(tmp_path / "m2")], capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "nope" in bad.stderr

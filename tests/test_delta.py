@@ -8,7 +8,16 @@ import struct
 import pytest
 import torch
 
-from hubtool.delta import DELTA_KINDS, DELTA_TYPES, BlockSparseDelta, Expert, FullDelta, LoraDelta, SparseDelta, TileGrid
+from hubtool.delta import (
+    DELTA_KINDS,
+    DELTA_TYPES,
+    BlockSparseDelta,
+    Expert,
+    FullDelta,
+    LoraDelta,
+    SparseDelta,
+    TileGrid,
+)
 from hubtool.errors import FormatError
 from hubtool.format import ExpertReader, pack, read_header, unpack
 

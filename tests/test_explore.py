@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from tiny import make_tiny_llama, save_word_tokenizer
 
 from hubtool.delta import BlockSparseDelta, Expert, FullDelta, LoraDelta, SparseDelta
 from hubtool.errors import FingerprintError, HubError, NotFoundError
@@ -16,8 +17,6 @@ from hubtool.merge.compose import build_recipe, compose
 from hubtool.merge.overlap import heatmap_png, layer_of, pairwise_overlap, write_heatmap
 from hubtool.merge.plan import make_plan
 from hubtool.registry import Catalog
-
-from tiny import make_tiny_llama, save_word_tokenizer
 
 W0 = "model.layers.0.self_attn.q_proj.weight"
 W0K = "model.layers.0.self_attn.k_proj.weight"
@@ -169,7 +168,7 @@ def test_overlap_bad_input_fails_before_reading(cat, masks, tmp_path):
 
 # --- hub generate on a tiny random Llama ------------------------------------------------------------------
 
-WORDS = "what is the answer yes no red blue green cat dog sun moon tree river stone fire water".split()
+WORDS = ["what", "is", "the", "answer", "yes", "no", "red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "river", "stone", "fire", "water"]
 TARGETS = ("q_proj", "v_proj")
 
 

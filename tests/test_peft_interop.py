@@ -11,8 +11,8 @@ from peft import LoraConfig, PeftModel, ShiraConfig, SupertuningConfig, get_peft
 from tiny import make_tiny_llama
 from transformers import AutoModelForCausalLM
 
-from hubtool.errors import HubError
 from hubtool.delta import BlockSparseDelta, Expert, LoraDelta, SparseDelta
+from hubtool.errors import HubError
 from hubtool.interop.peft import export_peft, import_peft
 
 QKV = ("q_proj", "k_proj", "v_proj")

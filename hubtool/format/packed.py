@@ -25,6 +25,7 @@ import safetensors
 import safetensors.torch
 import torch
 
+from hubtool.delta import BlockSparseDelta, Delta, Expert, FullDelta, LoraDelta, SparseDelta, TileGrid
 from hubtool.errors import FormatError
 from hubtool.fileio import atomic_write
 from hubtool.format import encodings
@@ -36,7 +37,6 @@ from hubtool.format.header import (
     VALUE_DTYPES,
     header_from_bytes,
 )
-from hubtool.delta import BlockSparseDelta, Delta, Expert, FullDelta, LoraDelta, SparseDelta, TileGrid
 
 _TORCH_DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}
 _ST_DTYPES = {torch.uint8: "U8", torch.bfloat16: "BF16", torch.float16: "F16", torch.float32: "F32"}

@@ -26,9 +26,9 @@ from typing import Any
 
 import torch
 
+from hubtool.delta import BlockSparseDelta, Delta, Expert, LoraDelta, SparseDelta
 from hubtool.errors import HubError
 from hubtool.fileio import atomic_folder, sha256_file
-from hubtool.delta import BlockSparseDelta, Delta, Expert, LoraDelta, SparseDelta
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"

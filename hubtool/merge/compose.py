@@ -157,9 +157,9 @@ def _estimate_bytes(plan: Plan, counts: dict[str, list[int]], *, model: bool) ->
     union entry (bf16 value + compressed position), the measured packed size at keep ratio 0.05."""
     if not model:
         return int(sum(sum(c) for c in counts.values()) * 2.75)
-    from hubtool.merge.execute import base_folder, shard_layout
-
     from safetensors import safe_open
+
+    from hubtool.merge.execute import base_folder, shard_layout
 
     folder = base_folder(plan.base_model)
     total = 0
@@ -186,9 +186,8 @@ def write_card(plan: Plan, folder: Path) -> None:
     """README.md with HF model-card metadata (base_model, base_model_relation: merge, parents, recipe)."""
     from huggingface_hub import ModelCard, ModelCardData
 
-    from hubtool.merge.execute import provenance
-
     from hubtool.hub.card import base_hub_id
+    from hubtool.merge.execute import provenance
 
     tasks = plan.tasks
     # The Hub checks base_model names a real model: the embedded base's Hub id; a local folder has none.

@@ -113,7 +113,7 @@ def base_folder(base_model: str) -> Path:
 
     try:
         return Path(snapshot_download(source, allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "*.jinja"]))
-    except Exception as err:  # network, auth, not found: one line
+    except Exception as err:  # noqa: BLE001  (network, auth, not found: one line)
         raise HubError(f"base model {source}: cannot download its files: {' '.join(str(err).split())}") from None
 
 
@@ -236,12 +236,12 @@ class ShardWriter:
             offset += size
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # tensors start 8-byte aligned, as safetensors writes them
-        self.file = open(path, "wb")
+        self.file = open(path, "wb")  # noqa: SIM115  (closed in __exit__: the writer is a context manager)
         self.file.write(len(text).to_bytes(8, "little") + text)
         self.at = 0
 
     def write(self, name: str, t: torch.Tensor) -> None:
-        want, st, shape, size = self.expected[self.at]
+        want, st, shape, _ = self.expected[self.at]
         if name != want or _TORCH_TO_ST[t.dtype] != st or list(t.shape) != shape:
             raise HubError(f"internal: shard writer expected {want} {st} {shape}, got {name} {t.dtype} {list(t.shape)}")
         data = t.contiguous().view(torch.uint8).reshape(-1).numpy() if t.numel() else b""
@@ -251,7 +251,7 @@ class ShardWriter:
     def __enter__(self) -> ShardWriter:
         return self
 
-    def __exit__(self, kind: Any, *exc: Any) -> None:
+    def __exit__(self, kind: Any, *exc: object) -> None:
         try:
             if kind is None and self.at != len(self.expected):
                 raise HubError(f"internal: shard writer got {self.at} of {len(self.expected)} tensors")

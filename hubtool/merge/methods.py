@@ -27,7 +27,6 @@ from dataclasses import dataclass, field
 import torch
 
 
-
 @dataclass
 class Merged:
     """One weight's merged delta: fp32 values [out, in] (0 off the union) and the union, bool [numel].

@@ -28,8 +28,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from hubtool.delta import BlockSparseDelta, Delta, FullDelta, LoraDelta, SparseDelta
-from hubtool.kernels import reference
 from hubtool.delta.grid import TileGrid
+from hubtool.kernels import reference
 from hubtool.sparse.masks import dense_mask
 
 
