@@ -4,10 +4,12 @@
   --root under the benchmark's workdir (as tests/test_serve.py starts it); its peak RSS is read from
   /proc/<pid>/status (VmHWM), its per-request times from its access log.
 - make_safetensors: a real safetensors file of random bf16 tensors (torch.randn), any size in MiB.
-- client workers: `python benchmarks/hub_common.py push|pull ...` runs ONE real huggingface_hub call
+- client workers: `python benchmarks/hub_common.py push|pull|... ARGS` runs one real huggingface_hub call
   (HfApi.upload_file / hf_hub_download, default settings: only HF_ENDPOINT, HF_TOKEN, HF_HOME and the
   cache folder are set) in a fresh process and prints {"seconds", "vmhwm_kib", ...} as JSON. The time is
   taken around the call only (imports excluded); VmHWM is the worker's own peak RSS (reset at exec).
+  Others: push-many (one client of the concurrent push load), push-lfs (the LFS basic path), build-body
+  (the client's work alone), get-socket / get-httpx (a GET without huggingface_hub).
 """
 
 from __future__ import annotations
@@ -330,15 +332,6 @@ def _worker(argv: list[str]) -> None:
             for chunk in response.iter_raw():
                 n += len(chunk)
         result = {"seconds": time.perf_counter() - t0, "bytes": n}
-    elif kind == "push-folder":  # push-folder REPO FOLDER
-        from huggingface_hub import HfApi
-
-        repo, folder = argv[1:3]
-        api = HfApi()
-        t0 = time.perf_counter()
-        info = api.upload_folder(folder_path=folder, repo_id=repo)
-        seconds = time.perf_counter() - t0
-        result = {"seconds": seconds, "commit": info.oid}
     elif kind == "pull":  # pull REPO FILENAME CACHE_DIR
         from huggingface_hub import hf_hub_download
 

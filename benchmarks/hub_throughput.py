@@ -16,8 +16,21 @@ Measured in one run, interleaved round by round (the order rotates), page cache 
   pull   hf_hub_download(repo, "model.safetensors", cache_dir=<fresh>) in a fresh client process; sha256 of
          the downloaded file checked against the source
 Times are taken in the client process around the call (imports excluded). The server's own time per
-request comes from its access log (preupload, commit, resolve GET). Goals (issue 7): push and pull each
->= 0.5 x cp throughput.
+request comes from its access log (preupload, commit, LFS PUT, resolve GET). Goals (issue 7): push and pull
+each >= 0.5 x cp throughput.
+
+Where the time goes, in the same rounds (each in a fresh process too):
+  client alone   the client's CPU work of a regular upload with no server: CommitOperationAdd (sha256, sample)
+                 and the NDJSON body as huggingface_hub's _send_commit builds it (base64, json.dumps, join)
+  push via LFS   upload_file through the LFS basic transfer (raw PUT to a signed URL), the path of clients
+                 < 1.20: huggingface_hub 2.x given an hf_hub/1.19 user agent and HF_HUB_DISABLE_XET=1 (not a
+                 default setting; the file is stamped anew first, or the batch API would skip it)
+  GET socket     the pulled file read into memory over a plain socket (no HTTP library): the server alone
+  GET httpx      httpx2 stream + iter_raw, no file: the client's HTTP stack alone
+
+--server-pythonpath DIRS (os.pathsep-separated) goes in front of the server's PYTHONPATH: an older source
+tree for before/after (`git archive <commit> hubtool | tar -x -C DIR`) and/or a `pip install --target`
+folder with optional speed-ups (pybase64).
 
 Then the server's peak RSS (VmHWM of /proc/<pid>/status) in a fresh server: idle, after a push + pull of
 --rss-mib[0] MiB, after a push + pull of --rss-mib[1] MiB. Goal: flat within 64 MiB.
