@@ -185,3 +185,19 @@ def test_a_single_expert_comes_back_unchanged_where_the_method_is_an_identity(ca
     if method.startswith("dare"):
         return  # a random drop is never the identity
     torch.testing.assert_close(got, D[0])
+
+
+@pytest.mark.parametrize("method,lam", [("overlap-mean", 1.0), ("mean", -1.0), ("ties", 1.0), ("task-arithmetic", -0.5)])
+def test_untouched_entries_keep_their_exact_bits(case, method, lam):
+    """The model writer adds Merged.values over all of W: off the union it must be the identity, -0.0
+    weights included (bf16 -0.0 + 0.0 would become +0.0)."""
+    from hubtool.merge.execute import add_merged
+
+    D, M = case
+    W = torch.randn(SHAPE).bfloat16()
+    W[~M.any(0)] = -0.0
+    merged = merge_weight(method, inputs(D, M), MergeParams(density=0.5 if method == "ties" else None, lam=lam))
+    out = add_merged(W, merged, torch.bfloat16)
+    off = ~M.any(0)
+    assert torch.equal(out[off].view(torch.int16), W[off].view(torch.int16))
+    assert torch.signbit(out[off].float()).all()

@@ -38,7 +38,10 @@ def dense_add_(weight: torch.Tensor, delta: torch.Tensor, scale: float = 1.0) ->
     """weight += scale * delta [out, in], computed in fp32 and rounded once to weight's dtype."""
     # Same arithmetic as the scatter kernels (multiply, then add; no fused alpha), so a dense delta
     # and the same delta stored sparse give bit-identical weights.
-    return weight.copy_(weight.float() + delta.to(device=weight.device, dtype=torch.float32) * scale)
+    delta = delta.to(device=weight.device, dtype=torch.float32)
+    if weight.dtype == torch.float32 and scale == 1.0:
+        return weight.add_(delta)  # the same single fp32 add, in place: no temporaries
+    return weight.copy_(weight.float() + delta * scale)
 
 
 def _in_place(weight: torch.Tensor, add_: Callable[[torch.Tensor], object]) -> torch.Tensor:

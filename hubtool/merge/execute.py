@@ -220,53 +220,74 @@ def _out_spec(name: str, sl: Any, out_dtype: torch.dtype | None) -> tuple[str, s
 
 class ShardWriter:
     """A safetensors file written tensor by tensor: the header (from the known dtypes and shapes) goes
-    first, then each tensor's bytes in order, so nothing but the current tensor is held in memory."""
+    first, then each tensor's bytes in order. A writer thread does the file writes, so writing tensor i
+    overlaps merging tensor i+1; at most two tensors wait in its queue (memory stays one tensor or so)."""
 
     def __init__(self, path: Path, specs: list[tuple[str, str, list[int]]]) -> None:
+        import queue
+        import threading
+
         header: dict[str, Any] = {"__metadata__": {"format": "pt"}}
         offset = 0
-        self.expected: list[tuple[str, str, list[int], int]] = []
+        self.expected: list[tuple[str, str, list[int]]] = []
         for name, st, shape in specs:
             numel = 1
             for d in shape:
                 numel *= d
             size = numel * torch.empty(0, dtype=_ST_TO_TORCH[st]).element_size()
             header[name] = {"dtype": st, "shape": shape, "data_offsets": [offset, offset + size]}
-            self.expected.append((name, st, shape, size))
+            self.expected.append((name, st, shape))
             offset += size
         text = json.dumps(header, separators=(",", ":")).encode()
         text += b" " * (-len(text) % 8)  # tensors start 8-byte aligned, as safetensors writes them
         self.file = open(path, "wb")  # noqa: SIM115  (closed in __exit__: the writer is a context manager)
         self.file.write(len(text).to_bytes(8, "little") + text)
         self.at = 0
+        self.queue: Any = queue.Queue(maxsize=2)
+        self.error: BaseException | None = None
+        self.thread = threading.Thread(target=self._drain, daemon=True)
+        self.thread.start()
+
+    def _drain(self) -> None:
+        while (t := self.queue.get()) is not None:
+            if self.error is None:
+                try:
+                    if t.numel():
+                        self.file.write(t.contiguous().view(torch.uint8).reshape(-1).numpy())
+                except BaseException as err:  # noqa: BLE001  (re-raised in the caller's thread)
+                    self.error = err
 
     def write(self, name: str, t: torch.Tensor) -> None:
-        want, st, shape, _ = self.expected[self.at]
+        want, st, shape = self.expected[self.at]
         if name != want or _TORCH_TO_ST[t.dtype] != st or list(t.shape) != shape:
             raise HubError(f"internal: shard writer expected {want} {st} {shape}, got {name} {t.dtype} {list(t.shape)}")
-        data = t.contiguous().view(torch.uint8).reshape(-1).numpy() if t.numel() else b""
-        self.file.write(data)
+        if self.error is not None:
+            raise self.error
+        self.queue.put(t)
         self.at += 1
 
-    def __enter__(self) -> ShardWriter:
+    def __enter__(self) -> ShardWriter:  # noqa: PYI034
         return self
 
-    def __exit__(self, kind: Any, *exc: object) -> None:
-        try:
-            if kind is None and self.at != len(self.expected):
+    def __exit__(self, kind: type[BaseException] | None, *exc: object) -> None:
+        self.queue.put(None)
+        self.thread.join()
+        self.file.close()
+        if kind is None:
+            if self.error is not None:
+                raise self.error
+            if self.at != len(self.expected):
                 raise HubError(f"internal: shard writer got {self.at} of {len(self.expected)} tensors")
-        finally:
-            self.file.close()
 
 
 def add_merged(weight: torch.Tensor, merged: Any, dtype: torch.dtype) -> torch.Tensor:
-    """W + merged in one pass over W: fp32 sum rounded once to `dtype` on the union, W itself (cast)
-    elsewhere, so untouched entries keep their exact bits (-0.0 included)."""
+    """W + merged in one pass over W: the fp32 sum rounded once to `dtype` on the union; untouched
+    entries keep their exact bits (-0.0 included)."""
     from hubtool.kernels import dense_add_
 
-    summed = dense_add_(weight.float(), merged.values)  # fp32 [out, in], through hubtool.kernels
-    covered = merged.covered.view(weight.shape)
-    return torch.where(covered, summed.to(dtype), weight.to(dtype))
+    # merged.values is -0.0 off the union, and x + (-0.0) == x for every x (-0.0 included), so one
+    # fp32 add over all of W changes exactly the union's entries.
+    return dense_add_(weight.float(), merged.values).to(dtype)  # fp32 [out, in], through hubtool.kernels
 
 
 def _copy_side_files(src: Path, dst: Path, out_dtype: torch.dtype | None) -> None:

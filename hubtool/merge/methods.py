@@ -9,7 +9,7 @@ arrive as entries at every position of W (they touch all of it), so mixed kinds 
     def my_mean(x: WeightInputs, p: MergeParams) -> Merged:
         '''One line for `hub compose --help`.'''
         s = weighted_sums(x)                        # Σ w_t v_t, Σ_{t covering} w_t: [out, in] each
-        return Merged(s.total / len(x.entries), s.covered)
+        return Merged(s.total / len(x.entries), s.covered)   # -0.0 / N stays -0.0 off the union
 
 The helpers below (weighted_sums, disjoint_sums, stack, trim_to_density, drop_and_rescale) are the
 building blocks the methods share; they follow the published definitions (TIES: Yadav et al. 2023; DARE: Yu et al. 2024;
@@ -29,7 +29,8 @@ import torch
 
 @dataclass
 class Merged:
-    """One weight's merged delta: fp32 values [out, in] (0 off the union) and the union, bool [numel].
+    """One weight's merged delta: fp32 values [out, in] (-0.0 off the union, so W + values leaves
+    those entries bit for bit) and the union, bool [numel].
 
     The model writer adds `values` into W in one pass; a merged expert keeps `entries()`."""
 
@@ -45,7 +46,7 @@ class Merged:
 
     @classmethod
     def from_entries(cls, shape: tuple[int, int], positions: torch.Tensor, values: torch.Tensor) -> Merged:
-        dense = torch.zeros(shape[0] * shape[1], dtype=torch.float32)
+        dense = torch.full((shape[0] * shape[1],), -0.0, dtype=torch.float32)  # -0.0: the identity of +
         dense[positions] = values.float()
         covered = torch.zeros(shape[0] * shape[1], dtype=torch.bool)
         covered[positions] = True
@@ -106,14 +107,43 @@ def merge_method(name: str, *, params: tuple[str, ...] = (), defaults: dict[str,
 
 @dataclass
 class Sums:
-    total: torch.Tensor  # Σ_t w_t v_t, fp32 [out, in]
-    weight: torch.Tensor  # Σ_t w_t over the experts counted at each entry, fp32 [out, in]
+    total: torch.Tensor  # Σ_t w_t v_t, fp32 [out, in]; -0.0 off the union (adding -0.0 changes nothing)
+    weight: torch.Tensor  # Σ_t w_t over the experts counted at each entry, [out, in] (a count when all w_t = 1)
     covered: torch.Tensor  # bool [numel]: some expert has the entry
+    unit: float = 1.0  # the common weight when `weight` holds counts
 
     def ratio(self) -> torch.Tensor:
-        """total / weight where weight != 0, else 0."""
-        w = self.weight
-        return torch.where(w != 0, self.total / torch.where(w != 0, w, 1.0), 0.0)
+        """total / weight where weight != 0, else -0.0 (entries no counted expert touches)."""
+        out = self.total / (self.weight if self.unit == 1.0 else self.weight * self.unit)
+        return out.nan_to_num_(nan=-0.0, posinf=0.0, neginf=0.0)  # 0/0 off the union; x/0 where weights cancel
+
+
+_WORK: dict[tuple[tuple[int, int], str], torch.Tensor] = {}  # reused buffers: no page faults per weight
+
+
+def _buffer(shape: tuple[int, int], kind: str, dtype: torch.dtype, fill: float) -> torch.Tensor:
+    """A work buffer of this shape, reused across weights (one per shape and role), filled with `fill`.
+    The caller owns it until it asks for the same (shape, role) again."""
+    key = (tuple(shape), kind)
+    buf = _WORK.get(key)
+    if buf is None or buf.dtype != dtype:
+        if len(_WORK) > 8:
+            _WORK.clear()
+        buf = _WORK[key] = torch.empty(shape, dtype=dtype)
+    return buf.fill_(fill)
+
+
+def _counts(x: WeightInputs, entries, kind: str) -> tuple[torch.Tensor, float] | None:
+    """When every expert has the same weight, Σ w_t over the experts at an entry is w × their count:
+    count in int16 (a quarter of the memory traffic of fp32), scale later."""
+    ws = set(x.w.tolist())
+    if len(ws) != 1 or len(entries) >= 2**15:
+        return None
+    count = _buffer(x.shape, kind, torch.int16, 0)
+    for pos, _ in entries:
+        if pos.numel():
+            count.view(-1).index_put_((pos,), torch.ones(pos.numel(), dtype=torch.int16), accumulate=True)
+    return count, ws.pop()
 
 
 def weighted_sums(x: WeightInputs, entries=None) -> Sums:
@@ -121,12 +151,18 @@ def weighted_sums(x: WeightInputs, entries=None) -> Sums:
     from hubtool.kernels import scatter_add_  # torch on CPU, Triton on GPU
 
     entries = x.entries if entries is None else entries
-    total = torch.zeros(x.shape, dtype=torch.float32)  # [out, in], what the kernels take; flat positions
-    weight = torch.zeros(x.shape, dtype=torch.float32)
-    covered = torch.zeros(x.numel, dtype=torch.bool)
+    total = _buffer(x.shape, "total", torch.float32, -0.0)  # [out, in], what the kernels take
     for w, (pos, val) in zip(x.w.tolist(), entries):
         if pos.numel():
             scatter_add_(total, pos, val, w)
+    counted = _counts(x, entries, "count")
+    if counted is not None:
+        count, unit = counted
+        return Sums(total, count, (count != 0).view(-1), unit)
+    weight = _buffer(x.shape, "weight", torch.float32, 0.0)
+    covered = torch.zeros(x.numel, dtype=torch.bool)
+    for w, (pos, _) in zip(x.w.tolist(), entries):
+        if pos.numel():
             scatter_add_(weight, pos, torch.ones(pos.numel()), w)
             covered[pos] = True
     return Sums(total, weight, covered)
@@ -135,20 +171,16 @@ def weighted_sums(x: WeightInputs, entries=None) -> Sums:
 def agreeing_sums(x: WeightInputs, entries=None) -> Sums:
     """TIES' disjoint sums: elect the sign of Σ w_t v_t per entry (0 counts as +), then sum w_t v_t and
     w_t over only the experts whose value has the elected sign. A value of exactly 0 agrees with nothing."""
-    from hubtool.kernels import scatter_add_
-
     entries = x.entries if entries is None else entries
     first = weighted_sums(x, entries)
     sign = torch.where(first.total >= 0, 1.0, -1.0).reshape(-1)  # [numel]
-    num = torch.zeros(x.shape, dtype=torch.float32)
-    den = torch.zeros(x.shape, dtype=torch.float32)
-    for w, (pos, val) in zip(x.w.tolist(), entries):
-        if pos.numel():
-            agree = torch.sign(val) == sign[pos]
-            p, v = pos[agree], val[agree]
-            scatter_add_(num, p, v, w)
-            scatter_add_(den, p, torch.ones(p.numel()), w)
-    return Sums(num, den, first.covered)
+    covered = first.covered.clone()  # the next sums reuse first's buffers
+    agreeing = []
+    for pos, val in entries:
+        agree = torch.sign(val) == sign[pos] if pos.numel() else torch.zeros(0, dtype=torch.bool)
+        agreeing.append((pos[agree], val[agree]))
+    num = weighted_sums(x, agreeing)
+    return Sums(num.total, num.weight, covered, num.unit)
 
 
 def stack(x: WeightInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -206,11 +238,20 @@ def _lam(p: MergeParams, default: float = 1.0) -> float:
     return default if p.lam is None else p.lam
 
 
+def _scaled(values: torch.Tensor, scale: float, covered: torch.Tensor) -> Merged:
+    """values * scale as a Merged that owns its tensor, with -0.0 kept off the union (a negative scale
+    would turn -0.0 into +0.0, which is not the identity of addition for -0.0 weights)."""
+    out = values * scale if scale != 1.0 else values.clone()  # a copy: the work buffers are reused
+    if scale < 0:
+        out.view(-1).masked_fill_(~covered, -0.0)
+    return Merged(out, covered)
+
+
 def _linear(x: WeightInputs, p: MergeParams, *, normalize: bool) -> Merged:
     """λ Σ_t w_t D_t, divided by Σ_t w_t when normalising (mergekit's linear merge)."""
     s = weighted_sums(x)
     scale = _lam(p) / (float(x.w.sum()) if (p.normalize if p.normalize is not None else normalize) else 1.0)
-    return Merged(s.total * scale, s.covered)
+    return _scaled(s.total, scale, s.covered)
 
 
 def _disjoint(x: WeightInputs, p: MergeParams, *, normalize: bool) -> Merged:
@@ -218,7 +259,7 @@ def _disjoint(x: WeightInputs, p: MergeParams, *, normalize: bool) -> Merged:
     normalising (the disjoint mean)."""
     s = agreeing_sums(x)
     merged = s.ratio() if (p.normalize if p.normalize is not None else normalize) else s.total
-    return Merged(merged * _lam(p), s.covered)
+    return _scaled(merged, _lam(p), s.covered)
 
 
 # --- the methods (defaults as in mergekit, whose users expect them, unless the paper says otherwise) ------
@@ -228,7 +269,7 @@ def _disjoint(x: WeightInputs, p: MergeParams, *, normalize: bool) -> Merged:
 def overlap_mean(x: WeightInputs, p: MergeParams) -> Merged:
     """Each entry averaged over only the experts whose mask covers it (the paper's merge)."""
     s = weighted_sums(x)
-    return Merged(s.ratio() * _lam(p), s.covered)
+    return _scaled(s.ratio(), _lam(p), s.covered)
 
 
 @merge_method("mean", params=("lam",))
@@ -241,7 +282,7 @@ def mean(x: WeightInputs, p: MergeParams) -> Merged:
 def task_arithmetic(x: WeightInputs, p: MergeParams) -> Merged:
     """Sum of the (weighted) deltas times lambda (default 0.4, the paper's)."""
     s = weighted_sums(x)
-    return Merged(s.total * _lam(p, 0.4), s.covered)
+    return _scaled(s.total, _lam(p, 0.4), s.covered)
 
 
 @merge_method("ties", params=("density", "lam", "normalize"), defaults={"density": 0.2})
