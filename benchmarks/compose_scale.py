@@ -241,18 +241,16 @@ def profile_child(setup_file: str, shards: int, out: str, result: str) -> None:
                     execute._check_fingerprints(plan, name, x, [d.fingerprint for d in deltas])
                     t3 = time.perf_counter()
                     inputs = WeightInputs(name, plan.shapes[name], entries, w, [c.ref for c in plan.choices])
-                    union, merged = merge_weight(plan.recipe.method, inputs, params)
+                    merged = merge_weight(plan.recipe.method, inputs, params)
                     t4 = time.perf_counter()
-                    work = x.float()
-                    scatter_add_(work, union, merged)
-                    x = work.to(torch.bfloat16)
+                    x = execute.add_merged(x, merged, torch.bfloat16)
                     t5 = time.perf_counter()
                     t["read+decode experts"] += t2 - t1
                     t["fingerprints"] += t3 - t2
                     t["merge"] += t4 - t3
                     t["add+round"] += t5 - t4
                     done["weights"] += 1
-                    del deltas, entries, inputs, union, merged, work
+                    del deltas, entries, inputs, merged
                 tensors[name] = x.contiguous()
                 done["bytes"] += x.numel() * x.element_size()
         t0 = time.perf_counter()
