@@ -91,8 +91,12 @@ def test_training_records_the_task_and_keeps_its_category(cat: Catalog, tmp_path
     assert [e.input for e in again.test] == [e.input for e in task.test]
     with pytest.raises(NotFoundError, match="no task of that name"):
         load_task("toy", catalog=False)
-    # A built-in or shared-data task gets its category from the built-in map.
-    assert cat.record_task(load_task("gsm8k")).category == "math"
+    # A built-in or shared-data task gets its category from the built-in map (gsm8k is one of
+    # ../shared/data's; a stand-in folder of that name keeps the test independent of the checkout).
+    shared_like(tmp_path / "shared-like", "gsm8k")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HUB_TASKS_PATH", str(tmp_path / "shared-like"))
+        assert cat.record_task(load_task("gsm8k")).category == "math"
     # A data source that went away is a one-line error naming it.
     data.unlink()
     with pytest.raises(NotFoundError, match=r"rows\.jsonl.*not a file or folder"):
@@ -143,8 +147,18 @@ def test_a_0002_catalog_gets_categories_and_value_dtypes(
     engine.dispose()
 
 
+def shared_like(root: Path, *names: str) -> None:
+    """Small task folders named like ../shared/data's tasks: their categories come from the built-in
+    map by name, so the tests do not depend on a shared/ folder beside the checkout."""
+    for name in names:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        rows = [{"input": f"{name} {i}", "output": f"{i}"} for i in range(10)]
+        (root / name / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+
+
 def test_hub_tasks_shows_categories_and_the_catalogs_tasks(hub_home: Path, tmp_path: Path) -> None:
     root = tmp_path / "tasks"
+    shared_like(root, "gsm8k", "sst2", "squad")
     for folder, meta in (("echo", {"category": "qa", "description": "Say it back"}), ("plain", None)):
         (root / folder).mkdir(parents=True)
         rows = [{"input": f"say {i}", "output": f"{i}"} for i in range(10)]
