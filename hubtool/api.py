@@ -10,7 +10,7 @@ from pathlib import Path
 
 from hubtool.errors import HubError
 from hubtool.fileio import CHUNK, atomic_write
-from hubtool.paths import hub_home, models_dir
+from hubtool.paths import models_dir, tmp_dir
 
 # --dtype spellings -> the packed format's value dtype names
 _DTYPE_SPELLINGS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "bfloat16": "bfloat16",
@@ -68,7 +68,7 @@ def import_expert(
     cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
     if path.is_file() and value_dtype in (None, header["value_dtype"]):
         return cat.register(path, name=name, task=task, tags=tags)
-    from hubtool.format import pack, unpack
+    from hubtool.format import unpack
     from hubtool.interop.peft import import_peft
     from hubtool.models import base_id
 
@@ -79,14 +79,19 @@ def import_expert(
         base=None if base is None else base_id(base),
         trust_remote_code=trust_remote_code,
     )
-    # Pack to a temporary file beside the blob store; the catalog copies it into place.
-    tmp_dir = hub_home() / "tmp"
-    tmp_dir.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir)
+    return register_expert(cat, expert, value_dtype=value_dtype, name=name, task=task, tags=tags)
+
+
+def register_expert(cat, expert, *, value_dtype: str | None = None, **register):
+    """Pack an in-memory expert to a temporary file beside the blob store and register it
+    (Catalog.register's keywords pass through); the catalog copies it into place."""
+    from hubtool.format import pack
+
+    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir())
     os.close(fd)
     try:
         pack(expert, tmp, value_dtype=value_dtype)
-        return cat.register(tmp, name=name, task=task, tags=tags)
+        return cat.register(tmp, **register)
     finally:
         Path(tmp).unlink(missing_ok=True)
 

@@ -50,7 +50,7 @@ def _left_pad(rows: list[list[int]], pad_id: int, device: Any) -> tuple[torch.Te
     return ids.to(device), mask.to(device)
 
 
-def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
+def stop_ids(model: Any, tokenizer: Any) -> list[int]:
     """EOS ids of the tokenizer and of the model's generation config (chat models often have several)."""
     ids = [tokenizer.eos_token_id]
     config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
@@ -58,7 +58,7 @@ def _stop_ids(model: Any, tokenizer: Any) -> list[int]:
     return list(dict.fromkeys(i for i in ids if i is not None))
 
 
-def _pad_id(tokenizer: Any) -> int:
+def pad_id(tokenizer: Any) -> int:
     # Padded positions are masked out, so any id works when the tokenizer defines no pad token.
     for i in (tokenizer.pad_token_id, tokenizer.eos_token_id):
         if i is not None:
@@ -78,15 +78,15 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
     from transformers import GenerationConfig
 
     ids = [_cut(prompt_ids(tokenizer, p), max_prompt_tokens) for p in prompts]
-    stops = _stop_ids(model, tokenizer)
+    stops = stop_ids(model, tokenizer)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                              pad_token_id=_pad_id(tokenizer), eos_token_id=stops or None)
+                              pad_token_id=pad_id(tokenizer), eos_token_id=stops or None)
     # Without a chat template a base model keeps writing past its answer (the next "Question: ..."),
     # and answers are one line, so the first line is the answer.
     first_line = not has_chat_template(tokenizer)
     answers = [""] * len(ids)
     for batch in _batches(sorted(range(len(ids)), key=lambda i: -len(ids[i])), batch_size):
-        input_ids, mask = _left_pad([ids[i] for i in batch], _pad_id(tokenizer), model.device)
+        input_ids, mask = _left_pad([ids[i] for i in batch], pad_id(tokenizer), model.device)
         out = model.generate(input_ids=input_ids, attention_mask=mask, generation_config=config)
         for i, row in zip(batch, out[:, input_ids.shape[1]:].tolist()):
             cut = min((row.index(s) for s in stops if s in row), default=len(row))
@@ -112,7 +112,7 @@ def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
     scores = [[0.0] * len(e.options or []) for e in examples]
     for batch in _batches(sorted(range(len(pairs)), key=lambda n: -len(pairs[n][2])), batch_size):
         rows = [pairs[n] for n in batch]
-        input_ids, mask = _left_pad([r[2] for r in rows], _pad_id(tokenizer), model.device)
+        input_ids, mask = _left_pad([r[2] for r in rows], pad_id(tokenizer), model.device)
         positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
         k = max(r[3] for r in rows)
         # Left-aligned rows all end at T-1, so every option sits in the last k positions; the logits at

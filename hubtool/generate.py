@@ -169,13 +169,11 @@ def generate_ids(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int
     ids = prompt_token_ids(tokenizer, prompt, chat_template=chat_template)
     if not ids:
         raise HubError("prompt: the tokenizer gives no tokens for it; expected some text")
-    stops = [tokenizer.eos_token_id]
-    config_eos = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    stops += config_eos if isinstance(config_eos, list) else [config_eos]
-    stops = list(dict.fromkeys(s for s in stops if s is not None))
-    pad = next((i for i in (tokenizer.pad_token_id, tokenizer.eos_token_id) if i is not None), 0)
+    from hubtool.evaluate import pad_id, stop_ids
+
+    stops = stop_ids(model, tokenizer)  # the same stops and padding as evaluation
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
-                              pad_token_id=pad, eos_token_id=stops or None)
+                              pad_token_id=pad_id(tokenizer), eos_token_id=stops or None)
     input_ids = torch.tensor([ids], dtype=torch.long, device=model.device)
     with torch.no_grad():
         out = model.generate(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
@@ -217,12 +215,11 @@ def check_request(prompt: str, max_new_tokens: int) -> None:
 
 # --- helpers ---------------------------------------------------------------------------------------------
 
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
-
-
 def _need_tokenizer(folder: Path, what: str) -> None:
-    if not any((folder / f).is_file() for f in _TOKENIZER_FILES):
-        raise HubError(f"{what}: {folder} has no tokenizer files ({', '.join(_TOKENIZER_FILES)}); generate needs one")
+    from hubtool.models import TOKENIZER_FILES
+
+    if not any((folder / f).is_file() for f in TOKENIZER_FILES):
+        raise HubError(f"{what}: {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); generate needs one")
 
 
 def _catalog(catalog: Any) -> Any:

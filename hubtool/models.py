@@ -27,7 +27,7 @@ from hubtool.fileio import atomic_folder, atomic_write, sha256_file
 from hubtool.paths import models_dir
 
 MANIFEST = "hubtool-model.json"
-_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
 # "gpt2", "HuggingFaceTB/SmolLM2-135M-Instruct": what the Hub accepts as a repo id.
 _HUB_ID = re.compile(r"[\w.-]+(/[\w.-]+)?")
 
@@ -128,7 +128,7 @@ def load_base(
         model = model.to(device)
     model.eval()
     local = Path(source)
-    if local.is_dir() and not any((local / f).is_file() for f in _TOKENIZER_FILES):
+    if local.is_dir() and not any((local / f).is_file() for f in TOKENIZER_FILES):
         return model, None
     return model, load_tokenizer(name_or_path, trust_remote_code=trust_remote_code)
 

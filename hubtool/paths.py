@@ -18,6 +18,13 @@ def models_dir() -> Path:
     return hub_home() / "models"
 
 
+def tmp_dir() -> Path:
+    """$HUB_HOME/tmp (created): scratch files beside the blob store, on the same filesystem."""
+    path = hub_home() / "tmp"
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def default_catalog_url() -> str:
     """HUB_CATALOG (any SQLAlchemy URL) wins; else SQLite at $HUB_HOME/registry.db."""
     url = os.environ.get("HUB_CATALOG")

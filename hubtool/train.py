@@ -106,6 +106,7 @@ def train(
     from hubtool.data import load_task
     from hubtool.data.prompts import build_training_example
     from hubtool.errors import HubError
+    from hubtool.evaluate import pad_id
     from hubtool.format import pack
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.paths import hub_home
@@ -150,7 +151,7 @@ def train(
         lr=lr if lr is not None else DEFAULT_LR[method],
         max_grad_norm=max_grad_norm,
         seed=seed,
-        pad_id=_pad_id(tokenizer),
+        pad_id=pad_id(tokenizer),
         quiet=quiet,
     )
     adapter = Adapter.apply(model, adapter_cfg)
@@ -237,10 +238,3 @@ def data_fingerprint(task_data: Any) -> str:
             row = [split, ex.input, ex.output, ex.options, ex.answers]
             digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
-
-
-def _pad_id(tokenizer: Any) -> int:
-    for candidate in (tokenizer.pad_token_id, tokenizer.eos_token_id):
-        if candidate is not None:
-            return int(candidate)
-    return 0

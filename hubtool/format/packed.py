@@ -121,6 +121,11 @@ def unpack(source: str | os.PathLike[str] | bytes) -> Expert:
             deltas[name] = _unpack_delta(name, info, tensors)
         except FormatError as err:
             raise FormatError(f"{where}: {name}: {err}") from None
+    return _expert(meta, deltas)
+
+
+def _expert(meta: dict, deltas: dict[str, Delta]) -> Expert:
+    """An Expert from a checked header's metadata and its decoded deltas."""
     return Expert(
         name=meta["name"],
         task=meta["task"],
@@ -371,10 +376,4 @@ class ExpertReader:
 
     def expert(self, weights: list[str] | None = None) -> Expert:
         """The expert with the given weights (default all) decoded; the metadata is the file's."""
-        meta = self.header
-        return Expert(
-            name=meta["name"], task=meta["task"], kind=meta["kind"], base_model=meta["base_model"],
-            deltas=dict(self.iter_deltas(weights, threads=1)), base_revision=meta["base_revision"],
-            keep_ratio=meta["keep_ratio"], value_dtype=meta["value_dtype"], targets=meta["targets"],
-            config=meta["config"], metrics=meta["metrics"], parents=meta["parents"],
-        )
+        return _expert(self.header, dict(self.iter_deltas(weights, threads=1)))

@@ -79,11 +79,9 @@ def pull(
     what = f"pulling {repo_id}" + (f"@{revision}" if revision else "")
     errors = {"endpoint": endpoint, "token": token, "repo": repo_id, "revision": revision}
 
-    from hubtool.paths import hub_home
+    from hubtool.paths import tmp_dir
 
-    tmp_root = hub_home() / "tmp"
-    tmp_root.mkdir(parents=True, exist_ok=True)
-    with quiet_client(), tempfile.TemporaryDirectory(prefix="pull-", dir=tmp_root) as tmp:
+    with quiet_client(), tempfile.TemporaryDirectory(prefix="pull-", dir=tmp_dir()) as tmp:
         with hub_errors(what, **errors):
             info = api.repo_info(repo_id, revision=revision)
         commit = info.sha

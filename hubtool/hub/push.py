@@ -439,11 +439,9 @@ class _staging:
     """A temp folder beside the blob store ($HUB_HOME/tmp), removed afterwards."""
 
     def __enter__(self) -> Path:
-        from hubtool.paths import hub_home
+        from hubtool.paths import tmp_dir
 
-        root = hub_home() / "tmp"
-        root.mkdir(parents=True, exist_ok=True)
-        self.path = Path(tempfile.mkdtemp(prefix="push-", dir=root))
+        self.path = Path(tempfile.mkdtemp(prefix="push-", dir=tmp_dir()))
         return self.path
 
     def __exit__(self, *exc: object) -> None:

@@ -134,22 +134,14 @@ def compose(
 
 
 def register_merged(cat: Any, plan: Plan, name: str, *, threads: int = 2, progress: Any = None) -> Any:
-    """Build the merged expert, pack it to a temp file, register it with lineage rows to its parents."""
-    import tempfile
-
-    from hubtool.format import pack
-    from hubtool.merge.execute import merged_expert, tmp_dir
+    """Build the merged expert and register it with lineage rows to its parents."""
+    from hubtool.api import register_expert
+    from hubtool.merge.execute import merged_expert
 
     expert = merged_expert(plan, name, threads=threads, progress=progress)
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir())
-    os.close(fd)
-    try:
-        pack(expert, tmp)
-        parents = [{"ref": c.ref, "weight": c.weight, "role": f"merge:{plan.recipe.method}"} for c in plan.choices]
-        return cat.register(tmp, name=name, task=plan.tasks[0], tasks=plan.tasks[1:], parents=parents,
-                            tags=["merged", plan.recipe.method])
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    parents = [{"ref": c.ref, "weight": c.weight, "role": f"merge:{plan.recipe.method}"} for c in plan.choices]
+    return register_expert(cat, expert, name=name, task=plan.tasks[0], tasks=plan.tasks[1:], parents=parents,
+                           tags=["merged", plan.recipe.method])
 
 
 def _estimate_bytes(plan: Plan, counts: dict[str, list[int]], *, model: bool) -> int:

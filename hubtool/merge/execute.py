@@ -14,7 +14,6 @@ A merged expert (`merged_expert`) needs no base weights at all: only the experts
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -338,14 +337,13 @@ def merged_deltas(plan: Plan, *, threads: int = 2, progress: Progress | None = N
             if len(known) > 1:
                 raise FingerprintError(f"the chosen experts were trained against different base weights for {name}")
             fp = known.pop() if known else None
-            union, merged = merge_weight(plan.recipe.method, x, params).entries()
+            merged = merge_weight(plan.recipe.method, x, params)
             shape = plan.shapes[name]
-            if union.numel() * 2 > shape[0] * shape[1]:
-                dense = torch.zeros(shape[0] * shape[1])
-                dense[union] = merged
-                yield name, FullDelta(shape, dense.view(shape), fp)
+            union, values = merged.entries()
+            if union.numel() * 2 > shape[0] * shape[1]:  # the method already made the dense form
+                yield name, FullDelta(shape, merged.values + 0.0, fp)  # + 0.0: -0.0 off the union -> 0.0
             else:
-                yield name, SparseDelta(shape, union, merged, fp)
+                yield name, SparseDelta(shape, union, values, fp)
             if progress:
                 progress("weights", done, len(order))
     finally:
@@ -372,17 +370,3 @@ def merged_expert(plan: Plan, name: str, *, threads: int = 2, progress: Progress
         parents=[c.ref for c in plan.choices],
     )
 
-
-def tmp_dir() -> Path:
-    from hubtool.paths import hub_home
-
-    path = hub_home() / "tmp"
-    path.mkdir(parents=True, exist_ok=True)
-    return path
-
-
-def remove_quietly(path: Path) -> None:
-    try:
-        os.unlink(path)
-    except FileNotFoundError:
-        pass
