@@ -37,6 +37,7 @@ from hubtool.cli import explore as _explore  # noqa: F401
 from hubtool.cli import catalog as _catalog  # noqa: F401
 from hubtool.cli import serve as _serve  # noqa: F401
 from hubtool.cli import hub as _hub  # noqa: F401
+from hubtool.cli import experiment as _experiment  # noqa: F401
 
 
 def main() -> None:

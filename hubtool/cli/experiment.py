@@ -1,0 +1,99 @@
+"""`hub experiment`: the paper's experiment reproduced with hubtool's own train / eval / compose."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from typing import Annotated
+
+import typer
+
+from hubtool.cli import app
+from hubtool.cli._common import console, esc
+
+PANEL = "Merge"
+
+
+def _items(text: str | None) -> list[str] | None:
+    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+
+
+def _ints(text: str | None, what: str) -> list[int] | None:
+    try:
+        return None if text is None else [int(t) for t in _items(text) or []]
+    except ValueError:
+        raise typer.BadParameter(f"{what}: expected comma-separated integers, got {text!r}") from None
+
+
+@app.command(rich_help_panel=PANEL)
+def experiment(
+    preset: Annotated[str, typer.Option("--preset", help="smoke (a tiny model, < 1 min) | quick (~30 min) | full (hours)")] = "quick",
+    tasks: Annotated[str | None, typer.Option("--tasks", help="Held-in tasks (names or folders), comma-separated.")] = None,
+    held_out: Annotated[
+        list[str] | None,
+        typer.Option("--held-out", help="Held-out tasks (names or task folders); repeat or comma-separate."),
+    ] = None,
+    seeds: Annotated[str | None, typer.Option("--seeds", help="Seeds of the single-task sparse and LoRA rows, e.g. 0,1,2.")] = None,
+    kinds: Annotated[str | None, typer.Option("--kinds", help="sparse, block-sparse, lora, full, sparse-mlp (comma list).")] = None,
+    methods: Annotated[str | None, typer.Option("--methods", help="Merge methods (comma list).")] = None,
+    out: Annotated[str, typer.Option("--out", help="Report: writes OUT.md (this preset's section) and OUT/*.png.")] = "docs/results",
+    stage: Annotated[
+        list[str] | None,
+        typer.Option("--stage", help="Only these stages: sweep, train, eval, compose, tune, report (repeatable)."),
+    ] = None,
+    plan: Annotated[bool, typer.Option("--plan", help="Print the pending jobs as hub command lines, in dependency order; run nothing.")] = False,
+    report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing; write the report from the catalog.")] = False,
+    catalog: Annotated[
+        str | None,
+        typer.Option("--catalog", envvar="HUB_EXPERIMENT_CATALOG",
+                     help="Catalog URL for the experiment's experts. Default: $HUB_HOME/experiments/catalog.db."),
+    ] = None,
+) -> None:
+    """Train, evaluate and merge experts as the paper does, then write the results page.
+
+    Every job is cached in the catalog under a name carrying the hash of its config: a rerun skips
+    what exists, so a run can be stopped and resumed, or split across machines with --plan."""
+    from hubtool.experiment import experiment as run
+
+    held = [h for item in held_out or [] for h in _items(item) or []] or None
+    stages = tuple(s for item in stage or [] for s in _items(item) or []) or None
+    command = "hub " + shlex.join(sys.argv[1:]) if sys.argv[1:2] == ["experiment"] else None
+    result = run(
+        preset, tasks=_items(tasks), held_out=held, seeds=_ints(seeds, "--seeds"), kinds=_items(kinds),
+        methods=_items(methods), out=out, catalog=catalog, stages=stages, plan_only=plan,
+        report_only=report_only, command=command, console=None if plan else console,
+    )
+    exp, p = result["experiment"], result["plan"]
+    if plan:
+        pending = [j for j in p.jobs if not exp.done(j) and (stages is None or j.stage in stages)]
+        from hubtool.experiment.runner import order
+
+        print(f"# hub experiment --preset {preset}: {len(pending)} pending jobs of {len(p.jobs)}, in dependency order")
+        by_key = {j.key: j for j in pending}
+        for job in _dependency_order(order(pending), by_key):
+            print(job.command())
+        if not p.complete:
+            print("# the lr sweep above decides the training jobs: run `hub experiment --plan` again once it is done")
+        print(f"# then: hub experiment --preset {preset} --report-only --catalog {shlex.quote(exp.catalog_url)}")
+        return
+    counts = result["counts"]
+    if counts:
+        console.print(f"{counts.get('ran', 0)} jobs run, {counts.get('cached', 0)} found in the catalog", highlight=False)
+    if result["report"] is not None:
+        console.print(f"Report: [bold]{esc(result['report'])}[/]", highlight=False)
+
+
+def _dependency_order(jobs, by_key):
+    """Jobs with every pending dependency printed before them (stable otherwise)."""
+    done: set[str] = set()
+    out = []
+    remaining = list(jobs)
+    while remaining:
+        ready = [j for j in remaining if all(d in done or d not in by_key for d in j.deps)]
+        if not ready:  # a cycle cannot happen (deps point at earlier stages); print the rest as they are
+            ready = remaining
+        for j in ready:
+            out.append(j)
+            done.add(j.key)
+        remaining = [j for j in remaining if j.key not in done]
+    return out

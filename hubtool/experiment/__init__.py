@@ -1,0 +1,58 @@
+"""`hub experiment`: the paper's experiment (train, evaluate, compose, evaluate the merges, report),
+run with hubtool's own commands against one catalog, every stage cached there.
+
+    from hubtool.experiment import experiment
+    experiment("smoke", out="results")                  # run what is missing, then write results.md
+    experiment("full", plan_only=True)                  # the jobs as `hub ...` command lines
+
+Modules: presets (what runs), jobs (the plan: one job per train / eval / compose, each keyed by its
+config), runner (running a plan in one process), report (the page), smoke (the smoke preset's world).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def experiment(
+    preset: str = "quick",
+    *,
+    tasks: list[str] | None = None,
+    held_out: list[str] | None = None,
+    seeds: list[int] | None = None,
+    kinds: list[str] | None = None,
+    methods: list[str] | None = None,
+    out: str | Path | None = "docs/results",
+    catalog: str | None = None,
+    stages: tuple[str, ...] | None = None,
+    plan_only: bool = False,
+    report_only: bool = False,
+    command: str | None = None,
+    console: Any = None,
+) -> dict[str, Any]:
+    """Run a preset's pending jobs (or only `stages`), then write its report section into <out>.md.
+    Returns {"plan": Plan, "counts": {...}, "report": path or None, "experiment": Experiment}."""
+    from hubtool.experiment.presets import get_preset
+    from hubtool.experiment.report import write_report
+    from hubtool.experiment.runner import STAGES, Experiment
+
+    spec = get_preset(preset, tasks=tasks, held_out=held_out, seeds=seeds, kinds=kinds, methods=methods)
+    if stages is not None:
+        bad = [s for s in stages if s not in (*STAGES, "report")]
+        if bad:
+            from hubtool.errors import HubError
+
+            raise HubError(f"--stage {bad[0]!r}: expected one of {', '.join((*STAGES, 'report'))}")
+    exp = Experiment.open(spec, catalog)
+    result: dict[str, Any] = {"experiment": exp, "counts": {}, "report": None}
+    if plan_only:
+        result["plan"] = exp.plan()
+        return result
+    run_stages = tuple(s for s in (stages or STAGES) if s != "report")
+    if not report_only and run_stages:
+        result["counts"] = exp.run(stages=run_stages, console=console)
+    result["plan"] = exp.plan()
+    if out is not None and (stages is None or "report" in stages or report_only):
+        result["report"] = write_report(exp, out, command or f"hub experiment --preset {preset}")
+    return result

@@ -1,0 +1,181 @@
+"""What an experiment runs: the adapter kinds, the tasks, the merge methods and the sizes, per preset.
+
+Sizes are chosen for the machine this was built on (2 CPU cores: training ~220 tokens/s for every
+kind, greedy generation ~45 new tokens/s at batch 8), so `quick` fits in about 30 minutes and `full`
+in a few hours. Every number here goes into the experts' config (and so into their cache keys).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+from hubtool.errors import HubError
+
+
+@dataclass(frozen=True)
+class Kind:
+    """One adapter kind of the experiment: how `hub train` is called for it."""
+
+    label: str  # the row name in the results table
+    method: str  # hub train --method
+    targets: str  # hub train --targets
+    lr: float  # the paper's learning rate for it
+
+
+# The paper's five: sparse (k=0.05 on qkv), block-sparse, LoRA r=4 alpha 16, full fine-tuning of the
+# same weights, and sparse on the MLP instead of qkv. Learning rates are the paper's (1e-4, full 3e-5).
+KINDS: dict[str, Kind] = {
+    k.label: k
+    for k in (
+        Kind("sparse", "sparse", "qkv", 1e-4),
+        Kind("block-sparse", "block-sparse", "qkv", 1e-4),
+        Kind("lora", "lora", "qkv", 1e-4),
+        Kind("full", "full", "qkv", 3e-5),
+        Kind("sparse-mlp", "sparse", "mlp", 1e-4),
+    )
+}
+SPARSE_KINDS = ("sparse", "block-sparse", "sparse-mlp")  # overlap-mean only differs from mean for these
+
+# Merge methods in the order the table lists them. For a dense kind (LoRA, full) every entry is
+# covered by every expert, so overlap-mean *is* mean there and is not run twice.
+METHODS = ("overlap-mean", "mean", "ties", "task-arithmetic", "dare-ties", "magnitude-prune")
+
+# Beyond the paper: overlap-mean with per-task weights chosen on validation loss (see runner.tune).
+TUNED = "overlap-mean+tuned"
+
+# Longest generated answer per task category (tasks with options are scored without generating).
+MAX_NEW_TOKENS = {"summarize": 48, "qa": 24, "math": 12}
+DEFAULT_MAX_NEW_TOKENS = 24
+
+
+@dataclass(frozen=True)
+class Preset:
+    name: str
+    held_in: tuple[str, ...]  # task names or task folders, trained on and merged
+    held_out: tuple[str, ...]  # never trained on: scored on the merged models only
+    kinds: tuple[str, ...]
+    methods: tuple[str, ...]
+    subsets: bool = True  # also merge the first 2, 4, ... of the held-in experts
+    seeds: tuple[int, ...] = (0,)  # seeds of the single-task rows of the kinds in seed_kinds
+    seed_kinds: tuple[str, ...] = ("sparse", "lora")
+    base: str = "smollm2-135m"
+    keep_ratio: float = 0.05
+    rank: int = 4
+    alpha: float = 16.0
+    block_size: int = 16
+    steps: int = 20  # optimizer steps per expert, equal for every kind
+    batch_size: int = 8
+    max_length: int = 128  # tokens per training example; eval prompts are cut to it too
+    max_train: int = 1000  # first N training examples (equal data for every kind)
+    max_val: int = 32  # validation examples: best checkpoint, the lr sweep and the tuned merge
+    eval_limit: int = 30  # test examples per task
+    # The learning-rate sweep: factors of each kind's paper lr, tried on one held-in task, chosen by
+    # validation loss. Empty: the paper's learning rates as they are.
+    sweep: tuple[float, ...] = (1.0, 10.0)
+    tune: bool = True  # run the beyond-the-paper tuned merge (sparse kind, all N)
+    tune_weights: tuple[float, ...] = (0.5, 1.5, 2.0)  # the per-task weights tried against 1.0
+    description: str = ""
+
+    @property
+    def uses_smoke_model(self) -> bool:
+        return self.base == "smoke"
+
+
+PRESETS: dict[str, Preset] = {
+    # A tiny random model and generated tasks (hubtool.experiment.smoke): the whole pipeline in
+    # well under a minute; `make test` runs it.
+    "smoke": Preset(
+        name="smoke",
+        held_in=("smoke-first", "smoke-last", "smoke-vowel"),
+        held_out=("smoke-count",),
+        kinds=("sparse", "lora"),
+        methods=("overlap-mean", "mean", "ties"),
+        base="smoke",
+        steps=6,
+        batch_size=8,
+        max_length=32,
+        max_train=200,
+        max_val=16,
+        eval_limit=16,
+        tune_weights=(0.5, 2.0),
+        description="tiny random Llama, generated tasks: checks the pipeline, not the claims",
+    ),
+    # About 30 minutes here: 4 held-in tasks from 3 categories, 2 held-out, the three kinds the
+    # paper compares on qkv, the three merge methods it reports, one seed. Its tasks, sizes and sweep
+    # are the full preset's first ones, so every job of `quick` is also a job of `full` (same cache
+    # keys in the same catalog): running quick is running the first part of full.
+    "quick": Preset(
+        name="quick",
+        held_in=("sst2", "cola", "commonsenseqa", "squad"),
+        held_out=("openbookqa", "piqa"),
+        kinds=("sparse", "lora", "full"),
+        methods=("overlap-mean", "mean", "ties"),
+        tune_weights=(0.5, 2.0),
+        description="4 held-in tasks, 2 held-out, sparse / LoRA / full on qkv, 3 methods, 1 seed",
+    ),
+    # Several hours: 9 held-in tasks over all five categories, 4 held-out, all kinds and methods,
+    # subsets, 3 seeds for the single-task sparse and LoRA rows.
+    "full": Preset(
+        name="full",
+        held_in=("sst2", "cola", "commonsenseqa", "squad", "xsum", "trec", "boolq", "siqa", "gsm8k"),
+        held_out=("openbookqa", "piqa", "mmlu", "nq_open"),
+        kinds=tuple(KINDS),
+        methods=METHODS,
+        seeds=(0, 1, 2),
+        tune_weights=(0.5, 2.0),
+        description="9 held-in tasks over 5 categories, 4 held-out, all kinds and methods, 3 seeds",
+    ),
+}
+
+
+def get_preset(
+    name: str,
+    *,
+    tasks: list[str] | None = None,
+    held_out: list[str] | None = None,
+    seeds: list[int] | None = None,
+    kinds: list[str] | None = None,
+    methods: list[str] | None = None,
+) -> Preset:
+    """A preset, with the command line's overrides; a HubError naming the option for a bad value."""
+    if name not in PRESETS:
+        raise HubError(f"--preset {name!r}: expected one of {', '.join(PRESETS)}")
+    preset = PRESETS[name]
+    changes: dict[str, object] = {}
+    if tasks:
+        if len(tasks) < 2:
+            raise HubError(f"--tasks: {len(tasks)} task given; merging needs at least 2")
+        changes["held_in"] = tuple(tasks)
+    if held_out is not None:
+        changes["held_out"] = tuple(held_out)
+    if seeds:
+        if any(s < 0 for s in seeds):
+            raise HubError(f"--seeds {seeds}: expected non-negative integers")
+        changes["seeds"] = tuple(dict.fromkeys(seeds))
+    if kinds:
+        unknown = [k for k in kinds if k not in KINDS]
+        if unknown:
+            raise HubError(f"--kinds: unknown kind {unknown[0]!r}; expected some of {', '.join(KINDS)}")
+        changes["kinds"] = tuple(dict.fromkeys(kinds))
+    if methods:
+        unknown = [m for m in methods if m not in METHODS]
+        if unknown:
+            raise HubError(f"--methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+        changes["methods"] = tuple(dict.fromkeys(methods))
+    preset = replace(preset, **changes)
+    overlap = set(preset.held_in) & set(preset.held_out)
+    if overlap:
+        raise HubError(f"--held-out: {min(overlap)!r} is also held-in; a held-out task is never trained on")
+    return preset
+
+
+def subset_sizes(n: int) -> list[int]:
+    """2, 4, 8, ... below n, then n: how many experts each merge takes."""
+    sizes, k = [], 2
+    while k < n:
+        sizes.append(k)
+        k *= 2
+    return [*sizes, n]
+
+
+__all__ = ["KINDS", "METHODS", "PRESETS", "Kind", "Preset", "get_preset", "subset_sizes"]

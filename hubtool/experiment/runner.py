@@ -1,0 +1,324 @@
+"""Running an experiment's plan in one process: cached jobs skipped, the rest run in dependency order.
+
+Each job does what its command line does, through the same library calls (hubtool.train,
+hubtool.compose, hubtool.evaluate), but the base model for scoring is loaded once: an expert is
+added into its weights, the tasks are scored, and the weights are restored from a saved copy
+(never by subtracting, which would not round back to the base bit for bit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from hubtool.errors import HubError
+from hubtool.experiment.jobs import ComposeJob, EvalJob, Job, Plan, Planner, Task, TrainJob
+from hubtool.experiment.presets import Preset
+from hubtool.fileio import atomic_write
+from hubtool.merge.compose import HEADLINE
+from hubtool.paths import hub_home
+
+STAGES = ("sweep", "train", "eval", "compose", "tune")
+RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")  # measured, not scores: not stored as metrics
+
+
+def write_text(path: Path, text: str) -> None:
+    with atomic_write(path) as f:
+        f.write(text.encode())
+
+
+def experiment_dir() -> Path:
+    """Where experiments keep their catalog, timings and tuning traces: one for every preset, so a
+    job that two presets share (quick is the first part of full) runs once."""
+    return hub_home() / "experiments"
+
+
+@dataclass
+class Experiment:
+    """A preset resolved against this machine: its tasks loaded, its catalog open, its plan built."""
+
+    preset: Preset
+    root: Path  # $HUB_HOME/experiments: catalog, timings, tuning traces, the smoke world
+    catalog_url: str
+    catalog: Any
+    base: str  # what --base is given as
+    tasks: list[Task]
+    timings: dict[str, float] = field(default_factory=dict)  # job key -> seconds, from this machine's runs
+
+    @classmethod
+    def open(cls, preset: Preset, catalog_url: str | None = None) -> Experiment:
+        from hubtool.data import load_task
+        from hubtool.models import base_id, resolve_base
+        from hubtool.registry import Catalog
+        from hubtool.train import data_fingerprint
+
+        root = experiment_dir()
+        root.mkdir(parents=True, exist_ok=True)
+        base, refs = preset.base, {t: t for t in (*preset.held_in, *preset.held_out)}
+        if preset.uses_smoke_model:
+            from hubtool.experiment.smoke import prepare
+
+            folder, task_root = prepare(root / "smoke")
+            base = str(folder)
+            refs = {t: str(task_root / t) if (task_root / t).is_dir() else t for t in refs}
+        url = catalog_url or f"sqlite:///{root / 'catalog.db'}"
+        catalog = Catalog(url)
+        # Every task is loaded (and so checked) before any work starts.
+        tasks = []
+        for ref in (*preset.held_in, *preset.held_out):
+            try:
+                data = load_task(refs[ref], catalog=catalog)
+            except HubError as err:
+                where = "--held-out" if ref in preset.held_out else "--tasks"
+                raise HubError(f"{where} {ref!r}: {err}") from None
+            if not data.test:
+                raise HubError(f"task {data.name!r}: no test examples to score")
+            tasks.append(Task(data.name, refs[ref], data, data_fingerprint(data), ref in preset.held_out))
+        names = [t.name for t in tasks]
+        if len(set(names)) != len(names):
+            raise HubError(f"tasks {names}: two refs name the same task")
+        timings_path = root / "timings.json"
+        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+        exp = cls(preset, root, url, catalog, base, tasks, timings)
+        exp._base_key = {"id": base_id(base), "revision": resolve_base(base)[1]}
+        return exp
+
+    def planner(self) -> Planner:
+        return Planner(self.preset, self.tasks, base=self.base, base_key=self._base_key,
+                       catalog_url=self.catalog_url, catalog=self.catalog)
+
+    def plan(self) -> Plan:
+        return self.planner().plan()
+
+    # --- what is done -------------------------------------------------------------------------------
+
+    def done(self, job: Job) -> bool:
+        from hubtool.errors import NotFoundError
+        from hubtool.models import base_id
+
+        if isinstance(job, EvalJob):
+            if job.target is None:
+                scores = self.catalog.base_metrics(base_id(self.base), job.task.name)
+                return any(m in scores for m in HEADLINE)
+            try:
+                # Training stores train_loss / val_loss under the task too: a score is what marks it done.
+                scores = self.catalog.get(job.target).metrics.get(job.task.name, {})
+            except NotFoundError:
+                return False
+            return any(m in scores for m in HEADLINE)
+        try:
+            self.catalog.get(job.key)
+            return True
+        except NotFoundError:
+            return False
+
+    def record_time(self, job: Job, seconds: float) -> None:
+        self.timings[job.key] = round(seconds, 2)
+        write_text(self.root / "timings.json", json.dumps(self.timings, indent=1, sort_keys=True))
+
+    # --- running --------------------------------------------------------------------------------------
+
+    def run(self, *, stages: tuple[str, ...] = STAGES, console: Any = None) -> dict[str, int]:
+        """Run every pending job of the given stages, in rounds: a job runs once the jobs it needs are
+        done (and the sweep's results fix the training jobs). Returns {"cached": n, "ran": n}."""
+        from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+        counts = {"cached": -1, "ran": 0}
+        scorer = Scorer(self)
+        columns = [TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[jobs]}"),
+                   TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
+        progress = Progress(*columns, console=console, disable=console is None, transient=False)
+        # The bar counts estimated seconds, so the ETA weighs a training run above an eval.
+        bar = progress.add_task("planning", total=None, jobs="")
+        spent = 0.0
+        try:
+            with progress:
+                while True:
+                    plan = self.plan()
+                    mine = [j for j in plan.jobs if j.stage in stages]
+                    pending = [j for j in mine if not self.done(j)]
+                    if counts["cached"] < 0:
+                        counts["cached"] = len(mine) - len(pending)
+                    runnable = order([j for j in pending if all(self._dep_done(d, plan) for d in j.deps)])
+                    if not runnable:
+                        if pending and console is not None:
+                            console.print(f"{len(pending)} jobs wait for jobs of other stages", style="yellow")
+                        break
+                    progress.update(bar, total=spent + sum(j.cost for j in pending), completed=spent)
+                    for job in runnable:
+                        left = {s: sum(1 for j in pending if j.stage == s) for s in STAGES}
+                        todo = ", ".join(f"{k} {v}" for k, v in left.items() if v)
+                        note = "" if plan.complete else " + the jobs the lr sweep decides"
+                        progress.update(bar, description=f"[bold]{job.stage}[/] {job.key[:40]}",
+                                        jobs=f"{counts['ran']} run, {counts['cached']} cached; to do: {todo}{note}")
+                        start = time.perf_counter()
+                        self.run_job(job, plan, scorer)
+                        self.record_time(job, time.perf_counter() - start)
+                        if not self.done(job):  # a bug, not a user error: never loop on it
+                            raise RuntimeError(f"job {job.key} ran but its result is not in the catalog")
+                        pending.remove(job)
+                        spent += job.cost
+                        counts["ran"] += 1
+                        progress.update(bar, completed=spent)
+                progress.update(bar, description="done", jobs=f"{counts['ran']} run, {counts['cached']} cached")
+        finally:
+            scorer.close()
+        return counts
+
+    def _dep_done(self, key: str, plan: Plan) -> bool:
+        job = next((j for j in plan.jobs if j.key == key), None)
+        return job is None or self.done(job)
+
+    def run_job(self, job: Job, plan: Plan, scorer: Scorer) -> None:
+        if isinstance(job, TrainJob):
+            from hubtool.train import train
+
+            train(job.task.ref, name=job.key, eval_limit=0, catalog=self.catalog, quiet=True, **job.settings)
+        elif isinstance(job, EvalJob):
+            scorer.evaluate(job)
+        elif isinstance(job, ComposeJob) and job.stage == "tune":
+            scorer.tune(job)
+        elif isinstance(job, ComposeJob):
+            from hubtool.merge.compose import compose
+
+            compose(experts=job.experts, method=job.method, weights=job.weights, as_expert=job.key,
+                    catalog=self.catalog)
+        else:  # pragma: no cover - every job class is handled above
+            raise HubError(f"job {job.key}: unknown kind {type(job).__name__}")
+
+
+def order(jobs: list[Job]) -> list[Job]:
+    """Stage order, and evals grouped by what they score (each expert added into the base once)."""
+    rank = {s: i for i, s in enumerate(("sweep", "train", "compose", "tune", "eval"))}
+    evals_last = sorted(jobs, key=lambda j: (rank[j.stage], getattr(j, "target", "") or "", j.key))
+    return evals_last
+
+
+_CANDIDATE = "<in-memory candidate>"  # never a catalog name (not a NAME), so never taken as cached
+
+
+class Scorer:
+    """One base model in memory, experts added into it and taken out again by restoring saved weights."""
+
+    def __init__(self, exp: Experiment) -> None:
+        self.exp = exp
+        self.model = self.tokenizer = None
+        self.saved: dict[str, Any] = {}  # weight name -> the base's values
+        self.current: str | None = None  # what is added into the weights now
+
+    def _load(self) -> None:
+        if self.model is None:
+            import torch
+
+            from hubtool.models import load_base
+
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+            # fp32, as `hub eval` does: an expert's small deltas would mostly round away in bf16.
+            self.model, self.tokenizer = load_base(self.exp.base, dtype=torch.float32)
+            if self.tokenizer is None:
+                raise HubError(f"base model {self.exp.base}: no tokenizer files; evaluation needs one")
+
+    def use(self, name: str | None, expert: Any = None) -> None:
+        """Make the model the base plus the catalog's expert `name` (None: the base alone), or plus an
+        in-memory `expert` (a tuning candidate)."""
+        import torch
+
+        from hubtool.apply import apply_expert
+
+        self._load()
+        if expert is None and name == self.current:
+            return
+        weights = dict(self.model.named_parameters())
+        with torch.no_grad():
+            for weight, values in self.saved.items():
+                weights[weight].copy_(values)
+            self.current = None
+            if name is None and expert is None:
+                return
+            delta = expert if expert is not None else self.exp.catalog.load(name)
+            for weight in delta.deltas:
+                if weight in weights and weight not in self.saved:
+                    self.saved[weight] = weights[weight].detach().clone()
+            apply_expert(self.model, delta)
+        self.current = name if expert is None else _CANDIDATE
+
+    def evaluate(self, job: EvalJob) -> dict[str, float]:
+        from hubtool.evaluate import evaluate
+        from hubtool.models import base_id, resolve_base
+
+        self.use(job.target)
+        result = evaluate(self.model, self.tokenizer, job.task.data, **job.settings)
+        metrics = {k: float(v) for k, v in result.items() if k not in RUN_KEYS}
+        cat = self.exp.catalog
+        if job.target is None:
+            cat.set_base_metrics(base_id(self.exp.base), job.task.name, metrics, revision=resolve_base(self.exp.base)[1])
+        else:
+            cat.set_metrics(job.target, job.task.name, metrics)
+        return metrics
+
+    # --- beyond the paper: per-task weights chosen on validation loss -----------------------------------
+
+    def val_loss(self, task: Task) -> float:
+        """Token-weighted answer-only loss over the first max_val validation examples."""
+        import torch
+
+        from hubtool.data.prompts import build_training_example, collate
+        from hubtool.evaluate import pad_id
+        from hubtool.sparse.loss import causal_lm_loss
+
+        p = self.exp.preset
+        rows = [build_training_example(self.tokenizer, e, p.max_length) for e in task.data.validation[: p.max_val]]
+        total = count = 0.0
+        with torch.inference_mode():
+            for start in range(0, len(rows), p.batch_size):
+                batch = collate(rows[start : start + p.batch_size], pad_id(self.tokenizer))
+                n = int((batch["labels"][:, 1:] != -100).sum())
+                total += float(causal_lm_loss(self.model, batch)) * n
+                count += n
+        return total / max(count, 1.0)
+
+    def tune(self, job: ComposeJob) -> list[float]:
+        """Coordinate search over per-task weights (1.0 to start; each of tune_weights tried in turn for
+        each task, kept when the mean validation loss ratio falls), then the merged expert registered
+        with the chosen weights. The search trace goes to <experiment>/tune-<name>.json."""
+        from hubtool.merge.compose import build_recipe
+        from hubtool.merge.execute import merged_expert
+        from hubtool.merge.plan import make_plan
+
+        self._load()
+        tasks = [t for t in self.exp.tasks if t.name in job.tasks]
+        trace: list[dict[str, Any]] = []
+
+        def objective(weights: list[float]) -> float:
+            recipe = build_recipe(experts=job.experts, method="overlap-mean", weights=weights)
+            self.use(None, merged_expert(make_plan(self.exp.catalog, recipe), "candidate"))
+            losses = [self.val_loss(t) for t in tasks]
+            trace.append({"weights": list(weights), "val_loss": losses})
+            return sum(losses[i] / start_losses[i] for i in range(len(tasks))) / len(tasks)
+
+        start_losses = [1.0] * len(tasks)
+        weights = [1.0] * len(job.experts)
+        objective(weights)
+        start_losses = trace[0]["val_loss"]
+        best = 1.0
+        for i in range(len(weights)):
+            for w in self.exp.preset.tune_weights:
+                trial = [*weights[:i], w, *weights[i + 1 :]]
+                value = objective(trial)
+                if value < best - 1e-4:
+                    best, weights = value, trial
+        from hubtool.merge.compose import compose
+
+        self.use(None)
+        compose(experts=job.experts, method="overlap-mean", weights=weights, as_expert=job.key, catalog=self.exp.catalog)
+        write_text(self.exp.root / f"tune-{job.key}.json",
+                   json.dumps({"weights": weights, "objective": best, "trace": trace}, indent=1))
+        return weights
+
+    def close(self) -> None:
+        self.model = self.tokenizer = None
+        self.saved.clear()
