@@ -312,7 +312,7 @@ class Report:
         except NotFoundError:
             return None
         experts = rec.config.get("merge", {}).get("recipe", {}).get("experts", [])
-        return [float(e.get("weight", 1.0)) for e in experts] or None
+        return [float(e.get("parameters", {}).get("weight", 1.0)) for e in experts] or None
 
     def stage_times(self) -> dict[str, float]:
         out: dict[str, float] = {}
