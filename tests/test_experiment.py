@@ -64,9 +64,11 @@ def test_smoke_writes_the_whole_report(smoke: dict) -> None:
     assert float(cells[0]) == pytest.approx(sum(float(c) for c in cells[3:6]) / 3, abs=0.06)
     assert float(cells[1]) == pytest.approx(float(cells[6]), abs=0.06)
     for n in (1, 2, 3, 4):
-        assert re.search(rf"^{n}\. ", md, re.M), f"no verdict for claim {n}"
+        assert re.search(rf"^{n}\. ", md, re.MULTILINE), f"no verdict for claim {n}"
     assert "Command: `hub experiment --preset smoke --out" in md
     assert re.search(r"commit `[0-9a-f]{7,}", md) or "not a git checkout" in md
+    ran = int(re.search(r"(\d+) jobs run", smoke["stdout"]).group(1))
+    assert re.search(rf"the jobs were run by `[^`]+` \({ran} jobs\)\.", md), md
     assert re.search(r"wall time per stage \| sweep [\d.]+ min, .*train [\d.]+ min", md)
     images = smoke["out"]
     for png in ("smoke-retention.png", "smoke-overlap.png"):
@@ -76,7 +78,7 @@ def test_smoke_writes_the_whole_report(smoke: dict) -> None:
 
 def test_a_rerun_runs_nothing_and_the_plan_is_empty(smoke: dict) -> None:
     again = ok(hub("experiment", "--preset", "smoke", "--out", str(smoke["out"]), home=smoke["home"]))
-    assert re.search(r"^0 jobs run, (\d+) found in the catalog", again, re.M), again
+    assert re.search(r"^0 jobs run, (\d+) found in the catalog", again, re.MULTILINE), again
     found = int(re.search(r"(\d+) found in the catalog", again).group(1))
     ran = int(re.search(r"(\d+) jobs run", smoke["stdout"]).group(1))
     assert found == ran > 40
@@ -110,9 +112,19 @@ def test_plan_lines_are_real_commands_that_fill_the_same_cache(tmp_path: Path) -
         ok(hub(*shlex.split(line)[1:], home=home))
     second = ok(hub("experiment", "--preset", "smoke", "--plan", "--kinds", "sparse", home=home))
     assert shlex.split(trains[0])[-4] not in second  # the expert's name: now done, so not pending
-    assert shlex.split(trains[1]) == shlex.split([x for x in second.splitlines() if x.startswith("hub train")][0])
+    assert shlex.split(trains[1]) == shlex.split(next(x for x in second.splitlines() if x.startswith("hub train")))
     assert f"pending jobs of {len(lines)}" in second.splitlines()[0]
     assert len([x for x in second.splitlines() if x.startswith("hub ")]) == len(lines) - 2
+
+
+def test_held_out_tasks_can_be_any_task_folder(tmp_path: Path) -> None:
+    folder = tmp_path / "mine"
+    folder.mkdir()
+    rows = [{"input": f"count : apple {'river ' * (i % 3)}Answer:", "output": "two", "options": ["two", "three"]}
+            for i in range(12)]
+    (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    plan = ok(hub("experiment", "--preset", "smoke", "--plan", "--held-out", str(folder), home=tmp_path / "hub"))
+    assert "hub eval --base " in plan and f"--task {folder} " in plan
 
 
 def test_bad_input_fails_in_one_line_before_any_work(tmp_path: Path) -> None:

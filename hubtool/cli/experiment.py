@@ -68,9 +68,11 @@ def experiment(
         pending = [j for j in p.jobs if not exp.done(j) and (stages is None or j.stage in stages)]
         from hubtool.experiment.runner import order
 
-        print(f"# hub experiment --preset {preset}: {len(pending)} pending jobs of {len(p.jobs)}, in dependency order")
+        hours = sum(j.cost for j in pending) / 3600
+        print(f"# hub experiment --preset {preset}: {len(pending)} pending jobs of {len(p.jobs)}, in dependency order"
+              f" (about {hours:.1f} h on 2 CPU cores)")
         by_key = {j.key: j for j in pending}
-        for job in _dependency_order(order(pending), by_key):
+        for job in _dependency_order(order(pending, p), by_key):
             print(job.command())
         if not p.complete:
             print("# the lr sweep above decides the training jobs: run `hub experiment --plan` again once it is done")

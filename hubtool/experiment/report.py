@@ -96,6 +96,10 @@ class Scores:
         return self.of(self.plan.experts.get((task, kind, seed)), task)
 
 
+def _seconds(entry: Any) -> float:
+    return float(entry["seconds"] if isinstance(entry, dict) else entry)
+
+
 def mean(values: list[float | None]) -> float | None:
     return None if not values or any(v is None for v in values) else sum(values) / len(values)  # type: ignore[arg-type]
 
@@ -318,8 +322,19 @@ class Report:
         out: dict[str, float] = {}
         for job in self.plan.jobs:
             if job.key in self.exp.timings:
-                out[job.stage] = out.get(job.stage, 0.0) + self.exp.timings[job.key]
+                out[job.stage] = out.get(job.stage, 0.0) + _seconds(self.exp.timings[job.key])
         return out
+
+    def commits(self) -> str:
+        """Which source commits ran this preset's jobs (a job run elsewhere, e.g. from --plan on a
+        cluster, has no timing here and counts as "elsewhere")."""
+        counts: dict[str, int] = {}
+        for job in self.plan.jobs:
+            entry = self.exp.timings.get(job.key)
+            c = entry.get("commit", "unknown") if isinstance(entry, dict) else "unknown" if entry else "elsewhere"
+            if entry is not None or self.s.exp.done(job):
+                counts[c] = counts.get(c, 0) + 1
+        return ", ".join(f"`{c}` ({n} jobs)" for c, n in sorted(counts.items(), key=lambda kv: -kv[1])) or "–"
 
     def sweep_table(self) -> str:
         if not self.plan.sweep:
@@ -349,7 +364,8 @@ class Report:
         lines = [
             f"## Preset `{p.name}` ({status})",
             "",
-            f"{p.description}. Base model `{p.base}`; commit `{source_commit()}`.",
+            (f"{p.description}. Base model `{p.base}`. Report written by commit `{source_commit()}`; "
+             f"the jobs were run by {self.commits()}."),
             "",
             f"Command: `{command}`",
             "",

@@ -47,7 +47,8 @@ class Experiment:
     catalog: Any
     base: str  # what --base is given as
     tasks: list[Task]
-    timings: dict[str, float] = field(default_factory=dict)  # job key -> seconds, from this machine's runs
+    timings: dict[str, Any] = field(default_factory=dict)  # job key -> {seconds, commit}, from this machine's runs
+    _commit: str | None = None
 
     @classmethod
     def open(cls, preset: Preset, catalog_url: str | None = None) -> Experiment:
@@ -117,7 +118,12 @@ class Experiment:
             return False
 
     def record_time(self, job: Job, seconds: float) -> None:
-        self.timings[job.key] = round(seconds, 2)
+        """Seconds and the source commit of each job run here: the report states which code made its numbers."""
+        from hubtool.experiment.report import source_commit
+
+        if self._commit is None:
+            self._commit = source_commit()
+        self.timings[job.key] = {"seconds": round(seconds, 2), "commit": self._commit}
         write_text(self.root / "timings.json", json.dumps(self.timings, indent=1, sort_keys=True))
 
     # --- running --------------------------------------------------------------------------------------
@@ -143,7 +149,10 @@ class Experiment:
                     pending = [j for j in mine if not self.done(j)]
                     if counts["cached"] < 0:
                         counts["cached"] = len(mine) - len(pending)
-                    runnable = order([j for j in pending if all(self._dep_done(d, plan) for d in j.deps)])
+                    runnable = [j for j in pending if all(self._dep_done(d, plan) for d in j.deps)]
+                    n = sum(1 for t in self.tasks if not t.held_out)
+                    first = min((tier(j, plan, n) for j in runnable), default=0)
+                    runnable = order([j for j in runnable if tier(j, plan, n) == first], plan)
                     if not runnable:
                         if pending and console is not None:
                             console.print(f"{len(pending)} jobs wait for jobs of other stages", style="yellow")
@@ -191,11 +200,42 @@ class Experiment:
             raise HubError(f"job {job.key}: unknown kind {type(job).__name__}")
 
 
-def order(jobs: list[Job]) -> list[Job]:
-    """Stage order, and evals grouped by what they score (each expert added into the base once)."""
+def tier(job: Job, plan: Plan, n: int) -> int:
+    """Which round a job belongs to, so a run stopped early has whole table rows, not scattered cells:
+    0 the lr sweep; 1 seed-0 training and the base scores; 2 the single experts' scores and the
+    N-expert merges; 3 their scores and the tuned merge; 4 the smaller subsets; 5 the extra seeds."""
+    merges = {m.key: m for m in plan.merges}
+    seeds = {name: seed for (_, _, seed), name in plan.experts.items()}
+    if job.stage == "sweep":
+        return 0
+    if isinstance(job, TrainJob):
+        return 1 if job.seed == 0 else 5
+    if isinstance(job, ComposeJob):
+        return 2 if len(job.experts) == n and job.stage == "compose" else 3 if len(job.experts) == n else 4
+    if isinstance(job, EvalJob):
+        if job.target is None:
+            return 1
+        if job.target in merges:
+            return 3 if len(merges[job.target].experts) == n else 4
+        return 2 if seeds.get(job.target, 0) == 0 else 5
+    return 5
+
+
+def order(jobs: list[Job], plan: Plan | None = None, preset: Preset | None = None) -> list[Job]:
+    """Stage order; the paper's main methods and kinds first; evals grouped by what they score (each
+    expert is added into the base once)."""
+    from hubtool.experiment.presets import KINDS, METHODS, TUNED
+
+    merges = {m.key: m for m in (plan.merges if plan else [])}
     rank = {s: i for i, s in enumerate(("sweep", "train", "compose", "tune", "eval"))}
-    evals_last = sorted(jobs, key=lambda j: (rank[j.stage], getattr(j, "target", "") or "", j.key))
-    return evals_last
+
+    def key(j: Job) -> tuple:
+        m = merges.get(j.key) or merges.get(getattr(j, "target", None) or "")
+        method = (METHODS + (TUNED,)).index(m.method) if m else -1
+        kind = list(KINDS).index(m.kind) if m else -1
+        return (rank[j.stage], method, kind, getattr(j, "target", "") or "", j.key)
+
+    return sorted(jobs, key=key)
 
 
 _CANDIDATE = "<in-memory candidate>"  # never a catalog name (not a NAME), so never taken as cached
