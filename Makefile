@@ -14,7 +14,9 @@ TCMALLOC_GLOB := /usr/lib/*/libtcmalloc_minimal.so.4
 FIND_TCMALLOC := { ls $(TCMALLOC_GLOB) 2>/dev/null || true; } | head -n 1
 DEMO    := bash docs/demo.sh
 
-.PHONY: install test demo bench lint clean
+PRESET  ?= quick
+
+.PHONY: install test demo results bench lint clean
 
 install: $(STAMP)
 
@@ -40,6 +42,12 @@ demo: install
 	if [ -n "$$lib" ]; then export LD_PRELOAD="$$lib$${LD_PRELOAD:+ $$LD_PRELOAD}"; \
 	else echo "tcmalloc not found; running the demo without it" >&2; fi; \
 	$(DEMO)
+
+# The paper's experiment (docs/experiment.md): `make results PRESET=quick|full`; cached, so it resumes.
+results: install
+	@lib=$$($(FIND_TCMALLOC)) || lib=; \
+	if [ -n "$$lib" ]; then export LD_PRELOAD="$$lib$${LD_PRELOAD:+ $$LD_PRELOAD}"; fi; \
+	$(HUB) experiment --preset $(PRESET) --out docs/results
 
 bench: install
 	$(PY) benchmarks/bits_per_entry.py
