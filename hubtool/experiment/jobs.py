@@ -128,11 +128,12 @@ class Planner:
             "base": self.base, "method": kind.method, "targets": kind.targets, "keep_ratio": p.keep_ratio,
             "max_steps": p.steps, "batch_size": p.batch_size, "lr": lr, "seed": seed, "max_length": p.max_length,
             "max_train": p.max_train, "max_val": p.max_val, "rank": p.rank, "alpha": p.alpha,
-            "block_size": p.block_size,
+            "block_size": p.block_size, "mask_interval": p.mask_interval, "mask_steps": p.mask_steps,
         }  # fmt: skip
         key = {**settings, "base": self.base_key, "task": task.name, "data": task.sha256}
         if kind.method in ("lora", "full"):  # settings that do not change these kinds' training
-            key.pop("keep_ratio"), key.pop("block_size")
+            for unused in ("keep_ratio", "block_size", "mask_interval", "mask_steps"):
+                key.pop(unused)
         if kind.method != "lora":
             key.pop("rank"), key.pop("alpha")
         name = f"{task.name}-{kind.label}-s{seed}-{digest(key)}"
@@ -141,6 +142,7 @@ class Planner:
                 "--batch-size", str(p.batch_size), "--lr", f"{lr:g}", "--seed", str(seed),
                 "--max-length", str(p.max_length), "--max-train", str(p.max_train), "--max-val", str(p.max_val),
                 "--rank", str(p.rank), "--alpha", f"{p.alpha:g}", "--block-size", str(p.block_size),
+                "--mask-interval", str(p.mask_interval), "--mask-steps", str(p.mask_steps),
                 "--eval-limit", "0", "--name", name, "--quiet", "--catalog", self.catalog_url]  # fmt: skip
         tokens = p.steps * p.batch_size * task.tokens(p.max_length)
         val = 5 * p.max_val * task.tokens(p.max_length) / FORWARD_TOKENS_PER_S

@@ -66,6 +66,10 @@ class Preset:
     steps: int = 20  # optimizer steps per expert, equal for every kind
     batch_size: int = 8
     max_length: int = 128  # tokens per training example; eval prompts are cut to it too
+    # The paper re-selects the mask during the first of 5 epochs, then trains the frozen mask: the same
+    # proportions here, re-selection every mask_interval steps in the first fifth of the steps.
+    mask_fraction: float = 0.2
+    mask_interval: int = 2
     max_train: int = 1000  # first N training examples (equal data for every kind)
     max_val: int = 32  # validation examples: best checkpoint, the lr sweep and the tuned merge
     eval_limit: int = 30  # test examples per task
@@ -75,6 +79,10 @@ class Preset:
     tune: bool = True  # run the beyond-the-paper tuned merge (sparse kind, all N)
     tune_weights: tuple[float, ...] = (0.5, 1.5, 2.0)  # the per-task weights tried against 1.0
     description: str = ""
+
+    @property
+    def mask_steps(self) -> int:
+        return max(1, int(self.steps * self.mask_fraction))
 
     @property
     def uses_smoke_model(self) -> bool:

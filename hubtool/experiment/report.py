@@ -375,7 +375,8 @@ class Report:
             (f"| kinds | {', '.join(p.kinds)} (keep ratio {p.keep_ratio:g}; LoRA r={p.rank}, alpha {p.alpha:g}; "
              f"block {p.block_size}×{p.block_size}) |"),
             (f"| training | {p.steps} steps × batch {p.batch_size}, ≤ {p.max_length} tokens, first {p.max_train} "
-             f"training examples, best of 5 checkpoints by loss on {p.max_val} validation examples |"),
+             f"training examples, best of 5 checkpoints by loss on {p.max_val} validation examples; sparse "
+             f"masks re-selected every {p.mask_interval} steps in the first {p.mask_steps}, then frozen |"),
             f"| learning rates | {', '.join(f'{k} {v:g}' for k, v in self.plan.lrs.items()) or '…'} |",
             f"| evaluation | first {p.eval_limit} test examples per task; greedy, prompts cut to {p.max_length} tokens |",
             f"| merge methods | {', '.join(p.methods)} (overlap-mean on the sparse kinds only: on a dense kind it is the mean) |",
