@@ -86,6 +86,9 @@ class Experiment:
         timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
         exp = cls(preset, root, url, catalog, base, tasks, timings)
         exp._base_key = {"id": base_id(base), "revision": resolve_base(base)[1]}
+        from hubtool.experiment.report import source_commit
+
+        exp._commit = source_commit()  # at start: the code this process runs, whatever is committed later
         return exp
 
     def planner(self) -> Planner:
@@ -119,10 +122,6 @@ class Experiment:
 
     def record_time(self, job: Job, seconds: float) -> None:
         """Seconds and the source commit of each job run here: the report states which code made its numbers."""
-        from hubtool.experiment.report import source_commit
-
-        if self._commit is None:
-            self._commit = source_commit()
         self.timings[job.key] = {"seconds": round(seconds, 2), "commit": self._commit}
         write_text(self.root / "timings.json", json.dumps(self.timings, indent=1, sort_keys=True))
 
