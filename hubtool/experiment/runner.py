@@ -9,7 +9,6 @@ added into its weights, the tasks are scored, and the weights are restored from 
 from __future__ import annotations
 
 import json
-import os
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -255,7 +254,6 @@ class Scorer:
 
             from hubtool.models import load_base
 
-            torch.set_num_threads(max(1, os.cpu_count() or 1))
             # fp32, as `hub eval` does: an expert's small deltas would mostly round away in bf16.
             self.model, self.tokenizer = load_base(self.exp.base, dtype=torch.float32)
             if self.tokenizer is None:
