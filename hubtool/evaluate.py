@@ -11,7 +11,9 @@ Metrics are reported in percent (Rouge-L x 100 as the paper reports it), with ex
 
 from __future__ import annotations
 
+import sys
 import time
+import types
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -162,18 +164,19 @@ def score(predictions: Sequence[Prediction]) -> dict[str, float]:
     chosen = [p for p in predictions if p.option_logprobs is not None]
     if chosen:
         metrics["accuracy"] = 100 * accuracy([p.text for p in chosen], [p.example.output for p in chosen])
-        # Summed log-probs favour short options; accuracy_norm divides by the option's length in bytes
-        # first (lm-evaluation-harness's acc_norm), which is fairer when option lengths differ a lot.
+        # Summed log-probs favour short options; accuracy_norm divides by the option's length in
+        # characters first (lm-evaluation-harness's acc_norm), fairer when option lengths differ a lot.
         normed = [_by_length(p) for p in chosen]
         metrics["accuracy_norm"] = 100 * accuracy(normed, [p.example.output for p in chosen])
     return metrics
 
 
 def _by_length(p: Prediction) -> str:
-    """The option with the highest log-prob per byte of its text."""
+    """The option with the highest log-prob per character of its text (lm-eval's acc_norm; its
+    acc_bytes divides by UTF-8 bytes, the same on ASCII options)."""
     options, logps = p.example.options or [], p.option_logprobs or []
-    per_byte = [lp / max(1, len(o.encode())) for o, lp in zip(options, logps)]
-    return options[max(range(len(per_byte)), key=per_byte.__getitem__)]
+    per_char = [lp / max(1, len(o)) for o, lp in zip(options, logps)]
+    return options[max(range(len(per_char)), key=per_char.__getitem__)]
 
 
 def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "test", limit: int | None = None,
@@ -199,3 +202,14 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
     if predictions is not None:
         predictions.extend(results)
     return {**score(results), "n": float(len(results)), "seconds": seconds, "examples_per_s": len(results) / seconds}
+
+
+class _CallableModule(types.ModuleType):
+    """`from hubtool import evaluate` gives this module once `hubtool.evaluate` has been imported (Python binds
+    a package's submodule over its lazy attribute): calling it calls evaluate()."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return evaluate(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

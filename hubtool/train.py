@@ -13,6 +13,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import sys
+import types
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -238,3 +240,14 @@ def data_fingerprint(task_data: Any) -> str:
             row = [split, ex.input, ex.output, ex.options, ex.answers]
             digest.update(json.dumps(row, ensure_ascii=False).encode() + b"\n")
     return digest.hexdigest()
+
+
+class _CallableModule(types.ModuleType):
+    """`from hubtool import train` gives this module once `hubtool.train` has been imported (Python binds
+    a package's submodule over its lazy attribute): calling it calls train()."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> Any:
+        return train(*args, **kwargs)
+
+
+sys.modules[__name__].__class__ = _CallableModule

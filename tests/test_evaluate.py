@@ -17,6 +17,7 @@ from hubtool.data.prompts import (
     prompt_ids,
 )
 from hubtool.data.tasks import Example, TaskData
+from hubtool.errors import HubError
 from hubtool.evaluate import evaluate, generate, option_logprobs
 
 CHAT_TEMPLATE = (
@@ -119,7 +120,7 @@ def test_option_scores_equal_a_manual_forward_and_pick_the_best(model, tok):
     chosen = [e.options[max(range(3), key=row.__getitem__)] for e, row in zip(examples, scores)]
     assert [p.text for p in preds] == chosen
     assert metrics["accuracy"] == pytest.approx(100 * sum(c == e.output for c, e in zip(chosen, examples)) / 3)
-    # accuracy_norm picks by log-prob per byte of the option text (a char tokenizer: one token per byte)
+    # accuracy_norm picks by log-prob per character of the option text (a char tokenizer: one token each)
     normed = [e.options[max(range(3), key=lambda j: row[j] / len(e.options[j]))] for e, row in zip(examples, scores)]
     assert metrics["accuracy_norm"] == pytest.approx(100 * sum(c == e.output for c, e in zip(normed, examples)) / 3)
 
@@ -199,3 +200,21 @@ def test_max_prompt_tokens_scores_the_end_of_each_prompt(model, tok):
     assert cut != pytest.approx(whole)
     long = ["Question: what is longer than this?\nAnswer:"]
     assert generate(model, tok, long, max_new_tokens=4, max_prompt_tokens=10_000) == generate(model, tok, long, max_new_tokens=4)
+
+
+def test_library_functions_stay_callable_after_their_module_is_imported():
+    """`from hubtool import train, evaluate` is the README's library API; once the submodules are imported
+    Python binds them over the lazy attributes, and calling them must still call the functions."""
+    import importlib
+
+    import hubtool
+
+    importlib.import_module("hubtool.train")
+    importlib.import_module("hubtool.evaluate")
+    from hubtool import evaluate as evaluate_, train
+
+    with pytest.raises(HubError, match="--name '../x'"):
+        train("t", name="../x")
+    with pytest.raises(HubError, match="no examples in split 'test'"):
+        evaluate_(None, None, TaskData("t", [], [], []))
+    assert hubtool.train is train and callable(hubtool.evaluate)
