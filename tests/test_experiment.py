@@ -120,8 +120,9 @@ def test_plan_lines_are_real_commands_that_fill_the_same_cache(tmp_path: Path) -
 def test_held_out_tasks_can_be_any_task_folder(tmp_path: Path) -> None:
     folder = tmp_path / "mine"
     folder.mkdir()
-    rows = [{"input": f"count : apple {'river ' * (i % 3)}Answer:", "output": "two", "options": ["two", "three"]}
-            for i in range(12)]
+    words = ["apple", "river", "stone", "eagle", "olive", "tiger"]
+    rows = [{"input": f"count : {a} {b} Answer:", "output": "two", "options": ["two", "three"]}
+            for a in words for b in words]
     (folder / "data.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     plan = ok(hub("experiment", "--preset", "smoke", "--plan", "--held-out", str(folder), home=tmp_path / "hub"))
     assert "hub eval --base " in plan and f"--task {folder} " in plan
@@ -217,3 +218,11 @@ def test_the_tuned_merge_never_loses_to_its_start(smoke: dict) -> None:
     cat = Catalog(f"sqlite:///{smoke['home'] / 'experiments' / 'catalog.db'}")
     rec = cat.get(traces[0].stem.removeprefix("tune-"))
     assert [e["parameters"]["weight"] for e in rec.config["merge"]["recipe"]["experts"]] == tune["weights"]
+
+
+def test_a_customised_preset_is_its_own_report_section_and_tune_command(smoke: dict, monkeypatch) -> None:
+    exp = _open(smoke["home"], monkeypatch, kinds=["sparse"], held_out=[])
+    assert exp.preset.label == "smoke --kinds sparse --held-out "
+    tune = next(j for j in exp.plan().jobs if j.stage == "tune")
+    assert tune.argv[:7] == ["hub", "experiment", "--preset", "smoke", "--kinds", "sparse", "--held-out"]
+    assert [t.name for t in exp.tasks if t.held_out] == []

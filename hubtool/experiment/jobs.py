@@ -171,7 +171,7 @@ class Planner:
         key = {"experts": experts, "method": method, "tuned": list(self.preset.tune_weights) if tuned else None}
         name = f"merge-{kind}-{label}-n{len(experts)}-{digest(key)}"
         if tuned:
-            argv = ["hub", "experiment", "--preset", self.preset.name, "--stage", "tune",
+            argv = ["hub", "experiment", "--preset", self.preset.name, *self.preset.overrides, "--stage", "tune",
                     "--catalog", self.catalog_url]
             cost = (1 + len(self.preset.tune_weights) * len(tasks)) * sum(
                 self.preset.max_val * t.tokens(self.preset.max_length) / FORWARD_TOKENS_PER_S

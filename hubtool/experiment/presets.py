@@ -79,6 +79,14 @@ class Preset:
     tune: bool = True  # run the beyond-the-paper tuned merge (sparse kind, all N)
     tune_weights: tuple[float, ...] = (0.5, 1.5, 2.0)  # the per-task weights tried against 1.0
     description: str = ""
+    # The command line's changes to the preset ("--tasks", "a,b", ...): part of the commands that
+    # re-create its jobs and of the report section's name, so a custom run never overwrites the preset's.
+    overrides: tuple[str, ...] = ()
+
+    @property
+    def label(self) -> str:
+        """The report's name for this run: the preset, or the preset and its changes."""
+        return self.name if not self.overrides else f"{self.name} {' '.join(self.overrides)}"
 
     @property
     def mask_steps(self) -> int:
@@ -150,6 +158,14 @@ def get_preset(
         raise HubError(f"--preset {name!r}: expected one of {', '.join(PRESETS)}")
     preset = PRESETS[name]
     changes: dict[str, object] = {}
+    flags: list[str] = []
+    for flag, value in (("--tasks", tasks), ("--seeds", seeds), ("--kinds", kinds), ("--methods", methods)):
+        if value:
+            flags += [flag, ",".join(map(str, value))]
+    for task in held_out or []:
+        flags += ["--held-out", task]
+    if held_out is not None and not held_out:
+        flags += ["--held-out", ""]
     if tasks:
         if len(tasks) < 2:
             raise HubError(f"--tasks: {len(tasks)} task given; merging needs at least 2")
@@ -170,7 +186,7 @@ def get_preset(
         if unknown:
             raise HubError(f"--methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
         changes["methods"] = tuple(dict.fromkeys(methods))
-    preset = replace(preset, **changes)
+    preset = replace(preset, **changes, overrides=tuple(flags))
     overlap = set(preset.held_in) & set(preset.held_out)
     if overlap:
         raise HubError(f"--held-out: {min(overlap)!r} is also held-in; a held-out task is never trained on")

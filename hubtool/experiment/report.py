@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubtool.experiment.jobs import ComposeJob, Plan
+from hubtool.experiment.jobs import ComposeJob, Plan, digest
 from hubtool.experiment.presets import KINDS, TUNED
 from hubtool.fileio import atomic_write
 from hubtool.merge.compose import HEADLINE
@@ -357,12 +357,13 @@ class Report:
     def render(self, images: Path, rel: str, command: str) -> str:
         p = self.exp.preset
         table, complete = self.table()
-        plot = self.plot(images / f"{p.name}-retention.png")
-        jac = self.heatmap(images / f"{p.name}-overlap.png")
+        stem = p.name if not p.overrides else f"{p.name}-{digest(p.overrides)}"
+        plot = self.plot(images / f"{stem}-retention.png")
+        jac = self.heatmap(images / f"{stem}-overlap.png")
         times = self.stage_times()
         status = "complete" if complete and self.plan.complete else "**partial: cells marked … are not run yet**"
         lines = [
-            f"## Preset `{p.name}` ({status})",
+            f"## Preset `{p.label}` ({status})",
             "",
             (f"{p.description}. Base model `{p.base}`. Report written by commit `{source_commit()}`; "
              f"the jobs were run by {self.commits()}."),
@@ -404,10 +405,10 @@ class Report:
         ]
         if plot:
             lines += ["### Score and retention against the number of merged experts", "",
-                      f"![retention]({rel}/{p.name}-retention.png)", ""]
+                      f"![retention]({rel}/{stem}-retention.png)", ""]
         if jac is not None:
             lines += [f"### Overlap of the sparse experts' masks (mean pairwise Jaccard {jac:.3f})", "",
-                      f"![overlap]({rel}/{p.name}-overlap.png)", ""]
+                      f"![overlap]({rel}/{stem}-overlap.png)", ""]
         return "\n".join(lines)
 
 
@@ -418,7 +419,7 @@ def write_report(exp: Any, out: str | Path, command: str) -> Path:
     images.mkdir(parents=True, exist_ok=True)
     md = out.with_suffix(".md")
     body = Report(exp, exp.plan()).render(images, out.name, command)
-    write_section(md, f"preset {exp.preset.name}", body,
+    write_section(md, f"preset {exp.preset.label}", body,
                   title="# Results: the paper's experiment, reproduced with `hub experiment`\n\n"
                         "Every number below is written by `hub experiment` (or the benchmark script named in "
                         "its section) from the catalog; nothing is typed in by hand.")

@@ -70,13 +70,13 @@ class Experiment:
         # Every task is loaded (and so checked) before any work starts.
         tasks = []
         for ref in (*preset.held_in, *preset.held_out):
+            where = "--held-out" if ref in preset.held_out else "--tasks"
             try:
                 data = load_task(refs[ref], catalog=catalog)
             except HubError as err:
-                where = "--held-out" if ref in preset.held_out else "--tasks"
                 raise HubError(f"{where} {ref!r}: {err}") from None
             if not data.test:
-                raise HubError(f"task {data.name!r}: no test examples to score")
+                raise HubError(f"{where} {ref!r}: task {data.name!r} has no test examples to score")
             tasks.append(Task(data.name, refs[ref], data, data_fingerprint(data), ref in preset.held_out))
         names = [t.name for t in tasks]
         if len(set(names)) != len(names):
