@@ -72,7 +72,7 @@ def experiment(
         print(f"# hub experiment --preset {preset}: {len(pending)} pending jobs of {len(p.jobs)}, in dependency order"
               f" (about {hours:.1f} h on 2 CPU cores)")
         by_key = {j.key: j for j in pending}
-        for job in _dependency_order(order(pending, p), by_key):
+        for job in _dependency_order(order(pending, p, exp.tasks), by_key):
             print(job.command())
         if not p.complete:
             print("# the lr sweep above decides the training jobs: run `hub experiment --plan` again once it is done")

@@ -33,7 +33,7 @@ from hubtool.experiment.presets import (
     subset_sizes,
 )
 
-TRAIN_TOKENS_PER_S = 220.0  # measured here, every kind alike (the base model's forward + backward)
+TRAIN_TOKENS_PER_S = 150.0  # measured here in `hub experiment` runs (220 tokens/s in the step itself; padding, loading)
 FORWARD_TOKENS_PER_S = 700.0
 NEW_TOKENS_PER_S = 45.0
 
@@ -146,7 +146,7 @@ class Planner:
                 "--eval-limit", "0", "--name", name, "--quiet", "--catalog", self.catalog_url]  # fmt: skip
         tokens = p.steps * p.batch_size * task.tokens(p.max_length)
         val = 5 * p.max_val * task.tokens(p.max_length) / FORWARD_TOKENS_PER_S
-        return TrainJob(stage, name, argv, tokens / TRAIN_TOKENS_PER_S + val + 5, [], task, kind, seed, lr, settings)
+        return TrainJob(stage, name, argv, tokens / TRAIN_TOKENS_PER_S + val + 15, [], task, kind, seed, lr, settings)
 
     def eval_job(self, target: str | None, task: Task) -> EvalJob:
         p = self.preset

@@ -127,8 +127,9 @@ class Experiment:
     # --- running --------------------------------------------------------------------------------------
 
     def run(self, *, stages: tuple[str, ...] = STAGES, console: Any = None) -> dict[str, int]:
-        """Run every pending job of the given stages, in rounds: a job runs once the jobs it needs are
-        done (and the sweep's results fix the training jobs). Returns {"cached": n, "ran": n}."""
+        """Run every pending job of the given stages, one at a time, always the runnable job of highest
+        priority (see `priority`), re-planning after each (the sweep's results fix the training jobs).
+        Returns {"cached": jobs found done, "ran": jobs run}."""
         from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
         counts = {"cached": -1, "ran": 0}
@@ -143,42 +144,36 @@ class Experiment:
             with progress:
                 while True:
                     plan = self.plan()
+                    keys = {j.key for j in plan.jobs}
+                    finished = {j.key for j in plan.jobs if self.done(j)}
                     mine = [j for j in plan.jobs if j.stage in stages]
-                    pending = [j for j in mine if not self.done(j)]
+                    pending = [j for j in mine if j.key not in finished]
                     if counts["cached"] < 0:
                         counts["cached"] = len(mine) - len(pending)
-                    runnable = [j for j in pending if all(self._dep_done(d, plan) for d in j.deps)]
-                    n = sum(1 for t in self.tasks if not t.held_out)
-                    first = min((tier(j, plan, n) for j in runnable), default=0)
-                    runnable = order([j for j in runnable if tier(j, plan, n) == first], plan)
+                    runnable = [j for j in pending if all(d in finished or d not in keys for d in j.deps)]
                     if not runnable:
                         if pending and console is not None:
                             console.print(f"{len(pending)} jobs wait for jobs of other stages", style="yellow")
                         break
-                    progress.update(bar, total=spent + sum(j.cost for j in pending), completed=spent)
-                    for job in runnable:
-                        left = {s: sum(1 for j in pending if j.stage == s) for s in STAGES}
-                        todo = ", ".join(f"{k} {v}" for k, v in left.items() if v)
-                        note = "" if plan.complete else " + the jobs the lr sweep decides"
-                        progress.update(bar, description=f"[bold]{job.stage}[/] {job.key[:40]}",
-                                        jobs=f"{counts['ran']} run, {counts['cached']} cached; to do: {todo}{note}")
-                        start = time.perf_counter()
-                        self.run_job(job, plan, scorer)
-                        self.record_time(job, time.perf_counter() - start)
-                        if not self.done(job):  # a bug, not a user error: never loop on it
-                            raise RuntimeError(f"job {job.key} ran but its result is not in the catalog")
-                        pending.remove(job)
-                        spent += job.cost
-                        counts["ran"] += 1
-                        progress.update(bar, completed=spent)
+                    job = min(runnable, key=lambda j: priority(j, plan, self.tasks))
+                    left = {s: sum(1 for j in pending if j.stage == s) for s in STAGES}
+                    todo = ", ".join(f"{k} {v}" for k, v in left.items() if v)
+                    note = "" if plan.complete else " + the jobs the lr sweep decides"
+                    progress.update(bar, total=spent + sum(j.cost for j in pending), completed=spent,
+                                    description=f"[bold]{job.stage}[/] {job.key[:40]}",
+                                    jobs=f"{counts['ran']} run, {counts['cached']} cached; to do: {todo}{note}")
+                    start = time.perf_counter()
+                    self.run_job(job, plan, scorer)
+                    self.record_time(job, time.perf_counter() - start)
+                    if not self.done(job):  # a bug, not a user error: never loop on it
+                        raise RuntimeError(f"job {job.key} ran but its result is not in the catalog")
+                    spent += job.cost
+                    counts["ran"] += 1
+                    progress.update(bar, completed=spent)
                 progress.update(bar, description="done", jobs=f"{counts['ran']} run, {counts['cached']} cached")
         finally:
             scorer.close()
         return counts
-
-    def _dep_done(self, key: str, plan: Plan) -> bool:
-        job = next((j for j in plan.jobs if j.key == key), None)
-        return job is None or self.done(job)
 
     def run_job(self, job: Job, plan: Plan, scorer: Scorer) -> None:
         if isinstance(job, TrainJob):
@@ -198,42 +193,43 @@ class Experiment:
             raise HubError(f"job {job.key}: unknown kind {type(job).__name__}")
 
 
-def tier(job: Job, plan: Plan, n: int) -> int:
-    """Which round a job belongs to, so a run stopped early has whole table rows, not scattered cells:
-    0 the lr sweep; 1 seed-0 training and the base scores; 2 the single experts' scores and the
-    N-expert merges; 3 their scores and the tuned merge; 4 the smaller subsets; 5 the extra seeds."""
-    merges = {m.key: m for m in plan.merges}
-    seeds = {name: seed for (_, _, seed), name in plan.experts.items()}
-    if job.stage == "sweep":
-        return 0
-    if isinstance(job, TrainJob):
-        return 1 if job.seed == 0 else 5
-    if isinstance(job, ComposeJob):
-        return 2 if len(job.experts) == n and job.stage == "compose" else 3 if len(job.experts) == n else 4
-    if isinstance(job, EvalJob):
-        if job.target is None:
-            return 1
-        if job.target in merges:
-            return 3 if len(merges[job.target].experts) == n else 4
-        return 2 if seeds.get(job.target, 0) == 0 else 5
-    return 5
-
-
-def order(jobs: list[Job], plan: Plan | None = None, preset: Preset | None = None) -> list[Job]:
-    """Stage order; the paper's main methods and kinds first; evals grouped by what they score (each
-    expert is added into the base once)."""
+def priority(job: Job, plan: Plan, tasks: list[Task]) -> tuple:
+    """What runs first, so that a run stopped early has whole table rows, not scattered cells:
+      0  the lr sweep
+      1  per held-in task in order: each kind's seed-0 expert and its score (and the base's scores)
+      2  the merges of all N experts, the paper's main methods and kinds first, each with its scores
+      3  the tuned merge and its scores
+      4  the smaller subsets
+      5  the extra seeds
+    Within a level a compose comes before the evals that need it; evals of one model stay together,
+    so the scorer adds each expert into the base once."""
     from hubtool.experiment.presets import KINDS, METHODS, TUNED
 
-    merges = {m.key: m for m in (plan.merges if plan else [])}
-    rank = {s: i for i, s in enumerate(("sweep", "train", "compose", "tune", "eval"))}
+    merges = {m.key: m for m in plan.merges}
+    seeds = {name: seed for (_, _, seed), name in plan.experts.items()}
+    held_in = [t.name for t in tasks if not t.held_out]
+    n = len(held_in)
+    task = getattr(job, "task", None)
+    t = held_in.index(task.name) if task is not None and task.name in held_in else len(held_in)
+    merge = merges.get(job.key) or merges.get(getattr(job, "target", None) or "")
+    if job.stage == "sweep":
+        return (0, 0, job.key)
+    if merge is not None:
+        level = 2 if len(merge.experts) == n and merge.method != TUNED else 3 if len(merge.experts) == n else 4
+        rank = ((METHODS + (TUNED,)).index(merge.method), list(KINDS).index(merge.kind), len(merge.experts))
+        return (level, rank, merge.key, 0 if isinstance(job, ComposeJob) else 1, t)
+    if isinstance(job, EvalJob) and job.target is None:
+        return (1, (t, -1, ""), 0)
+    seed = job.seed if isinstance(job, TrainJob) else seeds.get(getattr(job, "target", "") or "", 0)
+    kind = job.kind.label if isinstance(job, TrainJob) else next(
+        (k for (_, k, _), name in plan.experts.items() if name == getattr(job, "target", None)), "")
+    order_in = (t, list(KINDS).index(kind) if kind in KINDS else 0, job.key if isinstance(job, TrainJob) else job.deps[0])
+    return (1 if seed == 0 else 5, order_in, 0 if isinstance(job, TrainJob) else 1)
 
-    def key(j: Job) -> tuple:
-        m = merges.get(j.key) or merges.get(getattr(j, "target", None) or "")
-        method = (METHODS + (TUNED,)).index(m.method) if m else -1
-        kind = list(KINDS).index(m.kind) if m else -1
-        return (rank[j.stage], method, kind, getattr(j, "target", "") or "", j.key)
 
-    return sorted(jobs, key=key)
+def order(jobs: list[Job], plan: Plan, tasks: list[Task]) -> list[Job]:
+    """Jobs in the order `run` would take them (dependencies aside)."""
+    return sorted(jobs, key=lambda j: priority(j, plan, tasks))
 
 
 _CANDIDATE = "<in-memory candidate>"  # never a catalog name (not a NAME), so never taken as cached
