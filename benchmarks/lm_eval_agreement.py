@@ -17,8 +17,8 @@ context strings hub encodes. What follows a context is what hub scores or genera
   multiple choice  choices are the options; target_delimiter is hub's `answer_text` prefix ("" after a chat
                    template, " " after a plain prompt), so lm-eval's continuation == hub's answer text.
                    acc == hub accuracy (argmax of summed log-probs); acc_norm == hub accuracy_norm (argmax
-                   of log-prob / length of the option; lm-eval counts characters, hub bytes: equal on ASCII
-                   options, and lm-eval's acc_bytes is hub's exact rule).
+                   of log-prob / the option's length in characters, both; lm-eval's acc_bytes divides by
+                   UTF-8 bytes, the same on ASCII options).
   generation       greedy, max_gen_toks == hub's max_new_tokens; until: the EOS strings of hub's stop ids,
                    plus "\\n" when there is no chat template (hub keeps the first line then). exact_match is
                    lm-eval's own, configured to hub's SQuAD normalisation as far as it goes: punctuation,
@@ -340,8 +340,6 @@ def compare_mc(label: str, task: str, hub: dict[str, float], lm: dict[str, float
         if abs(diag["acc_norm_without_shift"] - norm.hub) <= TOLERANCE:
             norm.explanation = (f"lm-eval adds log p(trailing whitespace) (up to {diag['shift_max']:.3g} nats) to "
                                 f"every option; without it acc_norm is {diag['acc_norm_without_shift']:.1f}")
-        elif abs(lm["acc_bytes"] - norm.hub) <= TOLERANCE:
-            norm.explanation = f"non-ASCII options: lm-eval divides by characters; its acc_bytes is {lm['acc_bytes']:.1f}"
         elif abs(norm.diff) <= diag["near_ties_norm"] * point + 1e-9:
             norm.explanation = f"{diag['near_ties_norm']:.0f} near-ties in lm-eval's per-character option scores"
     return [acc, norm]
