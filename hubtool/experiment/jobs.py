@@ -34,7 +34,7 @@ from hubtool.experiment.presets import (
 )
 
 TRAIN_TOKENS_PER_S = 150.0  # measured here in `hub experiment` runs (220 tokens/s in the step itself; padding, loading)
-FORWARD_TOKENS_PER_S = 700.0
+FORWARD_TOKENS_PER_S = 450.0  # scoring options, fp32, batch 8: measured in these runs
 NEW_TOKENS_PER_S = 45.0
 
 
@@ -139,7 +139,7 @@ class Planner:
         name = f"{task.name}-{kind.label}-s{seed}-{digest(key)}"
         argv = ["hub", "train", "--task", task.ref, "--base", self.base, "--method", kind.method,
                 "--targets", kind.targets, "--keep-ratio", str(p.keep_ratio), "--max-steps", str(p.steps),
-                "--batch-size", str(p.batch_size), "--lr", f"{lr:g}", "--seed", str(seed),
+                "--batch-size", str(p.batch_size), "--lr", repr(lr), "--seed", str(seed),
                 "--max-length", str(p.max_length), "--max-train", str(p.max_train), "--max-val", str(p.max_val),
                 "--rank", str(p.rank), "--alpha", f"{p.alpha:g}", "--block-size", str(p.block_size),
                 "--mask-interval", str(p.mask_interval), "--mask-steps", str(p.mask_steps),
