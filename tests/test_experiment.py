@@ -226,3 +226,14 @@ def test_a_customised_preset_is_its_own_report_section_and_tune_command(smoke: d
     tune = next(j for j in exp.plan().jobs if j.stage == "tune")
     assert tune.argv[:7] == ["hub", "experiment", "--preset", "smoke", "--kinds", "sparse", "--held-out"]
     assert [t.name for t in exp.tasks if t.held_out] == []
+
+
+def test_a_stopped_run_reports_what_it_has_as_partial(tmp_path: Path) -> None:
+    home, out = tmp_path / "hub", tmp_path / "results"
+    ok(hub("experiment", "--preset", "smoke", "--stage", "sweep", "--stage", "report", "--out", str(out), home=home))
+    md = out.with_suffix(".md").read_text()
+    assert "(**partial: cells marked … are not run yet**)" in md
+    assert "Merges of all 3 experts not yet scored: sparse overlap-mean, sparse mean, sparse ties" in md
+    rows = table_rows(md)
+    assert "sparse merged: mean" not in rows and rows["sparse single-task"][0] == "…"
+    assert "| sparse | 0.0001 (paper) | " in md  # the sweep ran: its losses are reported

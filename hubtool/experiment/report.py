@@ -168,11 +168,18 @@ class Report:
             label = f"{kind} single-task" + (f" ({k} seeds)" if k > 1 else "")
             lines.append("| " + " | ".join([label, fmt(m, sd), "–", "100", *(c if c == "–" else fmt(c) for c in cells)]) + " |")
             complete = complete and m is not None
+        waiting = []
         for kind, method in self.series():
             job = self.merge(kind, method)
             cells = [self.s.of(job.key if job else None, t) for t in self.held_in + self.held_out]
+            if all(c is None for c in cells):  # nothing measured yet: listed below the table, not as a row of …
+                waiting.append(f"{kind} {method}")
+                complete = False
+                continue
             ho = fmt(mean(cells[self.n:])) if self.held_out else "–"
             row(f"{kind} merged: {method}", cells, fmt(mean(cells[: self.n])), ho, fmt(self.retention(job)))
+        if waiting:
+            lines += ["", f"Merges of all {self.n} experts not yet scored: {', '.join(waiting)}."]
         return "\n".join(lines), complete
 
     def plot(self, path: Path) -> bool:
@@ -240,18 +247,27 @@ class Report:
         p = self.exp.preset
         single = {k: self.seed_spread(k)[0] for k in p.kinds}
 
-        def sign(a: float | None, b: float | None) -> str:
-            return "…" if a is None or b is None else f"{a:.1f} vs {b:.1f}"
+        def compare(kinds: tuple[str, ...]) -> tuple[dict[str, float | None], str]:
+            """Mean held-in single-task score per kind; while some are missing, over the tasks every
+            kind has a score for (marked partial), so a stopped run still says what it has."""
+            if all(single.get(k) is not None for k in kinds):
+                return {k: single[k] for k in kinds}, ""
+            tasks = [t for t in self.held_in if all(self.s.single(k, t) is not None for k in kinds)]
+            if not tasks:
+                return {k: None for k in kinds}, ""
+            return ({k: self.single_mean(k, tasks) for k in kinds},
+                    f" (partial: on {len(tasks)} of {self.n} tasks, {', '.join(tasks)})")
 
         # 1. single-task: sparse vs LoRA and full
         if all(k in single for k in ("sparse", "lora", "full")):
-            s, lo, fu = single["sparse"], single["lora"], single["full"]
+            means, scope = compare(("sparse", "lora", "full"))
+            s, lo, fu = means["sparse"], means["lora"], means["full"]
             if None in (s, lo, fu):
                 v = "not yet measured"
             else:
                 beats = [n for n, x in (("LoRA", lo), ("full", fu)) if s > x]
                 v = "**holds**" if len(beats) == 2 else "**partly holds** (beats " + beats[0] + ")" if beats else "**does not hold**"
-            out.append(f"1. {CLAIMS[0]} {v}: mean held-in score sparse {fmt(s)}, LoRA {fmt(lo)}, full {fmt(fu)}.")
+            out.append(f"1. {CLAIMS[0]} {v}{scope}: mean held-in score sparse {fmt(s)}, LoRA {fmt(lo)}, full {fmt(fu)}.")
         else:
             out.append(f"1. {CLAIMS[0]} Not tested (needs the sparse, lora and full kinds).")
         # 2. merged retention at the largest N: sparse overlap-mean vs the best LoRA / full merge
@@ -287,9 +303,11 @@ class Report:
                        "above the base).")
         # 4. qkv vs mlp
         if "sparse" in single and "sparse-mlp" in single:
-            q, m = single["sparse"], single["sparse-mlp"]
+            means, scope = compare(("sparse", "sparse-mlp"))
+            q, m = means["sparse"], means["sparse-mlp"]
             v = "not yet measured" if None in (q, m) else "**holds**" if q > m else "**does not hold**"
-            out.append(f"4. {CLAIMS[3]} {v}: sparse on qkv {fmt(q)}, sparse on the MLP {fmt(m)} (mean held-in score).")
+            out.append(f"4. {CLAIMS[3]} {v}{scope}: sparse on qkv {fmt(q)}, sparse on the MLP {fmt(m)} "
+                       "(mean held-in score).")
         else:
             out.append(f"4. {CLAIMS[3]} Not tested in this preset (needs the sparse-mlp kind; the full preset has it).")
         return out
