@@ -71,8 +71,13 @@ class Scores:
     plan: Plan
 
     def metric(self, task: str) -> str:
+        """accuracy for a task with options, else rougeL (what the base's scores hold, else the data says)."""
         base = self.base_metrics(task)
-        return next((m for m in HEADLINE if m in base), HEADLINE[0])
+        found = next((m for m in HEADLINE if m in base), None)
+        if found is not None:
+            return found
+        data = next((t.data for t in self.exp.tasks if t.name == task), None)
+        return "accuracy" if data is not None and data.kind == "classification" else "rougeL"
 
     def base_metrics(self, task: str) -> dict[str, float]:
         from hubtool.models import base_id
