@@ -149,7 +149,7 @@ def _loadable_base(base_model: str) -> str:
 
 
 # Keys of evaluate()'s result that describe the run, not the model's quality; not stored as metrics.
-_RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")
+RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")  # measured, not scores: never stored as metrics
 
 
 def evaluate_expert(
@@ -217,11 +217,11 @@ def evaluate_expert(
         batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens,
     )
-    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in _RUN_KEYS}
+    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in RUN_KEYS}
     if store:
         if rec is not None:
             cat.set_metrics(rec.ref, task_data.name, metrics)
         elif target is None:
             _, revision = resolve_base(base_name)
             cat.set_base_metrics(base_id(base_name), task_data.name, metrics, revision=revision)
-    return {**metrics, **{k: v for k, v in result.items() if k in _RUN_KEYS}}
+    return {**metrics, **{k: v for k, v in result.items() if k in RUN_KEYS}}

@@ -22,7 +22,6 @@ from hubtool.merge.compose import HEADLINE
 from hubtool.paths import hub_home
 
 STAGES = ("sweep", "train", "eval", "compose", "tune")
-RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")  # measured, not scores: not stored as metrics
 
 
 def write_text(path: Path, text: str) -> None:
@@ -285,6 +284,8 @@ class Scorer:
 
         self.use(job.target)
         result = evaluate(self.model, self.tokenizer, job.task.data, **job.settings)
+        from hubtool.api import RUN_KEYS
+
         metrics = {k: float(v) for k, v in result.items() if k not in RUN_KEYS}
         cat = self.exp.catalog
         if job.target is None:
