@@ -1,12 +1,48 @@
-"""Shared fixtures: a throw-away HUB_HOME and a factory for small packed expert files."""
+"""Shared fixtures: a throw-away HUB_HOME, a factory for small packed expert files, and catalog URLs on
+SQLite and on a real PostgreSQL server (tests/postgres.py)."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import os
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
+
+import postgres
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[postgres.PostgresServer]:
+    """One PostgreSQL server for the session (about 1 s to initdb and start). Absent binaries skip the
+    test here, but fail it under CI (CI=true), where .ci/run installs them: CI must run both databases."""
+    try:
+        server = postgres.start()
+    except postgres.Unavailable as why:
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"CI=true and PostgreSQL is required: {why}", pytrace=False)
+        pytest.skip(f"no PostgreSQL here: {why}")
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: postgres.PostgresServer) -> str:
+    """A fresh, empty PostgreSQL database for this test."""
+    return pg_server.create_database()
+
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """The catalog battery's database: a SQLite file ($HUB_HOME/registry.db of the hub_home fixture) or
+    a fresh PostgreSQL database already at the newest schema (pg_url is the empty one the migration
+    tests start from). Test ids end in [sqlite] / [postgres]."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'hub' / 'registry.db'}"
+    return request.getfixturevalue("pg_server").create_database(migrated=True)
 
 
 @pytest.fixture

@@ -1,4 +1,5 @@
-"""The catalog on a real SQLite file and a real blob store, with real packed experts."""
+"""The catalog on a real SQLite file and on a real PostgreSQL database (every test runs on both: the
+hub_home fixture below points HUB_CATALOG at the test's database), a real blob store, real packed experts."""
 
 from __future__ import annotations
 
@@ -12,10 +13,19 @@ from pathlib import Path
 
 import pytest
 import torch
+from sqlalchemy import text
 
 from hubtool.errors import FormatError, HubError, NotFoundError
 from hubtool.format import unpack
 from hubtool.registry import Catalog
+
+
+@pytest.fixture
+def hub_home(hub_home: Path, catalog_url: str, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """conftest's hub_home, with the catalog on SQLite ($HUB_HOME/registry.db) or a fresh PostgreSQL
+    database; the blob store stays $HUB_HOME/blobs."""
+    monkeypatch.setenv("HUB_CATALOG", catalog_url)
+    return hub_home
 
 
 @pytest.fixture
@@ -311,8 +321,8 @@ def test_base_metrics_are_set_replaced_and_read_per_base_model_and_task(cat):
     assert cat.base_metrics("smollm2-135m", "summ") == {"rougeL": 15.0}
     assert cat.base_metrics("other-base", "qa") == {"rougeL": 25.0}
     with cat.engine.connect() as conn:
-        sql = "SELECT metric, base_revision FROM base_metrics WHERE base_model = ? AND task = ?"
-        revisions = dict(conn.exec_driver_sql(sql, ("smollm2-135m", "qa")).all())
+        sql = text("SELECT metric, base_revision FROM base_metrics WHERE base_model = :b AND task = :t")
+        revisions = dict(conn.execute(sql, {"b": "smollm2-135m", "t": "qa"}).all())
     assert revisions == {"accuracy": "r2", "em": "r1", "rougeL": "r2"}
     assert Catalog().base_metrics("smollm2-135m", "qa")["rougeL"] == 22.5  # stored, not cached
 
@@ -418,6 +428,7 @@ def test_tasks(cat):
 
 def test_explicit_url_and_hub_catalog(tmp_path, hub_home, packed, monkeypatch):
     url = f"sqlite:///{tmp_path / 'elsewhere' / 'cat.db'}"
+    monkeypatch.delenv("HUB_CATALOG")
     Catalog(url).register(packed("qa"))
     assert (tmp_path / "elsewhere" / "cat.db").exists() and not (hub_home / "registry.db").exists()
     monkeypatch.setenv("HUB_CATALOG", url)
@@ -442,10 +453,10 @@ def test_listing_imports_neither_torch_nor_alembic(cat, packed, hub_home):
     assert out.stdout.splitlines() == ["['qa@1']", "[]"]
 
 
-def test_fill_synthetic_makes_a_listable_catalog(tmp_path, packed):
+def test_fill_synthetic_makes_a_listable_catalog(tmp_path, packed, catalog_url):
     from hubtool.registry.bulk import N_TASKS, fill_synthetic
 
-    url = f"sqlite:///{tmp_path / 'bench.db'}"
+    url = catalog_url
     fill_synthetic(url, 10 * N_TASKS)
     cat = Catalog(url, blobs=tmp_path / "blobs")
     page = cat.list(task="task3", sort="-rougeL", limit=5)

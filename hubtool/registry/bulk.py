@@ -9,7 +9,7 @@ from __future__ import annotations
 import hashlib
 from datetime import datetime, timedelta, timezone
 
-from sqlalchemy import func, insert, select
+from sqlalchemy import func, insert, select, text
 
 from hubtool.errors import HubError
 from hubtool.registry import db
@@ -76,5 +76,7 @@ def fill_synthetic(url: str, n: int) -> None:
                 insert(expert_names), [{"name": k, "last_version": v} for k, v in name_versions.items()]
             )
             conn.execute(insert(aliases), [{"name": rows[0]["name"], "alias": "best", "expert_id": 1}])
+            if n and conn.dialect.name == "postgresql":  # explicit ids leave the id sequence behind; catch it up
+                conn.execute(text("SELECT setval(pg_get_serial_sequence('experts', 'id'), :n)"), {"n": n})
     finally:
         engine.dispose()

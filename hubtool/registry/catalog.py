@@ -146,7 +146,9 @@ class Catalog:
         }
         with self.blobs.stage(path) as staged:
             expert_id = db.retry(
-                lambda: self._insert(staged, row, all_tasks, set(tags), scores, edges), f"registering {path}"
+                lambda: self._insert(staged, row, all_tasks, set(tags), scores, edges),
+                f"registering {path}",
+                self.engine.url,
             )
         return self._record(expert_id)
 
@@ -305,7 +307,7 @@ class Catalog:
             if trashed is not None:
                 trashed.unlink(missing_ok=True)
 
-        db.retry(tx, f"removing {record.ref}")
+        db.retry(tx, f"removing {record.ref}", self.engine.url)
         return record
 
     def alias(self, name: str, alias: str, version: int | str) -> ExpertRecord:
@@ -324,7 +326,7 @@ class Catalog:
                 conn.execute(insert(t.aliases).values(name=name, alias=alias, expert_id=target.id))
                 return target.id
 
-        return self._record(db.retry(tx, f"setting alias {name}@{alias}"))
+        return self._record(db.retry(tx, f"setting alias {name}@{alias}", self.engine.url))
 
     def unalias(self, name: str, alias: str) -> None:
         def tx() -> int:
@@ -333,7 +335,7 @@ class Catalog:
                     delete(t.aliases).where(t.aliases.c.name == name, t.aliases.c.alias == alias)
                 ).rowcount
 
-        if not db.retry(tx, f"removing alias {name}@{alias}"):
+        if not db.retry(tx, f"removing alias {name}@{alias}", self.engine.url):
             raise NotFoundError(f"{name}@{alias}: no such alias")
 
     def set_metrics(self, ref: str, task: str, values: Mapping[str, float]) -> ExpertRecord:
@@ -346,7 +348,7 @@ class Catalog:
                 self._put_metrics(conn, expert_id, scores)
                 return expert_id
 
-        return self._record(db.retry(tx, f"setting metrics of {ref}"))
+        return self._record(db.retry(tx, f"setting metrics of {ref}", self.engine.url))
 
     def set_hub(self, ref: str, repo: str, commit: str) -> ExpertRecord:
         """Record where a version was pushed (the only fields of a version that ever change)."""
@@ -361,7 +363,7 @@ class Catalog:
                 )
                 return expert_id
 
-        return self._record(db.retry(tx, f"setting the hub location of {ref}"))
+        return self._record(db.retry(tx, f"setting the hub location of {ref}", self.engine.url))
 
     def lineage(self, ref: str) -> dict[str, list[dict[str, Any]]]:
         """{"parents": [{ref, role, weight, present}], "children": [{ref, role, weight}]}."""
@@ -413,7 +415,7 @@ class Catalog:
             with db.write_transaction(self.engine) as conn:
                 baselines.put(conn, base_model, task, scores, revision, at)
 
-        db.retry(tx, f"setting base metrics of {base_model} on {task}")
+        db.retry(tx, f"setting base metrics of {base_model} on {task}", self.engine.url)
 
     def base_metrics(self, base_model: str, task: str) -> dict[str, float]:
         """{metric: value} of the base model on one task; {} if it was never evaluated there."""
@@ -499,7 +501,7 @@ class Catalog:
                 conn.execute(delete(t.tasks).where(t.tasks.c.name == name))
                 conn.execute(insert(t.tasks).values(**row))
 
-        db.retry(tx, f"adding task {name}")
+        db.retry(tx, f"adding task {name}", self.engine.url)
         return self.get_task(name)
 
     def get_task(self, name: str) -> TaskRecord:

@@ -1,4 +1,4 @@
-"""Engine set-up, write transactions and the schema check for the catalog database.
+"""Engine set-up, write transactions, the schema check and readable errors for the catalog database.
 
 SQLite is the default and gets special care so that many processes can share one catalog:
   - WAL: readers never block the writer and vice versa;
@@ -7,22 +7,30 @@ SQLite is the default and gets special care so that many processes can share one
     both read "last version = 3" and then collide when upgrading their read locks (which SQLite
     answers with an immediate "database is locked", no matter the timeout);
   - a bounded retry with jitter on anything still reported as locked or busy.
-Other databases (Postgres later) get plain transactions; the unique (name, version) constraint plus
-the same retry covers version races there.
+PostgreSQL gets the same semantics: a write transaction runs at READ COMMITTED and first takes one
+transaction-scoped advisory lock (WRITE_LOCK), the counterpart of BEGIN IMMEDIATE, so writers run one
+after another and each statement after the lock sees every earlier commit; reads run at REPEATABLE READ,
+one snapshot per transaction, as a deferred BEGIN gives on SQLite. The unique (name, version) constraint
+plus the retry (unique violations, serialization failures, deadlocks) stay as the second line of defence.
+
+Every database failure a user can cause (a bad URL, a missing driver, an unreachable server, a corrupt,
+foreign, newer, read-only or directory catalog) leaves here as one HubError line naming the catalog,
+with its password masked (catalog_error).
 """
 
 from __future__ import annotations
 
 import random
+import re
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, text
-from sqlalchemy.engine import Connection, make_url
-from sqlalchemy.exc import DBAPIError, IntegrityError, OperationalError
+from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy.engine import URL, Connection, make_url
+from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 from hubtool.errors import HubError
 
@@ -32,17 +40,69 @@ SCHEMA_HEAD = "0004"
 
 BUSY_TIMEOUT_MS = 30_000
 RETRIES = 8
+PG_CONNECT_TIMEOUT_S = 10  # an unreachable server fails in seconds, not after the OS's TCP timeout
+# pg_advisory_xact_lock key of the catalog's write lock ("hubcat" in ASCII); advisory locks are per
+# database, so catalogs sharing one server never wait on each other.
+WRITE_LOCK = 0x687562636174
+# PostgreSQL SQLSTATEs worth another try: serialization failure, deadlock, lock not available.
+_PG_TRANSIENT = {"40001", "40P01", "55P03"}
+_PG_UNDEFINED_TABLE = "42P01"
+
+URL_EXAMPLES = "sqlite:///path/to/registry.db or postgresql+psycopg://user@host:5432/dbname"
 
 T = TypeVar("T")
 
 
+def mask(url: str | URL) -> str:
+    """The URL as it may appear in a message: the password as ***, even when the URL does not parse."""
+    if isinstance(url, URL):
+        return url.render_as_string(hide_password=True)
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except ArgumentError:
+        return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
+
+
+def _parse(url: str) -> URL:
+    try:
+        return make_url(url)
+    except ArgumentError:
+        raise HubError(f"catalog URL {mask(url)!r}: expected a SQLAlchemy URL such as {URL_EXAMPLES}") from None
+
+
 def make_engine(url: str) -> Engine:
-    parsed = make_url(url)
-    if parsed.get_backend_name() != "sqlite":
-        return create_engine(url, pool_pre_ping=True)
-    if parsed.database and parsed.database != ":memory:":
-        Path(parsed.database).expanduser().parent.mkdir(parents=True, exist_ok=True)
-    engine = create_engine(url)
+    """An engine for the catalog at `url`; a HubError for a URL, driver or path that can't work."""
+    parsed = _parse(url)
+    backend = parsed.get_backend_name()
+    try:
+        if backend == "sqlite":
+            return _sqlite_engine(parsed, url)
+        if backend == "postgresql":
+            return _postgres_engine(parsed)
+        return create_engine(parsed, pool_pre_ping=True)
+    except NoSuchModuleError:
+        raise HubError(
+            f"catalog URL {mask(parsed)!r}: unknown database kind {parsed.drivername!r}; expected {URL_EXAMPLES}"
+        ) from None
+    except ImportError as err:  # the dialect is known but its driver module is not installed
+        raise HubError(
+            f"catalog URL {mask(parsed)!r}: the driver for {parsed.drivername!r} is not installed "
+            f"({err.name or err}); for PostgreSQL use postgresql+psycopg://... (installed with hubtool)"
+        ) from None
+
+
+def _sqlite_engine(parsed: URL, url: str) -> Engine:
+    if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
+        path = Path(parsed.database).expanduser()
+        if path.is_dir():
+            raise HubError(f"catalog {mask(parsed)}: {path} is a directory; expected a SQLite file path")
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise HubError(
+                f"catalog {mask(parsed)}: can't create the folder {path.parent} ({err.strerror or err})"
+            ) from None
+    engine = create_engine(parsed)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -64,34 +124,93 @@ def make_engine(url: str) -> Engine:
     return engine
 
 
+def _postgres_engine(parsed: URL) -> Engine:
+    connect_args: dict[str, object] = {}
+    if parsed.get_driver_name() in ("psycopg", "psycopg2"):  # libpq keywords
+        if "connect_timeout" not in parsed.query:
+            connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
+        if "options" not in parsed.query:
+            connect_args["options"] = "-c TimeZone=UTC"  # timestamps come back in UTC, as on SQLite
+    return create_engine(
+        parsed, pool_pre_ping=True, isolation_level="REPEATABLE READ", connect_args=connect_args
+    )
+
+
 @contextmanager
 def write_transaction(engine: Engine) -> Iterator[Connection]:
-    """One write transaction holding the write lock from its first statement (SQLite)."""
+    """One write transaction holding the catalog's write lock from its first statement."""
     with engine.connect() as conn:
+        postgres = engine.dialect.name == "postgresql"
+        if postgres:  # statements after the lock must see the commits made while we waited for it
+            conn = conn.execution_options(isolation_level="READ COMMITTED")
         conn = conn.execution_options(hub_write=True)
         with conn.begin():
+            if postgres:
+                conn.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": WRITE_LOCK})
             yield conn
+
+
+def _sqlstate(err: DBAPIError) -> str | None:
+    orig = err.orig
+    return getattr(orig, "sqlstate", None) or getattr(orig, "pgcode", None)  # psycopg 3 / psycopg2
 
 
 def _is_transient(err: DBAPIError) -> bool:
     if isinstance(err, IntegrityError):
         return True  # a concurrent writer took the same (name, version); allocate again
+    if _sqlstate(err) in _PG_TRANSIENT:
+        return True
     msg = str(err.orig).lower()
     return isinstance(err, OperationalError) and ("locked" in msg or "busy" in msg)
 
 
-def retry(fn: Callable[[], T], what: str) -> T:
+def _first_line(err: BaseException) -> str:
+    lines = str(getattr(err, "orig", None) or err).strip().splitlines()
+    return lines[0].strip() if lines else type(err).__name__
+
+
+def catalog_error(url: str | URL, err: DBAPIError, doing: str) -> HubError:
+    """One line for a database failure: the catalog (password masked), what we were doing, why, and
+    what was expected; never SQLAlchemy's statement dump or its background link."""
+    parsed = url if isinstance(url, URL) else make_url(url)
+    where, reason = mask(parsed), _first_line(err)
+    low = reason.lower()
+    if parsed.password:
+        reason = reason.replace(parsed.password, "***")
+    if parsed.get_backend_name() == "sqlite":
+        if "file is not a database" in low or "malformed" in low:
+            reason = "not a SQLite database (corrupt, or another kind of file); expected a catalog file"
+        elif "readonly" in low or "read-only" in low:
+            reason = (
+                "the file or its folder is read-only; expected both writable "
+                "(SQLite keeps -wal and -shm files beside the catalog)"
+            )
+        elif "unable to open" in low:
+            reason = "can't open the file (no permission, or not a file); expected a writable SQLite file"
+    elif isinstance(err, OperationalError) and "connection" in low:
+        reason = f"can't connect to the database server ({reason})"
+    return HubError(f"catalog {where}: {doing} failed: {reason}")
+
+
+def retry(fn: Callable[[], T], what: str, url: str | URL | None = None) -> T:
     """Run fn (one whole transaction), again after a random back-off if the database was busy."""
     for attempt in range(RETRIES):
         try:
             return fn()
         except DBAPIError as err:
             if not _is_transient(err):
-                raise
+                if url is None:
+                    raise
+                raise catalog_error(url, err, what) from err
             if attempt == RETRIES - 1:
-                raise HubError(f"catalog: {what} failed {RETRIES} times: {err.orig}") from err
+                where = f"catalog {mask(url)}" if url is not None else "catalog"
+                raise HubError(f"{where}: {what} failed {RETRIES} times: {_first_line(err)}") from err
             time.sleep(random.uniform(0.0, 0.05 * 2**attempt))
     raise AssertionError("unreachable")
+
+
+def _no_table(err: DBAPIError) -> bool:
+    return _sqlstate(err) == _PG_UNDEFINED_TABLE or "no such table" in str(err.orig).lower()
 
 
 def stored_revision(engine: Engine) -> str | None:
@@ -99,15 +218,30 @@ def stored_revision(engine: Engine) -> str | None:
     try:
         with engine.connect() as conn:
             return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except DBAPIError:
-        return None  # no alembic_version table yet
+    except DBAPIError as err:
+        if _no_table(err):
+            return None  # no alembic_version table yet
+        raise catalog_error(engine.url, err, "opening the catalog") from err
 
 
 def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
     """Bring the database to SCHEMA_HEAD. Imports alembic only when there is something to do.
-    `blobs` is the catalog's blob store, for migrations that read blob headers (default $HUB_HOME/blobs)."""
-    if stored_revision(engine) == SCHEMA_HEAD:
+    `blobs` is the catalog's blob store, for migrations that read blob headers (default $HUB_HOME/blobs).
+    A database holding tables but no revision is someone else's: refused, never migrated into."""
+    revision = stored_revision(engine)
+    if revision == SCHEMA_HEAD:
         return
+    if revision is None:
+        try:
+            tables = sorted(inspect(engine).get_table_names())
+        except DBAPIError as err:
+            raise catalog_error(engine.url, err, "opening the catalog") from err
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise HubError(
+                f"catalog {mask(engine.url)}: not a hubtool catalog (it has tables {shown} but no schema "
+                "revision); expected an empty database or a catalog hubtool created"
+            )
     from hubtool.registry import migrate
 
-    retry(lambda: migrate.upgrade(engine, blobs=blobs), "upgrading the catalog schema")
+    retry(lambda: migrate.upgrade(engine, blobs=blobs), "upgrading the catalog schema", engine.url)

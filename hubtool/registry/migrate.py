@@ -11,10 +11,10 @@ from pathlib import Path
 from alembic import command
 from alembic.config import Config
 from alembic.script import ScriptDirectory
-from sqlalchemy import Engine
+from sqlalchemy import Engine, inspect
 
 from hubtool.errors import HubError
-from hubtool.registry.db import stored_revision, write_transaction
+from hubtool.registry.db import mask, stored_revision, write_transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -37,13 +37,18 @@ def upgrade(engine: Engine, revision: str = "head", *, blobs: Path | None = None
     known = {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
     current = stored_revision(engine)
     if current is not None and current not in known:
+        if "experts" not in inspect(engine).get_table_names():
+            raise HubError(
+                f"catalog {mask(engine.url)}: not a hubtool catalog (schema revision {current!r} but no "
+                "experts table); expected an empty database or a catalog hubtool created"
+            )
         raise HubError(
-            f"catalog {engine.url}: schema revision {current!r} is newer than this hubtool knows "
+            f"catalog {mask(engine.url)}: schema revision {current!r} is newer than this hubtool knows "
             f"(up to {script_head()!r}); upgrade hubtool"
         )
     cfg = _config()
     # The whole upgrade runs in one write transaction: concurrent openers of a fresh catalog queue on
-    # the lock, and the second finds the work already done (SQLite DDL is transactional).
+    # the lock, and the second finds the work already done (DDL is transactional on SQLite and PostgreSQL).
     with write_transaction(engine) as conn:
         cfg.attributes["connection"] = conn
         cfg.attributes["blobs"] = blobs
