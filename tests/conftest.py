@@ -54,6 +54,15 @@ def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
+
+@pytest.fixture(params=["sqlite", "postgres"])
+def empty_catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
+    """An empty database, nothing migrated yet: a SQLite file that does not exist yet, or a fresh
+    PostgreSQL database (for the migration tests)."""
+    if request.param == "sqlite":
+        return f"sqlite:///{tmp_path / 'new' / 'registry.db'}"
+    return request.getfixturevalue("pg_url")
+
 def write_sparse_expert(
     path: Path, *, name: str = "qa", task: str = "qa", seed: int = 0, **meta: Any
 ) -> Path:

@@ -1,5 +1,6 @@
-"""The migrations build the schema the tables describe, schema/registry.sql is their output, and the
-fast path (no alembic import) knows the newest revision."""
+"""The migrations build the schema the tables describe, on SQLite and on PostgreSQL; schema/registry.sql
+and schema/registry.postgres.sql are their output; the fast path (no alembic import) knows the newest
+revision. Every database test runs on both ([sqlite] / [postgres])."""
 
 from __future__ import annotations
 
@@ -21,14 +22,15 @@ from hubtool.registry.schema_dump import dump_schema
 from hubtool.registry.tables import metadata
 
 SCHEMA_FILE = Path(__file__).resolve().parents[1] / "schema" / "registry.sql"
+PG_SCHEMA_FILE = SCHEMA_FILE.with_name("registry.postgres.sql")
 
 
 def test_known_head_is_the_newest_migration():
     assert db.SCHEMA_HEAD == migrate.script_head()
 
 
-def test_opening_an_empty_database_upgrades_it_to_head(tmp_path):
-    url = f"sqlite:///{tmp_path / 'new' / 'registry.db'}"
+def test_opening_an_empty_database_upgrades_it_to_head(tmp_path, empty_catalog_url):
+    url = empty_catalog_url
     engine = db.make_engine(url)
     assert db.stored_revision(engine) is None
     Catalog(url, blobs=tmp_path / "blobs").close()
@@ -36,14 +38,21 @@ def test_opening_an_empty_database_upgrades_it_to_head(tmp_path):
     tables = set(inspect(engine).get_table_names())
     assert {"experts", "metrics", "expert_tags", "expert_tasks", "aliases", "lineage", "tasks"} <= tables
     with engine.connect() as conn:
-        assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
-        assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        if engine.dialect.name == "sqlite":
+            assert conn.exec_driver_sql("PRAGMA journal_mode").scalar() == "wal"
+            assert conn.exec_driver_sql("PRAGMA foreign_keys").scalar() == 1
+        else:  # reads see one snapshot; timestamps come back in UTC
+            assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "repeatable read"
+            assert conn.exec_driver_sql("SHOW TimeZone").scalar() == "UTC"
+    with db.write_transaction(engine) as conn:  # writes see every commit made while they waited
+        if engine.dialect.name == "postgresql":
+            assert conn.exec_driver_sql("SHOW transaction_isolation").scalar() == "read committed"
     engine.dispose()
 
 
-def test_migrations_match_the_table_definitions(tmp_path):
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'registry.db'}")
-    db.ensure_schema(engine)
+def test_migrations_match_the_table_definitions(tmp_path, empty_catalog_url):
+    engine = db.make_engine(empty_catalog_url)
+    db.ensure_schema(engine, blobs=tmp_path / "blobs")
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     engine.dispose()
@@ -56,8 +65,14 @@ def test_schema_file_is_in_sync_with_the_migrations():
     )
 
 
-def test_a_catalog_newer_than_this_hubtool_is_refused(tmp_path):
-    url = f"sqlite:///{tmp_path / 'registry.db'}"
+def test_postgres_schema_file_is_in_sync_with_the_migrations(pg_url):
+    assert PG_SCHEMA_FILE.read_text() == dump_schema(pg_url), (
+        "schema/registry.postgres.sql is stale: python tests/postgres.py schema > schema/registry.postgres.sql"
+    )
+
+
+def test_a_catalog_newer_than_this_hubtool_is_refused(tmp_path, empty_catalog_url):
+    url = empty_catalog_url
     Catalog(url, blobs=tmp_path / "blobs").close()
     engine = db.make_engine(url)
     with engine.begin() as conn:
@@ -96,8 +111,8 @@ def write_0001_catalog(url: str, blobs: Path, path: Path) -> None:
     engine.dispose()
 
 
-def test_a_0001_catalog_is_upgraded_with_its_data_intact(tmp_path, packed):
-    url, blobs = f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "blobs"
+def test_a_0001_catalog_is_upgraded_with_its_data_intact(tmp_path, packed, empty_catalog_url):
+    url, blobs = empty_catalog_url, tmp_path / "blobs"
     path = packed("qa", "qa", seed=4)
     write_0001_catalog(url, blobs, path)
     engine = db.make_engine(url)
@@ -121,9 +136,9 @@ def test_a_0001_catalog_is_upgraded_with_its_data_intact(tmp_path, packed):
     engine.dispose()
 
 
-def test_0004_renames_the_full_delta_kind(tmp_path, packed):
+def test_0004_renames_the_full_delta_kind(tmp_path, packed, empty_catalog_url):
     """Rows registered under the old name "full-delta" read as "full" after the upgrade (one vocabulary)."""
-    url, blobs = f"sqlite:///{tmp_path / 'registry.db'}", tmp_path / "blobs"
+    url, blobs = empty_catalog_url, tmp_path / "blobs"
     write_0001_catalog(url, blobs, packed("qa", "qa", seed=4))
     engine = db.make_engine(url)
     with engine.begin() as conn:

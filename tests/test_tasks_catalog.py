@@ -1,6 +1,7 @@
 """Tasks have one home, the catalog's `tasks` table: categories, `--tasks` by task or category, the
-0002 -> 0003 upgrade, and an expert's value dtype. Real SQLite catalogs and packed experts; the real
-`hub` in a subprocess where the CLI is the thing (a tiny random Llama where a model must run)."""
+0002 -> 0003 upgrade, and an expert's value dtype. Real catalogs (the library tests on SQLite and on
+PostgreSQL) and packed experts; the real `hub` in a subprocess where the CLI is the thing (a tiny random
+Llama where a model must run)."""
 
 from __future__ import annotations
 
@@ -26,8 +27,8 @@ MULTIPLE_CHOICE = ["commonsenseqa", "mmlu", "openbookqa", "piqa", "siqa"]
 
 
 @pytest.fixture
-def cat(tmp_path: Path, hub_home: Path):
-    with Catalog(f"sqlite:///{tmp_path / 'registry.db'}", blobs=tmp_path / "blobs") as c:
+def cat(tmp_path: Path, hub_home: Path, catalog_url: str):
+    with Catalog(catalog_url, blobs=tmp_path / "blobs") as c:
         yield c
 
 
@@ -104,9 +105,9 @@ def test_training_records_the_task_and_keeps_its_category(cat: Catalog, tmp_path
 
 
 def test_a_0002_catalog_gets_categories_and_value_dtypes(
-    tmp_path: Path, hub_home: Path, packed: Callable[..., Path]
+    tmp_path: Path, hub_home: Path, packed: Callable[..., Path], empty_catalog_url: str
 ) -> None:
-    url, blobs = f"sqlite:///{tmp_path / 'old.db'}", tmp_path / "old-blobs"
+    url, blobs = empty_catalog_url, tmp_path / "old-blobs"
     path = packed("qa", "qa", seed=4, value_dtype="float16")
     write_0001_catalog(url, blobs, path)
     engine = db.make_engine(url)
