@@ -63,10 +63,10 @@ def _writer(url: str, blobs: str, files: list[str], barrier, results) -> None:  
         for i, path in enumerate(files):
             try:
                 refs.append(catalog.register(path, name=SHARED if i % 2 else None, tags=[f"t{i}"]).ref)
-            except Exception as err:  # counted, not raised: the benchmark reports every error
+            except Exception as err:  # noqa: BLE001  (counted, not raised: the benchmark reports every error)
                 errors.append(f"{Path(path).name}: {type(err).__name__}: {err}")
         catalog.close()
-    except Exception as err:
+    except Exception as err:  # noqa: BLE001
         errors.append(f"opening: {type(err).__name__}: {err}")
     results.put((refs, errors))
 
@@ -76,8 +76,14 @@ def _reader(url: str, stop: threading.Event, log: dict[str, list]) -> None:
     be gapless."""
     env = {k: v for k, v in os.environ.items() if k != "HUB_CATALOG"}
     while True:
-        done = subprocess.run([*HUB, "list", "--catalog", url, "--json", "--limit", "1000000"],
-                              capture_output=True, text=True, env=env, timeout=300, check=False)  # fmt: skip
+        done = subprocess.run(
+            [*HUB, "list", "--catalog", url, "--json", "--limit", "1000000"],
+            capture_output=True,
+            text=True,
+            env=env,
+            timeout=300,
+            check=False,
+        )
         log["reads"].append(1)
         if done.returncode != 0:
             log["errors"].append(f"hub list exit {done.returncode}: {done.stderr.strip()[-300:]}")
@@ -169,9 +175,13 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="hub-concurrency-") as tmp:
         work = Path(tmp)
         jobs = make_files(work / "files", args.processes, args.per_process)
-        print(f"{args.processes} writer processes x {args.per_process} registrations, {args.readers} `hub list` "
-              "readers looping meanwhile")  # fmt: skip
-        print(f"{'db':<10} {'rows':>6} {'expected':>8} {'gaps':>5} {'errors':>6} {'reads':>6} {'seconds':>8} verify")
+        print(
+            f"{args.processes} writer processes x {args.per_process} registrations, {args.readers} `hub list` "
+            "readers looping meanwhile"
+        )
+        print(
+            f"{'db':<10} {'rows':>6} {'expected':>8} {'gaps':>5} {'errors':>6} {'reads':>6} {'seconds':>8} verify"
+        )
         for db in args.db.split(","):
             server = None
             if db == "sqlite":
@@ -186,8 +196,10 @@ def main() -> None:
             finally:
                 if server is not None:
                     server.stop()
-            print(f"{db:<10} {out['rows']:>6} {out['expected']:>8} {out['gaps']:>5} {len(out['errors']):>6} "
-                  f"{out['reads']:>6} {out['seconds']:>8.1f} {'ok' if out['verify_ok'] else 'FAILED'}")  # fmt: skip
+            print(
+                f"{db:<10} {out['rows']:>6} {out['expected']:>8} {out['gaps']:>5} {len(out['errors']):>6} "
+                f"{out['reads']:>6} {out['seconds']:>8.1f} {'ok' if out['verify_ok'] else 'FAILED'}"
+            )
             for err in out["errors"][:5]:
                 print(f"  error: {err}")
 

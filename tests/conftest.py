@@ -8,9 +8,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import pytest
-
 import postgres
+import pytest
 
 
 @pytest.fixture(scope="session")
@@ -54,7 +53,6 @@ def hub_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return home
 
 
-
 @pytest.fixture(params=["sqlite", "postgres"])
 def empty_catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """An empty database, nothing migrated yet: a SQLite file that does not exist yet, or a fresh
@@ -62,6 +60,7 @@ def empty_catalog_url(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     if request.param == "sqlite":
         return f"sqlite:///{tmp_path / 'new' / 'registry.db'}"
     return request.getfixturevalue("pg_url")
+
 
 def write_sparse_expert(
     path: Path, *, name: str = "qa", task: str = "qa", seed: int = 0, **meta: Any

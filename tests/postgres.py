@@ -88,8 +88,14 @@ class PostgresServer:
         env = {**os.environ, "LC_ALL": "C", "TZ": "UTC"}
         return subprocess.run(
             [str(self.bindir / args[0]), *args[1:]],
-            cwd=self.root, env=env, capture_output=True, text=True, timeout=120, **extra,
-        )  # fmt: skip
+            cwd=self.root,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
+            **extra,
+        )
 
     def _check(self, proc: subprocess.CompletedProcess[str], what: str) -> None:
         if proc.returncode != 0:
@@ -98,8 +104,9 @@ class PostgresServer:
 
     def init(self) -> None:
         # -N: no fsync of the new cluster; trust auth on every connection (loopback only, test data).
-        proc = self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8",
-                         "--locale=C", "-N")  # fmt: skip
+        proc = self._run(
+            "initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "-E", "UTF8", "--locale=C", "-N"
+        )
         self._check(proc, "initdb")
 
     def start(self) -> None:
@@ -109,8 +116,9 @@ class PostgresServer:
                 f"-p {self.port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={self.root} "
                 "-c fsync=off -c synchronous_commit=off -c full_page_writes=off -c max_connections=200"
             )
-            proc = self._run("pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options,
-                             "-w", "-t", "60", "start")  # fmt: skip
+            proc = self._run(
+                "pg_ctl", "-D", str(self.data), "-l", str(self.log), "-o", options, "-w", "-t", "60", "start"
+            )
             if proc.returncode == 0:
                 return
             if attempt == 2 or "could not bind" not in self.log.read_text(errors="replace"):
@@ -130,8 +138,9 @@ class PostgresServer:
         """Run one statement outside a transaction (CREATE/DROP DATABASE, roles) as the superuser."""
         import psycopg
 
-        with psycopg.connect(f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres",
-                             autocommit=True) as conn:  # fmt: skip
+        with psycopg.connect(
+            f"host=127.0.0.1 port={self.port} user=postgres dbname=postgres", autocommit=True
+        ) as conn:
             conn.execute(sql)
 
     def create_database(self, *, migrated: bool = False) -> str:

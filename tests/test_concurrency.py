@@ -17,7 +17,7 @@ from sqlalchemy.exc import DBAPIError
 from hubtool.registry import Catalog, db
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-import concurrency as bench  # noqa: E402
+import concurrency as bench
 
 PROCESSES = 8
 PER_PROCESS = 6  # file 0: the same bytes in every process (name "common"); odd files under "shared"
@@ -52,11 +52,33 @@ def test_three_hub_train_processes_at_once_lose_nothing(hub_home, tmp_path):
     save_word_tokenizer(base, ["what", "color", "is", "?", *COLORS, *THINGS])
     rows = [f'{{"input": "what color is {t} ?", "output": "{COLORS[i % 4]}"}}' for i, t in enumerate(THINGS)]
     data.write_text("\n".join(rows) + "\n")
-    argv = [*HUB, "train", "--task", "colors", "--data", str(data), "--base", str(base), "--max-steps", "2",
-            "--batch-size", "4", "--max-length", "32", "--eval-limit", "0", "--quiet"]  # fmt: skip
+    argv = [
+        *HUB,
+        "train",
+        "--task",
+        "colors",
+        "--data",
+        str(data),
+        "--base",
+        str(base),
+        "--max-steps",
+        "2",
+        "--batch-size",
+        "4",
+        "--max-length",
+        "32",
+        "--eval-limit",
+        "0",
+        "--quiet",
+    ]
     procs = [
-        subprocess.Popen([*argv, "--seed", str(seed)], env=_env(OMP_NUM_THREADS="1"), text=True,
-                         stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
+        subprocess.Popen(
+            [*argv, "--seed", str(seed)],
+            env=_env(OMP_NUM_THREADS="1"),
+            text=True,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+        )
         for seed in range(3)
     ]
     outputs = [p.communicate(timeout=600) for p in procs]
@@ -71,7 +93,9 @@ def test_three_hub_train_processes_at_once_lose_nothing(hub_home, tmp_path):
         assert report.ok and report.checked == len({r.sha256 for r in records}) and report.orphans == []
         for r in records:
             assert cat.load(r.ref).nnz == r.nnz
-    leftovers = [p for p in (hub_home / "tmp").rglob("*") if p.is_file()] if (hub_home / "tmp").exists() else []
+    leftovers = (
+        [p for p in (hub_home / "tmp").rglob("*") if p.is_file()] if (hub_home / "tmp").exists() else []
+    )
     assert leftovers == []
 
 
@@ -121,7 +145,7 @@ def test_postgres_conflicts_count_as_transient_and_are_retried(tmp_path, pg_url)
         t.join(timeout=60)
     assert len(errors) == 1 and db._sqlstate(errors[0]) == "40P01" and db._is_transient(errors[0])
 
-    mistake = _error(engine, "SELECT no_such_column FROM expert_names")
+    mistake = _error(engine, "SELEC last_version FROM expert_names")  # a syntax error
     assert not db._is_transient(mistake)
 
     attempts = []

@@ -63,11 +63,22 @@ def mask(url: str | URL) -> str:
         return re.sub(r"(//[^/@:]*:)[^/@]*@", r"\1***@", url)
 
 
+def describe(url: str | URL) -> str:
+    """How messages name a catalog: a SQLite catalog by its file (absolute), any other by its URL with
+    the password masked."""
+    parsed = url if isinstance(url, URL) else make_url(url)
+    if parsed.get_backend_name() == "sqlite" and parsed.database and parsed.database != ":memory:":
+        return str(Path(parsed.database.removeprefix("file:")).expanduser().absolute())
+    return mask(parsed)
+
+
 def _parse(url: str) -> URL:
     try:
         return make_url(url)
     except ArgumentError:
-        raise HubError(f"catalog URL {mask(url)!r}: expected a SQLAlchemy URL such as {URL_EXAMPLES}") from None
+        raise HubError(
+            f"catalog URL {mask(url)!r}: expected a SQLAlchemy URL such as {URL_EXAMPLES}"
+        ) from None
 
 
 def make_engine(url: str) -> Engine:
@@ -95,14 +106,19 @@ def _sqlite_engine(parsed: URL, url: str) -> Engine:
     if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
         path = Path(parsed.database).expanduser()
         if path.is_dir():
-            raise HubError(f"catalog {mask(parsed)}: {path} is a directory; expected a SQLite file path")
+            raise HubError(
+                f"catalog {describe(parsed)}: is a directory; expected the path of a SQLite file, "
+                f"e.g. sqlite:///{path.absolute() / 'registry.db'}"
+            )
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
         except OSError as err:
             raise HubError(
-                f"catalog {mask(parsed)}: can't create the folder {path.parent} ({err.strerror or err})"
+                f"catalog {describe(parsed)}: can't create the folder {path.parent} ({err.strerror or err}); "
+                "expected a folder (or a path where one can be made)"
             ) from None
     engine = create_engine(parsed)
+    _translate_schema_drift(engine)
 
     @event.listens_for(engine, "connect")
     def _on_connect(dbapi_conn, _record) -> None:  # type: ignore[no-untyped-def]
@@ -131,9 +147,35 @@ def _postgres_engine(parsed: URL) -> Engine:
             connect_args["connect_timeout"] = PG_CONNECT_TIMEOUT_S
         if "options" not in parsed.query:
             connect_args["options"] = "-c TimeZone=UTC"  # timestamps come back in UTC, as on SQLite
-    return create_engine(
+    engine = create_engine(
         parsed, pool_pre_ping=True, isolation_level="REPEATABLE READ", connect_args=connect_args
     )
+    _translate_schema_drift(engine)
+    return engine
+
+
+# Errors that mean the tables are not the ones the stored revision promises (edited, restored from
+# another version, half-copied): SQLite's wording, PostgreSQL's undefined table / column.
+_DRIFT_WORDS = ("no such table", "no such column", "has no column named")
+_PG_DRIFT = {"42P01", "42703"}
+
+
+def _translate_schema_drift(engine: Engine) -> None:
+    """A query on a table or column that is not there becomes one HubError naming the catalog, wherever
+    it happens (reads too). The alembic_version probe of stored_revision is left alone: there, a
+    missing table means a fresh database."""
+
+    @event.listens_for(engine, "handle_error")
+    def _on_error(ctx) -> None:  # type: ignore[no-untyped-def]
+        err = ctx.sqlalchemy_exception
+        if not isinstance(err, DBAPIError) or "alembic_version" in (ctx.statement or ""):
+            return
+        if _sqlstate(err) in _PG_DRIFT or any(w in str(err.orig).lower() for w in _DRIFT_WORDS):
+            raise HubError(
+                f"catalog {describe(engine.url)}: its tables don't match its schema revision "
+                f"({_first_line(err)}); expected the tables hubtool's migrations create (was it edited, "
+                "or restored from another version?)"
+            )
 
 
 @contextmanager
@@ -169,31 +211,44 @@ def _first_line(err: BaseException) -> str:
     return lines[0].strip() if lines else type(err).__name__
 
 
-def catalog_error(url: str | URL, err: DBAPIError, doing: str) -> HubError:
+def catalog_error(url: str | URL, err: DBAPIError, doing: str, expected: str | None = None) -> HubError:
     """One line for a database failure: the catalog (password masked), what we were doing, why, and
-    what was expected; never SQLAlchemy's statement dump or its background link."""
+    what was expected (`expected` when the cause is not one recognised here); never SQLAlchemy's
+    statement dump or its background link."""
     parsed = url if isinstance(url, URL) else make_url(url)
-    where, reason = mask(parsed), _first_line(err)
-    low = reason.lower()
+    where, reason = describe(parsed), _first_line(err)
     if parsed.password:
         reason = reason.replace(parsed.password, "***")
-    if parsed.get_backend_name() == "sqlite":
-        if "file is not a database" in low or "malformed" in low:
-            reason = "not a SQLite database (corrupt, or another kind of file); expected a catalog file"
-        elif "readonly" in low or "read-only" in low:
-            reason = (
-                "the file or its folder is read-only; expected both writable "
-                "(SQLite keeps -wal and -shm files beside the catalog)"
-            )
-        elif "unable to open" in low:
-            reason = "can't open the file (no permission, or not a file); expected a writable SQLite file"
-    elif isinstance(err, OperationalError) and "connection" in low:
-        reason = f"can't connect to the database server ({reason})"
+    low, state = reason.lower(), _sqlstate(err)
+    if parsed.get_backend_name() == "sqlite" and ("file is not a database" in low or "malformed" in low):
+        reason = "not a SQLite database (corrupt, or another kind of file); expected a catalog file"
+    elif parsed.get_backend_name() == "sqlite" and ("readonly" in low or "read-only" in low):
+        reason = (
+            "the file or its folder is read-only; expected both writable "
+            "(SQLite keeps -wal and -shm files beside the catalog)"
+        )
+    elif parsed.get_backend_name() == "sqlite" and "unable to open" in low:
+        reason = (
+            "can't open the file or make its -wal/-shm files beside it (no permission, or not a "
+            "file); expected a readable SQLite file in a writable folder"
+        )
+    elif state == "42501":  # insufficient privilege
+        reason += "; expected a database role allowed to read and write the catalog's tables"
+    elif state == "25006":  # read-only transaction: a standby, or default_transaction_read_only
+        reason += "; expected a writable server (the primary, not a read-only standby)"
+    elif isinstance(err, OperationalError) and state is None and parsed.get_backend_name() != "sqlite":
+        reason = (  # failed before any statement ran
+            f"can't connect ({reason}); expected a reachable database server and an existing database"
+            + (" (createdb NAME)" if parsed.get_backend_name() == "postgresql" else "")
+        )
+    elif expected:
+        reason += f"; expected {expected}"
     return HubError(f"catalog {where}: {doing} failed: {reason}")
 
 
-def retry(fn: Callable[[], T], what: str, url: str | URL | None = None) -> T:
-    """Run fn (one whole transaction), again after a random back-off if the database was busy."""
+def retry(fn: Callable[[], T], what: str, url: str | URL | None = None, expected: str | None = None) -> T:
+    """Run fn (one whole transaction), again after a random back-off if the database was busy. Given the
+    catalog's `url`, any other database error becomes one HubError line (catalog_error)."""
     for attempt in range(RETRIES):
         try:
             return fn()
@@ -201,9 +256,9 @@ def retry(fn: Callable[[], T], what: str, url: str | URL | None = None) -> T:
             if not _is_transient(err):
                 if url is None:
                     raise
-                raise catalog_error(url, err, what) from err
+                raise catalog_error(url, err, what, expected) from err
             if attempt == RETRIES - 1:
-                where = f"catalog {mask(url)}" if url is not None else "catalog"
+                where = f"catalog {describe(url)}" if url is not None else "catalog"
                 raise HubError(f"{where}: {what} failed {RETRIES} times: {_first_line(err)}") from err
             time.sleep(random.uniform(0.0, 0.05 * 2**attempt))
     raise AssertionError("unreachable")
@@ -239,9 +294,16 @@ def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
         if tables:
             shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
             raise HubError(
-                f"catalog {mask(engine.url)}: not a hubtool catalog (it has tables {shown} but no schema "
+                f"catalog {describe(engine.url)}: not a hubtool catalog (it has tables {shown} but no schema "
                 "revision); expected an empty database or a catalog hubtool created"
             )
     from hubtool.registry import migrate
 
-    retry(lambda: migrate.upgrade(engine, blobs=blobs), "upgrading the catalog schema", engine.url)
+    if revision:
+        doing = f"upgrading the catalog schema from revision {revision} to {SCHEMA_HEAD}"
+        expected = (
+            f"the tables of revision {revision} (was the catalog edited, or restored from another version?)"
+        )
+    else:
+        doing, expected = "creating the catalog schema", None
+    retry(lambda: migrate.upgrade(engine, blobs=blobs), doing, engine.url, expected)

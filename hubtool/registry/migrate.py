@@ -14,7 +14,7 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from hubtool.errors import HubError
-from hubtool.registry.db import mask, stored_revision, write_transaction
+from hubtool.registry.db import describe, stored_revision, write_transaction
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
@@ -39,11 +39,11 @@ def upgrade(engine: Engine, revision: str = "head", *, blobs: Path | None = None
     if current is not None and current not in known:
         if "experts" not in inspect(engine).get_table_names():
             raise HubError(
-                f"catalog {mask(engine.url)}: not a hubtool catalog (schema revision {current!r} but no "
+                f"catalog {describe(engine.url)}: not a hubtool catalog (schema revision {current!r} but no "
                 "experts table); expected an empty database or a catalog hubtool created"
             )
         raise HubError(
-            f"catalog {mask(engine.url)}: schema revision {current!r} is newer than this hubtool knows "
+            f"catalog {describe(engine.url)}: schema revision {current!r} is newer than this hubtool knows "
             f"(up to {script_head()!r}); upgrade hubtool"
         )
     cfg = _config()

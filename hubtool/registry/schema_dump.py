@@ -64,35 +64,45 @@ def _postgres_ddl(conn: Connection) -> str:
     public schema, tables and indexes by name. Rebuilt from pg_catalog rather than pg_dump, whose output
     (SET lines, comments, ALTER ... OWNER) changes between server versions."""
     tables = conn.execute(
-        text("SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
-             "WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY c.relname")  # fmt: skip
+        text(
+            "SELECT c.oid, c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace "
+            "WHERE n.nspname = 'public' AND c.relkind = 'r' ORDER BY c.relname"
+        )
     ).all()
     out = []
     for oid, name in tables:
         columns = conn.execute(
-            text("SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
-                 "pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a "
-                 "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
-                 "WHERE a.attrelid = :oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"),
+            text(
+                "SELECT a.attname, format_type(a.atttypid, a.atttypmod), a.attnotnull, "
+                "pg_get_expr(d.adbin, d.adrelid) FROM pg_attribute a "
+                "LEFT JOIN pg_attrdef d ON d.adrelid = a.attrelid AND d.adnum = a.attnum "
+                "WHERE a.attrelid = :oid AND a.attnum > 0 AND NOT a.attisdropped ORDER BY a.attnum"
+            ),
             {"oid": oid},
-        ).all()  # fmt: skip
+        ).all()
         constraints = conn.execute(
-            text("SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
-                 "WHERE conrelid = :oid AND contype IN ('p', 'u', 'f', 'c') ORDER BY conname"),
+            text(
+                "SELECT conname, pg_get_constraintdef(oid) FROM pg_constraint "
+                "WHERE conrelid = :oid AND contype IN ('p', 'u', 'f', 'c') ORDER BY conname"
+            ),
             {"oid": oid},
-        ).all()  # fmt: skip
+        ).all()
         lines = [
-            f"    {col} {kind}" + (" NOT NULL" if not_null else "") + (f" DEFAULT {default}" if default else "")
+            f"    {col} {kind}"
+            + (" NOT NULL" if not_null else "")
+            + (f" DEFAULT {default}" if default else "")
             for col, kind, not_null, default in columns
         ] + [f"    CONSTRAINT {cname} {definition}" for cname, definition in constraints]
         out.append(f"CREATE TABLE {name} (\n" + ",\n".join(lines) + "\n);\n")
     indexes = conn.execute(
-        text("SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i "
-             "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
-             "JOIN pg_namespace n ON n.oid = t.relnamespace "
-             "WHERE n.nspname = 'public' AND NOT EXISTS "
-             "(SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) "
-             "ORDER BY t.relname, c.relname")  # fmt: skip
+        text(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i "
+            "JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_class t ON t.oid = i.indrelid "
+            "JOIN pg_namespace n ON n.oid = t.relnamespace "
+            "WHERE n.nspname = 'public' AND NOT EXISTS "
+            "(SELECT 1 FROM pg_constraint k WHERE k.conindid = i.indexrelid) "
+            "ORDER BY t.relname, c.relname"
+        )
     ).scalars()
     out.extend(f"{definition};\n" for definition in indexes)
     return "\n".join(out)
