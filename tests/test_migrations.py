@@ -147,3 +147,13 @@ def test_0004_renames_the_full_delta_kind(tmp_path, packed, empty_catalog_url):
     with Catalog(url, blobs=blobs) as cat:
         assert cat.get("qa@1").kind == "full"
         assert [r.ref for r in cat.list(kind="full")] == ["qa@1"]
+
+
+def test_counts_past_32_bits_fit(tmp_path, catalog_url, packed):
+    """nnz of a full delta of a 7B model and the bytes of a > 2 GiB blob overflow a 32-bit INTEGER
+    (PostgreSQL's); the catalog keeps them exactly on both databases."""
+    with Catalog(catalog_url, blobs=tmp_path / "blobs") as cat:
+        rec = cat.register(packed("big"))
+        with cat.engine.begin() as conn:
+            conn.execute(text("UPDATE experts SET nnz = :n, bytes = :b"), {"n": 7 * 10**9, "b": 5 * 2**30})
+        assert (cat.get(rec.ref).nnz, cat.get(rec.ref).bytes) == (7 * 10**9, 5 * 2**30)

@@ -20,10 +20,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
+
+# A count that may pass 2**31 (nnz of a full delta, bytes of a large blob): BIGINT on PostgreSQL, whose
+# INTEGER is 32-bit; INTEGER (64-bit already) on SQLite.
+COUNT = BigInteger().with_variant(Integer(), "sqlite")
 
 
 def _fk(target: str, primary_key: bool = True) -> Column:
@@ -57,8 +61,8 @@ class ExpertRow(SQLModel, table=True):
     base_revision: str | None = None
     targets: str | None = None
     keep_ratio: float | None = None
-    nnz: int
-    bytes: int
+    nnz: int = Field(sa_column=Column("nnz", COUNT, nullable=False))
+    bytes: int = Field(sa_column=Column("bytes", COUNT, nullable=False))
     sha256: str
     blob: str  # path under the blob store, "ab/abcd....safetensors"
     created_at: datetime

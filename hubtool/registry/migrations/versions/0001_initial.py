@@ -14,6 +14,12 @@ branch_labels = None
 depends_on = None
 
 
+# nnz and bytes pass 2**31 for a full delta of a 7B model or a > 2 GiB blob: 64-bit on PostgreSQL (INTEGER
+# there is 32-bit). SQLite's INTEGER is 64-bit already, and its DDL stays as it always was. (No PostgreSQL
+# catalog predates this, so the first migration may say it.)
+COUNT = sa.BigInteger().with_variant(sa.Integer(), "sqlite")
+
+
 def _expert_fk() -> sa.Column:
     return sa.Column("expert_id", sa.Integer, sa.ForeignKey("experts.id", ondelete="CASCADE"), nullable=False)
 
@@ -35,8 +41,8 @@ def upgrade() -> None:
         sa.Column("base_revision", sa.String),
         sa.Column("targets", sa.String),
         sa.Column("keep_ratio", sa.Float),
-        sa.Column("nnz", sa.Integer, nullable=False),
-        sa.Column("bytes", sa.Integer, nullable=False),
+        sa.Column("nnz", COUNT, nullable=False),
+        sa.Column("bytes", COUNT, nullable=False),
         sa.Column("sha256", sa.String, nullable=False),
         sa.Column("blob", sa.String, nullable=False),
         sa.Column("created_at", sa.DateTime(timezone=True), nullable=False),
