@@ -87,7 +87,7 @@ def make_engine(url: str) -> Engine:
     backend = parsed.get_backend_name()
     try:
         if backend == "sqlite":
-            return _sqlite_engine(parsed, url)
+            return _sqlite_engine(parsed)
         if backend == "postgresql":
             return _postgres_engine(parsed)
         return create_engine(parsed, pool_pre_ping=True)
@@ -102,7 +102,7 @@ def make_engine(url: str) -> Engine:
         ) from None
 
 
-def _sqlite_engine(parsed: URL, url: str) -> Engine:
+def _sqlite_engine(parsed: URL) -> Engine:
     if parsed.database and parsed.database != ":memory:" and not parsed.query.get("uri"):
         path = Path(parsed.database).expanduser()
         if path.is_dir():
