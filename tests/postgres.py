@@ -34,15 +34,16 @@ class Unavailable(Exception):
 
 
 def find_bindir() -> Path:
-    """The folder holding initdb, pg_ctl and postgres: $HUB_PG_BINDIR, else beside pg_ctl on PATH (through
-    symlinks), else the newest /usr/lib/postgresql/N/bin (Debian's package puts them only there)."""
+    """The folder holding initdb, pg_ctl and postgres: $HUB_PG_BINDIR when set (only there), else beside
+    pg_ctl on PATH (through symlinks), else the newest /usr/lib/postgresql/N/bin (Debian's package puts
+    them only there)."""
     candidates = []
     if os.environ.get("HUB_PG_BINDIR"):
         candidates.append(Path(os.environ["HUB_PG_BINDIR"]))
-    if on_path := shutil.which("pg_ctl"):
+    elif on_path := shutil.which("pg_ctl"):
         candidates.append(Path(on_path).resolve().parent)
     debian = Path("/usr/lib/postgresql")
-    if debian.is_dir():
+    if debian.is_dir() and not os.environ.get("HUB_PG_BINDIR"):
         versions = [p for p in debian.iterdir() if re.fullmatch(r"\d+(\.\d+)?", p.name)]
         for version in sorted(versions, key=lambda p: float(p.name), reverse=True):
             candidates.append(version / "bin")
@@ -50,8 +51,8 @@ def find_bindir() -> Path:
         if all(os.access(folder / b, os.X_OK) for b in BINARIES):
             return folder
     raise Unavailable(
-        "PostgreSQL binaries (initdb, pg_ctl, postgres) not found on PATH or in /usr/lib/postgresql/*/bin; "
-        "install Debian's postgresql package or set HUB_PG_BINDIR"
+        f"PostgreSQL binaries (initdb, pg_ctl, postgres) not found in {', '.join(map(str, candidates)) or 'PATH'} "
+        "(searched $HUB_PG_BINDIR, else PATH and /usr/lib/postgresql/*/bin); install Debian's postgresql package"
     )
 
 
