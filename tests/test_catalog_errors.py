@@ -57,7 +57,9 @@ def a_catalog(path: Path, packed) -> str:
 def test_bad_catalog_files(hub_home, tmp_path, packed):
     corrupt = tmp_path / "corrupt.db"
     corrupt.write_bytes(os.urandom(8192))
-    foreign = sqlite_file(tmp_path / "foreign.db", "CREATE TABLE users (id INTEGER)", "CREATE TABLE orders (id INT)")
+    foreign = sqlite_file(
+        tmp_path / "foreign.db", "CREATE TABLE users (id INTEGER)", "CREATE TABLE orders (id INT)"
+    )
     other_app = sqlite_file(tmp_path / "other-app.db", "CREATE TABLE alembic_version (version_num VARCHAR(32))",
                             "INSERT INTO alembic_version VALUES ('ab12cd34')", "CREATE TABLE widgets (id INT)")  # fmt: skip
     newer = a_catalog(tmp_path / "newer" / "registry.db", packed)
@@ -101,7 +103,9 @@ def test_a_read_only_catalog_lists_but_refuses_writes_cleanly(hub_home, tmp_path
         assert [r.ref for r in cat.list()] == ["qa@1"] and cat.verify().ok
 
 
-@pytest.mark.skipif(os.geteuid() == 0, reason="root writes through permission bits; the mode=ro test covers it")
+@pytest.mark.skipif(
+    os.geteuid() == 0, reason="root writes through permission bits; the mode=ro test covers it"
+)
 def test_read_only_permissions_on_the_file_and_its_folder(hub_home, tmp_path, packed):
     path = tmp_path / "ro" / "registry.db"
     url = a_catalog(path, packed)

@@ -27,7 +27,9 @@ def run_without_binaries(tmp_path: Path, **env: str) -> subprocess.CompletedProc
 def test_missing_postgres_skips_locally_and_fails_under_ci(tmp_path):
     local = run_without_binaries(tmp_path)
     assert local.returncode == 0, local.stdout[-2000:]
-    assert "1 skipped" in local.stdout and "no PostgreSQL here" in local.stdout and "no-binaries" in local.stdout
+    assert (
+        "1 skipped" in local.stdout and "no PostgreSQL here" in local.stdout and "no-binaries" in local.stdout
+    )
     ci = run_without_binaries(tmp_path, CI="true")
     assert ci.returncode == 1, ci.stdout[-2000:]
     assert "1 error" in ci.stdout and "CI=true and PostgreSQL is required" in ci.stdout
