@@ -43,9 +43,11 @@ class ExpertRow(SQLModel, table=True):
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_experts_name_version"),
         Index("ix_experts_task", "task"),
-        Index("ix_experts_base_model", "base_model"),
-        Index("ix_experts_kind", "kind"),
+        # (filter, name, version): `hub list --base/--kind` reads them in the listing's order (0005)
+        Index("ix_experts_base_model", "base_model", "name", "version"),
+        Index("ix_experts_kind", "kind", "name", "version"),
         Index("ix_experts_sha256", "sha256"),
+        Index("ix_experts_created_at", "created_at"),  # --sort -created (0005)
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -87,9 +89,10 @@ class ExpertTag(SQLModel, table=True):
 
 class MetricRow(SQLModel, table=True):
     # The key (expert_id, metric, task) is what --where 'rougeL>=30' and --sort -rougeL look up per
-    # expert. Deliberately no index starting with metric: SQLite would prefer it for those
-    # per-expert lookups and scan every expert's rougeL row for each expert.
+    # expert. (metric, value, expert_id) is the other way round, all experts by one metric's value:
+    # the SQLite read path (fastlist.py) searches it for --where ranges and walks it for --sort (0005).
     __tablename__ = "metrics"
+    __table_args__ = (Index("ix_metrics_metric_value", "metric", "value", "expert_id"),)
 
     expert_id: int = Field(sa_column=_fk("experts.id"))
     metric: str = Field(primary_key=True)
