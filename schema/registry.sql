@@ -111,4 +111,6 @@ CREATE INDEX ix_experts_task ON experts (task);
 
 CREATE INDEX ix_lineage_parent ON lineage (parent);
 
+CREATE INDEX ix_metrics_expert_metric_value ON metrics (expert_id, metric, value);
+
 CREATE INDEX ix_metrics_metric_value ON metrics (metric, value, expert_id);

@@ -68,15 +68,16 @@ def _experts(n: int) -> Iterator[dict[str, Any]]:
 
 
 def _children(n: int) -> dict[str, Iterator[dict[str, Any]]]:
-    """Rows of the child tables: one task, two metrics (rougeL 0-49.5, loss 1-3) and a tag each."""
+    """Rows of the child tables: one task, two metrics (rougeL 0-49.9995, loss 1-2.99998) and a tag each."""
     return {
         "expert_tasks": ({"expert_id": i, "task": _name(i)[0]} for i in range(1, n + 1)),
         "metrics": (
             row
             for i in range(1, n + 1)
             for row in (
-                {"expert_id": i, "task": _name(i)[0], "metric": "rougeL", "value": (i * 7919) % 100 / 2},
-                {"expert_id": i, "task": _name(i)[0], "metric": "loss", "value": 1 + (i * 104729) % 1000 / 500},
+                # 100,000 distinct values each, scattered over the ids (as real scores: few ties)
+                {"expert_id": i, "task": _name(i)[0], "metric": "rougeL", "value": (i * 7919) % 100_000 / 2000},
+                {"expert_id": i, "task": _name(i)[0], "metric": "loss", "value": 1 + (i * 104729) % 100_000 / 50_000},
             )
         ),
         "expert_tags": ({"expert_id": i, "tag": "synthetic"} for i in range(1, n + 1)),

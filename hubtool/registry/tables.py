@@ -90,9 +90,14 @@ class ExpertTag(SQLModel, table=True):
 class MetricRow(SQLModel, table=True):
     # The key (expert_id, metric, task) is what --where 'rougeL>=30' and --sort -rougeL look up per
     # expert. (metric, value, expert_id) is the other way round, all experts by one metric's value:
-    # the SQLite read path (fastlist.py) searches it for --where ranges and walks it for --sort (0005).
+    # the SQLite read path (fastlist.py) searches it for --where ranges and walks it for --sort. With
+    # it, (expert_id, metric, value) must exist too: SQLite prefers covering indexes, and would read
+    # every expert's rougeL row to find one expert's (0005).
     __tablename__ = "metrics"
-    __table_args__ = (Index("ix_metrics_metric_value", "metric", "value", "expert_id"),)
+    __table_args__ = (
+        Index("ix_metrics_metric_value", "metric", "value", "expert_id"),
+        Index("ix_metrics_expert_metric_value", "expert_id", "metric", "value"),
+    )
 
     expert_id: int = Field(sa_column=_fk("experts.id"))
     metric: str = Field(primary_key=True)

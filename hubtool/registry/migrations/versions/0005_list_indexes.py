@@ -4,6 +4,9 @@
   listing's default order (name, version) and stop after --limit rows instead of sorting every match.
 - metrics (metric, value, expert_id): `--where 'rougeL>=30'` searches a value range of one metric
   (covering: the expert ids come from the index) and `--sort -rougeL` walks it from the top.
+- metrics (expert_id, metric, value): one expert's value of a metric from the index alone. Needed as
+  soon as the index above exists: SQLite prefers a covering index, and for "this expert's rougeL"
+  would otherwise pick (metric, ...) and read every expert's rougeL row for each expert.
 - created_at: `--sort -created` (newest first) without sorting the table.
 
 Portable DDL (alembic's create/drop_index): the same on SQLite and PostgreSQL.
@@ -28,9 +31,11 @@ def upgrade() -> None:
     op.create_index("ix_experts_kind", "experts", ["kind", "name", "version"])
     op.create_index("ix_experts_created_at", "experts", ["created_at"])
     op.create_index("ix_metrics_metric_value", "metrics", ["metric", "value", "expert_id"])
+    op.create_index("ix_metrics_expert_metric_value", "metrics", ["expert_id", "metric", "value"])
 
 
 def downgrade() -> None:
+    op.drop_index("ix_metrics_expert_metric_value", table_name="metrics")
     op.drop_index("ix_metrics_metric_value", table_name="metrics")
     op.drop_index("ix_experts_created_at", table_name="experts")
     op.drop_index("ix_experts_kind", table_name="experts")
