@@ -107,7 +107,7 @@ CREATE INDEX ix_experts_kind ON experts (kind, name, version);
 
 CREATE INDEX ix_experts_sha256 ON experts (sha256);
 
-CREATE INDEX ix_experts_task ON experts (task);
+CREATE INDEX ix_experts_task ON experts (task, name, version);
 
 CREATE INDEX ix_lineage_parent ON lineage (parent);
 

@@ -52,6 +52,10 @@ CASES = [
     {"limit": 5},
     {"limit": None},
     {"task": "task3"},
+    {"task": "task3", "limit": 2},  # "mix" has task3 as a secondary task and sorts first
+    {"task": "task5", "limit": 2},
+    {"task": "task3", "tag": "synthetic", "limit": 2},
+    {"where": "task=task3, loss<2.5", "limit": 3},
     {"task": "squad"},
     {"task": "xsum", "limit": 3},
     {"task": "nope"},
@@ -97,7 +101,7 @@ CASES = [
 
 @pytest.mark.parametrize(
     ("drive_max", "budget"),
-    [(fastlist.DRIVE_MAX, fastlist.WALK_STEPS_PER_MATCH), (100, fastlist.WALK_STEPS_PER_MATCH), (100, 0)],
+    [(fastlist.DRIVE_MAX, fastlist.WALK_STEPS_PER_MATCH), (10, fastlist.WALK_STEPS_PER_MATCH), (10, 0)],
     ids=["drives", "walks", "walks-give-up"],
 )
 def test_read_path_lists_exactly_what_catalog_list_does(catalog, drive_max, budget, monkeypatch):
@@ -182,7 +186,18 @@ def test_many_matches_walk_the_order_with_a_budget_then_drive(catalog, monkeypat
         plans = _plans(reader, tag="synthetic")
         assert [s.budget is not None for s in steps] == [True, False]
         assert plans[0][0] == "SCAN e USING INDEX sqlite_autoindex_experts_1"  # in order, stops at 25 rows
-        assert "SEARCH expert_tags USING COVERING INDEX ix_expert_tags_tag (tag=?)" in plans[1]
+        assert plans[1][:2] == [  # the fallback: from the tag's index, each expert by its id
+            "SEARCH d USING COVERING INDEX ix_expert_tags_tag (tag=?)",
+            "SEARCH e USING INTEGER PRIMARY KEY (rowid=?)",
+        ]
+        # --task with many matches: walk the primary task's (task, name, version) index, plus the
+        # experts having the task as a secondary one ("mix", by id)
+        monkeypatch.setattr(fastlist, "DRIVE_MAX", 10)
+        steps = reader.plan(task="task3", limit=2)
+        assert len(steps) == 2 and "json_each" in steps[0].sql and json.loads(steps[0].params[-3]) == [N + 3]
+        plan = [r[3] for r in reader.conn.execute("EXPLAIN QUERY PLAN " + steps[0].sql, steps[0].params)]
+        assert "SEARCH e USING COVERING INDEX ix_experts_task (task=?)" in plan
+        assert [r.ref for r in reader.list(task="task3", limit=2)] == ["mix@1", "task3-e0@1"]
         # sorted by a metric: walk the metric's index from the top, then list those experts
         plans = _plans(reader, sort="-rougeL")
         assert plans[0][0] == "SEARCH m USING COVERING INDEX ix_metrics_metric_value (metric=?)"

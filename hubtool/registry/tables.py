@@ -42,8 +42,8 @@ class ExpertRow(SQLModel, table=True):
     __tablename__ = "experts"
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_experts_name_version"),
-        Index("ix_experts_task", "task"),
-        # (filter, name, version): `hub list --base/--kind` reads them in the listing's order (0005)
+        # (filter, name, version): `hub list --task/--base/--kind` reads them in the listing's order (0005)
+        Index("ix_experts_task", "task", "name", "version"),
         Index("ix_experts_base_model", "base_model", "name", "version"),
         Index("ix_experts_kind", "kind", "name", "version"),
         Index("ix_experts_sha256", "sha256"),

@@ -1,7 +1,9 @@
 """Indexes for `hub list` at a million experts (docs/benchmarks.md, list_latency).
 
-- base_model and kind: (column, name, version), so `--base X` / `--kind K` walk the index in the
-  listing's default order (name, version) and stop after --limit rows instead of sorting every match.
+- base_model, kind and task (the primary task): (column, name, version), so `--base X`, `--kind K`
+  and `--task X` walk the index in the listing's default order (name, version) and stop after
+  --limit rows instead of sorting every match (for --task, experts having X as a secondary task are
+  added by id: fastlist.Reader._primary_walk).
 - metrics (metric, value, expert_id): `--where 'rougeL>=30'` searches a value range of one metric
   (covering: the expert ids come from the index) and `--sort -rougeL` walks it from the top.
 - metrics (expert_id, metric, value): one expert's value of a metric from the index alone. Needed as
@@ -29,6 +31,8 @@ def upgrade() -> None:
     op.create_index("ix_experts_base_model", "experts", ["base_model", "name", "version"])
     op.drop_index("ix_experts_kind", table_name="experts")
     op.create_index("ix_experts_kind", "experts", ["kind", "name", "version"])
+    op.drop_index("ix_experts_task", table_name="experts")
+    op.create_index("ix_experts_task", "experts", ["task", "name", "version"])
     op.create_index("ix_experts_created_at", "experts", ["created_at"])
     op.create_index("ix_metrics_metric_value", "metrics", ["metric", "value", "expert_id"])
     op.create_index("ix_metrics_expert_metric_value", "metrics", ["expert_id", "metric", "value"])
@@ -38,6 +42,8 @@ def downgrade() -> None:
     op.drop_index("ix_metrics_expert_metric_value", table_name="metrics")
     op.drop_index("ix_metrics_metric_value", table_name="metrics")
     op.drop_index("ix_experts_created_at", table_name="experts")
+    op.drop_index("ix_experts_task", table_name="experts")
+    op.create_index("ix_experts_task", "experts", ["task"])
     op.drop_index("ix_experts_kind", table_name="experts")
     op.create_index("ix_experts_kind", "experts", ["kind"])
     op.drop_index("ix_experts_base_model", table_name="experts")
