@@ -54,6 +54,7 @@ CASES = [
     {"task": "task3"},
     {"task": "task3", "limit": 2},  # "mix" has task3 as a secondary task and sorts first
     {"task": "task5", "limit": 2},
+    {"tasks": ["task3", "xsum", "task9"], "limit": 4},
     {"task": "task3", "tag": "synthetic", "limit": 2},
     {"where": "task=task3, loss<2.5", "limit": 3},
     {"task": "squad"},
@@ -194,7 +195,7 @@ def test_many_matches_walk_the_order_with_a_budget_then_drive(catalog, monkeypat
         # experts having the task as a secondary one ("mix", by id)
         monkeypatch.setattr(fastlist, "DRIVE_MAX", 10)
         steps = reader.plan(task="task3", limit=2)
-        assert len(steps) == 2 and "json_each" in steps[0].sql and json.loads(steps[0].params[-3]) == [N + 3]
+        assert len(steps) == 2 and "json_each" in steps[0].sql and json.loads(steps[0].params[3]) == [N + 3]
         plan = [r[3] for r in reader.conn.execute("EXPLAIN QUERY PLAN " + steps[0].sql, steps[0].params)]
         assert "SEARCH e USING COVERING INDEX ix_experts_task (task=?)" in plan
         assert [r.ref for r in reader.list(task="task3", limit=2)] == ["mix@1", "task3-e0@1"]

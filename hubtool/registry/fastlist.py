@@ -239,37 +239,39 @@ class Reader:
         return Step(sql, params)
 
     def _primary_walk(self, terms: list[Term], i: int, limit: int, budget: int | None) -> Step | None:
-        """`--task X` in the default order, many matches: walk ix_experts_task (task, name, version)
-        over the experts whose primary task is X (in order: stops after `limit`), and add the few
-        that have X as a secondary task only (merged experts), found by their ids; the outer ORDER BY
-        merges the two. None when those are too many to list by id.
+        """`--task X` (or --tasks X,Y) in the default order, many matches: walk ix_experts_task
+        (task, name, version) over the experts whose primary task is X (in order: stops after
+        `limit`; one walk per task), and add the few that have X as a secondary task only (merged
+        experts), found by their ids; the outer ORDER BY merges them all. None when those are too
+        many to list by id.
 
         Walking (name, version) instead would be a bad bet here: names usually start with the task,
         so one task's experts sit together in name order, possibly at the end."""
-        task = terms[i].task
+        names = terms[i].task or []
+        marks = ", ".join("?" * len(names))
         # Every expert has a row for its primary task in expert_tasks (register writes them all),
-        # so equal counts mean no expert has X as a secondary task only.
-        primary = self._all("SELECT count(*) FROM experts WHERE task = ?", [task])[0][0]
-        total = self._all("SELECT count(*) FROM expert_tasks WHERE task = ?", [task])[0][0]
+        # so equal counts mean no expert has one of these tasks as a secondary task only.
+        primary = self._all(f"SELECT count(*) FROM experts WHERE task IN ({marks})", names)[0][0]
+        total = self._all(f"SELECT count(*) FROM expert_tasks WHERE task IN ({marks})", names)[0][0]
         others: list[int] = []
         if total != primary:
-            if abs(total - primary) > DRIVE_MAX:
+            if total - primary > DRIVE_MAX:
                 return None
-            with_task = {r[0] for r in self._all("SELECT expert_id FROM expert_tasks WHERE task = ?", [task])}
-            with_task.difference_update(r[0] for r in self._all("SELECT id FROM experts WHERE task = ?", [task]))
+            with_task = {r[0] for r in self._all(f"SELECT expert_id FROM expert_tasks WHERE task IN ({marks})", names)}
+            with_task.difference_update(r[0] for r in self._all(f"SELECT id FROM experts WHERE task IN ({marks})", names))
             others = sorted(with_task)
         tests = " AND ".join(t.test for t in terms)
         test_params = [p for t in terms for p in t.params]
-        inner = (
-            f"SELECT e.id AS id FROM experts AS e WHERE e.task = ? AND {tests} ORDER BY e.name, e.version LIMIT ?"
-        )
+        walk = f"SELECT e.id AS id FROM experts AS e WHERE e.task = ? AND {tests} ORDER BY e.name, e.version LIMIT ?"
+        walks = " UNION ALL ".join(f"SELECT id FROM ({walk})" for _ in names)
         final = self._select(terms, [], limit, None)
         sql = final.sql.replace(
             " FROM experts AS e WHERE ",
-            f" FROM experts AS e WHERE e.id IN (SELECT id FROM ({inner}) UNION ALL SELECT value FROM json_each(?)) AND ",
+            f" FROM experts AS e WHERE e.id IN ({walks} UNION ALL SELECT value FROM json_each(?)) AND ",
             1,
         )
-        return Step(sql, [task, *test_params, limit, json.dumps(others), *final.params], budget=budget)
+        params = [p for name in names for p in (name, *test_params, limit)]
+        return Step(sql, [*params, json.dumps(others), *final.params], budget=budget)
 
     def _metric_walk(
         self, key: where_lang.SortKey, terms: list[Term], limit: int, budget: int | None,
@@ -419,7 +421,7 @@ class Term:
     drive: str | None = None
     count: str | None = None
     join: tuple[str, str] | None = None  # (child table, condition on it as `d`): drive as a join
-    task: str | None = None  # the condition is "has task X": _primary_walk applies
+    task: list[str] | None = None  # the condition is "has one of these tasks": _primary_walk applies
 
 
 def _child(table: str, column: str, op: str, value: Any, *, negate: bool = False) -> Term:
@@ -450,11 +452,12 @@ def filters(
     terms: list[Term] = []
     if task is not None:
         terms.append(_child("expert_tasks", "task", "= ?", [task]))
-        terms[-1].task = task
+        terms[-1].task = [task]
     if tasks is not None:
         if not tasks:
             return None
         terms.append(_child("expert_tasks", "task", f"IN ({', '.join('?' * len(tasks))})", list(tasks)))
+        terms[-1].task = list(dict.fromkeys(tasks))
     if base is not None:  # ix_experts_base_model (base_model, name, version)
         terms.append(Term("e.base_model = ?", [base], count="SELECT 1 FROM experts WHERE base_model = ?"))
     if kind is not None:
@@ -468,7 +471,7 @@ def filters(
         op = _SQL_OPS[c.op]
         if c.name == "task":  # any of the expert's tasks
             terms.append(_child("expert_tasks", "task", "= ?", [c.value], negate=c.op == "!="))
-            terms[-1].task = None if c.op == "!=" else str(c.value)
+            terms[-1].task = None if c.op == "!=" else [str(c.value)]
         elif c.is_metric:  # the metric under any task: ix_metrics_metric_value (metric, value, expert_id)
             terms.append(_child("metrics", "metric", f"= ? AND value {op} ?", [c.name, c.value]))
         else:
