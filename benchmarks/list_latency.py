@@ -105,9 +105,13 @@ def cold(url: str, home: str, rounds: int) -> None:
             f"{label:<58} {statistics.median(times[label]):>9.3f} "
             f"{statistics.median(ratios):>12.2f}x {max(ratios):>11.2f}x"
         )
-    worst = max(statistics.median([t / p for t, p in zip(times[f"hub list {lb}"], peer)]) for lb, _ in LISTINGS)
-    print(f"\nslowest `hub list` / `hf --help` (median of per-round ratios): {worst:.2f}x (goal <= 1.00x: "
-          f"{'met' if worst <= 1.0 else 'NOT met'})")
+    worst = max(
+        statistics.median([t / p for t, p in zip(times[f"hub list {lb}"], peer)]) for lb, _ in LISTINGS
+    )
+    print(
+        f"\nslowest `hub list` / `hf --help` (median of per-round ratios): {worst:.2f}x (goal <= 1.00x: "
+        f"{'met' if worst <= 1.0 else 'NOT met'})"
+    )
 
 
 def query_only(url: str, repeat: int, normal: bool) -> None:
@@ -137,20 +141,28 @@ def query_only(url: str, repeat: int, normal: bool) -> None:
         rows.append((label, len(first), t_first, statistics.median(again), t_normal))
         print(f"\n{label}  ({len(first)} rows)")
         for i, step in enumerate(reader.plan(**kw)):
-            budget = "runs to the end" if step.budget is None else f"budget {step.budget:,} VM steps, then the next"
+            budget = (
+                "runs to the end"
+                if step.budget is None
+                else f"budget {step.budget:,} VM steps, then the next"
+            )
             print(f"  step {i + 1} ({budget})")
             if step.walk:
                 for line in reader.conn.execute("EXPLAIN QUERY PLAN " + step.walk, step.walk_params):
                     print(f"    walk: {line[3]}")
             for line in reader.conn.execute("EXPLAIN QUERY PLAN " + step.sql, step.params):
                 print(f"    {line[3]}")
-    print(f"\n{'listing (limit 25 unless given)':<48} {'rows':>5} {'first ms':>9} {'median ms':>10}"
-          + (f" {'Catalog.list ms':>16}" if normal else ""))
+    print(
+        f"\n{'listing (limit 25 unless given)':<48} {'rows':>5} {'first ms':>9} {'median ms':>10}"
+        + (f" {'Catalog.list ms':>16}" if normal else "")
+    )
     for label, n, t_first, t_med, t_normal in rows:
         extra = f" {t_normal * 1000:>16.1f}" if t_normal is not None else ""
         print(f"{label:<48} {n:>5} {t_first * 1000:>9.1f} {t_med * 1000:>10.1f}{extra}")
     worst = max(max(r[2], r[3]) for r in rows)
-    print(f"\nslowest listing: {worst * 1000:.1f} ms (goal <= 100 ms: {'met' if worst <= 0.1 else 'NOT met'})")
+    print(
+        f"\nslowest listing: {worst * 1000:.1f} ms (goal <= 100 ms: {'met' if worst <= 0.1 else 'NOT met'})"
+    )
 
 
 def main() -> None:
@@ -165,7 +177,9 @@ def main() -> None:
 
     url, fill_s = catalog(args.workdir, args.n)
     made = "reused" if fill_s is None else f"filled in {fill_s:.1f} s"
-    print(f"catalog: {args.n:,} experts ({made}); {url}; CPU x{os.cpu_count()}; load {os.getloadavg()[0]:.1f}")
+    print(
+        f"catalog: {args.n:,} experts ({made}); {url}; CPU x{os.cpu_count()}; load {os.getloadavg()[0]:.1f}"
+    )
     if args.query_only:
         query_only(url, args.repeat, args.normal)
     else:

@@ -33,12 +33,20 @@ def catalog(tmp_path_factory: pytest.TempPathFactory) -> tuple[str, Path]:
     url, blobs = f"sqlite:///{home / 'registry.db'}", home / "blobs"
     fill_synthetic(url, N)
     with Catalog(url, blobs=blobs) as cat:
-        def packed(name: str, task: str, seed: int, **meta) -> Path:
-            return write_sparse_expert(home / f"{name}-{seed}.safetensors", name=name, task=task, seed=seed, **meta)
 
-        cat.register(packed("qa", "squad", 1, metrics={"squad": {"rougeL": 48.0, "exact_match": 30.0}}), tags=["demo", "b"])
+        def packed(name: str, task: str, seed: int, **meta) -> Path:
+            return write_sparse_expert(
+                home / f"{name}-{seed}.safetensors", name=name, task=task, seed=seed, **meta
+            )
+
+        cat.register(
+            packed("qa", "squad", 1, metrics={"squad": {"rougeL": 48.0, "exact_match": 30.0}}),
+            tags=["demo", "b"],
+        )
         cat.register(packed("qa", "squad", 2, keep_ratio=None), tags=["demo"], description="second")
-        cat.register(packed("mix", "squad", 3, metrics={"rougeL": 12.5}), tasks=["xsum", "task3"], tags=["merged"])
+        cat.register(
+            packed("mix", "squad", 3, metrics={"rougeL": 12.5}), tasks=["xsum", "task3"], tags=["merged"]
+        )
         cat.register(packed("boolq-e", "boolq", 4, base_model="other-base", config={"lr": 1e-4}))
         cat.set_metrics("mix", "xsum", {"rougeL": 49.99, "loss": 0.5})
         cat.alias("qa", "best", 1)
@@ -132,7 +140,9 @@ def test_tasks_for_matches_the_catalogs(catalog):
     with Catalog(url, blobs=blobs) as cat, fastlist.open_reader(url) as reader:
         for spec in ("task3", "squad", "qa", " qa ", "summarize", "classify", "mine"):
             for with_experts in (True, False):
-                assert reader.tasks_for(spec, with_experts=with_experts) == cat.tasks_for(spec, with_experts=with_experts)
+                assert reader.tasks_for(spec, with_experts=with_experts) == cat.tasks_for(
+                    spec, with_experts=with_experts
+                )
         assert reader.expert_tasks() == {f"task{i}" for i in range(N_TASKS)} | {"squad", "xsum", "boolq"}
         for spec in ("qq", ""):
             with pytest.raises(NotFoundError) as fast:
@@ -239,19 +249,40 @@ def test_hub_list_reads_without_sqlalchemy_orm_sqlmodel_or_torch(catalog, tmp_pa
     script = Path(sys.executable).with_name("hub")
     hub = [str(script)] if script.is_file() else [sys.executable, "-m", "hubtool"]
     env = {k: v for k, v in os.environ.items() if k != "HUB_CATALOG"} | {
-        "HUB_HOME": str(tmp_path), "COLUMNS": "250", "PYTHONPROFILEIMPORTTIME": "1"
+        "HUB_HOME": str(tmp_path),
+        "COLUMNS": "250",
+        "PYTHONPROFILEIMPORTTIME": "1",
     }
     commands = [
         ["list", "--task", "task3", "--json"],
-        ["list", "--tasks", "qa,task4", "--where", "rougeL>=1", "--sort", "-rougeL", "--limit", "3", "--json"],
+        [
+            "list",
+            "--tasks",
+            "qa,task4",
+            "--where",
+            "rougeL>=1",
+            "--sort",
+            "-rougeL",
+            "--limit",
+            "3",
+            "--json",
+        ],
         ["list", "--tag", "demo", "--base", "tiny-llama", "--kind", "sparse"],
     ]
     for args in commands:
-        out = subprocess.run([*hub, *args, "--catalog", url], env=env, capture_output=True, text=True, timeout=120)
+        out = subprocess.run(
+            [*hub, *args, "--catalog", url], check=False, env=env, capture_output=True, text=True, timeout=120
+        )
         assert out.returncode == 0, out.stderr[-2000:]
-        modules = {line.rsplit("|", 1)[1].strip() for line in out.stderr.splitlines() if line.startswith("import time:")}
+        modules = {
+            line.rsplit("|", 1)[1].strip()
+            for line in out.stderr.splitlines()
+            if line.startswith("import time:")
+        }
         assert "hubtool.registry.fastlist" in modules
-        heavy = sorted(m for m in modules if m.split(".")[0] in ("sqlmodel", "torch", "transformers", "alembic"))
+        heavy = sorted(
+            m for m in modules if m.split(".")[0] in ("sqlmodel", "torch", "transformers", "alembic")
+        )
         heavy += sorted(m for m in modules if m == "sqlalchemy.orm" or m.startswith("sqlalchemy.orm."))
         assert not heavy, f"hub {' '.join(args)} imported {heavy[:5]}"
         if "--json" in args:
@@ -259,9 +290,13 @@ def test_hub_list_reads_without_sqlalchemy_orm_sqlmodel_or_torch(catalog, tmp_pa
             with Catalog(url, blobs=tmp_path / "blobs") as cat:
                 task = args[args.index("--task") + 1] if "--task" in args else None
                 tasks = None if task else cat.tasks_for("qa") + ["task4"]
-                expected = cat.list(task=task, tasks=sorted(tasks) if tasks else None,
-                                    where="rougeL>=1" if not task else None,
-                                    sort="-rougeL" if not task else None, limit=3 if not task else 25)
+                expected = cat.list(
+                    task=task,
+                    tasks=sorted(tasks) if tasks else None,
+                    where="rougeL>=1" if not task else None,
+                    sort="-rougeL" if not task else None,
+                    limit=3 if not task else 25,
+                )
             assert rows == [r.to_dict() for r in expected]
         else:
             assert "qa@1" in out.stdout and "qa@2" in out.stdout and "base model: tiny-llama" in out.stdout

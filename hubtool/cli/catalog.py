@@ -64,7 +64,7 @@ def list_(
     """List experts in the catalog."""
     if limit < 1:
         fail(f"--limit {limit}: expected a positive number of rows")
-    query = {"task": task, "base": base, "kind": kind, "tag": tag, "where": where, "sort": sort, "limit": limit}
+    query = dict(task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit)  # noqa: C408
     rows = _list_rows(catalog, tasks, query)
     if json_:
         print_json([r.to_dict() for r in rows])

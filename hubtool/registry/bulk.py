@@ -76,8 +76,18 @@ def _children(n: int) -> dict[str, Iterator[dict[str, Any]]]:
             for i in range(1, n + 1)
             for row in (
                 # 100,000 distinct values each, scattered over the ids (as real scores: few ties)
-                {"expert_id": i, "task": _name(i)[0], "metric": "rougeL", "value": (i * 7919) % 100_000 / 2000},
-                {"expert_id": i, "task": _name(i)[0], "metric": "loss", "value": 1 + (i * 104729) % 100_000 / 50_000},
+                {
+                    "expert_id": i,
+                    "task": _name(i)[0],
+                    "metric": "rougeL",
+                    "value": (i * 7919) % 100_000 / 2000,
+                },
+                {
+                    "expert_id": i,
+                    "task": _name(i)[0],
+                    "metric": "loss",
+                    "value": 1 + (i * 104729) % 100_000 / 50_000,
+                },
             )
         ),
         "expert_tags": ({"expert_id": i, "tag": "synthetic"} for i in range(1, n + 1)),
@@ -126,8 +136,10 @@ def _fill_sqlite(url: str, path: str, n: int) -> None:
             f"INSERT INTO experts ({', '.join(EXPERT_COLUMNS)}) VALUES ({marks})",
             (
                 tuple(
-                    row[c].strftime("%Y-%m-%d %H:%M:%S.%f") if c == "created_at"  # SQLAlchemy's format
-                    else json.dumps(row[c]) if c == "config"
+                    row[c].strftime("%Y-%m-%d %H:%M:%S.%f")
+                    if c == "created_at"  # SQLAlchemy's format
+                    else json.dumps(row[c])
+                    if c == "config"
                     else row[c]
                     for c in EXPERT_COLUMNS
                 )

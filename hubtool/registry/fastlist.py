@@ -14,10 +14,21 @@ that needs a migration, a file that is not a catalog. Every one of these then fa
 exactly as it would without this module. A database error while querying raises Unavailable, and
 the caller retries on the normal path, so errors are reported in one place (db.py, catalog.py).
 
-The SQL is the same as Catalog.list's, except for two rewrites that give the same rows and let
-SQLite search an index instead of testing every expert: `--where task=X` is an IN over
-expert_tasks (not a correlated EXISTS) and `--where rougeL>=30` an IN over metrics' (metric, value)
-index. tests/test_list_fast.py checks both the answers and the plans (EXPLAIN QUERY PLAN).
+Same rows, planned for a million experts (SQLite's planner, without statistics, cannot know how
+many experts a filter matches, nor that names correlate with tasks). Reader.plan counts each
+filter's matches in its index (index-only, capped) and picks:
+  - few matches (at most sqrt(limit * experts), or DRIVE_MAX): start from the most selective
+    filter's index, look each match up, sort;
+  - many, in the default order: walk an index already in (name, version) order and stop after
+    `limit` rows: (base|kind|task, name, version) for --base/--kind, for --task the primary task's
+    index plus the experts having the task as a secondary one, by id (_primary_walk); else
+    (name, version) itself, testing each expert;
+  - sorted by a metric: walk ix_metrics_metric_value from the best value until `limit` matching
+    experts (and ties) are found, then list only those (_metric_walk).
+A walk runs under a budget of SQLite VM instructions in proportion to the matches (a progress
+handler interrupts it), and gives way to the first plan if it runs out: it never costs much more
+than starting from the matches would. The SQL differs from Catalog.list's only in such forms
+(IN, EXISTS, a join, a UNION of ordered walks), never in what it selects or how it orders.
 """
 
 from __future__ import annotations
@@ -31,7 +42,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, Self
 
 from hubtool import paths
 from hubtool.registry import tasks as task_rows
@@ -119,7 +130,7 @@ class Reader:
     def close(self) -> None:
         self.conn.close()
 
-    def __enter__(self) -> Reader:
+    def __enter__(self) -> Self:
         return self
 
     def __exit__(self, *exc: object) -> None:
@@ -183,7 +194,9 @@ class Reader:
         # Driving from a filter's index costs ~1 lookup per match (then a sort); walking in order
         # and testing each expert, ~limit * experts / matches tests if filters and order are
         # independent. Equal at matches = sqrt(limit * experts).
-        even = max(DRIVE_MAX, math.isqrt(int(limit) * self._experts())) if walkable and countable else DRIVE_MAX
+        even = (
+            max(DRIVE_MAX, math.isqrt(int(limit) * self._experts())) if walkable and countable else DRIVE_MAX
+        )
         # Counted further than `even`: the count also sets a walk's budget (an index-only count of
         # 50,000 entries takes a few ms).
         counts = {i: self._count(terms[i], max(even, COUNT_MAX)) for i in countable}
@@ -200,12 +213,17 @@ class Reader:
             if walk is not None:
                 return [walk, fallback]
         if walkable and drive is not None:
-            return [Step(self._select(terms, keys, limit, None).sql, fallback.params, budget=budget), fallback]
+            return [
+                Step(self._select(terms, keys, limit, None).sql, fallback.params, budget=budget),
+                fallback,
+            ]
         if by_metric:
             return [self._metric_walk(keys[0], terms, int(limit), budget, keys), fallback]
         return [fallback]
 
-    def _select(self, terms: list[Term], keys: list[where_lang.SortKey], limit: int | None, drive: int | None) -> Step:
+    def _select(
+        self, terms: list[Term], keys: list[where_lang.SortKey], limit: int | None, drive: int | None
+    ) -> Step:
         """The listing's SELECT, driven from terms[drive]'s index (None: let SQLite choose)."""
         params: list[Any] = []
         clauses = []
@@ -257,8 +275,12 @@ class Reader:
         if total != primary:
             if total - primary > DRIVE_MAX:
                 return None
-            with_task = {r[0] for r in self._all(f"SELECT expert_id FROM expert_tasks WHERE task IN ({marks})", names)}
-            with_task.difference_update(r[0] for r in self._all(f"SELECT id FROM experts WHERE task IN ({marks})", names))
+            with_task = {
+                r[0] for r in self._all(f"SELECT expert_id FROM expert_tasks WHERE task IN ({marks})", names)
+            }
+            with_task.difference_update(
+                r[0] for r in self._all(f"SELECT id FROM experts WHERE task IN ({marks})", names)
+            )
             others = sorted(with_task)
         tests = " AND ".join(t.test for t in terms)
         test_params = [p for t in terms for p in t.params]
@@ -274,7 +296,11 @@ class Reader:
         return Step(sql, [*params, json.dumps(others), *final.params], budget=budget)
 
     def _metric_walk(
-        self, key: where_lang.SortKey, terms: list[Term], limit: int, budget: int | None,
+        self,
+        key: where_lang.SortKey,
+        terms: list[Term],
+        limit: int,
+        budget: int | None,
         keys: list[where_lang.SortKey],
     ) -> Step:
         """Walk the sort metric's index from the best value, keeping matching experts, until `limit`
@@ -288,7 +314,14 @@ class Reader:
             f"ORDER BY m.value {'DESC' if key.desc else 'ASC'}"
         )
         final = self._select([Term("e.id IN (SELECT value FROM json_each(?))", ["[]"])], keys, limit, None)
-        return Step(final.sql, final.params, budget=budget, walk=walk, walk_params=[key.name, *(p for t in terms for p in t.params)], limit=limit)
+        return Step(
+            final.sql,
+            final.params,
+            budget=budget,
+            walk=walk,
+            walk_params=[key.name, *(p for t in terms for p in t.params)],
+            limit=limit,
+        )
 
     def _run(self, step: Step) -> list[tuple[Any, ...]] | None:
         """Run one step; None when its budget ran out, or (a metric walk) too few experts have the metric."""
@@ -342,7 +375,9 @@ class Reader:
             # offset; the value comes back aware, in UTC), JSON by json.loads.
             created = datetime.fromisoformat(values["created_at"])
             values["created_at"] = (
-                created.replace(tzinfo=timezone.utc) if created.utcoffset() is None else created.astimezone(timezone.utc)
+                created.replace(tzinfo=timezone.utc)
+                if created.utcoffset() is None
+                else created.astimezone(timezone.utc)
             )
             config = values["config"]
             values["config"] = (json.loads(config) if config is not None else None) or {}
@@ -351,7 +386,9 @@ class Reader:
         for start in range(0, len(ids), _CHUNK):
             chunk = ids[start : start + _CHUNK]
             marks = ", ".join("?" * len(chunk))
-            for eid, name in self._all(f"SELECT expert_id, task FROM expert_tasks WHERE expert_id IN ({marks})", chunk):
+            for eid, name in self._all(
+                f"SELECT expert_id, task FROM expert_tasks WHERE expert_id IN ({marks})", chunk
+            ):
                 by_id[eid].tasks.append(name)
             sql = f"SELECT expert_id, tag FROM expert_tags WHERE expert_id IN ({marks}) ORDER BY tag"
             for eid, tag in self._all(sql, chunk):

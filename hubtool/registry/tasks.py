@@ -11,8 +11,8 @@ the SQLite read path (fastlist.py) shares, from its own stdlib sqlite3 queries.
 
 from __future__ import annotations
 
-from pathlib import Path
 from collections.abc import Iterable
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from hubtool.errors import NotFoundError
