@@ -300,3 +300,21 @@ def test_hub_list_reads_without_sqlalchemy_orm_sqlmodel_or_torch(catalog, tmp_pa
             assert rows == [r.to_dict() for r in expected]
         else:
             assert "qa@1" in out.stdout and "qa@2" in out.stdout and "base model: tiny-llama" in out.stdout
+
+
+def test_fill_synthetic_writes_the_same_rows_through_sqlalchemy(tmp_path, hub_home):
+    """The sqlite3 fill (fast, SQLite) and the SQLAlchemy one (other databases) agree, row for row."""
+    from hubtool.registry import bulk
+
+    fast, slow = tmp_path / "fast.db", tmp_path / "slow.db"
+    bulk.fill_synthetic(f"sqlite:///{fast}", 300)
+    Catalog(f"sqlite:///{slow}", blobs=tmp_path / "blobs").close()
+    bulk._fill_sqlalchemy(f"sqlite:///{slow}", 300)
+    tables = ("experts", "expert_tasks", "metrics", "expert_tags", "expert_names", "aliases")
+    with sqlite3.connect(fast) as a, sqlite3.connect(slow) as b:
+        for table in tables:
+            rows = a.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall()
+            assert rows and rows == b.execute(f"SELECT * FROM {table} ORDER BY 1, 2").fetchall(), table
+        # the indexes dropped for the fill are back, exactly as the migrations wrote them
+        ddl = "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
+        assert a.execute(ddl).fetchall() == b.execute(ddl).fetchall()
