@@ -58,8 +58,8 @@ COLUMNS = (
 MMAP_BYTES = 1 << 32
 BUSY_TIMEOUT_S = 30.0  # as db.BUSY_TIMEOUT_MS: a reader waits out a writer's checkpoint
 _CHUNK = 500  # ids per IN (...) when fetching a page's tags, metrics, ...; as lookup._CHUNK
-# A filter matching at most this many experts drives the query when sorting by a metric (each match
-# then costs a lookup and its sort key); beyond it, the metric's index is walked first.
+# A filter matching at most this many experts always drives the query (each match then costs a
+# lookup and its sort key: a few ms); beyond it, walking an index in the listing's order comes first.
 DRIVE_MAX = 10_000
 # A walk may run WALK_STEPS_PER_MATCH SQLite VM instructions per match of the most selective filter
 # before it gives up for driving from that filter. Measured at 1M experts: a walk runs ~6
@@ -103,7 +103,10 @@ def open_reader(url: str | None) -> Reader | None:
     try:
         # mode=rw: never create a file (Catalog does that, with the schema); the query_only pragma
         # makes sure this connection cannot change anything.
-        conn = sqlite3.connect(f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S)
+        # isolation_level=None: no implicit transactions; list() reads in one BEGIN ... COMMIT.
+        conn = sqlite3.connect(
+            f"{path.resolve().as_uri()}?mode=rw", uri=True, timeout=BUSY_TIMEOUT_S, isolation_level=None
+        )
     except sqlite3.Error:
         return None
     try:
@@ -157,14 +160,21 @@ class Reader:
         tasks: Sequence[str] | None = None,
     ) -> list[ExpertRecord]:
         """What Catalog.list returns for the same arguments."""
-        steps = self.plan(
-            task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit, tasks=tasks
-        )
-        for step in steps:
-            rows = self._run(step)
-            if rows is not None:
-                return self._records(rows)
-        return []  # no steps: nothing can match
+        # One read transaction, as Catalog.list's connection: the rows and their tags, metrics, ...
+        # come from one snapshot even while other processes register or remove experts.
+        self._all("BEGIN")
+        try:
+            steps = self.plan(
+                task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit, tasks=tasks
+            )
+            for step in steps:
+                rows = self._run(step)
+                if rows is not None:
+                    return self._records(rows)
+            return []  # no steps: nothing can match
+        finally:
+            if self.conn.in_transaction:
+                self.conn.execute("COMMIT")
 
     def plan(
         self,
