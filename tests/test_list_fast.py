@@ -318,3 +318,17 @@ def test_fill_synthetic_writes_the_same_rows_through_sqlalchemy(tmp_path, hub_ho
         # the indexes dropped for the fill are back, exactly as the migrations wrote them
         ddl = "SELECT name, sql FROM sqlite_master WHERE type = 'index' ORDER BY name"
         assert a.execute(ddl).fetchall() == b.execute(ddl).fetchall()
+
+
+def test_a_failing_query_hands_over_to_the_normal_path(tmp_path, hub_home):
+    """A catalog at SCHEMA_HEAD whose tables are damaged: the read path raises Unavailable (the CLI
+    then asks Catalog, which reports the error) instead of answering wrongly."""
+    path = tmp_path / "damaged.db"
+    url = f"sqlite:///{path}"
+    fill_synthetic(url, 40)
+    with sqlite3.connect(path) as conn:
+        conn.execute("DROP TABLE expert_tags")
+    reader = fastlist.open_reader(url)
+    assert reader is not None
+    with reader, pytest.raises(fastlist.Unavailable, match="expert_tags"):
+        reader.list(limit=5)
