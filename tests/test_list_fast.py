@@ -65,6 +65,7 @@ CASES = [
     {"tasks": ["task3", "xsum", "task9"], "limit": 4},
     {"task": "task3", "tag": "synthetic", "limit": 2},
     {"where": "task=task3, loss<2.5", "limit": 3},
+    {"kind": "lora", "where": "task=task3", "sort": "-created", "limit": 2},  # drives from its 2nd filter
     {"task": "squad"},
     {"task": "xsum", "limit": 3},
     {"task": "nope"},

@@ -223,10 +223,8 @@ class Reader:
             if walk is not None:
                 return [walk, fallback]
         if walkable and drive is not None:
-            return [
-                Step(self._select(terms, keys, limit, None).sql, fallback.params, budget=budget),
-                fallback,
-            ]
+            walk = self._select(terms, keys, limit, None)  # SQLite walks the ORDER BY's index
+            return [Step(walk.sql, walk.params, budget=budget), fallback]
         if by_metric:
             return [self._metric_walk(keys[0], terms, int(limit), budget, keys), fallback]
         return [fallback]
