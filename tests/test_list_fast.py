@@ -333,3 +333,48 @@ def test_a_failing_query_hands_over_to_the_normal_path(tmp_path, hub_home):
     assert reader is not None
     with reader, pytest.raises(fastlist.Unavailable, match="expert_tags"):
         reader.list(limit=5)
+
+
+def _random_cases(seed: int, n: int) -> list[dict]:
+    """Random combinations of every filter, sort and limit (fixed seed), on values that exist."""
+    import random
+
+    rng = random.Random(seed)
+    choices = {
+        "task": ["task3", "task7", "squad", "xsum"],
+        "tasks": [["task1", "task2"], ["xsum", "task3"], ["boolq"]],
+        "base": ["smollm2-135m", "tiny-llama", "HuggingFaceTB/SmolLM2-360M-Instruct"],
+        "kind": ["lora", "sparse", "merged", "block-sparse"],
+        "tag": ["synthetic", "demo", "merged"],
+        "where": [
+            "rougeL>=30",
+            "loss<1.4",
+            "task=task3",
+            "task!=task4",
+            "keep_ratio<0.02",
+            "nnz>5000",
+            "version>=2",
+        ],
+        "sort": ["-rougeL", "loss", "-created", "name", "-nnz", "kind,-rougeL", "-exact_match"],
+        "limit": [1, 2, 5, 25, None],
+    }
+    out = []
+    for _ in range(n):
+        keys = rng.sample(sorted(choices), rng.randint(1, 4))
+        out.append({k: rng.choice(choices[k]) for k in keys})
+    return out
+
+
+@pytest.mark.parametrize(("drive_max", "budget"), [(fastlist.DRIVE_MAX, 10), (10, 10), (10, 0)])
+def test_random_combinations_list_the_same(catalog, drive_max, budget, monkeypatch):
+    url, blobs = catalog
+    monkeypatch.setattr(fastlist, "DRIVE_MAX", drive_max)
+    monkeypatch.setattr(fastlist, "WALK_STEPS_PER_MATCH", budget)
+    with Catalog(url, blobs=blobs) as cat, fastlist.open_reader(url) as reader:
+        listed = 0
+        for kw in _random_cases(seed=9, n=40):
+            kw = {"limit": 25, **kw}
+            rows = reader.list(**kw)
+            assert rows == cat.list(**kw), f"list({kw}) differs"
+            listed += bool(rows)
+    assert listed >= 15  # about half of the combinations match something
