@@ -67,7 +67,7 @@ DRIVE_MAX = 10_000
 # where they break even, and 10 bounds a failed walk at half the drive's cost.
 WALK_STEPS_PER_MATCH = 10
 _TICK = 1000  # instructions between budget checks
-COUNT_MAX = 50_000  # counting a filter's matches stops here
+COUNT_MAX = 20_000  # counting a filter's matches stops here (~1 ms per 10,000 index entries)
 _SQL_OPS = {">=": ">=", "<=": "<=", "!=": "!=", "==": "=", "=": "=", ">": ">", "<": "<"}
 _MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 # sqlite:///relative/path or sqlite:////absolute/path, nothing else (no query string, no escapes,
@@ -208,7 +208,7 @@ class Reader:
             max(DRIVE_MAX, math.isqrt(int(limit) * self._experts())) if walkable and countable else DRIVE_MAX
         )
         # Counted further than `even`: the count also sets a walk's budget (an index-only count of
-        # 50,000 entries takes a few ms).
+        # 20,000 entries takes a few ms).
         counts = {i: self._count(terms[i], max(even, COUNT_MAX)) for i in countable}
         drive = min(counts, key=counts.__getitem__) if counts else None
         fallback = self._select(terms, keys, limit, drive)
