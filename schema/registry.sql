@@ -99,12 +99,18 @@ CREATE INDEX ix_expert_tags_tag ON expert_tags (tag, expert_id);
 
 CREATE INDEX ix_expert_tasks_task ON expert_tasks (task, expert_id);
 
-CREATE INDEX ix_experts_base_model ON experts (base_model);
+CREATE INDEX ix_experts_base_model ON experts (base_model, name, version);
 
-CREATE INDEX ix_experts_kind ON experts (kind);
+CREATE INDEX ix_experts_created_at ON experts (created_at);
+
+CREATE INDEX ix_experts_kind ON experts (kind, name, version);
 
 CREATE INDEX ix_experts_sha256 ON experts (sha256);
 
-CREATE INDEX ix_experts_task ON experts (task);
+CREATE INDEX ix_experts_task ON experts (task, name, version);
 
 CREATE INDEX ix_lineage_parent ON lineage (parent);
+
+CREATE INDEX ix_metrics_expert_metric_value ON metrics (expert_id, metric, value);
+
+CREATE INDEX ix_metrics_metric_value ON metrics (metric, value, expert_id);

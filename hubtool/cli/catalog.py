@@ -18,6 +18,7 @@ from hubtool.cli._common import (
     YesOpt,
     console,
     esc,
+    fail,
     human_bytes,
     open_catalog,
     print_json,
@@ -61,11 +62,10 @@ def list_(
     catalog: CatalogOpt = None,
 ) -> None:
     """List experts in the catalog."""
-    cat = open_catalog(catalog)
-    names = None if tasks is None else resolve_tasks(cat, tasks)  # categories become their tasks
-    rows = cat.list(
-        task=task, tasks=names, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit
-    )
+    if limit < 1:
+        fail(f"--limit {limit}: expected a positive number of rows")
+    query = dict(task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit)  # noqa: C408
+    rows = _list_rows(catalog, tasks, query)
     if json_:
         print_json([r.to_dict() for r in rows])
         return
@@ -90,6 +90,24 @@ def list_(
         cells += [] if one_base else [esc(r.base_model)]
         table.add_row(*cells, esc(_metric_summary(r.metrics)))
     console.print(table)
+
+
+def _list_rows(catalog: str | None, tasks: str | None, query: dict) -> list:
+    """Catalog.list, on SQLite through the stdlib read path (registry/fastlist.py: no SQLAlchemy to
+    import, a third of `hub list`'s start-up); anything it can't answer goes the normal way."""
+    from hubtool.registry import fastlist
+
+    reader = fastlist.open_reader(catalog)
+    if reader is not None:
+        try:
+            with reader:
+                names = None if tasks is None else resolve_tasks(reader, tasks)
+                return reader.list(tasks=names, **query)
+        except fastlist.Unavailable:
+            pass  # e.g. a damaged file: the normal path reports it
+    cat = open_catalog(catalog)
+    names = None if tasks is None else resolve_tasks(cat, tasks)  # categories become their tasks
+    return cat.list(tasks=names, **query)
 
 
 def _baselines(cat, rec) -> dict[str, dict[str, float]]:

@@ -46,10 +46,12 @@ class ExpertRow(SQLModel, table=True):
     __tablename__ = "experts"
     __table_args__ = (
         UniqueConstraint("name", "version", name="uq_experts_name_version"),
-        Index("ix_experts_task", "task"),
-        Index("ix_experts_base_model", "base_model"),
-        Index("ix_experts_kind", "kind"),
+        # (filter, name, version): `hub list --task/--base/--kind` reads them in the listing's order (0005)
+        Index("ix_experts_task", "task", "name", "version"),
+        Index("ix_experts_base_model", "base_model", "name", "version"),
+        Index("ix_experts_kind", "kind", "name", "version"),
         Index("ix_experts_sha256", "sha256"),
+        Index("ix_experts_created_at", "created_at"),  # --sort -created (0005)
     )
 
     id: int | None = Field(default=None, primary_key=True)
@@ -91,9 +93,15 @@ class ExpertTag(SQLModel, table=True):
 
 class MetricRow(SQLModel, table=True):
     # The key (expert_id, metric, task) is what --where 'rougeL>=30' and --sort -rougeL look up per
-    # expert. Deliberately no index starting with metric: SQLite would prefer it for those
-    # per-expert lookups and scan every expert's rougeL row for each expert.
+    # expert. (metric, value, expert_id) is the other way round, all experts by one metric's value:
+    # the SQLite read path (fastlist.py) searches it for --where ranges and walks it for --sort. With
+    # it, (expert_id, metric, value) must exist too: SQLite prefers covering indexes, and would read
+    # every expert's rougeL row to find one expert's (0005).
     __tablename__ = "metrics"
+    __table_args__ = (
+        Index("ix_metrics_metric_value", "metric", "value", "expert_id"),
+        Index("ix_metrics_expert_metric_value", "expert_id", "metric", "value"),
+    )
 
     expert_id: int = Field(sa_column=_fk("experts.id"))
     metric: str = Field(primary_key=True)

@@ -4,18 +4,21 @@ A task's category is the one in the catalog's `tasks` table when set there, else
 (`hubtool.data.builtin.CATEGORIES`: the built-ins and ../shared/data), else None. A spec (one item of
 `--tasks`) is a task name if any of these knows it: the tasks table, the built-in map, or an expert
 registered for it; otherwise it is a category.
+
+SQLAlchemy is imported by the functions that query through it: `pick` and `merge_categories` are what
+the SQLite read path (fastlist.py) shares, from its own stdlib sqlite3 queries.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
-
-from sqlalchemy import select
-from sqlalchemy.engine import Connection
+from typing import TYPE_CHECKING, Any
 
 from hubtool.errors import NotFoundError
-from hubtool.registry import tables as t
+
+if TYPE_CHECKING:
+    from sqlalchemy.engine import Connection
 
 
 def _builtin_categories() -> dict[str, str]:
@@ -26,12 +29,24 @@ def _builtin_categories() -> dict[str, str]:
 
 def _categories(conn: Connection) -> dict[str, str]:
     """{task: category} for every task the tasks table or the built-in map knows ("" for none)."""
-    table = {name: category for name, category in conn.execute(select(t.tasks.c.name, t.tasks.c.category))}
+    from sqlalchemy import select
+
+    from hubtool.registry import tables as t
+
+    return merge_categories(conn.execute(select(t.tasks.c.name, t.tasks.c.category)))
+
+
+def merge_categories(table: Iterable[tuple[str, str | None]]) -> dict[str, str]:
+    """The built-in map overlaid with the tasks table's (name, category) rows ("" for none)."""
     builtin = _builtin_categories()
-    return builtin | {name: category or builtin.get(name, "") for name, category in table.items()}
+    return builtin | {name: category or builtin.get(name, "") for name, category in table}
 
 
 def _expert_tasks(conn: Connection) -> set[str]:
+    from sqlalchemy import select
+
+    from hubtool.registry import tables as t
+
     return set(conn.execute(select(t.expert_tasks.c.task).distinct()).scalars())
 
 
@@ -46,7 +61,11 @@ def tasks_for(conn: Connection, spec: str, *, with_experts: bool = True) -> list
     categories = _categories(conn)
     if not spec:
         raise NotFoundError("task or category '': expected a task name or a category")
-    with_expert = _expert_tasks(conn)
+    return pick(spec, categories, _expert_tasks(conn), with_experts=with_experts)
+
+
+def pick(spec: str, categories: dict[str, str], with_expert: set[str], *, with_experts: bool) -> list[str]:
+    """tasks_for's answer from what the catalog knows: {task: category} and the tasks with an expert."""
     if spec in categories or spec in with_expert:
         return [spec]
     members = sorted(task for task, category in categories.items() if category == spec)

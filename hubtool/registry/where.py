@@ -6,6 +6,10 @@
 A comparison is `NAME OP VALUE` with OP one of >= <= > < = != (== also accepted). NAME is a catalog
 field (FIELDS below) or else a metric name, looked up in the metrics table under any task. Nothing
 is evaluated: every comparison becomes a bound SQL parameter.
+
+Parsing (parse_where, parse_sort) is stdlib only: the SQLite read path (fastlist.py) renders the same
+comparisons as SQL text without importing SQLAlchemy. where_clause/order_by build SQLAlchemy Core
+expressions for Catalog.list and import SQLAlchemy when first called.
 """
 
 from __future__ import annotations
@@ -15,24 +19,22 @@ import operator
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
-
-from sqlalchemy import ColumnElement, exists, func, select
-from sqlalchemy.sql.expression import UnaryExpression
+from typing import TYPE_CHECKING, Any
 
 from hubtool.errors import HubError
-from hubtool.registry.tables import expert_tasks, experts, metrics
 
-NUMERIC_FIELDS = {
-    "keep_ratio": experts.c.keep_ratio,
-    "nnz": experts.c.nnz,
-    "bytes": experts.c.bytes,
-    "version": experts.c.version,
-}
-TEXT_FIELDS = {"name": experts.c.name, "kind": experts.c.kind, "base": experts.c.base_model}
+if TYPE_CHECKING:
+    from sqlalchemy import ColumnElement
+    from sqlalchemy.sql.expression import UnaryExpression
+
+# field name in the language -> column of `experts`
+NUMERIC_FIELDS = {"keep_ratio": "keep_ratio", "nnz": "nnz", "bytes": "bytes", "version": "version"}
+TEXT_FIELDS = {"name": "name", "kind": "kind", "base": "base_model"}
 # `task` matches any of an expert's tasks (expert_tasks), like the --task filter.
 FIELDS = sorted([*NUMERIC_FIELDS, *TEXT_FIELDS, "task"])
-SORT_ONLY = {"created": experts.c.created_at}
+SORT_ONLY = {"created": "created_at"}
+# Sorting by `task` means the primary task (experts.task); every other key is a field or a metric.
+SORT_COLUMNS = {**NUMERIC_FIELDS, **TEXT_FIELDS, **SORT_ONLY, "task": "task"}
 
 OPS: dict[str, Callable[[Any, Any], Any]] = {
     ">=": operator.ge,
@@ -88,7 +90,36 @@ def parse_where(expr: str) -> list[Comparison]:
     return out
 
 
+@dataclass(frozen=True)
+class SortKey:
+    name: str
+    desc: bool
+
+    @property
+    def column(self) -> str | None:
+        """The experts column to sort by; None for a metric."""
+        return SORT_COLUMNS.get(self.name)
+
+
+def parse_sort(sort: str) -> list[SortKey]:
+    """`-rougeL,name` -> [SortKey("rougeL", desc=True), SortKey("name", desc=False)]."""
+    out = []
+    for key in (k.strip() for k in sort.split(",")):
+        name = key.lstrip("-+")
+        if not re.fullmatch(r"[A-Za-z_][\w.:/-]*", name):
+            raise HubError(
+                f"--sort {sort!r}: expected a field ({', '.join(FIELDS)}, created) or a "
+                f"metric name, '-' in front for descending; got {key!r}"
+            )
+        out.append(SortKey(name, key.startswith("-")))
+    return out
+
+
 def where_clause(c: Comparison) -> ColumnElement[bool]:
+    from sqlalchemy import exists
+
+    from hubtool.registry.tables import expert_tasks, experts, metrics
+
     compare = OPS[c.op]
     if c.name == "task":
         has_task = exists().where(expert_tasks.c.expert_id == experts.c.id, expert_tasks.c.task == c.value)
@@ -99,32 +130,27 @@ def where_clause(c: Comparison) -> ColumnElement[bool]:
             metrics.c.metric == c.name,
             compare(metrics.c.value, c.value),
         )
-    column = NUMERIC_FIELDS.get(c.name, TEXT_FIELDS.get(c.name))
+    column = experts.c[NUMERIC_FIELDS.get(c.name) or TEXT_FIELDS[c.name]]
     return compare(column, c.value)
 
 
 def order_by(sort: str) -> list[UnaryExpression[Any]]:
     """`-rougeL,name` -> ORDER BY clauses; experts lacking a metric sort last either way."""
+    from sqlalchemy import func, select
+
+    from hubtool.registry.tables import experts, metrics
+
     out: list[UnaryExpression[Any]] = []
-    for key in (k.strip() for k in sort.split(",")):
-        desc = key.startswith("-")
-        name = key.lstrip("-+")
-        if not re.fullmatch(r"[A-Za-z_][\w.:/-]*", name):
-            raise HubError(
-                f"--sort {sort!r}: expected a field ({', '.join(FIELDS)}, created) or a "
-                f"metric name, '-' in front for descending; got {key!r}"
-            )
-        if name == "task":
-            column: Any = experts.c.task  # the primary task
-        elif name in NUMERIC_FIELDS or name in TEXT_FIELDS or name in SORT_ONLY:
-            column = {**NUMERIC_FIELDS, **TEXT_FIELDS, **SORT_ONLY}[name]
+    for key in parse_sort(sort):
+        if key.column is not None:
+            column: Any = experts.c[key.column]
         else:
             # An expert may have the metric under several tasks: sort by its highest value when
             # descending, its lowest when ascending. NULL (sorted last) when never measured.
             column = (
-                select((func.max if desc else func.min)(metrics.c.value))
-                .where(metrics.c.expert_id == experts.c.id, metrics.c.metric == name)
+                select((func.max if key.desc else func.min)(metrics.c.value))
+                .where(metrics.c.expert_id == experts.c.id, metrics.c.metric == key.name)
                 .scalar_subquery()
             )
-        out.append((column.desc() if desc else column.asc()).nulls_last())
+        out.append((column.desc() if key.desc else column.asc()).nulls_last())
     return out
