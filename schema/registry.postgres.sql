@@ -102,12 +102,18 @@ CREATE INDEX ix_expert_tags_tag ON public.expert_tags USING btree (tag, expert_i
 
 CREATE INDEX ix_expert_tasks_task ON public.expert_tasks USING btree (task, expert_id);
 
-CREATE INDEX ix_experts_base_model ON public.experts USING btree (base_model);
+CREATE INDEX ix_experts_base_model ON public.experts USING btree (base_model, name, version);
 
-CREATE INDEX ix_experts_kind ON public.experts USING btree (kind);
+CREATE INDEX ix_experts_created_at ON public.experts USING btree (created_at);
+
+CREATE INDEX ix_experts_kind ON public.experts USING btree (kind, name, version);
 
 CREATE INDEX ix_experts_sha256 ON public.experts USING btree (sha256);
 
-CREATE INDEX ix_experts_task ON public.experts USING btree (task);
+CREATE INDEX ix_experts_task ON public.experts USING btree (task, name, version);
 
 CREATE INDEX ix_lineage_parent ON public.lineage USING btree (parent);
+
+CREATE INDEX ix_metrics_expert_metric_value ON public.metrics USING btree (expert_id, metric, value);
+
+CREATE INDEX ix_metrics_metric_value ON public.metrics USING btree (metric, value, expert_id);
