@@ -23,11 +23,9 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import anyio
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from hubtool.hub.server import names, patterns
 from hubtool.hub.server.auth import FailedAuthLimiter, Signer, TokenStore, bearer_token
@@ -116,9 +114,26 @@ class HubApp:
 
     # -- the ASGI app -------------------------------------------------------------------------------
 
-    def asgi(self) -> Starlette:
-        methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
-        return Starlette(routes=[Route("/{path:path}", self.dispatch, methods=methods)])
+    def asgi(self):
+        """The ASGI callable: every HTTP request goes to `dispatch`, whatever its path or method. (Starlette's
+        router matched `/{path:path}` with a regex that stops at a newline, so `/a%0Ab` got a plain-text
+        404 that no client could parse; its 405s were plain text too.)"""
+
+        async def app(scope, receive, send) -> None:
+            if scope["type"] == "lifespan":
+                while True:
+                    message = await receive()
+                    if message["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    elif message["type"] == "lifespan.shutdown":
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            if scope["type"] != "http":
+                return
+            response = await self.dispatch(Request(scope, receive))
+            await response(scope, receive, send)
+
+        return app
 
     async def dispatch(self, request: Request) -> Response:
         head = request.method == "HEAD"
