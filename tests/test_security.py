@@ -579,3 +579,96 @@ def test_adapter_config_refuses_a_non_finite_alpha() -> None:
         with pytest.raises(HubError, match="alpha: expected a finite number"):
             AdapterConfig(method="lora", alpha=alpha)
     assert AdapterConfig(method="lora", alpha=32.0).alpha == 32.0
+
+
+# -- issue 9: no code execution from data (a scan of the source) -------------------------------------
+
+_PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
+# What turns bytes into objects by running their code (`pickle.dumps` to build a hostile test file, or
+# `except pickle.UnpicklingError`, is fine).
+_UNPICKLERS = {"load", "loads", "Unpickler", "open"}
+
+
+def _unsafe_calls(path: Path) -> list[str]:
+    """What in one Python file could run code that came with data: torch.load without weights_only=True,
+    pickle-family loads (pickle/dill/marshal/joblib .load/.loads/Unpickler, shelve.open), eval/exec on
+    anything, compile/__import__ of a computed value, yaml.load/unsafe_load/full_load
+    without a safe loader, numpy.load(allow_pickle=True), trust_remote_code=True written as a literal."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = []
+
+    label = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
+
+    def where(node) -> str:
+        return f"{label}:{node.lineno}"
+
+    def keyword(call, name):
+        return next((k.value for k in call.keywords if k.arg == name), None)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _PICKLE_MODULES:
+            for alias in node.names:
+                if alias.name in _UNPICKLERS:
+                    found.append(f"{where(node)}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in ("eval", "exec"):
+                found.append(f"{where(node)}: {func.id}(...)")
+            if isinstance(func, ast.Name) and func.id in ("compile", "__import__"):
+                if not all(isinstance(a, ast.Constant) for a in node.args[:1]):
+                    found.append(f"{where(node)}: {func.id}(...) of a computed value")
+            if not isinstance(func, ast.Attribute):
+                continue
+            owner = func.value.id if isinstance(func.value, ast.Name) else None
+            if owner in _PICKLE_MODULES and func.attr in _UNPICKLERS:
+                found.append(f"{where(node)}: {owner}.{func.attr}(...)")
+            if owner == "torch" and func.attr == "load":
+                value = keyword(node, "weights_only")
+                if not (isinstance(value, ast.Constant) and value.value is True):
+                    found.append(f"{where(node)}: torch.load without weights_only=True")
+            if owner == "yaml" and func.attr in ("load", "load_all", "unsafe_load", "full_load", "unsafe_load_all"):
+                loader = keyword(node, "Loader") or (node.args[1] if len(node.args) > 1 else None)
+                name = getattr(loader, "attr", getattr(loader, "id", ""))
+                if func.attr.startswith(("unsafe", "full")) or name not in ("SafeLoader", "CSafeLoader"):
+                    found.append(f"{where(node)}: yaml.{func.attr} without a safe loader")
+            if owner in ("np", "numpy") and func.attr == "load":
+                value = keyword(node, "allow_pickle")
+                if isinstance(value, ast.Constant) and value.value is True:
+                    found.append(f"{where(node)}: numpy.load(allow_pickle=True)")
+            value = keyword(node, "trust_remote_code")
+            if isinstance(value, ast.Constant) and value.value is True:
+                found.append(f"{where(node)}: trust_remote_code=True")
+    return found
+
+
+def test_source_has_no_code_execution_from_data() -> None:
+    """hubtool/ and benchmarks/ (tests/ too, except this file, which names the patterns, and tests that
+    check trust_remote_code is refused unless the user passes it)."""
+    files = [*sorted((REPO / "hubtool").rglob("*.py")), *sorted((REPO / "benchmarks").rglob("*.py")),
+             *sorted((REPO / "tests").rglob("*.py"))]  # fmt: skip
+    assert len(files) > 50
+    problems = []
+    for path in files:
+        if path.name == "test_security.py":
+            continue
+        problems += [p for p in _unsafe_calls(path) if not (path.parent.name == "tests" and "trust_remote_code" in p)]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_source_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
+    """The scanner itself, on a file holding each bad pattern once (and their safe forms, which pass)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "pickle.loads(b)\nfrom dill import loads\nimport torch, yaml, numpy as np\n"
+        "torch.load('x')\ntorch.load('x', weights_only=False)\nyaml.load(s)\nyaml.load(s, Loader=yaml.Loader)\n"
+        "yaml.unsafe_load(s)\neval(s)\nexec(s)\nnp.load('x', allow_pickle=True)\n"
+        "m.from_pretrained('x', trust_remote_code=True)\n"
+        # safe forms
+        "torch.load('x', weights_only=True)\nyaml.load(s, Loader=yaml.SafeLoader)\nyaml.safe_load(s)\n"
+        "model.eval()\nnp.load('x')\nimport pickle\npickle.dumps(1)\n__import__('os')\n"
+    )
+    found = _unsafe_calls(bad)
+    assert len(found) == 11 and all(f.startswith("bad.py:") for f in found), "\n".join(found)
+    assert sorted(int(f.split(":")[1]) for f in found) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]
