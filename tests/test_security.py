@@ -15,6 +15,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -672,3 +673,128 @@ def test_the_source_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
     found = _unsafe_calls(bad)
     assert len(found) == 11 and all(f.startswith("bad.py:") for f in found), "\n".join(found)
     assert sorted(int(f.split(":")[1]) for f in found) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+
+
+# -- issue 9: hub serve's tokens: constant-time checks, failed-auth rate limit -------------------------
+
+
+def test_token_check_compares_every_entry_with_equal_lengths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The time of a check does not depend on which entry matches, or on the length of the guess: every
+    entry is compared, always as two 32-byte digests (the real hmac.compare_digest, watched)."""
+    import hmac
+
+    from hubtool.hub.server import auth
+
+    path = tmp_path / "tokens.txt"
+    path.write_text("".join(f"user{i} token-{i:04d}-{'x' * i}\n" for i in range(10)))
+    store = auth.TokenStore(path)
+    calls: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def watched(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", watched)
+    for guess, user in (("token-0000-", "user0"), (f"token-0009-{'x' * 9}", "user9"), ("nope" * 300, None)):
+        calls.clear()
+        assert store.user_for(guess) == user
+        assert calls == [(32, 32)] * 10
+
+
+def test_failed_auth_is_rate_limited_per_client(tmp_path: Path) -> None:
+    """After --auth-burst failures a client gets 429 + Retry-After for any credentials, the right ones too
+    (guessing cannot go faster than --auth-rate); requests without credentials are not affected; after
+    Retry-After seconds the right token works again. No token appears in the log."""
+    from hubserver import ALICE, Server, write_tokens
+
+    srv = Server(tmp_path / "root", write_tokens(tmp_path / "tokens.txt"), "--auth-burst", "3", "--auth-rate", "1")
+    wrong = "tok-wrong-guess-777777"
+    try:
+        assert srv.raw("GET", "/api/whoami-v2")[0] == 200
+        for _ in range(3):
+            status, headers, body = srv.raw("GET", "/api/whoami-v2", token=wrong)
+            assert status == 401 and headers["x-error-code"] == "Unauthorized"
+        for token in (wrong, ALICE):
+            status, headers, body = srv.raw("GET", "/api/whoami-v2", token=token)
+            assert status == 429, body
+            assert 1 <= int(headers["retry-after"]) <= 2 and "error" in json.loads(body)
+        assert srv.raw("GET", "/api/models", token=None)[0] == 401  # no credentials: the usual answer
+        time.sleep(int(headers["retry-after"]) + 0.2)
+        assert srv.raw("GET", "/api/whoami-v2")[0] == 200
+    finally:
+        srv.stop()
+    log = srv.log.read_text()
+    assert "failed authentication from 127.0.0.1" in log and " 429 " in log
+    assert wrong not in log and ALICE not in log
+
+
+# -- issue 9: tokens are never written anywhere ------------------------------------------------------
+
+
+def test_tokens_never_reach_logs_errors_catalogs_cards_or_records(hub_home: Path, tmp_path: Path) -> None:
+    """Push and pull with a token (HF_TOKEN, and --token), a push with a wrong token (refused), then grep
+    every file under the tmp dir (both HUB_HOMEs with their SQLite catalogs and blob stores, the server's
+    root and log, the clients' HF_HOME and caches; not the token file itself), every stdout/stderr, and
+    the catalog rows dumped with sqlite3."""
+    from conftest import write_sparse_expert
+    from hubserver import ALICE, Server, client_env, write_tokens
+
+    from hubtool.registry import Catalog
+
+    srv = Server(tmp_path / "root", write_tokens(tmp_path / "tokens.txt"))
+    wrong = "tok-WRONG-secret-4242424242"
+    results = []
+    try:
+        packed = write_sparse_expert(tmp_path / "src" / "tokqa.safetensors", name="tokqa", task="qa", seed=3)
+        Catalog(blobs=hub_home / "blobs").register(packed)
+        env = client_env(srv, tmp_path, ALICE, HUB_HOME=str(hub_home))
+        env_no_token = client_env(srv, tmp_path, None, HUB_HOME=str(hub_home))
+
+        def run_all(*commands: tuple[list[str], dict]) -> list[subprocess.CompletedProcess[str]]:
+            """Side by side (each `hub` start-up imports torch: seconds)."""
+            procs = [subprocess.Popen([*HUB, *args], env={**e, "COLUMNS": "250"}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for args, e in commands]  # fmt: skip
+            out = []
+            for (args, _), p in zip(commands, procs):
+                stdout, stderr = p.communicate(timeout=300)
+                out.append(subprocess.CompletedProcess(args, p.returncode, stdout, stderr))
+            results.extend(out)
+            return out
+
+        good_a, good_b, bad = run_all(
+            (["push", "tokqa@1", "--repo", "alice/tok-a"], env),
+            (["push", "tokqa@1", "--repo", "alice/tok-b", "--token", ALICE], env_no_token),
+            (["push", "tokqa@1", "--repo", "alice/tok-c", "--token", wrong], env_no_token),
+        )
+        assert good_a.returncode == 0 and good_b.returncode == 0, good_a.stderr + good_b.stderr
+        home2, home3 = tmp_path / "home2", tmp_path / "home3"
+        pulled_a, pulled_b, bad_pull = run_all(
+            (["pull", "alice/tok-a"], {**env, "HUB_HOME": str(home2)}),
+            (["pull", "alice/tok-b", "--token", ALICE], {**env_no_token, "HUB_HOME": str(home3)}),
+            (["pull", "alice/tok-a"], {**env, "HF_TOKEN": wrong, "HUB_HOME": str(tmp_path / "home4")}),
+        )
+        assert pulled_a.returncode == 0 and pulled_b.returncode == 0, pulled_a.stderr + pulled_b.stderr
+        for failed in (bad, bad_pull):
+            assert failed.returncode == 1, (failed.stdout, failed.stderr)
+            assert failed.stderr.startswith("Error: ") and len(failed.stderr.strip().splitlines()) == 1
+        for home in (home2, home3):
+            assert len(Catalog(url=f"sqlite:///{home / 'registry.db'}", blobs=home / "blobs").list()) == 1
+    finally:
+        srv.stop()
+    secrets = [ALICE, wrong, "tok-bob-9876543210"]
+    needles = [s.encode() for s in secrets] + [s.encode("utf-16-le") for s in secrets]
+    for result in results:
+        for secret in secrets:
+            assert secret not in result.stdout + result.stderr, result.args
+    scanned = 0
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_file() and path.name != "tokens.txt":
+            data = path.read_bytes()
+            scanned += 1
+            assert not any(n in data for n in needles), f"a token is in {path}"
+    assert scanned > 20 and srv.log.is_file() and (home2 / "registry.db").is_file()
+    for db in (hub_home / "registry.db", home2 / "registry.db", home3 / "registry.db"):
+        with sqlite3.connect(db) as conn:
+            dump = "\n".join(conn.iterdump())
+        assert not any(s in dump for s in secrets)
