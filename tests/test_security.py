@@ -8,6 +8,7 @@ that stand in for a machine without root or without network.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -798,3 +799,80 @@ def test_tokens_never_reach_logs_errors_catalogs_cards_or_records(hub_home: Path
         with sqlite3.connect(db) as conn:
             dump = "\n".join(conn.iterdump())
         assert not any(s in dump for s in secrets)
+
+
+# -- issue 9: names and paths from a repo never write outside HUB_HOME -------------------------------
+
+
+def test_pull_refuses_records_and_file_lists_naming_paths_outside(hub_home: Path, tmp_path: Path) -> None:
+    """`hub pull` of repos whose hubtool.json / hubtool_library.json names `../../x`, absolute paths, NUL or
+    very long names, and of a repo whose file list itself holds `../../x` (its commit edited on the
+    server's disk, as a hostile server could answer): each is one clean HubError before any download of
+    an expert file, and nothing appears outside HUB_HOME."""
+    from conftest import write_sparse_expert
+    from hubserver import ALICE, Server, write_tokens
+
+    from hubtool.errors import HubError
+    from hubtool.hub.pull import pull
+    from hubtool.registry import Catalog
+
+    packed = write_sparse_expert(tmp_path / "src" / "qa.safetensors", name="qa", task="qa", seed=5)
+    sha = hashlib.sha256(packed.read_bytes()).hexdigest()
+    good = {"name": "qa", "task": "qa", "file": "qa.safetensors", "sha256": sha}
+    srv = Server(tmp_path / "root", write_tokens(tmp_path / "tokens.txt"))
+    try:
+        api = srv.api()
+        cat = Catalog(blobs=hub_home / "blobs")
+        cases = {
+            "dotdot": {"file": "../../evil.safetensors"},
+            "dotdot-inside": {"file": "a/../../../evil.safetensors"},
+            "absolute": {"file": str(tmp_path / "evil.safetensors")},
+            "nul": {"file": "qa.safetensors\x00.txt"},
+            "long": {"file": "x" * 5000 + ".safetensors"},
+            "name-path": {"name": "../../evil"},
+            "name-absolute": {"name": "/tmp/evil"},
+            "name-long": {"name": "n" * 300},
+        }
+        for index, (label, change) in enumerate(cases.items()):
+            record = {k: v for k, v in {**good, **change}.items() if v is not None}
+            repo = f"alice/evil-{index}"
+            api.create_repo(repo)
+            api.upload_file(path_or_fileobj=packed.read_bytes(), path_in_repo="qa.safetensors", repo_id=repo)
+            name = "hubtool_library.json" if index % 2 else "hubtool.json"
+            doc = {"experts": [record]} if index % 2 else record
+            api.upload_file(path_or_fileobj=json.dumps(doc).encode(), path_in_repo=name, repo_id=repo)
+            with pytest.raises(HubError) as err:
+                pull(repo, endpoint=srv.url, token=ALICE, catalog=cat)
+            message = str(err.value)
+            assert len(message.splitlines()) == 1 and len(message) < 700, (label, message)
+            assert "file" in message or "name" in message, (label, message)
+        # The file list itself: the server's commit names ../../evil.safetensors (edited on disk, server
+        # restarted so nothing is cached); the record points at it.
+        repo = "alice/evil-tree"
+        api.create_repo(repo)
+        api.upload_file(path_or_fileobj=packed.read_bytes(), path_in_repo="qa.safetensors", repo_id=repo)
+        api.upload_file(path_or_fileobj=json.dumps({**good, "file": "../../evil.safetensors"}).encode(), path_in_repo="hubtool.json", repo_id=repo)
+        head = api.repo_info(repo).sha
+    finally:
+        srv.stop()
+    commit_file = tmp_path / "root" / "repos" / "model" / "alice" / "evil-tree" / "commits" / f"{head}.json"
+    commit = json.loads(commit_file.read_text())
+    commit["tree"]["../../evil.safetensors"] = commit["tree"]["qa.safetensors"]
+    commit["tree"]["/abs/evil.safetensors"] = commit["tree"]["qa.safetensors"]
+    commit_file.write_text(json.dumps(commit))
+    srv = Server(tmp_path / "root", tmp_path / "tokens.txt")
+    try:
+        listed = srv.api().list_repo_files(repo)
+        assert "../../evil.safetensors" in listed  # the hostile listing really reaches the client
+        with pytest.raises(HubError, match="not a plain path"):
+            pull(repo, endpoint=srv.url, token=ALICE, catalog=cat)
+        # and the server itself refuses to serve such a path
+        status, headers, _ = srv.raw("GET", f"/{repo}/resolve/main/../../evil.safetensors")
+        assert status == 400 and headers["x-error-code"] == "InvalidPath"
+    finally:
+        srv.stop()
+    assert cat.list() == []
+    outside = [p for p in tmp_path.parent.rglob("*evil*") if "evil-" not in str(p.relative_to(tmp_path.parent))]
+    assert outside == [], outside
+    assert not Path("/tmp/evil").exists() and not Path("/abs").exists()
+    assert not any((hub_home / "tmp").glob("*")) if (hub_home / "tmp").exists() else True
