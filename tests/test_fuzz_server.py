@@ -66,3 +66,39 @@ def test_costly_patterns_and_deep_json_are_refused_fast(fuzz_server):
                                                   headers={"Content-Type": "application/json"})
         assert status == 400 and headers["x-error-code"] == "InvalidJson", answer
     assert not fuzz.log_problems()
+
+
+def test_every_hostile_path_is_refused_in_every_place(fuzz_server):
+    """Each hostile path of the corpus as a committed file, an LFS file, a delete, a copy source and target,
+    a preupload entry, a /resolve and a /tree path: 400 InvalidPath (or 404 for URLs that normalise to no
+    file), nothing committed, nothing outside --root."""
+    import base64
+
+    from fuzz_server import EVIL_PATHS, dumps
+
+    fuzz = Fuzzer(fuzz_server, seed=0)
+    fuzz.setup()
+    api = fuzz_server.api()
+    before = api.repo_info(REPO).sha
+    header = dumps({"key": "header", "value": {"summary": "evil"}})
+    content = base64.b64encode(b"x").decode()
+    for path in [p for p in EVIL_PATHS if p not in ("a?b", "a#b", "CON", "nul", "\u202e.txt", "é/ü.txt", "a%00b",
+                                                      "日本語/ファイル.bin", "%2e%2e/x", "%2e%2e%2fx", "a/%2e%2e/b",
+                                                      "~/x", "$HOME/x", " ", "a" * 255 + "/b")]:
+        codes = {"InvalidPath", "InvalidCommitBody", "InvalidJson"} if "\ud800" in path else {"InvalidPath"}
+        for line in ({"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}},
+                     {"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": fuzz.oids[0]}},
+                     {"key": "deletedFile", "value": {"path": path}},
+                     {"key": "copyFile", "value": {"srcPath": "config.json", "path": path}},
+                     {"key": "copyFile", "value": {"srcPath": path, "path": "ok.json"}}):
+            status, headers, body = fuzz_server.raw("POST", f"/api/models/{REPO}/commit/main",
+                                                    body=header + b"\n" + dumps(line),
+                                                    headers={"Content-Type": "application/x-ndjson"})
+            assert status == 400 and headers["x-error-code"] in codes, (path, line["key"], status, body)
+        preupload = dumps({"files": [{"path": path, "size": 1, "sample": ""}]})
+        status, headers, _ = fuzz_server.raw("POST", f"/api/models/{REPO}/preupload/main", body=preupload,
+                                             headers={"Content-Type": "application/json"})
+        assert status == 400 and headers["x-error-code"] in codes, path
+    assert api.repo_info(REPO).sha == before  # nothing was committed
+    assert not fuzz.check_root({"tokens.txt", "hub-home"})
+    assert not fuzz.log_problems()

@@ -1201,15 +1201,29 @@ def _loads(body: bytes) -> Any:
         data = json.loads(body)
     except (ValueError, RecursionError):
         raise bad_request("InvalidJson", "the request body is not valid JSON") from None
+    # Strings must be real Unicode: JSON's "\ud800" decodes to a lone surrogate, which no response (and no
+    # file name) can encode; refused here once instead of failing later as a 500.
     stack = [(data, 1)]
     while stack:
         value, depth = stack.pop()
-        if isinstance(value, (dict, list)):
+        if isinstance(value, str):
+            _check_unicode(value)
+        elif isinstance(value, (dict, list)):
             if depth > MAX_JSON_DEPTH:
                 raise bad_request("InvalidJson", f"the request body nests JSON deeper than {MAX_JSON_DEPTH}")
+            if isinstance(value, dict):
+                for key in value:
+                    _check_unicode(key)
             children = value.values() if isinstance(value, dict) else value
-            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list)))
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, str)))
     return data
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request("InvalidJson", "the request body holds an unpaired surrogate (\\ud800-\\udfff)") from None
 
 
 def _two(repo_id: str) -> tuple[str, str]:
