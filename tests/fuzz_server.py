@@ -14,7 +14,9 @@ Each case starts from a valid request of one kind and mutates it:
 - lfs: the LFS batch JSON of POST /R.git/info/lfs/objects/batch (and forged signed upload URLs);
 - path: repo ids, revisions and file paths in /resolve, /tree, /revision and paths-info URLs and bodies
   (.., absolute, NUL, %2e%2e, backslashes, very long, unicode, invalid UTF-8);
-- header: oversized or odd headers and Authorization values.
+- header: oversized or odd headers and Authorization values;
+- card: model card front matter (deep nesting, alias bombs, python tags, huge values) through
+  validate-yaml, or committed as README.md and then read back through repo_info (its cardData).
 Mutations work on JSON values (evil paths, deep nesting, 5000-digit numbers, wrong types, huge strings)
 and on bytes (truncation, flipped and inserted bytes, dropped or repeated lines).
 
@@ -72,6 +74,7 @@ class Case:
     headers: dict = field(default_factory=dict)
     protocol: bool = False  # malformed HTTP: a plain (non-JSON) 4xx from uvicorn is fine
     note: str = ""
+    then: tuple | None = None  # a follow-up (method, path) judged the same way (repo_info after a commit)
 
 
 @dataclass
@@ -344,8 +347,31 @@ class Fuzzer:
                     {"Content-Type": "application/json", "Content-Length-Extra": "1", "Transfer-Encoding": "identity"},
                     protocol=True)
 
+    def evil_yaml(self) -> str:
+        rng = self.rng
+        laughs = ["a0: &a0 [x,x,x,x,x,x,x,x,x]"] + [
+            f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
+        body = rng.choice([
+            "\n".join(laughs), "a: " + "[" * rng.choice([10, 70, 3000]), "a: " + "{b: " * 80 + "1" + "}" * 80,
+            ": : :", "- [", "license: mit\ntags: [a, b]", "a: !!python/object:os.system ls", "\t\x00",
+            "x: " + "y" * 100_000, "tags: " + dumps(self.evil_value()).decode("utf-8", "replace")])
+        return rng.choice(["---\n", "---\r\n", ""]) + body + rng.choice(["\n---\n# card", "", "\n---"])
+
+    def case_card(self) -> Case:
+        """Model card front matter: validate-yaml, or a README.md committed without it (then repo_info)."""
+        rng = self.rng
+        text = self.evil_yaml()
+        if rng.random() < 0.5:
+            return Case("card", "POST", "/api/validate-yaml", dumps({"content": text, "repoType": "model"}),
+                        {"Content-Type": "application/json"})
+        line = {"key": "file", "value": {"path": "README.md", "encoding": "base64",
+                                         "content": base64.b64encode(text.encode("utf-8", "replace")).decode()}}
+        body = dumps({"key": "header", "value": {"summary": "card"}}) + b"\n" + dumps(line)
+        return Case("card", "POST", f"/api/models/{REPO}/commit/main", body, {"Content-Type": "application/x-ndjson"},
+                    then=("GET", f"/api/models/{REPO}"))
+
     def case(self) -> Case:
-        kind = self.rng.choices(["commit", "preupload", "lfs", "path", "header"], [30, 20, 15, 25, 10])[0]
+        kind = self.rng.choices(["commit", "preupload", "lfs", "path", "header", "card"], [30, 20, 15, 25, 10, 8])[0]
         return getattr(self, f"case_{kind}")()
 
     # -- sending ------------------------------------------------------------------------------------
@@ -382,6 +408,8 @@ class Fuzzer:
         try:
             data = json.loads(body)
             message = data.get("error") if isinstance(data, dict) else None
+            if isinstance(data, dict) and isinstance(data.get("errors"), list) and data["errors"]:
+                message = data["errors"][0].get("message")  # validate-yaml's shape (the client reads it too)
             if not isinstance(message, str) or not message:
                 return f"status {status} without an error message"
         except ValueError:
@@ -402,6 +430,10 @@ class Fuzzer:
             try:
                 status, headers, body = self.send(case)
                 problem = self.judge(case, status, headers, body)
+                if case.then is not None and problem is None:
+                    follow = Case(case.kind, *case.then)
+                    follow_status, headers, body = self.send(follow)
+                    problem = self.judge(follow, follow_status, headers, body)
             except (socket.timeout, TimeoutError):
                 status, problem = -1, f"no answer within {self.timeout} s (a hang)"
             except (ConnectionError, http.client.HTTPException) as err:

@@ -367,7 +367,7 @@ class HubApp:
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, str):
             return JSONResponse({"errors": [{"message": "expected a string 'content'"}], "warnings": []}, 400)
-        error = _front_matter_error(content)
+        error = await run_in_threadpool(_front_matter_error, content)  # YAML parsing is slow Python
         if error:
             return JSONResponse({"errors": [{"message": error}], "warnings": []}, 400)
         return JSONResponse({"errors": [], "warnings": []})
@@ -526,7 +526,12 @@ class HubApp:
         content = self.storage.read_small(entry) if entry is not None else None
         if not content:
             return None
-        data = _front_matter(content.decode("utf-8", "replace"))
+        import yaml
+
+        try:
+            data = _front_matter(content.decode("utf-8", "replace"))
+        except (yaml.YAMLError, RecursionError, ValueError):
+            return None  # a README committed without validate-yaml: the repo still answers, without cardData
         return data if isinstance(data, dict) else None
 
     def _model_config(self, commit: Commit) -> dict | None:
@@ -1323,8 +1328,33 @@ def _front_matter(text: str):
         if lines[index].strip() == "---":
             import yaml
 
-            return yaml.safe_load("\n".join(lines[1:index]))
+            block = "\n".join(lines[1:index])
+            _check_yaml_shape(block)
+            return yaml.safe_load(block)
     return None
+
+
+MAX_CARD_YAML = 1 << 20
+
+
+def _check_yaml_shape(block: str) -> None:
+    """Refuse, before composing it, card metadata that is too big, nested deeper than MAX_JSON_DEPTH (the
+    composer recurses: RecursionError) or uses aliases (`&a [x, x]`, `[*a, *a]`, nine levels: 9**9 items
+    once the card is written as JSON for repo_info). yaml.parse is a non-recursive event stream."""
+    import yaml
+
+    if len(block) > MAX_CARD_YAML:
+        raise yaml.YAMLError(f"the metadata block is larger than {MAX_CARD_YAML} characters")
+    depth = 0
+    for event in yaml.parse(block, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in model card metadata")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise yaml.YAMLError(f"the metadata nests deeper than {MAX_JSON_DEPTH}")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def _front_matter_error(text: str) -> str | None:
@@ -1332,7 +1362,7 @@ def _front_matter_error(text: str) -> str | None:
 
     try:
         data = _front_matter(text)
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, RecursionError, ValueError) as err:
         return f"Invalid YAML in the model card metadata: {str(err).splitlines()[0][:200]}"
     if data is not None and not isinstance(data, dict):
         return "The model card metadata must be a YAML mapping"
