@@ -354,7 +354,8 @@ class Fuzzer:
         body = rng.choice([
             "\n".join(laughs), "a: " + "[" * rng.choice([10, 70, 3000]), "a: " + "{b: " * 80 + "1" + "}" * 80,
             ": : :", "- [", "license: mit\ntags: [a, b]", "a: !!python/object:os.system ls", "\t\x00",
-            "x: " + "y" * 100_000, "tags: " + dumps(self.evil_value()).decode("utf-8", "replace")])
+            "x: " + "y" * 100_000, "tags: " + dumps(self.evil_value()).decode("utf-8", "replace"),
+            "date: 2024-01-01", "n: .nan", 'tags: "\\ud83d\\ude00"', "? [a, b]\n: c"])
         return rng.choice(["---\n", "---\r\n", ""]) + body + rng.choice(["\n---\n# card", "", "\n---"])
 
     def case_card(self) -> Case:
@@ -364,8 +365,13 @@ class Fuzzer:
         if rng.random() < 0.5:
             return Case("card", "POST", "/api/validate-yaml", dumps({"content": text, "repoType": "model"}),
                         {"Content-Type": "application/json"})
-        line = {"key": "file", "value": {"path": "README.md", "encoding": "base64",
-                                         "content": base64.b64encode(text.encode("utf-8", "replace")).decode()}}
+        path, data = "README.md", text.encode("utf-8", "replace")
+        if rng.random() < 0.25:  # config.json feeds repo_info's `config`
+            path = "config.json"
+            data = rng.choice([b'{"model_type": NaN}', b'{"architectures": ' + deep(3000).encode() + b"}",
+                               b'{"model_type": "\\ud800"}', b'{"model_type": ' + b"9" * 5000 + b"}", b"[1]"])
+        line = {"key": "file", "value": {"path": path, "encoding": "base64",
+                                         "content": base64.b64encode(data).decode()}}
         body = dumps({"key": "header", "value": {"summary": "card"}}) + b"\n" + dumps(line)
         return Case("card", "POST", f"/api/models/{REPO}/commit/main", body, {"Content-Type": "application/x-ndjson"},
                     then=("GET", f"/api/models/{REPO}"))
@@ -490,7 +496,9 @@ class Fuzzer:
             except Exception:  # noqa: BLE001
                 problems.append(f"invalid path committed: {entry.path!r}")
         for path in api.list_repo_files(REPO):
-            status, headers, body = self.srv.raw("GET", f"/{REPO}/resolve/main/{path}")
+            from urllib.parse import quote
+
+            status, headers, body = self.srv.raw("GET", f"/{REPO}/resolve/main/{quote(path)}")
             if status != 200 or int(headers.get("content-length", -1)) != len(body):
                 problems.append(f"{path}: status {status}, {len(body)} bytes")
         return problems

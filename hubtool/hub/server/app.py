@@ -532,6 +532,7 @@ class HubApp:
             data = _front_matter(content.decode("utf-8", "replace"))
         except (yaml.YAMLError, RecursionError, ValueError):
             return None  # a README committed without validate-yaml: the repo still answers, without cardData
+        data = _jsonable(data)
         return data if isinstance(data, dict) else None
 
     def _model_config(self, commit: Commit) -> dict | None:
@@ -539,11 +540,11 @@ class HubApp:
         content = self.storage.read_small(entry) if entry is not None else None
         try:
             data = json.loads(content) if content else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict):
             return None
-        return {k: data[k] for k in ("architectures", "model_type") if k in data}
+        return _jsonable({k: data[k] for k in ("architectures", "model_type") if k in data})
 
     # -- tree, paths-info, refs, commits ----------------------------------------------------------
 
@@ -1222,6 +1223,18 @@ def _loads(body: bytes) -> Any:
             children = value.values() if isinstance(value, dict) else value
             stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, str)))
     return data
+
+
+def _jsonable(data: Any) -> Any:
+    """What a repo's own files (README front matter, config.json) put into repo_info, as strict JSON: dates
+    become strings; NaN, lone surrogates (YAML's "\\ud83d\\ude00" escapes stay two surrogates) or anything
+    else a response cannot encode make it None, so a hostile file cannot turn repo_info into a 500."""
+    try:
+        text = json.dumps(data, default=str, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return None
 
 
 def _check_unicode(text: str) -> None:
