@@ -38,6 +38,7 @@ class ChurnResult:
     latencies: dict = field(default_factory=lambda: {"download": [], "push": [], "churn": []})
     seconds: float = 0.0
     cycles: int = 0  # delete + recreate rounds
+    valid: set = field(default_factory=set)  # sha256 of every version pushed (or attempted)
 
 
 def _clean(err: BaseException) -> tuple[bool, str]:
@@ -66,7 +67,7 @@ def churn(srv, *, downloads: int, pushers: int, seconds: float, file_kib: int, w
     token = token or ALICE
     api = srv.api(token)
     result = ChurnResult()
-    valid: set[str] = set()
+    valid: set[str] = result.valid
     lock = threading.Lock()
     stop = time.monotonic() + seconds
 
