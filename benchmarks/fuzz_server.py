@@ -21,8 +21,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from fuzz_server import Fuzzer  # noqa: E402
-from hubserver import Server, write_tokens  # noqa: E402
+from fuzz_server import Fuzzer
+from hubserver import Server, write_tokens
 
 
 def main() -> None:
@@ -37,8 +37,14 @@ def main() -> None:
         args.cases = 300
     work = args.workdir or Path(tempfile.mkdtemp(prefix="hub-fuzz-"))
     work.mkdir(parents=True, exist_ok=True)
-    srv = Server(work / "root", write_tokens(work / "tokens.txt"), "--max-commit-gib", str(1 / 1024),
-                 "--auth-burst", "100000")
+    srv = Server(
+        work / "root",
+        write_tokens(work / "tokens.txt"),
+        "--max-commit-gib",
+        str(1 / 1024),
+        "--auth-burst",
+        "100000",
+    )
     t0 = time.perf_counter()
     try:
         fuzz = Fuzzer(srv, seed=args.seed, timeout=30)
@@ -56,17 +62,26 @@ def main() -> None:
         srv.stop()
         if not args.keep:
             shutil.rmtree(work, ignore_errors=True)
-    print(f"\nbenchmarks/fuzz_server.py --cases {args.cases} --seed {args.seed}: {report.cases} cases in "
-          f"{report.seconds:.1f} s ({report.cases / report.seconds:.0f}/s), slowest answer {report.slowest:.2f} s")
+    print(
+        f"\nbenchmarks/fuzz_server.py --cases {args.cases} --seed {args.seed}: {report.cases} cases in "
+        f"{report.seconds:.1f} s ({report.cases / report.seconds:.0f}/s), slowest answer {report.slowest:.2f} s"
+    )
     print("by kind:   " + ", ".join(f"{k} {n}" for k, n in sorted(report.by_kind.items())))
     print("accepted:  " + ", ".join(f"{k} {n}" for k, n in sorted(report.accepted.items())))
-    print("by status: " + ", ".join(f"{s} {n}" for s, n in sorted(report.by_status.items())) +
-          "   (-2: connection closed by the server on malformed HTTP)")
+    print(
+        "by status: "
+        + ", ".join(f"{s} {n}" for s, n in sorted(report.by_status.items()))
+        + "   (-2: connection closed by the server on malformed HTTP)"
+    )
     growth = (report.rss_end_kib - report.rss_start_kib) / 1024
-    print(f"server RSS: {report.rss_start_kib / 1024:.0f} MiB at 20% -> {report.rss_end_kib / 1024:.0f} MiB at the end "
-          f"(growth {growth:+.1f} MiB, goal < 64)")
-    print(f"failures: {len(report.failures)} (goal 0); tracebacks/500s in the server log: {len(log_problems)} (goal 0); "
-          f"root problems: {len(root_problems)} (goal 0); server alive: {alive}")
+    print(
+        f"server RSS: {report.rss_start_kib / 1024:.0f} MiB at 20% -> {report.rss_end_kib / 1024:.0f} MiB at the end "
+        f"(growth {growth:+.1f} MiB, goal < 64)"
+    )
+    print(
+        f"failures: {len(report.failures)} (goal 0); tracebacks/500s in the server log: {len(log_problems)} (goal 0); "
+        f"root problems: {len(root_problems)} (goal 0); server alive: {alive}"
+    )
     for failure in report.failures[:20]:
         print("  ", failure)
     for line in (log_problems + root_problems)[:20]:

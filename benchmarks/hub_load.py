@@ -312,11 +312,10 @@ def main() -> None:
 
 def run_churn(args) -> None:
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import huggingface_hub
     from hubserver import Server as TestServer
     from hubserver import write_tokens
     from load_churn import check_store, churn, percentile
-
-    import huggingface_hub
 
     if args.small:
         args.concurrency, args.pushers, args.time_limit, args.churn_kib = 8, 4, 12, 256

@@ -33,24 +33,82 @@ import http.client
 import json
 import os
 import random
-import socket
 import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
 REPO = "alice/fuzz"
-FILES = {"config.json": b'{"model_type": "bert"}\n', "dir/a.txt": b"alpha\n", "dir/sub/b.bin": b"\x00\x01\x02" * 50}
+FILES = {
+    "config.json": b'{"model_type": "bert"}\n',
+    "dir/a.txt": b"alpha\n",
+    "dir/sub/b.bin": b"\x00\x01\x02" * 50,
+}
 
 EVIL_PATHS = [
-    "..", "../x", "../../x", "a/../../b", "/etc/passwd", "/abs", "a\x00b", "\x00", "a\\b", "..\\..\\x",
-    "%2e%2e/x", "%2e%2e%2fx", "a/%2e%2e/b", ".git/config", "a/.git/x", "a/./b", "./a", "a//b", "a/", "",
-    " ", "\t", "a\nb", "\u202e.txt", "é/ü.txt", "日本語/ファイル.bin", "\ud800", "x" * 300, "y/" * 600,
-    "z" * 5000, "CON", "nul", "a" * 255 + "/b", "~/x", "$HOME/x", "a?b", "a#b", "a%00b", "\x7f",
+    "..",
+    "../x",
+    "../../x",
+    "a/../../b",
+    "/etc/passwd",
+    "/abs",
+    "a\x00b",
+    "\x00",
+    "a\\b",
+    "..\\..\\x",
+    "%2e%2e/x",
+    "%2e%2e%2fx",
+    "a/%2e%2e/b",
+    ".git/config",
+    "a/.git/x",
+    "a/./b",
+    "./a",
+    "a//b",
+    "a/",
+    "",
+    " ",
+    "\t",
+    "a\nb",
+    "\u202e.txt",
+    "é/ü.txt",
+    "日本語/ファイル.bin",
+    "\ud800",
+    "x" * 300,
+    "y/" * 600,
+    "z" * 5000,
+    "CON",
+    "nul",
+    "a" * 255 + "/b",
+    "~/x",
+    "$HOME/x",
+    "a?b",
+    "a#b",
+    "a%00b",
+    "\x7f",
 ]
 EVIL_VALUES = [
-    None, True, False, 0, -1, 1.5, "__BIGINT__", "__NAN__", -(10**40), "", "x" * 70_000, [], {}, [1, 2],
-    {"a": 1}, "\x00", "\u0000x", "é", "\ud83d\ude00", [[[[[[[[[[[]]]]]]]]]]], 2**63, 2**64 + 1,
+    None,
+    True,
+    False,
+    0,
+    -1,
+    1.5,
+    "__BIGINT__",
+    "__NAN__",
+    -(10**40),
+    "",
+    "x" * 70_000,
+    [],
+    {},
+    [1, 2],
+    {"a": 1},
+    "\x00",
+    "\u0000x",
+    "é",
+    "\ud83d\ude00",
+    [[[[[[[[[[[]]]]]]]]]]],
+    2**63,
+    2**64 + 1,
 ]
 
 
@@ -58,7 +116,9 @@ def dumps(obj) -> bytes:
     """json.dumps, with the placeholders for what Python's json will not write (a 5000-digit integer, NaN,
     an unpaired surrogate) swapped in as raw JSON text."""
     text = json.dumps(obj)
-    return (text.replace('"__BIGINT__"', "9" * 5000).replace('"__NAN__"', "NaN")).encode("utf-8", "surrogatepass")
+    return (text.replace('"__BIGINT__"', "9" * 5000).replace('"__NAN__"', "NaN")).encode(
+        "utf-8", "surrogatepass"
+    )
 
 
 def deep(n: int) -> str:
@@ -120,18 +180,43 @@ class Fuzzer:
             data = rng.randbytes(rng.randint(0, 300))
             choice = rng.random()
             if choice < 0.55:
-                lines.append(self._line("file", {"content": base64.b64encode(data).decode(), "path":
-                                                 f"f/{rng.randint(0, 50)}.bin", "encoding": "base64"}))
+                lines.append(
+                    self._line(
+                        "file",
+                        {
+                            "content": base64.b64encode(data).decode(),
+                            "path": f"f/{rng.randint(0, 50)}.bin",
+                            "encoding": "base64",
+                        },
+                    )
+                )
             elif choice < 0.7:
-                lines.append(self._line("lfsFile", {"path": f"l/{rng.randint(0, 9)}.bin", "algo": "sha256",
-                                                    "oid": rng.choice(self.oids), "size": None}))
+                lines.append(
+                    self._line(
+                        "lfsFile",
+                        {
+                            "path": f"l/{rng.randint(0, 9)}.bin",
+                            "algo": "sha256",
+                            "oid": rng.choice(self.oids),
+                            "size": None,
+                        },
+                    )
+                )
             elif choice < 0.8:
                 lines.append(self._line("deletedFile", {"path": rng.choice(list(FILES))}))
             elif choice < 0.9:
                 lines.append(self._line("deletedFolder", {"path": "f"}))
             else:
-                lines.append(self._line("copyFile", {"srcPath": "config.json", "path": f"c/{rng.randint(0, 9)}.json",
-                                                     "srcRevision": "main"}))
+                lines.append(
+                    self._line(
+                        "copyFile",
+                        {
+                            "srcPath": "config.json",
+                            "path": f"c/{rng.randint(0, 9)}.json",
+                            "srcRevision": "main",
+                        },
+                    )
+                )
         for line in lines:  # lfsFile sizes must match the stored object when given
             if line["key"] == "lfsFile":
                 line["value"].pop("size")
@@ -139,8 +224,14 @@ class Fuzzer:
 
     def valid_preupload(self) -> dict:
         rng = self.rng
-        files = [{"path": rng.choice([*FILES, "new.bin", "x/y.safetensors"]), "size": rng.randint(0, 10**6),
-                  "sample": base64.b64encode(rng.randbytes(16)).decode()} for _ in range(rng.randint(1, 5))]
+        files = [
+            {
+                "path": rng.choice([*FILES, "new.bin", "x/y.safetensors"]),
+                "size": rng.randint(0, 10**6),
+                "sample": base64.b64encode(rng.randbytes(16)).decode(),
+            }
+            for _ in range(rng.randint(1, 5))
+        ]
         body: dict = {"files": files}
         if rng.random() < 0.3:
             body["gitIgnore"] = rng.choice(["*.log\n", "dir/\n!dir/a.txt\n", "**/sub/**\n"])
@@ -148,10 +239,20 @@ class Fuzzer:
 
     def valid_lfs(self) -> dict:
         rng = self.rng
-        objects = [{"oid": rng.choice(self.oids + [hashlib.sha256(rng.randbytes(8)).hexdigest()]),
-                    "size": rng.randint(0, 10**6)} for _ in range(rng.randint(1, 4))]
-        return {"operation": rng.choice(["upload", "download"]), "transfers": ["basic", "multipart"],
-                "objects": objects, "hash_algo": "sha256", "ref": {"name": "refs/heads/main"}}
+        objects = [
+            {
+                "oid": rng.choice(self.oids + [hashlib.sha256(rng.randbytes(8)).hexdigest()]),
+                "size": rng.randint(0, 10**6),
+            }
+            for _ in range(rng.randint(1, 4))
+        ]
+        return {
+            "operation": rng.choice(["upload", "download"]),
+            "transfers": ["basic", "multipart"],
+            "objects": objects,
+            "hash_algo": "sha256",
+            "ref": {"name": "refs/heads/main"},
+        }
 
     # -- mutations ----------------------------------------------------------------------------------
 
@@ -191,8 +292,9 @@ class Fuzzer:
                 elif keys and action < 0.8:
                     del target[rng.choice(keys)]
                 else:
-                    target[rng.choice(["path", "size", "oid", "key", "value", "files", "objects", "x" * 50])] = \
-                        self.evil_value()
+                    target[
+                        rng.choice(["path", "size", "oid", "key", "value", "files", "objects", "x" * 50])
+                    ] = self.evil_value()
             elif target:
                 i = rng.randrange(len(target))
                 target[i] = self.evil_value() if rng.random() < 0.7 else target[i]
@@ -210,14 +312,26 @@ class Fuzzer:
             if not data:
                 data += rng.randbytes(rng.randint(1, 20))
             elif r < 0.3:
-                del data[rng.randrange(len(data)):]  # truncate
+                del data[rng.randrange(len(data)) :]  # truncate
             elif r < 0.55:
                 i = rng.randrange(len(data))
                 data[i] = rng.randrange(256)
             elif r < 0.75:
                 i = rng.randrange(len(data) + 1)
-                data[i:i] = rng.choice([b"\x00", b"\xff\xfe", b'"', b"\\", b"{", b"]", b"\n", b"\\u00", b"\\ud800",
-                                        rng.randbytes(rng.randint(1, 8))])
+                data[i:i] = rng.choice(
+                    [
+                        b"\x00",
+                        b"\xff\xfe",
+                        b'"',
+                        b"\\",
+                        b"{",
+                        b"]",
+                        b"\n",
+                        b"\\u00",
+                        b"\\ud800",
+                        rng.randbytes(rng.randint(1, 8)),
+                    ]
+                )
             else:
                 lines = bytes(data).split(b"\n")
                 if rng.random() < 0.5 and len(lines) > 1:
@@ -240,7 +354,7 @@ class Fuzzer:
             return quote(raw, safe="")
         if r < 0.8:
             return quote(quote(raw, safe=""), safe="")
-        return "".join(c if 32 < ord(c) < 127 else f"%{ord(c) & 0xff:02x}" for c in text)
+        return "".join(c if 32 < ord(c) < 127 else f"%{ord(c) & 0xFF:02x}" for c in text)
 
     # -- cases of each kind ---------------------------------------------------------------------------
 
@@ -255,20 +369,36 @@ class Fuzzer:
         elif r < 0.8:
             body = self.mutate_bytes(b"\n".join(dumps(line) for line in lines))
         elif r < 0.85:
-            body = b"\n".join([dumps(lines[0])] + [b'{"key":"deletedFile","value":{"path":"x"}}'] *
-                              rng.choice([10, 5000]))
+            body = b"\n".join(
+                [dumps(lines[0])] + [b'{"key":"deletedFile","value":{"path":"x"}}'] * rng.choice([10, 5000])
+            )
         elif r < 0.9:
-            body = dumps(lines[0]) + b"\n" + b'{"key":"file","value":{"path":"deep","content":' + \
-                deep(rng.choice([30, 40, 5000])).encode() + b"}}"
+            body = (
+                dumps(lines[0])
+                + b"\n"
+                + b'{"key":"file","value":{"path":"deep","content":'
+                + deep(rng.choice([30, 40, 5000])).encode()
+                + b"}}"
+            )
         elif r < 0.95:  # a body over the server's --max-commit-gib (the fuzz server caps it at 1 MiB)
             big = base64.b64encode(b"\x00" * (1 << 20)).decode()
-            body = dumps(lines[0]) + b"\n" + json.dumps(
-                {"key": "file", "value": {"path": "big.bin", "content": big, "encoding": "base64"}}).encode()
+            body = (
+                dumps(lines[0])
+                + b"\n"
+                + json.dumps(
+                    {"key": "file", "value": {"path": "big.bin", "content": big, "encoding": "base64"}}
+                ).encode()
+            )
         else:
             body = b"\n" * rng.randint(0, 3) + dumps(lines[0]) + b"\n\n\n"
         rev = rng.choice(["main"] * 8 + ["refs%2Fheads%2Fmain", "nope", "..", "%2e%2e", "a" * 300])
-        return Case("commit", "POST", f"/api/models/{REPO}/commit/{rev}", body,
-                    {"Content-Type": "application/x-ndjson"})
+        return Case(
+            "commit",
+            "POST",
+            f"/api/models/{REPO}/commit/{rev}",
+            body,
+            {"Content-Type": "application/x-ndjson"},
+        )
 
     def case_preupload(self) -> Case:
         rng = self.rng
@@ -278,30 +408,53 @@ class Fuzzer:
         if r < 0.25:
             raw = self.mutate_bytes(raw)
         elif r < 0.3:  # costly patterns: must be refused or answered quickly, never a stuck worker
-            raw = json.dumps({"files": [{"path": "a" * 200 + "/" + "a" * 200, "size": 1, "sample": ""}] * 50,
-                              "gitIgnore": "*a*a*a*a*a*a*a*a*b\n" * 20 + "**/a/**/a/**/a/**/b\n"}).encode()
-        return Case("preupload", "POST", f"/api/models/{REPO}/preupload/main", raw,
-                    {"Content-Type": "application/json"})
+            raw = json.dumps(
+                {
+                    "files": [{"path": "a" * 200 + "/" + "a" * 200, "size": 1, "sample": ""}] * 50,
+                    "gitIgnore": "*a*a*a*a*a*a*a*a*b\n" * 20 + "**/a/**/a/**/a/**/b\n",
+                }
+            ).encode()
+        return Case(
+            "preupload",
+            "POST",
+            f"/api/models/{REPO}/preupload/main",
+            raw,
+            {"Content-Type": "application/json"},
+        )
 
     def case_lfs(self) -> Case:
         rng = self.rng
         if rng.random() < 0.15:  # a forged or tampered signed upload URL
             oid = rng.choice(self.oids)
-            query = rng.choice([f"size=3&exp={int(time.time()) + 99}&sig={'0' * 64}", "size=-1", "",
-                                f"size={10**30}&exp=1&sig=x", "size=3&exp=99999999999999999999&sig=%00"])
+            query = rng.choice(
+                [
+                    f"size=3&exp={int(time.time()) + 99}&sig={'0' * 64}",
+                    "size=-1",
+                    "",
+                    f"size={10**30}&exp=1&sig=x",
+                    "size=3&exp=99999999999999999999&sig=%00",
+                ]
+            )
             target = rng.choice([oid, "../../etc/passwd", "%2e%2e", "0" * 64, "x" * 500])
             return Case("lfs", "PUT", f"/_lfs/upload/{target}?{query}", rng.randbytes(3))
         raw = dumps(self.mutate_json(self.valid_lfs()))
         if rng.random() < 0.3:
             raw = self.mutate_bytes(raw)
         repo = rng.choice([REPO] * 6 + ["alice/..", "..%2F..", "alice/fuzz%00", "x" * 200 + "/y"])
-        return Case("lfs", "POST", f"/{repo}.git/info/lfs/objects/batch", raw,
-                    {"Content-Type": "application/vnd.git-lfs+json", "Accept": "application/vnd.git-lfs+json"})
+        return Case(
+            "lfs",
+            "POST",
+            f"/{repo}.git/info/lfs/objects/batch",
+            raw,
+            {"Content-Type": "application/vnd.git-lfs+json", "Accept": "application/vnd.git-lfs+json"},
+        )
 
     def case_path(self) -> Case:
         rng = self.rng
         evil = self.quote_evil(rng.choice(EVIL_PATHS + list(FILES)))
-        rev = rng.choice(["main", "main", self.quote_evil(rng.choice(EVIL_PATHS)), "refs%2Fheads%2Fmain", "%ff"])
+        rev = rng.choice(
+            ["main", "main", self.quote_evil(rng.choice(EVIL_PATHS)), "refs%2Fheads%2Fmain", "%ff"]
+        )
         ns, name = REPO.split("/")
         if rng.random() < 0.25:
             ns, name = self.quote_evil(rng.choice(EVIL_PATHS)), rng.choice([name, self.quote_evil("..")])
@@ -319,15 +472,26 @@ class Fuzzer:
             if rng.random() < 0.5:
                 from urllib.parse import urlencode
 
-                body = urlencode([("paths", p) for p in paths], encoding="utf-8", errors="surrogatepass").encode()
+                body = urlencode(
+                    [("paths", p) for p in paths], encoding="utf-8", errors="surrogatepass"
+                ).encode()
                 ctype = "application/x-www-form-urlencoded"
             else:
                 body = json.dumps({"paths": paths if rng.random() < 0.8 else self.evil_value()}).encode()
                 ctype = "application/json"
             return Case("path", "POST", f"/api/models/{REPO}/paths-info/{rev}", body, {"Content-Type": ctype})
-        junk = rng.choice(["/" + "a/" * 2000, "/%ff%fe/x", "/api/" + "%2e%2e/" * 10 + "etc/passwd",
-                           "/api/models/" + "x" * 10_000, "//etc/passwd", "/api/models/alice/fuzz/tree/main/%00",
-                           "/api/repos/create", "/api/models/alice/fuzz/xet-read-token/main"])
+        junk = rng.choice(
+            [
+                "/" + "a/" * 2000,
+                "/%ff%fe/x",
+                "/api/" + "%2e%2e/" * 10 + "etc/passwd",
+                "/api/models/" + "x" * 10_000,
+                "//etc/passwd",
+                "/api/models/alice/fuzz/tree/main/%00",
+                "/api/repos/create",
+                "/api/models/alice/fuzz/xet-read-token/main",
+            ]
+        )
         return Case("path", "GET", junk)
 
     def case_header(self) -> Case:
@@ -335,27 +499,67 @@ class Fuzzer:
         r = rng.random()
         target = f"/api/models/{REPO}"
         if r < 0.3:
-            return Case("header", "GET", target, headers={"X-Big": "a" * rng.choice([70_000, 200_000])}, protocol=True)
+            return Case(
+                "header", "GET", target, headers={"X-Big": "a" * rng.choice([70_000, 200_000])}, protocol=True
+            )
         if r < 0.5:
-            return Case("header", "GET", target, headers={f"X-H{i}": "v" * 100 for i in range(rng.choice([50, 2000]))},
-                        protocol=True)
+            return Case(
+                "header",
+                "GET",
+                target,
+                headers={f"X-H{i}": "v" * 100 for i in range(rng.choice([50, 2000]))},
+                protocol=True,
+            )
         if r < 0.8:
-            auth = rng.choice(["Bearer", "Bearer ", "Basic YWxpY2U6eA==", "Bearer " + "x" * 5000, "bearer  \t",
-                               "Bearer tok\x7f", "Token abc", "Bearer " + self.token + "x"])
+            auth = rng.choice(
+                [
+                    "Bearer",
+                    "Bearer ",
+                    "Basic YWxpY2U6eA==",
+                    "Bearer " + "x" * 5000,
+                    "bearer  \t",
+                    "Bearer tok\x7f",
+                    "Token abc",
+                    "Bearer " + self.token + "x",
+                ]
+            )
             return Case("header", "GET", target, headers={"Authorization": auth}, note="auth")
-        return Case("header", "POST", f"/api/models/{REPO}/preupload/main", b"{}",
-                    {"Content-Type": "application/json", "Content-Length-Extra": "1", "Transfer-Encoding": "identity"},
-                    protocol=True)
+        return Case(
+            "header",
+            "POST",
+            f"/api/models/{REPO}/preupload/main",
+            b"{}",
+            {
+                "Content-Type": "application/json",
+                "Content-Length-Extra": "1",
+                "Transfer-Encoding": "identity",
+            },
+            protocol=True,
+        )
 
     def evil_yaml(self) -> str:
         rng = self.rng
         laughs = ["a0: &a0 [x,x,x,x,x,x,x,x,x]"] + [
-            f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)]
-        body = rng.choice([
-            "\n".join(laughs), "a: " + "[" * rng.choice([10, 70, 3000]), "a: " + "{b: " * 80 + "1" + "}" * 80,
-            ": : :", "- [", "license: mit\ntags: [a, b]", "a: !!python/object:os.system ls", "\t\x00",
-            "x: " + "y" * 100_000, "tags: " + dumps(self.evil_value()).decode("utf-8", "replace"),
-            "date: 2024-01-01", "n: .nan", 'tags: "\\ud83d\\ude00"', "? [a, b]\n: c"])
+            f"a{i}: &a{i} [" + ",".join([f"*a{i - 1}"] * 9) + "]" for i in range(1, 9)
+        ]
+        body = rng.choice(
+            [
+                "\n".join(laughs),
+                "a: " + "[" * rng.choice([10, 70, 3000]),
+                "a: " + "{b: " * 80 + "1" + "}" * 80,
+                ": : :",
+                "- [",
+                "license: mit\ntags: [a, b]",
+                "a: !!python/object:os.system ls",
+                "\t\x00",
+                "x: " + "y" * 100_000,
+                "tags: " + dumps(self.evil_value()).decode("utf-8", "replace"),
+                "date: 2024-01-01",
+                "n: .nan",
+                'tags: "\\ud83d\\ude00"',
+                "? [a, b]\n: c",
+            ]
+        )
         return rng.choice(["---\n", "---\r\n", ""]) + body + rng.choice(["\n---\n# card", "", "\n---"])
 
     def case_card(self) -> Case:
@@ -363,21 +567,43 @@ class Fuzzer:
         rng = self.rng
         text = self.evil_yaml()
         if rng.random() < 0.5:
-            return Case("card", "POST", "/api/validate-yaml", dumps({"content": text, "repoType": "model"}),
-                        {"Content-Type": "application/json"})
+            return Case(
+                "card",
+                "POST",
+                "/api/validate-yaml",
+                dumps({"content": text, "repoType": "model"}),
+                {"Content-Type": "application/json"},
+            )
         path, data = "README.md", text.encode("utf-8", "replace")
         if rng.random() < 0.25:  # config.json feeds repo_info's `config`
             path = "config.json"
-            data = rng.choice([b'{"model_type": NaN}', b'{"architectures": ' + deep(3000).encode() + b"}",
-                               b'{"model_type": "\\ud800"}', b'{"model_type": ' + b"9" * 5000 + b"}", b"[1]"])
-        line = {"key": "file", "value": {"path": path, "encoding": "base64",
-                                         "content": base64.b64encode(data).decode()}}
+            data = rng.choice(
+                [
+                    b'{"model_type": NaN}',
+                    b'{"architectures": ' + deep(3000).encode() + b"}",
+                    b'{"model_type": "\\ud800"}',
+                    b'{"model_type": ' + b"9" * 5000 + b"}",
+                    b"[1]",
+                ]
+            )
+        line = {
+            "key": "file",
+            "value": {"path": path, "encoding": "base64", "content": base64.b64encode(data).decode()},
+        }
         body = dumps({"key": "header", "value": {"summary": "card"}}) + b"\n" + dumps(line)
-        return Case("card", "POST", f"/api/models/{REPO}/commit/main", body, {"Content-Type": "application/x-ndjson"},
-                    then=("GET", f"/api/models/{REPO}"))
+        return Case(
+            "card",
+            "POST",
+            f"/api/models/{REPO}/commit/main",
+            body,
+            {"Content-Type": "application/x-ndjson"},
+            then=("GET", f"/api/models/{REPO}"),
+        )
 
     def case(self) -> Case:
-        kind = self.rng.choices(["commit", "preupload", "lfs", "path", "header", "card"], [30, 20, 15, 25, 10, 8])[0]
+        kind = self.rng.choices(
+            ["commit", "preupload", "lfs", "path", "header", "card"], [30, 20, 15, 25, 10, 8]
+        )[0]
         return getattr(self, f"case_{kind}")()
 
     # -- sending ------------------------------------------------------------------------------------
@@ -440,7 +666,7 @@ class Fuzzer:
                     follow = Case(case.kind, *case.then)
                     follow_status, headers, body = self.send(follow)
                     problem = self.judge(follow, follow_status, headers, body)
-            except (socket.timeout, TimeoutError):
+            except TimeoutError:
                 status, problem = -1, f"no answer within {self.timeout} s (a hang)"
             except (ConnectionError, http.client.HTTPException) as err:
                 if case.protocol:  # a malformed request may just be cut off
@@ -455,7 +681,9 @@ class Fuzzer:
             if 200 <= status < 300:
                 report.accepted[case.kind] += 1
             if problem:
-                report.failures.append((case.kind, case.method, case.path[:200], (case.body or b"")[:200], problem))
+                report.failures.append(
+                    (case.kind, case.method, case.path[:200], (case.body or b"")[:200], problem)
+                )
             if self.srv.proc.poll() is not None:
                 report.failures.append((case.kind, case.method, case.path[:200], b"", "the server exited"))
                 break
@@ -469,8 +697,14 @@ class Fuzzer:
 
     def log_problems(self) -> list[str]:
         text = self.srv.log.read_text(errors="replace")
-        return [line for line in text.splitlines() if "Traceback" in line or "internal error" in line
-                or "Exception in ASGI" in line or " 500 " in line]
+        return [
+            line
+            for line in text.splitlines()
+            if "Traceback" in line
+            or "internal error" in line
+            or "Exception in ASGI" in line
+            or " 500 " in line
+        ]
 
     def check_root(self, allowed_outside: set[str]) -> list[str]:
         """Problems: files next to --root that are not expected, symlinks inside it, listed paths that are
@@ -480,7 +714,11 @@ class Fuzzer:
         problems = []
         root = self.srv.root
         for item in root.parent.iterdir():
-            if item.name != root.name and item.name not in allowed_outside and not item.name.startswith("serve-"):
+            if (
+                item.name != root.name
+                and item.name not in allowed_outside
+                and not item.name.startswith("serve-")
+            ):
                 problems.append(f"unexpected file next to the root: {item.name}")
         for folder, dirs, files in os.walk(root):
             for name in dirs + files:

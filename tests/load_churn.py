@@ -58,11 +58,20 @@ def _clean(err: BaseException) -> tuple[bool, str]:
     return False, name
 
 
-def churn(srv, *, downloads: int, pushers: int, seconds: float, file_kib: int, workdir: Path,
-          repo: str = "alice/churn", token: str | None = None, churn_pause: float = 0.3) -> ChurnResult:
-    from huggingface_hub import hf_hub_download
-
+def churn(
+    srv,
+    *,
+    downloads: int,
+    pushers: int,
+    seconds: float,
+    file_kib: int,
+    workdir: Path,
+    repo: str = "alice/churn",
+    token: str | None = None,
+    churn_pause: float = 0.3,
+) -> ChurnResult:
     from hubserver import ALICE
+    from huggingface_hub import hf_hub_download
 
     token = token or ALICE
     api = srv.api(token)
@@ -111,8 +120,12 @@ def churn(srv, *, downloads: int, pushers: int, seconds: float, file_kib: int, w
         while time.monotonic() < stop:
             t0 = time.perf_counter()
             try:
-                api.upload_file(path_or_fileobj=new_content(), path_in_repo=FILE, repo_id=repo,
-                                commit_message=f"pusher {k}")
+                api.upload_file(
+                    path_or_fileobj=new_content(),
+                    path_in_repo=FILE,
+                    repo_id=repo,
+                    commit_message=f"pusher {k}",
+                )
                 record("push", t0, None)
             except Exception as err:  # noqa: BLE001
                 record("push", t0, err)
@@ -165,7 +178,9 @@ def check_store(root: Path) -> list[str]:
                 if not blob.is_file() or blob.stat().st_size != size:
                     problems.append(f"{repo_dir.name}@{commit_file.stem[:12]}: {path} -> missing/short blob")
                 elif hashlib.sha256(blob.read_bytes()).hexdigest() != sha:
-                    problems.append(f"{repo_dir.name}@{commit_file.stem[:12]}: {path} -> blob content differs")
+                    problems.append(
+                        f"{repo_dir.name}@{commit_file.stem[:12]}: {path} -> blob content differs"
+                    )
     leftovers = list((root / ".tmp").iterdir())
     if leftovers:
         problems.append(f".tmp holds {len(leftovers)} leftovers: {[p.name for p in leftovers[:5]]}")

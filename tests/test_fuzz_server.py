@@ -26,8 +26,14 @@ def fuzz_server(tmp_path_factory):
     base = tmp_path_factory.mktemp("fuzz")
     # A 1 MiB commit cap (so "body too large" cases stay cheap); a failed-auth limit high enough that the
     # header cases with bad tokens are answered 401, not 429 (the limiter has its own test).
-    srv = Server(base / "root", write_tokens(base / "tokens.txt"), "--max-commit-gib", str(1 / 1024),
-                 "--auth-burst", "100000")
+    srv = Server(
+        base / "root",
+        write_tokens(base / "tokens.txt"),
+        "--max-commit-gib",
+        str(1 / 1024),
+        "--auth-burst",
+        "100000",
+    )
     yield srv
     srv.stop()
 
@@ -57,13 +63,21 @@ def test_costly_patterns_and_deep_json_are_refused_fast(fuzz_server):
     fuzz.setup()
     body = {"files": [{"path": "a" * 120, "size": 1, "sample": ""}], "gitIgnore": "*a*a*a*a*a*a*a*a*a*b\n"}
     t0 = time.perf_counter()
-    status, _, answer = fuzz_server.raw("POST", f"/api/models/{REPO}/preupload/main", body=json.dumps(body).encode(),
-                                        headers={"Content-Type": "application/json"})
+    status, _, answer = fuzz_server.raw(
+        "POST",
+        f"/api/models/{REPO}/preupload/main",
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     assert status == 200 and json.loads(answer)["files"][0]["shouldIgnore"] is False
     assert time.perf_counter() - t0 < 5
     for raw in (b"[" * 100_000, b'{"files": ' + b"[" * 70 + b"]" * 70 + b"}"):
-        status, headers, answer = fuzz_server.raw("POST", f"/api/models/{REPO}/preupload/main", body=raw,
-                                                  headers={"Content-Type": "application/json"})
+        status, headers, answer = fuzz_server.raw(
+            "POST",
+            f"/api/models/{REPO}/preupload/main",
+            body=raw,
+            headers={"Content-Type": "application/json"},
+        )
         assert status == 400 and headers["x-error-code"] == "InvalidJson", answer
     assert not fuzz.log_problems()
 
@@ -82,22 +96,50 @@ def test_every_hostile_path_is_refused_in_every_place(fuzz_server):
     before = api.repo_info(REPO).sha
     header = dumps({"key": "header", "value": {"summary": "evil"}})
     content = base64.b64encode(b"x").decode()
-    for path in [p for p in EVIL_PATHS if p not in ("a?b", "a#b", "CON", "nul", "\u202e.txt", "é/ü.txt", "a%00b",
-                                                      "日本語/ファイル.bin", "%2e%2e/x", "%2e%2e%2fx", "a/%2e%2e/b",
-                                                      "~/x", "$HOME/x", " ", "a" * 255 + "/b")]:
+    for path in [
+        p
+        for p in EVIL_PATHS
+        if p
+        not in (
+            "a?b",
+            "a#b",
+            "CON",
+            "nul",
+            "\u202e.txt",
+            "é/ü.txt",
+            "a%00b",
+            "日本語/ファイル.bin",
+            "%2e%2e/x",
+            "%2e%2e%2fx",
+            "a/%2e%2e/b",
+            "~/x",
+            "$HOME/x",
+            " ",
+            "a" * 255 + "/b",
+        )
+    ]:
         codes = {"InvalidPath", "InvalidCommitBody", "InvalidJson"} if "\ud800" in path else {"InvalidPath"}
-        for line in ({"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}},
-                     {"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": fuzz.oids[0]}},
-                     {"key": "deletedFile", "value": {"path": path}},
-                     {"key": "copyFile", "value": {"srcPath": "config.json", "path": path}},
-                     {"key": "copyFile", "value": {"srcPath": path, "path": "ok.json"}}):
-            status, headers, body = fuzz_server.raw("POST", f"/api/models/{REPO}/commit/main",
-                                                    body=header + b"\n" + dumps(line),
-                                                    headers={"Content-Type": "application/x-ndjson"})
+        for line in (
+            {"key": "file", "value": {"path": path, "content": content, "encoding": "base64"}},
+            {"key": "lfsFile", "value": {"path": path, "algo": "sha256", "oid": fuzz.oids[0]}},
+            {"key": "deletedFile", "value": {"path": path}},
+            {"key": "copyFile", "value": {"srcPath": "config.json", "path": path}},
+            {"key": "copyFile", "value": {"srcPath": path, "path": "ok.json"}},
+        ):
+            status, headers, body = fuzz_server.raw(
+                "POST",
+                f"/api/models/{REPO}/commit/main",
+                body=header + b"\n" + dumps(line),
+                headers={"Content-Type": "application/x-ndjson"},
+            )
             assert status == 400 and headers["x-error-code"] in codes, (path, line["key"], status, body)
         preupload = dumps({"files": [{"path": path, "size": 1, "sample": ""}]})
-        status, headers, _ = fuzz_server.raw("POST", f"/api/models/{REPO}/preupload/main", body=preupload,
-                                             headers={"Content-Type": "application/json"})
+        status, headers, _ = fuzz_server.raw(
+            "POST",
+            f"/api/models/{REPO}/preupload/main",
+            body=preupload,
+            headers={"Content-Type": "application/json"},
+        )
         assert status == 400 and headers["x-error-code"] in codes, path
     assert api.repo_info(REPO).sha == before  # nothing was committed
     assert not fuzz.check_root({"tokens.txt", "hub-home"})

@@ -618,9 +618,12 @@ def _unsafe_calls(path: Path) -> list[str]:
             func = node.func
             if isinstance(func, ast.Name) and func.id in ("eval", "exec"):
                 found.append(f"{where(node)}: {func.id}(...)")
-            if isinstance(func, ast.Name) and func.id in ("compile", "__import__"):
-                if not all(isinstance(a, ast.Constant) for a in node.args[:1]):
-                    found.append(f"{where(node)}: {func.id}(...) of a computed value")
+            if (
+                isinstance(func, ast.Name)
+                and func.id in ("compile", "__import__")
+                and not all(isinstance(a, ast.Constant) for a in node.args[:1])
+            ):
+                found.append(f"{where(node)}: {func.id}(...) of a computed value")
             if not isinstance(func, ast.Attribute):
                 continue
             owner = func.value.id if isinstance(func.value, ast.Name) else None
@@ -630,7 +633,13 @@ def _unsafe_calls(path: Path) -> list[str]:
                 value = keyword(node, "weights_only")
                 if not (isinstance(value, ast.Constant) and value.value is True):
                     found.append(f"{where(node)}: torch.load without weights_only=True")
-            if owner == "yaml" and func.attr in ("load", "load_all", "unsafe_load", "full_load", "unsafe_load_all"):
+            if owner == "yaml" and func.attr in (
+                "load",
+                "load_all",
+                "unsafe_load",
+                "full_load",
+                "unsafe_load_all",
+            ):
                 loader = keyword(node, "Loader") or (node.args[1] if len(node.args) > 1 else None)
                 name = getattr(loader, "attr", getattr(loader, "id", ""))
                 if func.attr.startswith(("unsafe", "full")) or name not in ("SafeLoader", "CSafeLoader"):
@@ -655,7 +664,9 @@ def test_source_has_no_code_execution_from_data() -> None:
     for path in files:
         if path.name == "test_security.py":
             continue
-        problems += [p for p in _unsafe_calls(path) if not (path.parent.name == "tests" and "trust_remote_code" in p)]
+        problems += [
+            p for p in _unsafe_calls(path) if not (path.parent.name == "tests" and "trust_remote_code" in p)
+        ]
     assert not problems, "\n".join(problems)
 
 
@@ -679,7 +690,9 @@ def test_the_source_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
 # -- issue 9: hub serve's tokens: constant-time checks, failed-auth rate limit -------------------------
 
 
-def test_token_check_compares_every_entry_with_equal_lengths(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_token_check_compares_every_entry_with_equal_lengths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """The time of a check does not depend on which entry matches, or on the length of the guess: every
     entry is compared, always as two 32-byte digests (the real hmac.compare_digest, watched)."""
     import hmac
@@ -709,7 +722,9 @@ def test_failed_auth_is_rate_limited_per_client(tmp_path: Path) -> None:
     Retry-After seconds the right token works again. No token appears in the log."""
     from hubserver import ALICE, Server, write_tokens
 
-    srv = Server(tmp_path / "root", write_tokens(tmp_path / "tokens.txt"), "--auth-burst", "3", "--auth-rate", "1")
+    srv = Server(
+        tmp_path / "root", write_tokens(tmp_path / "tokens.txt"), "--auth-burst", "3", "--auth-rate", "1"
+    )
     wrong = "tok-wrong-guess-777777"
     try:
         assert srv.raw("GET", "/api/whoami-v2")[0] == 200
@@ -851,7 +866,11 @@ def test_pull_refuses_records_and_file_lists_naming_paths_outside(hub_home: Path
         repo = "alice/evil-tree"
         api.create_repo(repo)
         api.upload_file(path_or_fileobj=packed.read_bytes(), path_in_repo="qa.safetensors", repo_id=repo)
-        api.upload_file(path_or_fileobj=json.dumps({**good, "file": "../../evil.safetensors"}).encode(), path_in_repo="hubtool.json", repo_id=repo)
+        api.upload_file(
+            path_or_fileobj=json.dumps({**good, "file": "../../evil.safetensors"}).encode(),
+            path_in_repo="hubtool.json",
+            repo_id=repo,
+        )
         head = api.repo_info(repo).sha
     finally:
         srv.stop()
@@ -872,7 +891,9 @@ def test_pull_refuses_records_and_file_lists_naming_paths_outside(hub_home: Path
     finally:
         srv.stop()
     assert cat.list() == []
-    outside = [p for p in tmp_path.parent.rglob("*evil*") if "evil-" not in str(p.relative_to(tmp_path.parent))]
+    outside = [
+        p for p in tmp_path.parent.rglob("*evil*") if "evil-" not in str(p.relative_to(tmp_path.parent))
+    ]
     assert outside == [], outside
     assert not Path("/tmp/evil").exists() and not Path("/abs").exists()
     assert not any((hub_home / "tmp").glob("*")) if (hub_home / "tmp").exists() else True

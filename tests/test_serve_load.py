@@ -14,7 +14,7 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 from hubserver import Server, write_tokens
-from load_churn import churn, check_store
+from load_churn import check_store, churn
 
 
 def test_downloads_and_pushes_while_the_repo_is_deleted_and_recreated(tmp_path):
@@ -58,8 +58,15 @@ def test_server_killed_and_restarted_under_load_serves_only_complete_commits(tmp
     timer = threading.Timer(3.0, crash_and_restart)
     timer.start()
     try:
-        result = churn(first, downloads=2, pushers=4, seconds=6, file_kib=512, workdir=tmp_path / "clients",
-                       churn_pause=0.1)
+        result = churn(
+            first,
+            downloads=2,
+            pushers=4,
+            seconds=6,
+            file_kib=512,
+            workdir=tmp_path / "clients",
+            churn_pause=0.1,
+        )
         timer.join()
         srv = servers[-1]
         assert len(servers) == 2 and first.proc.returncode == -9 and srv.proc.poll() is None

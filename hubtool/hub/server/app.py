@@ -821,7 +821,9 @@ class HubApp:
             out = []
             for item in files:
                 path, size = item["path"], item["size"]
-                mode = "lfs" if legacy and size > 0 and patterns.is_lfs(path, size, rules, budget) else "regular"
+                mode = (
+                    "lfs" if legacy and size > 0 and patterns.is_lfs(path, size, rules, budget) else "regular"
+                )
                 answer: dict[str, Any] = {
                     "path": path,
                     "uploadMode": mode,
@@ -862,7 +864,9 @@ class HubApp:
             async for chunk in request.stream():
                 received += len(chunk)
                 if received > limit:
-                    raise ApiError(413, "PayloadTooLarge", f"commit body larger than the server's {limit} bytes")
+                    raise ApiError(
+                        413, "PayloadTooLarge", f"commit body larger than the server's {limit} bytes"
+                    )
                 buffer += chunk
                 if len(buffer) >= CHUNK:
                     await run_in_threadpool(self._feed, parser, bytes(buffer), state, extra_temps)
@@ -1241,7 +1245,9 @@ def _check_unicode(text: str) -> None:
     try:
         text.encode("utf-8")
     except UnicodeEncodeError:
-        raise bad_request("InvalidJson", "the request body holds an unpaired surrogate (\\ud800-\\udfff)") from None
+        raise bad_request(
+            "InvalidJson", "the request body holds an unpaired surrogate (\\ud800-\\udfff)"
+        ) from None
 
 
 def _two(repo_id: str) -> tuple[str, str]:

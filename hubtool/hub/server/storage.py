@@ -501,7 +501,9 @@ class Storage:
     ) -> Commit:
         """Apply `ops` on top of `branch` and advance it; all or nothing."""
         branch = self.branch_name(branch)
-        self.sync_uploads([op.upload for op in ops if isinstance(op, AddOp)])  # the slow part, before the lock
+        self.sync_uploads(
+            [op.upload for op in ops if isinstance(op, AddOp)]
+        )  # the slow part, before the lock
         with self.locked(repo):
             self.require_repo(repo)
             refs = self.refs(repo)
@@ -563,7 +565,9 @@ class Storage:
                 for path in touched & tree.keys():
                     entry = tree[path]
                     entry.lfs = (
-                        path in lfs_via_upload or entry.lfs or patterns.is_lfs(path, entry.size, rules, budget)
+                        path in lfs_via_upload
+                        or entry.lfs
+                        or patterns.is_lfs(path, entry.size, rules, budget)
                     )
             except patterns.PatternsTooCostly as err:
                 raise ApiError(400, "InvalidGitattributes", f".gitattributes: {err}") from None
