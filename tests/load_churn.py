@@ -95,7 +95,11 @@ def churn(
             ok, label = _clean(err)
             result.errors[f"{kind}: {label}"] += 1
             if not ok:
-                result.unclean.append((kind, f"{type(err).__name__}: {str(err)[:300]}"))
+                import traceback
+
+                where = traceback.extract_tb(err.__traceback__)[-1]
+                at = f" (at {Path(where.filename).name}:{where.lineno})"
+                result.unclean.append((kind, f"{type(err).__name__}: {str(err)[:300]}{at}"))
 
     api.create_repo(repo, exist_ok=True)
     api.upload_file(path_or_fileobj=new_content(), path_in_repo=FILE, repo_id=repo)

@@ -71,9 +71,23 @@ def test_server_killed_and_restarted_under_load_serves_only_complete_commits(tmp
         srv = servers[-1]
         assert len(servers) == 2 and first.proc.returncode == -9 and srv.proc.poll() is None
         assert result.wrong_bytes == 0 and result.calls["push"] > 0
-        # Connection errors while no server listened are expected; nothing else unclean.
-        assert all("Connect" in what or "Network" in what or "Protocol" in what or "Read" in what
-                   for _, what in result.unclean), result.unclean[:5]  # fmt: skip
+        # While no server listened the clients saw network errors (hf_hub_download says so as
+        # LocalEntryNotFoundError: not on the Hub reachable, not in its cache). huggingface_hub 2.4 also
+        # closes its one shared httpx client on a ConnectError (utils/_http.py, close_session) while other
+        # threads of the process are using it: they fail with "the client has been closed" or, in the
+        # window where the global is None, an AttributeError on None.request (a client-side thread-safety
+        # limit, cf. huggingface_hub #4861/#4673; only during the outage). Nothing else is unclean.
+        network = (
+            "ConnectError",
+            "RemoteProtocolError",
+            "ReadError",
+            "WriteError",
+            "LocalEntryNotFoundError",
+        )
+        closed_client = ("RuntimeError: Cannot send a request, as the client has been closed",
+                         "AttributeError: 'NoneType' object has no attribute 'request'")  # fmt: skip
+        others = [u for u in result.unclean if not u[1].startswith(network + closed_client)]
+        assert not others, others[:5]
         assert check_store(srv.root) == []
         api = srv.api()
         for repo in [r.id for r in api.list_models()]:
