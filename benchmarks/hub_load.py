@@ -22,6 +22,17 @@ the client's own timeouts bound each). Latency = wall time of one call (a downlo
 preupload + commit). After the pushes every pushed file is downloaded again and its sha256 checked.
 Reported: calls/s, MiB/s, p50/p99 latency, errors (goal: 0), the server's HTTP requests/s (access log),
 server CPU and peak RSS. Everything under --workdir is deleted at the end (unless --keep).
+
+    .venv/bin/python benchmarks/hub_load.py --churn [--concurrency 32] [--pushers 4] [--time-limit 60]
+        [--churn-kib 1024] [--small]
+
+--churn runs the other load instead (tests/load_churn.py; tests/test_serve_load.py is its small size):
+--concurrency download threads and --pushers push threads on ONE repo while another client deletes and
+recreates it (delete_repo, create_repo, upload_file; 0.3 s pause) for --time-limit seconds. Every
+download must hash to a version pushed in some complete commit (wrong bytes: goal 0) or fail with a
+clean huggingface_hub HTTP error (unclean errors: goal 0); the server must stay up with no traceback in
+its log, and its store at rest must hold no half commit. Printed: HTTP requests (access log), calls and
+errors by kind, wrong bytes, p50/p99 latency per kind, seconds.
 """
 
 from __future__ import annotations
@@ -194,7 +205,12 @@ def main() -> None:
     ap.add_argument("--keep", action="store_true")
     ap.add_argument("--server-pythonpath", default=None,
                     help="put in front of the server's PYTHONPATH (an older source tree, optional speed-ups)")
+    ap.add_argument("--churn", action="store_true", help="downloads + pushes while the repo is deleted/recreated")
+    ap.add_argument("--churn-kib", type=int, default=1024, help="file size of the --churn load")
+    ap.add_argument("--small", action="store_true", help="with --churn: the test's size (8 threads, 12 s)")
     args = ap.parse_args()
+    if args.churn:
+        return run_churn(args)
     if args.quick:
         args.download_mib, args.downloads, args.push_mib, args.pushes = 2, 64, 1, 8
     workdir = args.workdir.absolute()
@@ -291,6 +307,50 @@ def main() -> None:
         for e in p.errors[:5]:
             print(f"  {p.name}: {e}")
     if errors:
+        sys.exit(1)
+
+
+def run_churn(args) -> None:
+    sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
+    import huggingface_hub
+    from hubserver import Server as TestServer
+    from hubserver import write_tokens
+    from load_churn import check_store, churn, percentile
+
+    if args.small:
+        args.concurrency, args.pushers, args.time_limit, args.churn_kib = 8, 4, 12, 256
+    os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] = "1"
+    workdir = args.workdir.absolute()
+    workdir.mkdir(parents=True, exist_ok=True)
+    srv = TestServer(workdir / "root-churn", write_tokens(workdir / "tokens.txt"))
+    try:
+        res = churn(srv, downloads=args.concurrency, pushers=args.pushers, seconds=args.time_limit,
+                    file_kib=args.churn_kib, workdir=workdir / "clients")
+        alive = srv.proc.poll() is None
+        log = srv.log.read_text(errors="replace")
+    finally:
+        srv.stop()
+    problems = check_store(srv.root)
+    requests = sum(1 for line in log.splitlines() if " 127.0.0.1 " in line and line.endswith("ms"))
+    tracebacks = log.count("Traceback")
+    if not args.keep:
+        shutil.rmtree(workdir, ignore_errors=True)
+    print()
+    print(command_line())
+    print(f"hub serve churn, huggingface_hub {huggingface_hub.__version__}: {args.concurrency} download threads, "
+          f"{args.pushers} push threads, 1 deleter/recreator, {args.churn_kib} KiB file, {res.seconds:.1f} s")
+    print(f"HTTP requests served: {requests} ({requests / res.seconds:.0f}/s); delete+recreate cycles: {res.cycles}")
+    print(f"{'kind':<10} {'ok calls':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for kind in ("download", "push", "churn"):
+        lat = res.latencies[kind]
+        print(f"{kind:<10} {res.calls[kind]:>8} {1000 * percentile(lat, 0.5):>8.0f} {1000 * percentile(lat, 0.99):>8.0f}")
+    print("clean errors by kind: " + (", ".join(f"{k} {n}" for k, n in sorted(res.errors.items())) or "none"))
+    print(f"wrong bytes: {res.wrong_bytes} (goal 0); unclean errors: {len(res.unclean)} (goal 0); "
+          f"tracebacks in the server log: {tracebacks} (goal 0); server alive at the end: {alive}; "
+          f"store problems at rest: {len(problems)} (goal 0)")
+    for item in res.unclean[:10] + problems[:10]:
+        print("  ", item)
+    if res.wrong_bytes or res.unclean or tracebacks or not alive or problems:
         sys.exit(1)
 
 

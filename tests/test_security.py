@@ -8,6 +8,7 @@ that stand in for a machine without root or without network.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import math
 import os
@@ -15,6 +16,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import time
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -579,3 +581,317 @@ def test_adapter_config_refuses_a_non_finite_alpha() -> None:
         with pytest.raises(HubError, match="alpha: expected a finite number"):
             AdapterConfig(method="lora", alpha=alpha)
     assert AdapterConfig(method="lora", alpha=32.0).alpha == 32.0
+
+
+# -- issue 9: no code execution from data (a scan of the source) -------------------------------------
+
+_PICKLE_MODULES = {"pickle", "cPickle", "_pickle", "dill", "cloudpickle", "shelve", "marshal", "joblib"}
+# What turns bytes into objects by running their code (`pickle.dumps` to build a hostile test file, or
+# `except pickle.UnpicklingError`, is fine).
+_UNPICKLERS = {"load", "loads", "Unpickler", "open"}
+
+
+def _unsafe_calls(path: Path) -> list[str]:
+    """What in one Python file could run code that came with data: torch.load without weights_only=True,
+    pickle-family loads (pickle/dill/marshal/joblib .load/.loads/Unpickler, shelve.open), eval/exec on
+    anything, compile/__import__ of a computed value, yaml.load/unsafe_load/full_load
+    without a safe loader, numpy.load(allow_pickle=True), trust_remote_code=True written as a literal."""
+    import ast
+
+    tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
+    found = []
+
+    label = path.relative_to(REPO) if path.is_relative_to(REPO) else path.name
+
+    def where(node) -> str:
+        return f"{label}:{node.lineno}"
+
+    def keyword(call, name):
+        return next((k.value for k in call.keywords if k.arg == name), None)
+
+    for node in ast.walk(tree):
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in _PICKLE_MODULES:
+            for alias in node.names:
+                if alias.name in _UNPICKLERS:
+                    found.append(f"{where(node)}: from {node.module} import {alias.name}")
+        elif isinstance(node, ast.Call):
+            func = node.func
+            if isinstance(func, ast.Name) and func.id in ("eval", "exec"):
+                found.append(f"{where(node)}: {func.id}(...)")
+            if (
+                isinstance(func, ast.Name)
+                and func.id in ("compile", "__import__")
+                and not all(isinstance(a, ast.Constant) for a in node.args[:1])
+            ):
+                found.append(f"{where(node)}: {func.id}(...) of a computed value")
+            if not isinstance(func, ast.Attribute):
+                continue
+            owner = func.value.id if isinstance(func.value, ast.Name) else None
+            if owner in _PICKLE_MODULES and func.attr in _UNPICKLERS:
+                found.append(f"{where(node)}: {owner}.{func.attr}(...)")
+            if owner == "torch" and func.attr == "load":
+                value = keyword(node, "weights_only")
+                if not (isinstance(value, ast.Constant) and value.value is True):
+                    found.append(f"{where(node)}: torch.load without weights_only=True")
+            if owner == "yaml" and func.attr in (
+                "load",
+                "load_all",
+                "unsafe_load",
+                "full_load",
+                "unsafe_load_all",
+            ):
+                loader = keyword(node, "Loader") or (node.args[1] if len(node.args) > 1 else None)
+                name = getattr(loader, "attr", getattr(loader, "id", ""))
+                if func.attr.startswith(("unsafe", "full")) or name not in ("SafeLoader", "CSafeLoader"):
+                    found.append(f"{where(node)}: yaml.{func.attr} without a safe loader")
+            if owner in ("np", "numpy") and func.attr == "load":
+                value = keyword(node, "allow_pickle")
+                if isinstance(value, ast.Constant) and value.value is True:
+                    found.append(f"{where(node)}: numpy.load(allow_pickle=True)")
+            value = keyword(node, "trust_remote_code")
+            if isinstance(value, ast.Constant) and value.value is True:
+                found.append(f"{where(node)}: trust_remote_code=True")
+    return found
+
+
+def test_source_has_no_code_execution_from_data() -> None:
+    """hubtool/ and benchmarks/ (tests/ too, except this file, which names the patterns, and tests that
+    check trust_remote_code is refused unless the user passes it)."""
+    files = [*sorted((REPO / "hubtool").rglob("*.py")), *sorted((REPO / "benchmarks").rglob("*.py")),
+             *sorted((REPO / "tests").rglob("*.py"))]  # fmt: skip
+    assert len(files) > 50
+    problems = []
+    for path in files:
+        if path.name == "test_security.py":
+            continue
+        problems += [
+            p for p in _unsafe_calls(path) if not (path.parent.name == "tests" and "trust_remote_code" in p)
+        ]
+    assert not problems, "\n".join(problems)
+
+
+def test_the_source_scan_finds_what_it_looks_for(tmp_path: Path) -> None:
+    """The scanner itself, on a file holding each bad pattern once (and their safe forms, which pass)."""
+    bad = tmp_path / "bad.py"
+    bad.write_text(
+        "pickle.loads(b)\nfrom dill import loads\nimport torch, yaml, numpy as np\n"
+        "torch.load('x')\ntorch.load('x', weights_only=False)\nyaml.load(s)\nyaml.load(s, Loader=yaml.Loader)\n"
+        "yaml.unsafe_load(s)\neval(s)\nexec(s)\nnp.load('x', allow_pickle=True)\n"
+        "m.from_pretrained('x', trust_remote_code=True)\n"
+        # safe forms
+        "torch.load('x', weights_only=True)\nyaml.load(s, Loader=yaml.SafeLoader)\nyaml.safe_load(s)\n"
+        "model.eval()\nnp.load('x')\nimport pickle\npickle.dumps(1)\n__import__('os')\n"
+    )
+    found = _unsafe_calls(bad)
+    assert len(found) == 11 and all(f.startswith("bad.py:") for f in found), "\n".join(found)
+    assert sorted(int(f.split(":")[1]) for f in found) == [1, 2, 4, 5, 6, 7, 8, 9, 10, 11, 12]
+
+
+# -- issue 9: hub serve's tokens: constant-time checks, failed-auth rate limit -------------------------
+
+
+def test_token_check_compares_every_entry_with_equal_lengths(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The time of a check does not depend on which entry matches, or on the length of the guess: every
+    entry is compared, always as two 32-byte digests (the real hmac.compare_digest, watched)."""
+    import hmac
+
+    from hubtool.hub.server import auth
+
+    path = tmp_path / "tokens.txt"
+    path.write_text("".join(f"user{i} token-{i:04d}-{'x' * i}\n" for i in range(10)))
+    store = auth.TokenStore(path)
+    calls: list[tuple[int, int]] = []
+    real = hmac.compare_digest
+
+    def watched(a, b):
+        calls.append((len(a), len(b)))
+        return real(a, b)
+
+    monkeypatch.setattr(auth.hmac, "compare_digest", watched)
+    for guess, user in (("token-0000-", "user0"), (f"token-0009-{'x' * 9}", "user9"), ("nope" * 300, None)):
+        calls.clear()
+        assert store.user_for(guess) == user
+        assert calls == [(32, 32)] * 10
+
+
+def test_failed_auth_is_rate_limited_per_client(tmp_path: Path) -> None:
+    """After --auth-burst failures a client gets 429 + Retry-After for any credentials, the right ones too
+    (guessing cannot go faster than --auth-rate); requests without credentials are not affected; after
+    Retry-After seconds the right token works again. No token appears in the log."""
+    from hubserver import ALICE, Server, write_tokens
+
+    srv = Server(
+        tmp_path / "root", write_tokens(tmp_path / "tokens.txt"), "--auth-burst", "3", "--auth-rate", "1"
+    )
+    wrong = "tok-wrong-guess-777777"
+    try:
+        assert srv.raw("GET", "/api/whoami-v2")[0] == 200
+        for _ in range(3):
+            status, headers, body = srv.raw("GET", "/api/whoami-v2", token=wrong)
+            assert status == 401 and headers["x-error-code"] == "Unauthorized"
+        for token in (wrong, ALICE):
+            status, headers, body = srv.raw("GET", "/api/whoami-v2", token=token)
+            assert status == 429, body
+            assert 1 <= int(headers["retry-after"]) <= 2 and "error" in json.loads(body)
+        assert srv.raw("GET", "/api/models", token=None)[0] == 401  # no credentials: the usual answer
+        time.sleep(int(headers["retry-after"]) + 0.2)
+        assert srv.raw("GET", "/api/whoami-v2")[0] == 200
+    finally:
+        srv.stop()
+    log = srv.log.read_text()
+    assert "failed authentication from 127.0.0.1" in log and " 429 " in log
+    assert wrong not in log and ALICE not in log
+
+
+# -- issue 9: tokens are never written anywhere ------------------------------------------------------
+
+
+def test_tokens_never_reach_logs_errors_catalogs_cards_or_records(hub_home: Path, tmp_path: Path) -> None:
+    """Push and pull with a token (HF_TOKEN, and --token), a push with a wrong token (refused), then grep
+    every file under the tmp dir (both HUB_HOMEs with their SQLite catalogs and blob stores, the server's
+    root and log, the clients' HF_HOME and caches; not the token file itself), every stdout/stderr, and
+    the catalog rows dumped with sqlite3."""
+    from conftest import write_sparse_expert
+    from hubserver import ALICE, Server, client_env, write_tokens
+
+    from hubtool.registry import Catalog
+
+    srv = Server(tmp_path / "root", write_tokens(tmp_path / "tokens.txt"))
+    wrong = "tok-WRONG-secret-4242424242"
+    results = []
+    try:
+        packed = write_sparse_expert(tmp_path / "src" / "tokqa.safetensors", name="tokqa", task="qa", seed=3)
+        Catalog(blobs=hub_home / "blobs").register(packed)
+        env = client_env(srv, tmp_path, ALICE, HUB_HOME=str(hub_home))
+        env_no_token = client_env(srv, tmp_path, None, HUB_HOME=str(hub_home))
+
+        def run_all(*commands: tuple[list[str], dict]) -> list[subprocess.CompletedProcess[str]]:
+            """Side by side (each `hub` start-up imports torch: seconds)."""
+            procs = [subprocess.Popen([*HUB, *args], env={**e, "COLUMNS": "250"}, stdout=subprocess.PIPE,
+                                      stderr=subprocess.PIPE, text=True) for args, e in commands]  # fmt: skip
+            out = []
+            for (args, _), p in zip(commands, procs):
+                stdout, stderr = p.communicate(timeout=300)
+                out.append(subprocess.CompletedProcess(args, p.returncode, stdout, stderr))
+            results.extend(out)
+            return out
+
+        good_a, good_b, bad = run_all(
+            (["push", "tokqa@1", "--repo", "alice/tok-a"], env),
+            (["push", "tokqa@1", "--repo", "alice/tok-b", "--token", ALICE], env_no_token),
+            (["push", "tokqa@1", "--repo", "alice/tok-c", "--token", wrong], env_no_token),
+        )
+        assert good_a.returncode == 0 and good_b.returncode == 0, good_a.stderr + good_b.stderr
+        home2, home3 = tmp_path / "home2", tmp_path / "home3"
+        pulled_a, pulled_b, bad_pull = run_all(
+            (["pull", "alice/tok-a"], {**env, "HUB_HOME": str(home2)}),
+            (["pull", "alice/tok-b", "--token", ALICE], {**env_no_token, "HUB_HOME": str(home3)}),
+            (["pull", "alice/tok-a"], {**env, "HF_TOKEN": wrong, "HUB_HOME": str(tmp_path / "home4")}),
+        )
+        assert pulled_a.returncode == 0 and pulled_b.returncode == 0, pulled_a.stderr + pulled_b.stderr
+        for failed in (bad, bad_pull):
+            assert failed.returncode == 1, (failed.stdout, failed.stderr)
+            assert failed.stderr.startswith("Error: ") and len(failed.stderr.strip().splitlines()) == 1
+        for home in (home2, home3):
+            assert len(Catalog(url=f"sqlite:///{home / 'registry.db'}", blobs=home / "blobs").list()) == 1
+    finally:
+        srv.stop()
+    secrets = [ALICE, wrong, "tok-bob-9876543210"]
+    needles = [s.encode() for s in secrets] + [s.encode("utf-16-le") for s in secrets]
+    for result in results:
+        for secret in secrets:
+            assert secret not in result.stdout + result.stderr, result.args
+    scanned = 0
+    for path in sorted(tmp_path.rglob("*")):
+        if path.is_file() and path.name != "tokens.txt":
+            data = path.read_bytes()
+            scanned += 1
+            assert not any(n in data for n in needles), f"a token is in {path}"
+    assert scanned > 20 and srv.log.is_file() and (home2 / "registry.db").is_file()
+    for db in (hub_home / "registry.db", home2 / "registry.db", home3 / "registry.db"):
+        with sqlite3.connect(db) as conn:
+            dump = "\n".join(conn.iterdump())
+        assert not any(s in dump for s in secrets)
+
+
+# -- issue 9: names and paths from a repo never write outside HUB_HOME -------------------------------
+
+
+def test_pull_refuses_records_and_file_lists_naming_paths_outside(hub_home: Path, tmp_path: Path) -> None:
+    """`hub pull` of repos whose hubtool.json / hubtool_library.json names `../../x`, absolute paths, NUL or
+    very long names, and of a repo whose file list itself holds `../../x` (its commit edited on the
+    server's disk, as a hostile server could answer): each is one clean HubError before any download of
+    an expert file, and nothing appears outside HUB_HOME."""
+    from conftest import write_sparse_expert
+    from hubserver import ALICE, Server, write_tokens
+
+    from hubtool.errors import HubError
+    from hubtool.hub.pull import pull
+    from hubtool.registry import Catalog
+
+    packed = write_sparse_expert(tmp_path / "src" / "qa.safetensors", name="qa", task="qa", seed=5)
+    sha = hashlib.sha256(packed.read_bytes()).hexdigest()
+    good = {"name": "qa", "task": "qa", "file": "qa.safetensors", "sha256": sha}
+    srv = Server(tmp_path / "root", write_tokens(tmp_path / "tokens.txt"))
+    try:
+        api = srv.api()
+        cat = Catalog(blobs=hub_home / "blobs")
+        cases = {
+            "dotdot": {"file": "../../escape7f3a.safetensors"},
+            "dotdot-inside": {"file": "a/../../../escape7f3a.safetensors"},
+            "absolute": {"file": str(tmp_path / "escape7f3a.safetensors")},
+            "nul": {"file": "qa.safetensors\x00.txt"},
+            "long": {"file": "x" * 5000 + ".safetensors"},
+            "name-path": {"name": "../../escape7f3a"},
+            "name-absolute": {"name": "/tmp/escape7f3a"},
+            "name-long": {"name": "n" * 300},
+        }
+        for index, (label, change) in enumerate(cases.items()):
+            record = {k: v for k, v in {**good, **change}.items() if v is not None}
+            repo = f"alice/evil-{index}"
+            api.create_repo(repo)
+            api.upload_file(path_or_fileobj=packed.read_bytes(), path_in_repo="qa.safetensors", repo_id=repo)
+            name = "hubtool_library.json" if index % 2 else "hubtool.json"
+            doc = {"experts": [record]} if index % 2 else record
+            api.upload_file(path_or_fileobj=json.dumps(doc).encode(), path_in_repo=name, repo_id=repo)
+            with pytest.raises(HubError) as err:
+                pull(repo, endpoint=srv.url, token=ALICE, catalog=cat)
+            message = str(err.value)
+            assert len(message.splitlines()) == 1 and len(message) < 700, (label, message)
+            assert "file" in message or "name" in message, (label, message)
+        # The file list itself: the server's commit names ../../escape7f3a.safetensors (edited on disk, server
+        # restarted so nothing is cached); the record points at it.
+        repo = "alice/evil-tree"
+        api.create_repo(repo)
+        api.upload_file(path_or_fileobj=packed.read_bytes(), path_in_repo="qa.safetensors", repo_id=repo)
+        api.upload_file(
+            path_or_fileobj=json.dumps({**good, "file": "../../escape7f3a.safetensors"}).encode(),
+            path_in_repo="hubtool.json",
+            repo_id=repo,
+        )
+        head = api.repo_info(repo).sha
+    finally:
+        srv.stop()
+    commit_file = tmp_path / "root" / "repos" / "model" / "alice" / "evil-tree" / "commits" / f"{head}.json"
+    commit = json.loads(commit_file.read_text())
+    commit["tree"]["../../escape7f3a.safetensors"] = commit["tree"]["qa.safetensors"]
+    commit["tree"]["/abs/escape7f3a.safetensors"] = commit["tree"]["qa.safetensors"]
+    commit_file.write_text(json.dumps(commit))
+    srv = Server(tmp_path / "root", tmp_path / "tokens.txt")
+    try:
+        listed = srv.api().list_repo_files(repo)
+        assert "../../escape7f3a.safetensors" in listed  # the hostile listing really reaches the client
+        with pytest.raises(HubError, match="not a plain path"):
+            pull(repo, endpoint=srv.url, token=ALICE, catalog=cat)
+        # and the server itself refuses to serve such a path
+        status, headers, _ = srv.raw("GET", f"/{repo}/resolve/main/../../escape7f3a.safetensors")
+        assert status == 400 and headers["x-error-code"] == "InvalidPath"
+    finally:
+        srv.stop()
+    assert cat.list() == []
+    outside = list(tmp_path.parent.rglob("*escape7f3a*"))  # a name only this test uses
+    assert outside == [], outside
+    assert not Path("/tmp/escape7f3a").exists() and not Path("/abs").exists()
+    assert not any((hub_home / "tmp").glob("*")) if (hub_home / "tmp").exists() else True

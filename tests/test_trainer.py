@@ -207,7 +207,7 @@ def test_two_process_data_parallel_equals_one_process_accumulating(tmp_path):
         port = s.getsockname()[1]
     mp.spawn(_data_parallel_worker, args=(port, str(tmp_path / "rank")), nprocs=2)
     single, _ = run(steps=6, batch_size=4, grad_accum=2)
-    rank0, rank1 = (torch.load(tmp_path / f"rank.{r}") for r in (0, 1))
+    rank0, rank1 = (torch.load(tmp_path / f"rank.{r}", weights_only=True) for r in (0, 1))
     for (k0, v0), (k1, v1), layer in zip(rank0, rank1, single.layers.values(), strict=True):
         assert torch.equal(k0, k1) and torch.equal(v0, v1)  # the ranks agree
         assert torch.equal(k0, layer.kept)

@@ -52,6 +52,22 @@ def serve(
         bool, typer.Option("--public-read", help="Let anyone read public repos without a token.")
     ] = False,
     log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
+    auth_burst: Annotated[
+        int,
+        typer.Option(
+            "--auth-burst",
+            min=0,
+            help="Failed authentications a client may make at once before 429s (0: no limit).",
+        ),
+    ] = 20,
+    auth_rate: Annotated[
+        float,
+        typer.Option("--auth-rate", min=0.001, help="Failed authentications per second after the burst."),
+    ] = 0.5,
+    max_commit_gib: Annotated[
+        float,
+        typer.Option("--max-commit-gib", min=0.000001, help="Largest commit body accepted (413 above)."),
+    ] = 64.0,
 ) -> None:
     from hubtool.errors import HubError
     from hubtool.paths import hub_home
@@ -69,4 +85,7 @@ def serve(
         token_file=token_file,
         public_read=public_read,
         log_level=log_level,
+        auth_burst=auth_burst,
+        auth_rate=auth_rate,
+        max_commit_bytes=int(max_commit_gib * 2**30),
     )

@@ -159,7 +159,7 @@ def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise HubError(f"{where}: an expert record is not a JSON object")
     name, file, sha = item.get("name"), item.get("file"), item.get("sha256")
-    label = f"{where}: expert {name!r}"
+    label = f"{where}: expert {_shown(name)}"
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise HubError(f"{label}: expected a name of letters, digits, '.', '_' or '-'")
     if item.get("hub_format", EXPERT_FORMAT) != EXPERT_FORMAT:
@@ -168,8 +168,13 @@ def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
         )
     if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
         raise HubError(f"{label}: sha256 {sha!r} is not 64 hex digits")
-    if not isinstance(file, str) or not _SAFE_PATH.fullmatch(file) or ".." in file.split("/"):
-        raise HubError(f"{label}: file {file!r} is not a plain path inside the repo")
+    if (
+        not isinstance(file, str)
+        or len(file) > 1024
+        or not _SAFE_PATH.fullmatch(file)
+        or ".." in file.split("/")
+    ):
+        raise HubError(f"{label}: file {_shown(file)} is not a plain path inside the repo")
     if file not in files:
         raise HubError(f"{label}: its file {file} is not in the repo")
     if not isinstance(item.get("task"), str):
@@ -179,6 +184,13 @@ def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
             raise HubError(f"{label}: {key} is not a JSON {kind.__name__}")
     item.setdefault("ref", f"{name}@{item.get('version', '?')}")
     return item
+
+
+def _shown(value: Any) -> str:
+    """A value from a record, as an error shows it: repr, at most ~100 characters (a hostile record must
+    not turn one error line into kilobytes)."""
+    text = repr(value)
+    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _pick(

@@ -23,14 +23,12 @@ from typing import Any
 from urllib.parse import parse_qs, quote, unquote
 
 import anyio
-from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
-from starlette.routing import Route
 
 from hubtool.hub.server import names, patterns
-from hubtool.hub.server.auth import Signer, TokenStore, bearer_token
+from hubtool.hub.server.auth import FailedAuthLimiter, Signer, TokenStore, bearer_token
 from hubtool.hub.server.errors import ApiError, bad_request, entry_not_found, repo_not_found
 from hubtool.hub.server.ndjson import NDJSONParser, ParseError, Spilled
 from hubtool.hub.server.storage import (
@@ -52,7 +50,10 @@ CHUNK = 1 << 20
 MAX_JSON_BODY = 8 << 20
 EARLY_SYNC = 8 << 20  # files at least this large start their fsync as soon as they are received
 MAX_FILE_SIZE = 50 * 10**9  # the client cannot download a larger file over plain HTTP anyway
-MAX_COMMIT_OPS = 100_000
+MAX_COMMIT_OPS = 100_000  # lines of one commit body (each an operation)
+MAX_COMMIT_BODY = 64 << 30  # bytes of one commit body (files travel inside it, base64); `--max-commit-gib`
+MAX_JSON_DEPTH = 64  # nesting of a JSON request body (json.loads would recurse until RecursionError)
+AUTH_BURST, AUTH_RATE = 20, 0.5  # failed authentications per client: a burst, then per second
 LFS_URL_TTL = 3600
 TREE_PAGE = 1000
 TREE_PAGE_EXPANDED = 50
@@ -72,7 +73,9 @@ def _true(value: str | None) -> bool:
 
 def _header_safe(text: str, limit: int = 400) -> str:
     text = text.encode("ascii", "backslashreplace").decode("ascii")
-    return "".join(c if 32 <= ord(c) < 127 else " " for c in text)[:limit]
+    # h11 refuses a header value with leading or trailing whitespace (a message ending in a space would
+    # turn a clean 404 into a dropped connection)
+    return "".join(c if 32 <= ord(c) < 127 else " " for c in text)[:limit].strip()
 
 
 def error_response(err: ApiError, *, head: bool = False) -> Response:
@@ -92,17 +95,45 @@ def _legacy_lfs_client(user_agent: str) -> bool:
 
 
 class HubApp:
-    def __init__(self, root, token_file=None, *, public_read: bool = False) -> None:
+    def __init__(
+        self,
+        root,
+        token_file=None,
+        *,
+        public_read: bool = False,
+        auth_burst: int = AUTH_BURST,
+        auth_rate: float = AUTH_RATE,
+        max_commit_bytes: int = MAX_COMMIT_BODY,
+    ) -> None:
         self.storage = Storage(root)
         self.tokens = TokenStore(token_file)
+        self.limiter = FailedAuthLimiter(auth_burst, auth_rate)
+        self.max_commit_bytes = max_commit_bytes
         self.public_read = public_read
         self.signer = Signer.from_file(self.storage.root / ".secret")
 
     # -- the ASGI app -------------------------------------------------------------------------------
 
-    def asgi(self) -> Starlette:
-        methods = ["GET", "HEAD", "POST", "PUT", "DELETE"]
-        return Starlette(routes=[Route("/{path:path}", self.dispatch, methods=methods)])
+    def asgi(self):
+        """The ASGI callable: every HTTP request goes to `dispatch`, whatever its path or method. (Starlette's
+        router matched `/{path:path}` with a regex that stops at a newline, so `/a%0Ab` got a plain-text
+        404 that no client could parse; its 405s were plain text too.)"""
+
+        async def app(scope, receive, send) -> None:
+            if scope["type"] == "lifespan":
+                while True:
+                    message = await receive()
+                    if message["type"] == "lifespan.startup":
+                        await send({"type": "lifespan.startup.complete"})
+                    elif message["type"] == "lifespan.shutdown":
+                        await send({"type": "lifespan.shutdown.complete"})
+                        return
+            if scope["type"] != "http":
+                return
+            response = await self.dispatch(Request(scope, receive))
+            await response(scope, receive, send)
+
+        return app
 
     async def dispatch(self, request: Request) -> Response:
         head = request.method == "HEAD"
@@ -209,8 +240,19 @@ class HubApp:
         header = request.headers.get("authorization")
         if not header:
             return None
+        client = request.client.host if request.client else "-"
+        wait = self.limiter.retry_after(client)
+        if wait:
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                f"too many failed authentications from {client}: retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
         user = self.tokens.user_for(bearer_token(header))
         if user is None:
+            self.limiter.failed(client)
+            log.warning("failed authentication from %s", client)
             raise ApiError(401, "Unauthorized", "Invalid credentials in Authorization header")
         return user
 
@@ -290,10 +332,7 @@ class HubApp:
             if default is not None:
                 return default
             raise bad_request("InvalidJson", "expected a JSON body")
-        try:
-            return json.loads(body)
-        except ValueError:
-            raise bad_request("InvalidJson", "the request body is not valid JSON") from None
+        return _loads(body)
 
     def _commit_of(self, repo: RepoRef, revision: str) -> Commit:
         return self.storage.commit(repo, self.storage.resolve(repo, revision))
@@ -328,7 +367,7 @@ class HubApp:
         content = body.get("content") if isinstance(body, dict) else None
         if not isinstance(content, str):
             return JSONResponse({"errors": [{"message": "expected a string 'content'"}], "warnings": []}, 400)
-        error = _front_matter_error(content)
+        error = await run_in_threadpool(_front_matter_error, content)  # YAML parsing is slow Python
         if error:
             return JSONResponse({"errors": [{"message": error}], "warnings": []}, 400)
         return JSONResponse({"errors": [], "warnings": []})
@@ -487,7 +526,13 @@ class HubApp:
         content = self.storage.read_small(entry) if entry is not None else None
         if not content:
             return None
-        data = _front_matter(content.decode("utf-8", "replace"))
+        import yaml
+
+        try:
+            data = _front_matter(content.decode("utf-8", "replace"))
+        except (yaml.YAMLError, RecursionError, ValueError):
+            return None  # a README committed without validate-yaml: the repo still answers, without cardData
+        data = _jsonable(data)
         return data if isinstance(data, dict) else None
 
     def _model_config(self, commit: Commit) -> dict | None:
@@ -495,11 +540,11 @@ class HubApp:
         content = self.storage.read_small(entry) if entry is not None else None
         try:
             data = json.loads(content) if content else None
-        except ValueError:
+        except (ValueError, RecursionError):
             return None
         if not isinstance(data, dict):
             return None
-        return {k: data[k] for k in ("architectures", "model_type") if k in data}
+        return _jsonable({k: data[k] for k in ("architectures", "model_type") if k in data})
 
     # -- tree, paths-info, refs, commits ----------------------------------------------------------
 
@@ -583,10 +628,7 @@ class HubApp:
         body = await self.read_body(request)
         ctype = request.headers.get("content-type", "")
         if "json" in ctype:
-            try:
-                data = json.loads(body or b"{}")
-            except ValueError:
-                raise bad_request("InvalidJson", "the request body is not valid JSON") from None
+            data = _loads(body or b"{}")
             paths = data.get("paths", []) if isinstance(data, dict) else []
             paths = [paths] if isinstance(paths, str) else paths
             expand = bool(data.get("expand")) if isinstance(data, dict) else False
@@ -740,7 +782,14 @@ class HubApp:
         headers["Content-Length"] = str(length)
         if request.method == "HEAD":
             return Response(status_code=status, headers=headers)
-        return StreamingResponse(_read_range(path, start, length), status_code=status, headers=headers)
+        # Opened before the status line goes out: a blob that cannot be read is a clean error response,
+        # never a 200 whose body stops short.
+        try:
+            f = open(path, "rb")  # noqa: SIM115 (closed by _read_range when the body is sent or dropped)
+        except OSError:
+            log.error("blob %s cannot be read", path.name if hasattr(path, "name") else path)
+            raise ApiError(500, "BlobUnreadable", "a stored file cannot be read; try again later") from None
+        return StreamingResponse(_read_range(f, start, length), status_code=status, headers=headers)
 
     # -- uploads: preupload and commit ---------------------------------------------------------------
 
@@ -758,25 +807,38 @@ class HubApp:
             entry = commit.tree.get(".gitignore")
             content = await run_in_threadpool(self.storage.read_small, entry) if entry else None
             ignore_text = content.decode("utf-8", "replace") if content else ""
-        ignore_rules = patterns.gitignore_rules(ignore_text)
-        out = []
         for item in files:
             if not isinstance(item, dict):
                 raise bad_request("InvalidJson", "each file must be an object {path, size, sample}")
             path = names.check_path(item.get("path"))
             size = item.get("size")
-            if not isinstance(size, int) or not 0 <= size <= MAX_FILE_SIZE:
+            if isinstance(size, bool) or not isinstance(size, int) or not 0 <= size <= MAX_FILE_SIZE:
                 raise bad_request("InvalidJson", f"invalid size for {path[:200]!r}")
-            mode = "lfs" if legacy and size > 0 and patterns.is_lfs(path, size, rules) else "regular"
-            answer: dict[str, Any] = {
-                "path": path,
-                "uploadMode": mode,
-                "shouldIgnore": patterns.is_ignored(path, ignore_rules),
-            }
-            existing = commit.tree.get(path)
-            if existing is not None:
-                answer["oid"] = existing.sha256 if mode == "lfs" else existing.oid
-            out.append(answer)
+
+        def answers() -> list[dict]:  # in a worker thread: patterns cost CPU (bounded by a budget)
+            ignore_rules = patterns.gitignore_rules(ignore_text)
+            budget = patterns.Budget()
+            out = []
+            for item in files:
+                path, size = item["path"], item["size"]
+                mode = (
+                    "lfs" if legacy and size > 0 and patterns.is_lfs(path, size, rules, budget) else "regular"
+                )
+                answer: dict[str, Any] = {
+                    "path": path,
+                    "uploadMode": mode,
+                    "shouldIgnore": patterns.is_ignored(path, ignore_rules, budget),
+                }
+                existing = commit.tree.get(path)
+                if existing is not None:
+                    answer["oid"] = existing.sha256 if mode == "lfs" else existing.oid
+                out.append(answer)
+            return out
+
+        try:
+            out = await run_in_threadpool(answers)
+        except patterns.PatternsTooCostly as err:
+            raise bad_request("InvalidGitIgnore", f"gitIgnore: {err}") from None
         return JSONResponse({"files": out, "commitOid": commit.id})
 
     async def commit(self, request: Request, repo: RepoRef, revision: str) -> Response:
@@ -792,9 +854,19 @@ class HubApp:
         parser = NDJSONParser(self.storage.temp_path, max_file_size=MAX_FILE_SIZE)
         extra_temps: list = []
         state: dict[str, Any] = {"header": None, "ops": []}
+        limit = self.max_commit_bytes
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > limit:
+            raise ApiError(413, "PayloadTooLarge", f"commit body larger than the server's {limit} bytes")
+        received = 0
         try:
             buffer = bytearray()
             async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise ApiError(
+                        413, "PayloadTooLarge", f"commit body larger than the server's {limit} bytes"
+                    )
                 buffer += chunk
                 if len(buffer) >= CHUNK:
                     await run_in_threadpool(self._feed, parser, bytes(buffer), state, extra_temps)
@@ -818,8 +890,9 @@ class HubApp:
         except ClientDisconnect:
             log.info("%s: commit to %s abandoned by the client (nothing committed)", user, repo.label)
             raise
-        except ApiError:
-            await _drain(request)
+        except ApiError as err:
+            if err.status != 413:  # a body over the cap is not read to its end: the connection closes
+                await _drain(request)
             raise
         finally:
             # Temp files that did not make it into the blob store (a failed or abandoned commit) go now.
@@ -1118,14 +1191,63 @@ async def _settle(task) -> None:
         pass
 
 
-async def _drain(request: Request) -> None:
+async def _drain(request: Request, limit: int = 256 << 20) -> None:
     """Read (and drop) what is left of a refused request body, so that the client, still sending, gets the
-    error response instead of a reset connection."""
+    error response instead of a reset connection; past `limit` bytes the connection is dropped instead."""
     try:
-        async for _ in request.stream():
-            pass
+        async for chunk in request.stream():
+            limit -= len(chunk)
+            if limit < 0:
+                return
     except (ClientDisconnect, RuntimeError):  # gone, or the body was already read to the end
         pass
+
+
+def _loads(body: bytes) -> Any:
+    """json.loads of a request body, nesting at most MAX_JSON_DEPTH; anything else than JSON is a 400.
+    (The C decoder itself stops at Python's recursion limit with RecursionError; the walk after it is
+    iterative, so neither can exhaust the stack.)"""
+    try:
+        data = json.loads(body)
+    except (ValueError, RecursionError):
+        raise bad_request("InvalidJson", "the request body is not valid JSON") from None
+    # Strings must be real Unicode: JSON's "\ud800" decodes to a lone surrogate, which no response (and no
+    # file name) can encode; refused here once instead of failing later as a 500.
+    stack = [(data, 1)]
+    while stack:
+        value, depth = stack.pop()
+        if isinstance(value, str):
+            _check_unicode(value)
+        elif isinstance(value, (dict, list)):
+            if depth > MAX_JSON_DEPTH:
+                raise bad_request("InvalidJson", f"the request body nests JSON deeper than {MAX_JSON_DEPTH}")
+            if isinstance(value, dict):
+                for key in value:
+                    _check_unicode(key)
+            children = value.values() if isinstance(value, dict) else value
+            stack.extend((child, depth + 1) for child in children if isinstance(child, (dict, list, str)))
+    return data
+
+
+def _jsonable(data: Any) -> Any:
+    """What a repo's own files (README front matter, config.json) put into repo_info, as strict JSON: dates
+    become strings; NaN, lone surrogates (YAML's "\\ud83d\\ude00" escapes stay two surrogates) or anything
+    else a response cannot encode make it None, so a hostile file cannot turn repo_info into a 500."""
+    try:
+        text = json.dumps(data, default=str, ensure_ascii=False, allow_nan=False)
+        text.encode("utf-8")
+        return json.loads(text)
+    except (TypeError, ValueError, RecursionError):  # UnicodeEncodeError is a ValueError
+        return None
+
+
+def _check_unicode(text: str) -> None:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request(
+            "InvalidJson", "the request body holds an unpaired surrogate (\\ud800-\\udfff)"
+        ) from None
 
 
 def _two(repo_id: str) -> tuple[str, str]:
@@ -1200,8 +1322,8 @@ def _parse_range(header: str, size: int):
     return start, end
 
 
-async def _read_range(path, start: int, length: int):
-    f = await anyio.open_file(path, "rb")
+async def _read_range(raw, start: int, length: int):
+    f = anyio.wrap_file(raw)
     try:
         await f.seek(start)
         remaining = length
@@ -1225,8 +1347,33 @@ def _front_matter(text: str):
         if lines[index].strip() == "---":
             import yaml
 
-            return yaml.safe_load("\n".join(lines[1:index]))
+            block = "\n".join(lines[1:index])
+            _check_yaml_shape(block)
+            return yaml.safe_load(block)
     return None
+
+
+MAX_CARD_YAML = 1 << 20
+
+
+def _check_yaml_shape(block: str) -> None:
+    """Refuse, before composing it, card metadata that is too big, nested deeper than MAX_JSON_DEPTH (the
+    composer recurses: RecursionError) or uses aliases (`&a [x, x]`, `[*a, *a]`, nine levels: 9**9 items
+    once the card is written as JSON for repo_info). yaml.parse is a non-recursive event stream."""
+    import yaml
+
+    if len(block) > MAX_CARD_YAML:
+        raise yaml.YAMLError(f"the metadata block is larger than {MAX_CARD_YAML} characters")
+    depth = 0
+    for event in yaml.parse(block, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.AliasEvent):
+            raise yaml.YAMLError("aliases (*name) are not allowed in model card metadata")
+        if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+            depth += 1
+            if depth > MAX_JSON_DEPTH:
+                raise yaml.YAMLError(f"the metadata nests deeper than {MAX_JSON_DEPTH}")
+        elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+            depth -= 1
 
 
 def _front_matter_error(text: str) -> str | None:
@@ -1234,7 +1381,7 @@ def _front_matter_error(text: str) -> str | None:
 
     try:
         data = _front_matter(text)
-    except yaml.YAMLError as err:
+    except (yaml.YAMLError, RecursionError, ValueError) as err:
         return f"Invalid YAML in the model card metadata: {str(err).splitlines()[0][:200]}"
     if data is not None and not isinstance(data, dict):
         return "The model card metadata must be a YAML mapping"
@@ -1279,8 +1426,8 @@ class AccessLog:
             )
 
 
-def make_app(root, token_file=None, *, public_read: bool = False):
-    hub = HubApp(root, token_file, public_read=public_read)
+def make_app(root, token_file=None, *, public_read: bool = False, **limits):
+    hub = HubApp(root, token_file, public_read=public_read, **limits)
     return AccessLog(hub.asgi()), hub
 
 
@@ -1292,6 +1439,9 @@ def serve(
     token_file=None,
     public_read: bool = False,
     log_level: str = "info",
+    auth_burst: int = AUTH_BURST,
+    auth_rate: float = AUTH_RATE,
+    max_commit_bytes: int = MAX_COMMIT_BODY,
 ) -> None:
     import fcntl
     import os
@@ -1311,7 +1461,14 @@ def serve(
         raise HubError(f"{root} is already served by another `hub serve` process") from None
     if token_file is None and not public_read:
         raise HubError("no --token-file and no --public-read: nobody could read or write; give one of them")
-    app, hub = make_app(root, token_file, public_read=public_read)
+    app, hub = make_app(
+        root,
+        token_file,
+        public_read=public_read,
+        auth_burst=auth_burst,
+        auth_rate=auth_rate,
+        max_commit_bytes=max_commit_bytes,
+    )
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),
         format="%(asctime)s %(levelname)s %(message)s",

@@ -8,14 +8,17 @@ Token file format (one user per line; blank lines and `#` comments ignored):
 
 A user name follows the namespace rule (letters, digits, - _ .); a token is any run of 8-1024 visible
 ASCII characters without spaces, unique in the file. The file is re-read when its modification time
-changes, so users can be added or revoked without a restart. Tokens are compared with
-`hmac.compare_digest` against every entry (no early exit), and never appear in a log line or an error.
+changes, so users can be added or revoked without a restart. Tokens are compared as sha256 digests
+with `hmac.compare_digest` against every entry (no early exit; equal-length inputs, so neither the
+position of the match nor the length of the token shows in the time), and never appear in a log line or
+an error. Failed attempts are rate-limited per client address (`FailedAuthLimiter`).
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
+import math
 import os
 import re
 import secrets
@@ -30,7 +33,7 @@ _TOKEN = re.compile(r"[\x21-\x7e]{8,1024}")
 
 
 def parse_token_file(text: str, source: str = "token file") -> list[tuple[str, bytes]]:
-    """`<user> <token>` lines -> [(user, token bytes)]. Errors name the line, never the token."""
+    """`<user> <token>` lines -> [(user, sha256 of the token)]. Errors name the line, never the token."""
     entries: list[tuple[str, bytes]] = []
     seen: set[bytes] = set()
     for number, raw in enumerate(text.splitlines(), start=1):
@@ -47,12 +50,16 @@ def parse_token_file(text: str, source: str = "token file") -> list[tuple[str, b
             raise HubError(f"{source} line {number}: invalid user name (letters, digits, '-', '_', '.')")
         if not _TOKEN.fullmatch(token):
             raise HubError(f"{source} line {number}: a token must be 8-1024 visible ASCII characters")
-        encoded = token.encode()
-        if encoded in seen:
+        digest = _digest(token)
+        if digest in seen:
             raise HubError(f"{source} line {number}: the same token appears twice")
-        seen.add(encoded)
-        entries.append((user, encoded))
+        seen.add(digest)
+        entries.append((user, digest))
     return entries
+
+
+def _digest(token: str) -> bytes:
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
 
 
 class TokenStore:
@@ -91,12 +98,49 @@ class TokenStore:
         with self._lock:
             self._load(strict=False)
             entries = self._entries
-        given = token.encode("utf-8", "surrogateescape")
+        given = _digest(token)
         found = None
         for user, candidate in entries:
             if hmac.compare_digest(given, candidate):
                 found = user
         return found
+
+
+class FailedAuthLimiter:
+    """A token bucket per client address, spent by failed authentications only: `burst` failures at once,
+    then one per `1/rate` seconds. While a client's bucket is empty, its requests that carry credentials
+    are refused (429 + Retry-After) before any token is checked, so guessing cannot go faster than `rate`
+    even when a guess is right. At most `max_clients` addresses are tracked (the oldest are forgotten)."""
+
+    def __init__(self, burst: int = 20, rate: float = 0.5, max_clients: int = 10_000) -> None:
+        self.burst, self.rate, self.max_clients = float(burst), float(rate), max_clients
+        self._buckets: dict[str, tuple[float, float]] = {}  # client -> (tokens left, when last updated)
+        self._lock = threading.Lock()
+
+    def _level(self, client: str, now: float) -> float:
+        left, then = self._buckets.get(client, (self.burst, now))
+        return min(self.burst, left + (now - then) * self.rate)
+
+    def retry_after(self, client: str) -> int:
+        """Seconds this client must wait before its credentials are looked at again (0: go ahead)."""
+        if self.burst <= 0:
+            return 0
+        with self._lock:
+            if client not in self._buckets:
+                return 0
+            left = self._level(client, time.monotonic())
+            return 0 if left >= 1 else max(1, math.ceil((1 - left) / self.rate))
+
+    def failed(self, client: str) -> None:
+        if self.burst <= 0:
+            return
+        with self._lock:
+            now = time.monotonic()
+            left = self._level(client, now) - 1
+            self._buckets.pop(client, None)  # re-insert: dict order is least recently failed first
+            self._buckets[client] = (max(left, 0.0), now)
+            while len(self._buckets) > self.max_clients:
+                self._buckets.pop(next(iter(self._buckets)))
 
 
 def bearer_token(authorization: str | None) -> str | None:

@@ -110,6 +110,10 @@ def check_path(path: object, *, allow_root: bool = False) -> str:
         raise bad_request(
             "InvalidPath", f"invalid path {shown!r}: control characters and backslashes are refused"
         )
+    try:
+        path.encode("utf-8")
+    except UnicodeEncodeError:
+        raise bad_request("InvalidPath", "invalid path: not valid Unicode (an unpaired surrogate)") from None
     if path.startswith("/"):
         raise bad_request("InvalidPath", f"invalid path {shown!r}: must be relative to the repo root")
     parts = path.split("/")

@@ -501,7 +501,9 @@ class Storage:
     ) -> Commit:
         """Apply `ops` on top of `branch` and advance it; all or nothing."""
         branch = self.branch_name(branch)
-        self.sync_uploads([op.upload for op in ops if isinstance(op, AddOp)])  # the slow part, before the lock
+        self.sync_uploads(
+            [op.upload for op in ops if isinstance(op, AddOp)]
+        )  # the slow part, before the lock
         with self.locked(repo):
             self.require_repo(repo)
             refs = self.refs(repo)
@@ -558,9 +560,17 @@ class Storage:
             # Files this commit wrote get their LFS flag now (from the new .gitattributes); the others keep
             # theirs, as git keeps existing blobs when .gitattributes changes. Entries are new objects here.
             rules = self.lfs_rules(tree)
-            for path in touched & tree.keys():
-                entry = tree[path]
-                entry.lfs = path in lfs_via_upload or entry.lfs or patterns.is_lfs(path, entry.size, rules)
+            budget = patterns.Budget(patterns.WORK_BUDGET + 1000 * len(touched))
+            try:
+                for path in touched & tree.keys():
+                    entry = tree[path]
+                    entry.lfs = (
+                        path in lfs_via_upload
+                        or entry.lfs
+                        or patterns.is_lfs(path, entry.size, rules, budget)
+                    )
+            except patterns.PatternsTooCostly as err:
+                raise ApiError(400, "InvalidGitattributes", f".gitattributes: {err}") from None
             commit = self._make_commit([head], tree, title, message, author, now_iso())
             self._write_commit(self.repo_dir(repo), commit)
             refs["heads"][branch] = commit.id
