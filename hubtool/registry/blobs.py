@@ -221,10 +221,14 @@ class LocalBlobStore:
         crash_point("blob-trashed")
         return Trashed(trashed, fd)
 
-    def restore(self, trashed: Trashed, location: str) -> None:
+    def restore(self, trashed: Trashed | Path, location: str) -> None:
         """Undo trash() when the transaction failed."""
+        final = self.path(location)  # checked before anything moves
+        if not isinstance(trashed, Trashed):  # a bare path (a trash file found by `hub verify`)
+            os.replace(trashed, final)
+            return
         try:
-            os.replace(trashed.path, self.path(location))
+            os.replace(trashed.path, final)
         finally:
             os.close(trashed.fd)
 
