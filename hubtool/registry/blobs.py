@@ -314,6 +314,7 @@ class HubBlobStore:
         what = f"blob {sha256[:12]} from {origin.repo}@{origin.commit[:12]}"
         self.local._writable()  # a read-only store fails before the download, naming the store
         with scratch_dir(self.scratch, "fetch-") as tmp:
+            crash_point("fetch-start")
             downloaded = download_blob(origin.repo, origin.commit, sha256, tmp, endpoint=self.endpoint,
                                        token=self.token)  # fmt: skip
             crash_point("fetch-downloaded")

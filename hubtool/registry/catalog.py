@@ -497,6 +497,15 @@ class Catalog:
 
         if repair:
             db.retry(sweep, "repairing the blob store")
+            for location in report.restored:  # a trashed blob put back: its rows are whole again
+                actual[location] = sha256_file(self.blobs.path(location))
+                report.checked += 1
+            for name, version, sha, location, *_ in rows:
+                ref = f"{name}@{version}"
+                if location in report.restored and ref in report.missing:
+                    report.missing.remove(ref)
+                    if actual[location] != sha:
+                        report.mismatched.append(ref)
         elif sqlite:
             try:
                 db.retry(sweep, "checking the blob store")
