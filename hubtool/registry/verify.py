@@ -7,6 +7,7 @@ A kill -9 can leave, and only leave (every writer writes a temp entry, fsyncs, r
   - an unreferenced blob blobs/ab/<sha256>...    a registration killed after placing its blob, before commit
   - a scratch entry     $HUB_HOME/tmp/*         push staging, pull downloads, packed files being registered
   - a model temp entry  $HUB_HOME/models/.*.tmp* a base-model conversion killed before its rename
+  - a run's temp file   $HUB_HOME/runs/*/.*.tmp  `hub train` killed while saving a checkpoint or its expert
 Temp, trash and scratch entries carry a liveness lock (fileio): only those nobody holds are leftovers.
 """
 
@@ -50,13 +51,21 @@ def sweep(store: Any, referenced: set[str], report: Any, *, repair: bool, grace:
                     _remove(path, "orphan", report)
             else:
                 report.orphans.append(path)  # (a file that is no blob address is never ours to delete)
-    for folder, hidden_only in ((paths.hub_home() / "tmp", False), (paths.models_dir(), True)):
+    runs = paths.runs_dir()
+    folders = [(paths.hub_home() / "tmp", False), (paths.models_dir(), True)]
+    folders += [(run, True) for run in sorted(runs.iterdir()) if run.is_dir()] if runs.is_dir() else []
+    for folder, temp_only in folders:
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
-            if hidden_only and not (path.name.startswith(".") and ".tmp" in path.name):
+            if temp_only and not _is_temp_name(path.name):
                 continue
             _leftover(path, "scratch", report, repair)
+
+
+def _is_temp_name(name: str) -> bool:
+    """What fileio.atomic_write (".<name>.XXXX.tmp") and atomic_folder (".<name>.tmp-XXXX") name temps."""
+    return name.startswith(".") and (name.endswith(".tmp") or ".tmp-" in name)
 
 
 def _leftover(path: Path, kind: str, report: Any, repair: bool) -> None:
