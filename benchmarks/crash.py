@@ -37,9 +37,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 
-from crashing import Lab, out_problems, served_problems  # noqa: E402
+from crashing import Lab, out_problems, served_problems
 
-from hubtool.fileio import stale_temp_folders  # noqa: E402
+from hubtool.fileio import stale_temp_folders
 
 OPS = ("import", "train", "rm", "compose", "push", "server", "pull", "fetch")
 

@@ -38,7 +38,7 @@ TESTS = Path(__file__).resolve().parent
 if str(TESTS) not in sys.path:  # benchmarks/crash.py imports this file too
     sys.path.insert(0, str(TESTS))
 
-from conftest import write_sparse_expert  # noqa: E402
+from conftest import write_sparse_expert
 
 HUB = (sys.executable, "-m", "hubtool")
 

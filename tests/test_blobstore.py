@@ -270,7 +270,7 @@ def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path
     assert (tmp_path / "merged" / "config.json").is_file()
     assert (home_c / "blobs" / rec.blob).read_bytes() == blob_bytes
 
-    home_d, env_d = home("d")
+    _, env_d = home("d")
     first = hub("pull", rec.ref, env=env_d)
     assert first.returncode == 0 and "Fetched qa@1 from org/qa@" in first.stdout, first.stderr
     again = hub("pull", rec.ref, "--json", env=env_d)
@@ -292,9 +292,7 @@ def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path
                                   env=env_f), "refused", rec.sha256[:16])  # fmt: skip
         assert "Traceback" not in line
         assert not (tmp_path / "bad.st").exists()
-        assert not any(p.is_file() for p in (home_f / "blobs").rglob("*")) if (home_f / "blobs").exists() else True
-        one_line_error(hub("compose", "--experts", rec.ref, "--out", tmp_path / "bad-merged", env=env_f), "refused")
-        assert not (tmp_path / "bad-merged").exists()
+        assert not [p for p in (home_f / "blobs").rglob("*") if p.is_file()]  # not even a temp file
         left = json.loads(hub("verify", "--json", env=env_f).stdout)
         assert left["temp"] == left["scratch"] == left["orphans"] == [] and left["remote"] == [rec.ref]
     finally:

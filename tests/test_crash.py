@@ -62,9 +62,7 @@ def served(tmp_path):
 
 
 def test_killed_push_pull_and_server_commit(served, tmp_path):
-    from hubserver import Server
-
-    from hubserver import ALICE
+    from hubserver import ALICE, Server
 
     from hubtool.hub.push import push_expert
 

@@ -383,7 +383,7 @@ def download_blob(
             names = [e["file"] for e in entries if e["sha256"] == sha256]
         if not names:
             raise NotFoundError(f"{what}: the repo holds no file with that sha256 at that commit")
-        name = sorted(names)[0]
+        name = min(names)
         if not _SAFE_PATH.fullmatch(name) or ".." in name.split("/"):
             raise HubError(f"{what}: the repo names it {name!r}, not a plain path inside the repo")
         with hub_errors(what, **errors):

@@ -31,8 +31,8 @@ from hubtool.fileio import crash_point, sha256_file
 from hubtool.registry import baselines, db, lookup
 from hubtool.registry import tables as t
 from hubtool.registry import tasks as task_rows
-from hubtool.registry import where as where_lang
 from hubtool.registry import verify as verify_store
+from hubtool.registry import where as where_lang
 from hubtool.registry.blobs import BlobStorage, HubOrigin, Staged, check_location, open_store
 from hubtool.registry.lookup import LATEST, NAME, parse_ref
 from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
