@@ -165,14 +165,15 @@ class LocalBlobStore:
                 crash_point("blob-stage")
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
-                    _write_all(fd, chunk)
+                    try:
+                        _write_all(fd, chunk)
+                    except OSError as err:  # a full disk, a quota
+                        if err.errno in _WRITE_ERRORS:
+                            raise not_writable(err, self.root, "blob store") from None
+                        raise
                     size += len(chunk)
             os.fsync(fd)
             yield Staged(tmp, h.hexdigest(), size)
-        except OSError as err:
-            if err.errno in _WRITE_ERRORS:
-                raise not_writable(err, self.root, "blob store") from None
-            raise
         finally:
             tmp.unlink(missing_ok=True)
             os.close(fd)
@@ -184,11 +185,19 @@ class LocalBlobStore:
         if final.exists() and sha256_file(final) == staged.sha256:
             # Deduplicated; the staged copy is dropped when stage() exits. Touched, so that a repair on a
             # database without one global write lock (its grace period) never takes it for an old orphan.
-            os.utime(final)
+            try:
+                os.utime(final)
+            except OSError:  # another user's file: the grace period is a safety margin, not a need
+                pass
             return location
         crash_point("blob-place")
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, final)  # also repairs a corrupted copy at that address
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.path, final)  # also repairs a corrupted copy at that address
+        except OSError as err:
+            if err.errno in _WRITE_ERRORS:
+                raise not_writable(err, final.parent, "blob store") from None
+            raise
         fsync_path(final.parent)
         return location
 
