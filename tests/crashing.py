@@ -67,10 +67,12 @@ def run_cli(
     after: str | None = None,
     delay: float = 0.0,
     victim: Any = None,
+    then_child: bool = False,
     timeout: float = 300.0,
 ) -> Run:
     """Run `hub ARGS`, killed as `at` / `after`+`delay` say (see the module docstring). `victim`: a Popen to
-    SIGKILL instead of the child (the server, for a commit killed server-side)."""
+    SIGKILL instead of the child (the server, for a commit killed server-side); then_child: SIGKILL the
+    child right after the victim (saves the client's retries when only the server's state matters)."""
     args = tuple(map(str, args))
     env = {**env, "COLUMNS": "250"}
     env.pop("HUB_CRASH_AT", None)
@@ -96,6 +98,9 @@ def run_cli(
                 target = victim or proc
                 if proc.poll() is None and target.poll() is None:
                     target.send_signal(signal.SIGKILL)
+                    if victim is not None and then_child:
+                        target.wait()
+                        proc.send_signal(signal.SIGKILL)
             _drain(read_fd, labels)
         try:
             returncode = proc.wait(timeout=max(1.0, started + timeout - time.monotonic()))

@@ -78,7 +78,7 @@ def test_killed_push_pull_and_server_commit(served, tmp_path):
 
     # the server killed while it takes the commit, then started again on the same root and port
     server_side = lab.hub("push", second.ref, "--repo", "org/qa", after="push-commit",
-                          delay=random.uniform(0, 0.05), victim=served.proc)  # fmt: skip
+                          delay=random.uniform(0, 0.05), victim=served.proc, then_child=True)  # fmt: skip
     if served.proc.poll() is not None:
         restarted = Server(served.root, served.root.parent / "tokens.txt", port=served.port)
         served.proc = restarted.proc
