@@ -7,7 +7,8 @@
 For each operation, one clean run first measures how long the part after its crash point takes (T); each
 of the --runs runs then SIGKILLs the process at uniform(0, 1.2 T) after that point (tests/crashing.py
 aims the kill through a pipe the child reports its crash points on; the kill itself comes from outside).
-After each run: no half blob, no orphan row, `verify --repair` ends ok, --out is absent or whole, the
+Then (--points, on by default) one run killed at each named crash point of the operation. After each
+run: no half blob, no orphan row, `verify --repair` ends ok, --out is absent or whole, the
 server's repo serves a complete commit; after each operation's batch: list, show, import (and compose)
 still work. Prints, per operation: runs, killed, finished before the kill, leftovers found and
 repaired, and problems (anything the promises forbid; must be 0).
@@ -42,6 +43,17 @@ from crashing import Lab, out_problems, served_problems
 from hubtool.fileio import stale_temp_folders
 
 OPS = ("import", "train", "rm", "compose", "push", "server", "pull", "fetch")
+# The named crash points (hubtool.fileio.crash_point) each operation passes, for the --points pass.
+_REGISTER = ("blob-stage", "blob-place", "register-placed", "register-commit")
+POINTS = {
+    "import": _REGISTER,
+    "train": ("write:*.safetensors", "write-rename:*.safetensors", *_REGISTER),
+    "rm": ("blob-trashed", "remove-committed"),
+    "compose": ("folder:*", "folder-rename:*"),
+    "push": ("push-commit",),
+    "pull": ("pull-register", *_REGISTER),
+    "fetch": ("fetch-start", "fetch-downloaded", "blob-stage", "blob-place"),
+}
 
 
 class Bench:
@@ -72,11 +84,12 @@ class Bench:
         with self.lab.catalog() as cat:
             return push_expert(ref, repo, endpoint=self.server.url, token=ALICE, catalog=cat).commit
 
-    # one run of an operation: (Run, problems, report of what was left)
-    def run(self, op: str, delay: float | None):
+    # one run of an operation: (Run, problems, report of what was left). delay None: not killed (the
+    # calibration); at: killed by the child itself at that crash point instead of after a delay.
+    def run(self, op: str, delay: float | None, at: str | None = None):
         lab = self.lab
         self.n += 1
-        kill = {} if delay is None else {"delay": delay}
+        kill = {"delay": delay} if at is None else {"at": at, "delay": None}
         home, env, extra = lab.home, lab.env, []
         if op == "import":
             r = lab.hub("import", lab.new_file("imp"), after="blob-stage", **kill)
@@ -168,6 +181,8 @@ def main() -> None:
     parser.add_argument("--small", action="store_true", help="5 runs per operation")
     parser.add_argument("--ops", default=",".join(OPS), help=f"comma-separated, of {','.join(OPS)}")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--points", action=argparse.BooleanOptionalAction, default=True,
+                        help="also kill once at each named crash point of each operation (default on)")
     parser.add_argument("--json", type=Path, help="write the counts (and every problem) here")
     args = parser.parse_args()
     runs = 5 if args.small else args.runs
@@ -193,13 +208,24 @@ def main() -> None:
                     counts["repaired"] += len(report.get("repaired", []))
                     counts["problems"] += len(problems)
                     all_problems += problems
+                if args.points:  # then once at every named crash point of the operation
+                    for label in POINTS.get(op, ()):
+                        r, problems, report = bench.run(op, None, at=label)
+                        counts["points"] += 1
+                        counts["points_killed"] += r.killed
+                        counts["problems"] += len(problems)
+                        for kind in ("temp", "trash", "orphans", "scratch", "beside_out"):
+                            found[kind] += len(report.get(kind, []))
+                        counts["repaired"] += len(report.get("repaired", []))
+                        all_problems += [f"at {label}: {p}" for p in problems]
                 after = bench.lab.still_works(compose=op == "compose")
                 counts["problems"] += len(after)
                 all_problems += [f"afterwards: {p}" for p in after]
                 results[op] = {**counts, "left": dict(found), "window_s": round(window, 3),
                                "seconds": round(time.monotonic() - started, 1), "problem_list": all_problems}  # fmt: skip
                 row = results[op]
-                print(f"{op:8} runs {row['runs']:3}  killed {row['killed']:3}  finished {row['finished']:3}  "
+                points = f"  points {row.get('points_killed', 0)}/{row.get('points', 0)}" if args.points else ""
+                print(f"{op:8} runs {row['runs']:3}  killed {row['killed']:3}  finished {row['finished']:3}{points}  "
                       f"left {sum(found.values()):3} ({', '.join(f'{k} {v}' for k, v in found.items() if v) or '-'})  "
                       f"repaired {row['repaired']:3}  problems {row['problems']}  "
                       f"[T {window * 1000:.0f} ms, {row['seconds']:.0f} s]", flush=True)  # fmt: skip

@@ -65,12 +65,13 @@ def run_cli(
     *,
     at: str | None = None,
     after: str | None = None,
-    delay: float = 0.0,
+    delay: float | None = 0.0,
     victim: Any = None,
     then_child: bool = False,
     timeout: float = 300.0,
 ) -> Run:
-    """Run `hub ARGS`, killed as `at` / `after`+`delay` say (see the module docstring). `victim`: a Popen to
+    """Run `hub ARGS`, killed as `at` / `after`+`delay` say (see the module docstring; delay None: never
+    killed, only timed from the `after` label to its exit). `victim`: a Popen to
     SIGKILL instead of the child (the server, for a commit killed server-side); then_child: SIGKILL the
     child right after the victim (saves the client's retries when only the server's state matters)."""
     args = tuple(map(str, args))
@@ -92,7 +93,7 @@ def run_cli(
         if write_fd is not None:
             os.close(write_fd)
             reached = _wait_for(read_fd, after, labels, started + timeout)
-            if reached is not None:
+            if reached is not None and delay is not None:
                 if delay > 0:
                     time.sleep(delay)
                 target = victim or proc
