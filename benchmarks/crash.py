@@ -19,7 +19,8 @@ Operations (crash point the delay counts from):
   rm       hub rm REF                           blob-trashed     (trash, commit, unlink)
   compose  hub compose --out DIR                folder:*         (shards, index, fsync, rename)
   push     hub push REF (client killed)         push-commit      (upload, commit)
-  server   hub push REF (server killed)         push-commit      (the server's commit; then restarted)
+  server   hub push REF (server killed)         push-commit      (upload and commit, up to push-committed;
+                                                                  the server is then started again)
   pull     hub pull REPO into a new home        pull-register    (registration of the download)
   fetch    hub export of a shared catalog's row fetch-start      (download, check, place)
 """
@@ -195,6 +196,8 @@ def main() -> None:
                 started = time.monotonic()
                 clean, problems, _ = bench.run(op, None)  # calibration: the part after the point, unkilled
                 window = clean.after_seconds or 0.5
+                if op == "server":  # the server's part (upload, commit) ends at push-committed; the rest
+                    window = clean.label_times.get("push-committed", window)  # is the client's own exit
                 counts: Counter = Counter()
                 found: Counter = Counter()
                 all_problems = [f"calibration: {p}" for p in problems]

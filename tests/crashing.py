@@ -53,6 +53,7 @@ class Run:
     stdout: str
     stderr: str
     labels: list[str] = field(default_factory=list)
+    label_times: dict[str, float] = field(default_factory=dict)  # unkilled runs: label -> s after `after`
 
     @property
     def ok(self) -> bool:
@@ -89,10 +90,13 @@ def run_cli(
         proc = subprocess.Popen([*HUB, *args], env=env, stdout=out, stderr=err,
                                 pass_fds=() if write_fd is None else (write_fd,))  # fmt: skip
         labels: list[str] = []
+        times: dict[str, float] = {}  # label -> seconds after the `after` label (unkilled runs only)
         reached = None
         if write_fd is not None:
             os.close(write_fd)
             reached = _wait_for(read_fd, after, labels, started + timeout)
+            if reached is not None and delay is None:  # not to be killed: time every later label
+                _timed(read_fd, times, started + timeout)
             if reached is not None and delay is not None:
                 if delay > 0:
                     time.sleep(delay)
@@ -118,8 +122,24 @@ def run_cli(
     killed = returncode == -signal.SIGKILL
     if victim is not None and victim.poll() is not None:
         killed = killed or victim.returncode == -signal.SIGKILL
+    if reached is not None:
+        times = {label: t - reached for label, t in times.items()}
     return Run(args, killed, returncode, ended - started, None if reached is None else ended - reached,
-               stdout, stderr, labels)  # fmt: skip
+               stdout, stderr, labels, times)  # fmt: skip
+
+
+def _timed(fd: int, times: dict[str, float], deadline: float) -> None:
+    """Read labels until EOF, noting when each first arrived (monotonic seconds)."""
+    buffer = b""
+    while time.monotonic() < deadline:
+        ready, _, _ = select.select([fd], [], [], max(0.0, deadline - time.monotonic()))
+        chunk = os.read(fd, 4096) if ready else b""
+        if not chunk:
+            return
+        buffer += chunk
+        *lines, buffer = buffer.split(b"\n")
+        for line in lines:
+            times.setdefault(line.decode(), time.monotonic())
 
 
 def _wait_for(fd: int, pattern: str, labels: list[str], deadline: float) -> float | None:

@@ -388,6 +388,7 @@ def _commit(
             commit = api.create_commit(
                 repo_id, operations, commit_message=message, revision=revision, parent_commit=info.sha
             )
+        crash_point("push-committed")
     return PushResult(
         repo_id=repo_id,
         commit=commit.oid,
