@@ -245,11 +245,12 @@ class Lab:
             return tiny_expert(self.base, self.model, path, name, self.seed)
         return write_sparse_expert(path, name=name, seed=self.seed)
 
-    def catalog(self, home: Path | None = None):
+    def catalog(self, home: Path | None = None, url: str | None = None):
+        """The catalog of `home` (its registry.db, or `url`: a shared one) with home's blob store."""
         from hubtool.registry import Catalog
 
         home = home or self.home
-        return Catalog(f"sqlite:///{home / 'registry.db'}", blobs=home / "blobs")
+        return Catalog(url or f"sqlite:///{home / 'registry.db'}", blobs=home / "blobs")
 
     def register(self, name: str = "qa", *, fitted: bool = False):
         with self.catalog() as cat:
@@ -286,14 +287,14 @@ class Lab:
             fixed = _json(repaired, problems)
             again_ok = run_cli(["verify", "--json"], env).returncode == 0
         else:
-            with _hub_home(home), self.catalog(home) as cat:
+            with _hub_home(home), self.catalog(home, env.get("HUB_CATALOG")) as cat:
                 report = cat.verify().to_dict()
                 fixed = cat.verify(repair=True).to_dict()
                 again_ok = cat.verify().ok
         for ref in report.get("mismatched", []):
             problems.append(f"row {ref}: blob does not match")
         trash = {Path(p).name.removeprefix(".trash-") for p in report.get("trash", [])}
-        with self.catalog(home) as cat:
+        with self.catalog(home, env.get("HUB_CATALOG")) as cat:
             for ref in report.get("missing", []):
                 if Path(cat.get(ref).blob).name not in trash:
                     problems.append(f"orphan row {ref}: its blob is nowhere")
