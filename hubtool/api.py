@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import hashlib
 import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 from hubtool.errors import HubError
-from hubtool.fileio import CHUNK, atomic_write
+from hubtool.fileio import CHUNK, atomic_write, scratch_dir
 from hubtool.paths import models_dir, tmp_dir
 
 # --dtype spellings -> the packed format's value dtype names
@@ -87,13 +86,10 @@ def register_expert(cat, expert, *, value_dtype: str | None = None, **register):
     (Catalog.register's keywords pass through); the catalog copies it into place."""
     from hubtool.format import pack
 
-    fd, tmp = tempfile.mkstemp(suffix=".safetensors", dir=tmp_dir())
-    os.close(fd)
-    try:
-        pack(expert, tmp, value_dtype=value_dtype)
-        return cat.register(tmp, **register)
-    finally:
-        Path(tmp).unlink(missing_ok=True)
+    # locked while in use: after a kill `hub verify --repair` knows it for a leftover
+    with scratch_dir(tmp_dir(), "register-") as tmp:
+        pack(expert, tmp / "expert.safetensors", value_dtype=value_dtype)
+        return cat.register(tmp / "expert.safetensors", **register)
 
 
 def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalog=None) -> Path:

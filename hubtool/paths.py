@@ -18,8 +18,14 @@ def models_dir() -> Path:
     return hub_home() / "models"
 
 
+def runs_dir() -> Path:
+    """$HUB_HOME/runs: one folder per `hub train` run (checkpoints, the packed expert)."""
+    return hub_home() / "runs"
+
+
 def tmp_dir() -> Path:
-    """$HUB_HOME/tmp (created): scratch files beside the blob store, on the same filesystem."""
+    """$HUB_HOME/tmp (created): scratch files beside the blob store, on the same filesystem. Everything in
+    it is made with fileio.scratch_dir (locked while in use): `hub verify --repair` removes what nobody holds."""
     path = hub_home() / "tmp"
     path.mkdir(parents=True, exist_ok=True)
     return path

@@ -312,34 +312,75 @@ def alias(
 
 
 @app.command(rich_help_panel=PANEL)
-def verify(json_: JsonOpt = False, catalog: CatalogOpt = None) -> None:
-    """Re-hash every blob; report mismatches, missing blobs and orphan files.
+def verify(
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="Remove what a crash left (temp, trash and scratch files, unreferenced "
+                                      "blobs) and say what went."),
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option("--grace", min=0, help="Seconds an unreferenced blob is spared, on databases without one "
+                                             "write lock (PostgreSQL): a registration may be in flight."),
+    ] = 600.0,
+    json_: JsonOpt = False,
+    catalog: CatalogOpt = None,
+) -> None:
+    """Re-hash every blob; report mismatches, missing blobs, and what a crash left behind.
 
-    Exits 1 when a version's blob is changed or gone; orphan files (no version uses them) are
-    reported but harmless, so they alone exit 0.
+    Leftovers are unreferenced blobs, the store's .tmp- and .trash- files and $HUB_HOME/tmp entries that no
+    live process holds. Exits 1 while any problem remains (after --repair: what it could not remove).
     """
     cat = open_catalog(catalog)
-    report = cat.verify()
+    report = cat.verify(repair=repair, grace=grace)
     if json_:
         print_json(report.to_dict())
     else:
-        console.print(f"checked {report.checked} blobs")
-        for ref in report.mismatched:
-            console.print(
-                f"  [red]mismatch[/] {ref}: {esc(_blob_of(cat, ref))} no longer hashes to its sha256",
-                highlight=False,
-            )
-        for ref in report.missing:
-            console.print(f"  [red]missing[/]  {ref}: {esc(_blob_of(cat, ref))} is gone", highlight=False)
-        for path in report.orphans:
-            console.print(
-                f"  [yellow]orphan[/]   {esc(path)} (no expert uses it; safe to delete)", highlight=False
-            )
-        if not (report.mismatched or report.missing):
-            console.print("[green]ok[/]" if report.ok else "[green]ok[/] apart from the orphan files")
-    if report.mismatched or report.missing:
+        _print_report(cat, report)
+    if not report.ok:
         raise typer.Exit(1)
 
 
+def _print_report(cat, report) -> None:
+    def line(tag: str, text: str) -> None:
+        console.print(f"  {tag} {text}", highlight=False)
+
+    console.print(f"checked {report.checked} blobs")
+    for ref in report.mismatched:
+        line("[red]mismatch[/]", f"{ref}: {esc(_blob_of(cat, ref))} no longer hashes to its sha256")
+    for ref in report.missing:
+        blob = _blob_of(cat, ref)
+        trashed = Path(blob).with_name(".trash-" + Path(blob).name).exists()
+        why = " (a killed `hub rm` left it in the trash: `hub verify --repair` puts it back)" if trashed else ""
+        line("[red]missing[/] ", f"{ref}: {esc(blob)} is gone{why}")
+    if report.remote:
+        shown = ", ".join(report.remote[:5]) + (f" and {len(report.remote) - 5} more" if len(report.remote) > 5 else "")
+        line("[cyan]remote[/]  ", f"{esc(shown)}: blob on its Hub repo, fetched on first use (or `hub pull REF`)")
+    for path in report.orphans:
+        line("[yellow]orphan[/]  ", f"{esc(path)} (no expert uses it; `hub verify --repair` removes it)")
+    for path in report.recent:
+        line("[yellow]recent[/]  ", f"{esc(path)} (unreferenced, but younger than --grace: kept, a registration "
+             "may be in flight)")
+    for kind, paths_, what in (
+        ("temp", report.temp, "a temp file a killed write left"),
+        ("trash", report.trash, "a blob a killed `hub rm` left"),
+        ("scratch", report.scratch, "scratch space a killed command left"),
+    ):
+        for path in paths_:
+            line(f"[yellow]{kind:<8}[/]", f"{esc(path)} ({what}; `hub verify --repair` removes it)")
+    for path in report.in_use:
+        line("[dim]in use[/]  ", f"{esc(path)} (held by a running command, or just written; left alone)")
+    for item in report.removed:
+        line("[green]removed[/] ", f"{esc(item['path'])} ({item['kind']})")
+    for location in report.restored:
+        line("[green]restored[/]", f"{esc(location)} (a row still needed it)")
+    for error in report.errors:
+        line("[red]error[/]   ", esc(error))
+    if report.ok:
+        console.print("[green]ok[/]")
+    elif not (report.mismatched or report.missing):
+        console.print("[yellow]blobs ok; leftovers remain[/] (`hub verify --repair` removes them)")
+
+
 def _blob_of(cat, ref: str) -> str:
-    return str(cat.blob_path(cat.get(ref)))
+    return str(cat.blob_path(cat.get(ref), fetch=False))

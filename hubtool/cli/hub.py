@@ -105,6 +105,8 @@ PULL_HELP = """Pull the expert(s) of a Hub repo into the local catalog.
 
     hub pull org/qa                   an expert repo (hub push NAME)
     hub pull org/lib@v1 --expert qa   one expert of a library, at a tag or commit
+    hub pull qa@3                     a catalog row's blob, from the Hub repo the row
+                                      was pushed to (a shared catalog, another disk)
 
 Each file is checked against its record's sha256 and the format before it is
 registered; an expert already present (same name and sha256) is not added again.
@@ -124,6 +126,8 @@ def pull(
 ) -> None:
     import warnings
 
+    if "/" not in repo and expert is None and _pull_row(repo, endpoint, token, json_, catalog):
+        return
     from hubtool.hub.client import split_repo
 
     split_repo(repo)  # a bad id fails before the catalog is opened
@@ -149,3 +153,31 @@ def pull(
         console.print(
             f"{rec.ref} is already in the catalog (same sha256); nothing registered", highlight=False
         )
+
+
+def _pull_row(ref: str, endpoint: str | None, token: str | None, json_: bool, catalog: str | None) -> bool:
+    """`hub pull NAME@VERSION`: when `ref` is a row of the catalog, fetch its blob (True); else False, and
+    `ref` is a repo of the token's own namespace."""
+    from hubtool.cli._common import open_catalog
+    from hubtool.errors import HubError, NotFoundError
+
+    cat = open_catalog(catalog)
+    try:
+        cat.get(ref)
+    except NotFoundError:
+        return False
+    except HubError:  # not a ref at all ("a@b@c"): let the repo parser say what is wrong
+        return False
+    from hubtool.hub.pull import fetch_row
+
+    rec, fetched = fetch_row(ref, endpoint=endpoint, token=token, catalog=cat)
+    path = cat.blob_path(rec, fetch=False)
+    if json_:
+        print_json({"ref": rec.ref, "fetched": fetched, "blob": str(path), "hub_repo": rec.hub_repo,
+                    "hub_commit": rec.hub_commit})  # fmt: skip
+    elif fetched:
+        console.print(f"Fetched [bold]{rec.ref}[/] from {esc(rec.hub_repo)}@{rec.hub_commit[:12]} into {esc(path)}",
+                      highlight=False)  # fmt: skip
+    else:
+        console.print(f"{rec.ref} is here already ({esc(path)}); nothing fetched", highlight=False)
+    return True

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import json
 import re
-import tempfile
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -79,9 +78,11 @@ def pull(
     what = f"pulling {repo_id}" + (f"@{revision}" if revision else "")
     errors = {"endpoint": endpoint, "token": token, "repo": repo_id, "revision": revision}
 
+    from hubtool.fileio import crash_point, scratch_dir
     from hubtool.paths import tmp_dir
 
-    with quiet_client(), tempfile.TemporaryDirectory(prefix="pull-", dir=tmp_dir()) as tmp:
+    # A scratch folder with a liveness lock: after a kill, `hub verify --repair` knows it is a leftover.
+    with quiet_client(), scratch_dir(tmp_dir(), "pull-") as tmp:
         with hub_errors(what, **errors):
             info = api.repo_info(repo_id, revision=revision)
         commit = info.sha
@@ -99,7 +100,7 @@ def pull(
         entries = _entries(files, where, download)
         entries = _pick(entries, wanted, where)
         result = PullResult(repo_id=repo_id, revision=revision or "main", commit=commit)
-        todo = []
+        todo, absent = [], []
         for entry in entries:
             found = _present(cat, entry)
             if found is not None:
@@ -107,8 +108,15 @@ def pull(
                 result.origins[found.ref] = entry["ref"]
                 if found.hub_repo is None:
                     cat.set_hub(found.ref, repo_id, commit)
+                if not cat.blobs.exists(found.blob):  # a shared catalog's row, its blob on another disk
+                    absent.append((found, entry))
             else:
                 todo.append(entry)
+        if absent:
+            local = download(sorted({e["file"] for _, e in absent}))
+            for found, entry in absent:
+                _verify(local / entry["file"], entry, where)
+                cat.blobs.put_verified(local / entry["file"], found.sha256, f"{found.ref} from {where}")
         if todo:
             local = download(sorted({e["file"] for e in todo}))
             for entry in todo:  # every file verified before anything is registered
@@ -118,6 +126,7 @@ def pull(
                     if message not in result.warnings:
                         result.warnings.append(message)
                         warnings.warn(message, stacklevel=2)
+            crash_point("pull-register")
             for entry in todo:
                 rec = _register(cat, local / entry["file"], entry)
                 rec = cat.set_hub(rec.ref, repo_id, commit)
@@ -345,3 +354,73 @@ def _catalog(catalog: Any) -> Any:
     from hubtool.registry import Catalog
 
     return Catalog(catalog)
+
+
+# --- one blob, for a catalog row that is not local (the Hub blob store, `hub pull NAME@VERSION`) --------------
+
+
+def download_blob(
+    repo_id: str, commit: str, sha256: str, folder: Path, *, endpoint: str | None = None,
+    token: str | None = None,
+) -> Path:  # fmt: skip
+    """Download the file of `repo_id` at `commit` whose content is `sha256` into `folder`; its path.
+
+    The file is found by the LFS sha256 the server lists for it (repo_info with files metadata), else by the
+    expert records the repo holds (hubtool.json, hubtool_library.json). The caller checks the bytes."""
+    from hubtool.hub.client import check_repo_id
+
+    check_repo_id(repo_id, "the row's hub_repo")
+    check_revision(commit, "the row's hub_commit")
+    api = make_api(endpoint, token)
+    what = f"fetching blob {sha256[:12]} from {repo_id}@{commit[:12]}"
+    errors = {"endpoint": endpoint, "token": token, "repo": repo_id, "revision": commit}
+    with quiet_client():
+        with hub_errors(what, **errors):
+            info = api.repo_info(repo_id, revision=commit, files_metadata=True)
+        siblings = info.siblings or []
+        names = [s.rfilename for s in siblings if getattr(s, "lfs", None) and s.lfs.sha256 == sha256]
+        if not names:  # a server that lists no LFS metadata: ask the records
+            files = {s.rfilename for s in siblings}
+
+            def fetch(paths: list[str]) -> Path:
+                for p in paths:
+                    with hub_errors(what, **errors):
+                        api.hf_hub_download(repo_id, p, revision=commit, local_dir=folder / "records")
+                return folder / "records"
+
+            try:
+                entries = _entries(files, f"{repo_id}@{commit[:12]}", fetch)
+            except HubError:
+                entries = []
+            names = [e["file"] for e in entries if e["sha256"] == sha256]
+        if not names:
+            raise NotFoundError(f"{what}: the repo holds no file with that sha256 at that commit")
+        name = min(names)
+        if not _SAFE_PATH.fullmatch(name) or ".." in name.split("/"):
+            raise HubError(f"{what}: the repo names it {name!r}, not a plain path inside the repo")
+        with hub_errors(what, **errors):
+            path = api.hf_hub_download(repo_id, name, revision=commit, local_dir=folder / "files")
+    return Path(path)
+
+
+def fetch_row(ref: str, *, endpoint: str | None = None, token: str | None = None, catalog: Any = None) -> Any:
+    """`hub pull NAME@VERSION`: make a catalog row's blob local, from the Hub repo the row names, and
+    check it. Returns (record, fetched): fetched False when the blob was here already."""
+    cat = _catalog(catalog)
+    rec = cat.get(ref)
+    if cat.blobs.exists(rec.blob):
+        return rec, False
+    if not rec.hub_repo or not rec.hub_commit:
+        raise NotFoundError(
+            f"{rec.ref}: its blob is not in {cat.blobs.root} and the row names no Hub repo to fetch it "
+            "from (it was never pushed); run `hub verify`"
+        )
+    from hubtool.registry.blobs import HubBlobStore, HubOrigin
+
+    store = cat.blobs
+    if endpoint is not None or token is not None or not isinstance(store, HubBlobStore):
+        from hubtool.paths import tmp_dir
+
+        store = HubBlobStore(getattr(store, "local", store), tmp_dir(), endpoint=endpoint, token=token)
+    store.fetch(rec.blob, rec.sha256, HubOrigin(rec.hub_repo, rec.hub_commit))
+    return rec, True

@@ -31,12 +31,12 @@ import fnmatch
 import json
 import os
 import shutil
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hubtool.errors import HubError, NotFoundError
+from hubtool.fileio import crash_point
 from hubtool.hub.client import check_repo_id, check_revision, hub_errors, make_api, quiet_client
 
 RECORD_FILE = "hubtool.json"
@@ -383,10 +383,12 @@ def _commit(
         stale = [p for p in remote if p not in files and any(fnmatch.fnmatch(p, m) for m in managed)]
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in files]
         operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
+        crash_point("push-commit")
         with hub_errors(what, repo=repo_id, **errors):
             commit = api.create_commit(
                 repo_id, operations, commit_message=message, revision=revision, parent_commit=info.sha
             )
+        crash_point("push-committed")
     return PushResult(
         repo_id=repo_id,
         commit=commit.oid,
@@ -435,17 +437,13 @@ def _catalog(catalog: Any) -> Any:
     return Catalog(catalog)
 
 
-class _staging:
-    """A temp folder beside the blob store ($HUB_HOME/tmp), removed afterwards."""
+def _staging():
+    """A temp folder beside the blob store ($HUB_HOME/tmp), removed afterwards; locked while in use, so
+    after a kill `hub verify --repair` knows it for a leftover."""
+    from hubtool.fileio import scratch_dir
+    from hubtool.paths import tmp_dir
 
-    def __enter__(self) -> Path:
-        from hubtool.paths import tmp_dir
-
-        self.path = Path(tempfile.mkdtemp(prefix="push-", dir=tmp_dir()))
-        return self.path
-
-    def __exit__(self, *exc: object) -> None:
-        shutil.rmtree(self.path, ignore_errors=True)
+    return scratch_dir(tmp_dir(), "push-")
 
 
 def _write_json(path: Path, obj: Any) -> None:

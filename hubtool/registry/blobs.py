@@ -1,27 +1,50 @@
-"""Content-addressed blob store: $HUB_HOME/blobs/ab/abcdef....safetensors, named by sha256.
+"""Blob stores: where the packed files behind catalog rows live, named by their sha256.
 
-A blob file only ever appears complete: bytes go to a temp file in the store (same filesystem),
-are fsynced, and are renamed into place. Identical content is stored once. Temp files start with
-".tmp-" and trashed blobs (removed, awaiting their transaction's commit) with ".trash-".
+`BlobStorage` is the interface the catalog uses. `LocalBlobStore` is a directory,
+$HUB_HOME/blobs/ab/abcdef....safetensors. `HubBlobStore` is that directory in front of a Hub endpoint:
+a row whose blob is not here but which records where it was pushed (hub_repo, hub_commit: set by `hub push`
+and `hub pull`) is downloaded from HF_ENDPOINT (the Hugging Face Hub, or a team's `hub serve`) on first
+use, checked against the row's sha256 and placed in the directory. So machines that share one catalog
+(one SQLite file, a PostgreSQL server) but not a disk can all compose, show and export every row.
+
+A blob file only ever appears complete: bytes go to a temp file in the store (same filesystem), are
+fsynced, and are renamed into place. Identical content is stored once. Temp files start with ".tmp-" and
+trashed blobs (removed, awaiting their transaction's commit) with ".trash-"; both carry a liveness lock
+(fileio), so `hub verify` tells a crash's leftovers from a writer at work. A blob is placed only inside
+the catalog write transaction that inserts its row: whoever holds the write lock sees no blob "in flight".
 """
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import os
 import re
-import tempfile
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Protocol
 
-from hubtool.errors import HubError
-from hubtool.fileio import CHUNK, fsync_path, sha256_file
+from hubtool.errors import HubError, NotFoundError
+from hubtool.fileio import (
+    CHUNK,
+    check_writable,
+    crash_point,
+    file_mode,
+    fsync_path,
+    locked_mkstemp,
+    not_writable,
+    scratch_dir,
+    sha256_file,
+)
 
 SUFFIX = ".safetensors"
+TEMP_PREFIX = ".tmp-"
+TRASH_PREFIX = ".trash-"
 # The only form a location takes: "ab/<64 lowercase hex>.safetensors", ab the sha256's first two digits.
 _LOCATION = re.compile(r"([0-9a-f]{2})/(\1[0-9a-f]{62})" + re.escape(SUFFIX))
+_WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
 
 
 def blob_location(sha256: str) -> str:
@@ -46,6 +69,10 @@ def check_location(location: str, sha256: str | None = None) -> str:
     return location
 
 
+def is_location(location: str) -> bool:
+    return _LOCATION.fullmatch(location) is not None
+
+
 @dataclass(frozen=True)
 class Staged:
     """A complete, fsynced copy of a file waiting in the store under a temp name."""
@@ -55,7 +82,47 @@ class Staged:
     size: int
 
 
-class BlobStore:
+@dataclass(frozen=True)
+class Trashed:
+    """A blob moved aside by trash(); `fd` holds its liveness lock until unlink() or restore()."""
+
+    path: Path
+    fd: int
+
+    def unlink(self) -> None:
+        try:
+            self.path.unlink(missing_ok=True)
+        finally:
+            os.close(self.fd)
+
+
+@dataclass(frozen=True)
+class HubOrigin:
+    """Where a row says its blob can be had: a repo on a Hub endpoint at one commit."""
+
+    repo: str
+    commit: str
+
+
+class BlobStorage(Protocol):
+    """What the catalog needs from a blob store. `root` is the local directory every store keeps."""
+
+    root: Path
+
+    def path(self, location: str) -> Path: ...
+    def exists(self, location: str) -> bool: ...
+    def open(self, location: str) -> BinaryIO: ...
+    def stage(self, src: Path) -> AbstractContextManager[Staged]: ...
+    def place(self, staged: Staged) -> str: ...
+    def trash(self, location: str) -> Trashed | None: ...
+    def restore(self, trashed: Trashed, location: str) -> None: ...
+    def files(self) -> Iterator[tuple[str, Path]]: ...
+    def fetch(self, location: str, sha256: str, origin: HubOrigin | None) -> Path: ...
+
+
+class LocalBlobStore:
+    """A directory of content-addressed blobs (the default store)."""
+
     def __init__(self, root: Path) -> None:
         self.root = Path(root)
 
@@ -64,57 +131,209 @@ class BlobStore:
         catalog row can point any read, trash or delete outside the store."""
         return self.root / check_location(location)
 
+    def exists(self, location: str) -> bool:
+        return self.path(location).is_file()
+
+    def open(self, location: str) -> BinaryIO:
+        path = self.path(location)
+        try:
+            return open(path, "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"blob {path} is missing; run `hub verify`") from None
+
+    def _writable(self) -> None:
+        try:
+            self.root.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            raise not_writable(err, self.root, "blob store") from None
+        check_writable(self.root, "blob store")
+
     @contextmanager
     def stage(self, src: Path) -> Iterator[Staged]:
         """Copy src into a temp file in the store, hashing on the way; the temp file is gone on exit
-        unless place() has moved it into the store."""
-        self.root.mkdir(parents=True, exist_ok=True)
-        fd, tmp_name = tempfile.mkstemp(dir=self.root, prefix=".tmp-", suffix=SUFFIX)
-        tmp = Path(tmp_name)
+        unless place() has moved it into the store. Its liveness lock is held until exit."""
+        self._writable()
+        try:
+            fd, tmp = locked_mkstemp(self.root, TEMP_PREFIX, SUFFIX, mode=file_mode())
+        except OSError as err:
+            if err.errno in _WRITE_ERRORS:
+                raise not_writable(err, self.root, "blob store") from None
+            raise
         try:
             h, size = hashlib.sha256(), 0
-            with os.fdopen(fd, "wb") as out, open(src, "rb") as f:
+            with open(src, "rb") as f:
+                crash_point("blob-stage")
                 while chunk := f.read(CHUNK):
                     h.update(chunk)
-                    out.write(chunk)
+                    try:
+                        _write_all(fd, chunk)
+                    except OSError as err:  # a full disk, a quota
+                        if err.errno in _WRITE_ERRORS:
+                            raise not_writable(err, self.root, "blob store") from None
+                        raise
                     size += len(chunk)
-                out.flush()
-                os.fsync(out.fileno())
+            os.fsync(fd)
             yield Staged(tmp, h.hexdigest(), size)
         finally:
             tmp.unlink(missing_ok=True)
+            os.close(fd)
 
     def place(self, staged: Staged) -> str:
         """Move a staged file to its content address (or keep the existing, intact copy)."""
         location = blob_location(staged.sha256)
         final = self.path(location)
         if final.exists() and sha256_file(final) == staged.sha256:
-            return location  # deduplicated; the staged copy is dropped when stage() exits
-        final.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staged.path, final)  # also repairs a corrupted copy at that address
+            # Deduplicated; the staged copy is dropped when stage() exits. Touched, so that a repair on a
+            # database without one global write lock (its grace period) never takes it for an old orphan.
+            try:
+                os.utime(final)
+            except OSError:  # another user's file: the grace period is a safety margin, not a need
+                pass
+            return location
+        crash_point("blob-place")
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            os.replace(staged.path, final)  # also repairs a corrupted copy at that address
+        except OSError as err:
+            if err.errno in _WRITE_ERRORS:
+                raise not_writable(err, final.parent, "blob store") from None
+            raise
         fsync_path(final.parent)
         return location
 
-    def trash(self, location: str) -> Path | None:
+    def trash(self, location: str) -> Trashed | None:
         """Move a blob aside (to be deleted once the catalog transaction that drops its last row
         commits). While the catalog holds the write lock no registration can then find the blob
         and point a new row at it. None if the blob was already gone."""
         blob = self.path(location)
-        trashed = blob.with_name(f".trash-{blob.name}")
+        trashed = blob.with_name(f"{TRASH_PREFIX}{blob.name}")
+        try:
+            fd = os.open(blob, os.O_RDONLY)
+        except FileNotFoundError:
+            return None
+        try:
+            import fcntl
+
+            fcntl.flock(fd, fcntl.LOCK_SH)  # alive while we hold it: a repair leaves the trash alone
+        except ImportError:
+            pass
         try:
             os.replace(blob, trashed)
         except FileNotFoundError:
+            os.close(fd)
             return None
-        return trashed
+        except OSError as err:
+            os.close(fd)
+            if err.errno in _WRITE_ERRORS:
+                raise not_writable(err, blob.parent, "blob store") from None
+            raise
+        crash_point("blob-trashed")
+        return Trashed(trashed, fd)
 
-    def restore(self, trashed: Path, location: str) -> None:
+    def restore(self, trashed: Trashed | Path, location: str) -> None:
         """Undo trash() when the transaction failed."""
-        os.replace(trashed, self.path(location))
+        final = self.path(location)  # checked before anything moves
+        if not isinstance(trashed, Trashed):  # a bare path (a trash file found by `hub verify`)
+            os.replace(trashed, final)
+            return
+        try:
+            os.replace(trashed.path, final)
+        finally:
+            os.close(trashed.fd)
 
     def files(self) -> Iterator[tuple[str, Path]]:
         """Every file in the store as (location, path), temp and trash files included."""
         if not self.root.is_dir():
             return
         for path in sorted(self.root.rglob("*")):
-            if path.is_file():
+            if path.is_file() or path.is_symlink():
                 yield path.relative_to(self.root).as_posix(), path
+
+    def fetch(self, location: str, sha256: str, origin: HubOrigin | None) -> Path:
+        path = self.path(location)
+        if path.is_file():
+            return path
+        raise NotFoundError(f"blob {path} is missing (and its row names no Hub repo to fetch it from); "
+                            "run `hub verify`")  # fmt: skip
+
+    def put_verified(self, src: Path, sha256: str, what: str) -> Path:
+        """Place a file that must hash to `sha256` (a download); a HubError, nothing placed, if not."""
+        with self.stage(src) as staged:
+            if staged.sha256 != sha256:
+                raise HubError(
+                    f"{what}: the downloaded file has sha256 {staged.sha256[:16]}..., the catalog row says "
+                    f"{sha256[:16]}...; refused (nothing was placed in {self.root})"
+                )
+            return self.path(self.place(staged))
+
+
+def _write_all(fd: int, data: bytes) -> None:
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
+
+
+class HubBlobStore:
+    """A local store that fetches a missing blob from the Hub repo its row was pushed to (first use).
+
+    The endpoint and token are huggingface_hub's: `endpoint`/`token` if given, else HF_ENDPOINT / HF_TOKEN
+    / the stored login. The download goes to a scratch folder in `scratch` ($HUB_HOME/tmp), is hashed
+    while it is copied into the store and placed only when it matches the row's sha256."""
+
+    def __init__(self, local: LocalBlobStore, scratch: Path, *, endpoint: str | None = None,
+                 token: str | None = None) -> None:  # fmt: skip
+        self.local = local
+        self.root = local.root
+        self.scratch = scratch
+        self.endpoint = endpoint
+        self.token = token
+
+    # everything but fetch is the local directory's
+    def path(self, location: str) -> Path:
+        return self.local.path(location)
+
+    def exists(self, location: str) -> bool:
+        return self.local.exists(location)
+
+    def open(self, location: str) -> BinaryIO:
+        return self.local.open(location)
+
+    def stage(self, src: Path) -> AbstractContextManager[Staged]:
+        return self.local.stage(src)
+
+    def place(self, staged: Staged) -> str:
+        return self.local.place(staged)
+
+    def trash(self, location: str) -> Trashed | None:
+        return self.local.trash(location)
+
+    def restore(self, trashed: Trashed, location: str) -> None:
+        self.local.restore(trashed, location)
+
+    def files(self) -> Iterator[tuple[str, Path]]:
+        return self.local.files()
+
+    def fetch(self, location: str, sha256: str, origin: HubOrigin | None) -> Path:
+        """The blob's local file, downloaded from `origin` first when it is not here."""
+        path = self.local.path(check_location(location, sha256))
+        if path.is_file() or origin is None:
+            return self.local.fetch(location, sha256, origin)
+        from hubtool.hub.pull import download_blob
+
+        what = f"blob {sha256[:12]} from {origin.repo}@{origin.commit[:12]}"
+        self.local._writable()  # a read-only store fails before the download, naming the store
+        with scratch_dir(self.scratch, "fetch-") as tmp:
+            crash_point("fetch-start")
+            downloaded = download_blob(origin.repo, origin.commit, sha256, tmp, endpoint=self.endpoint,
+                                       token=self.token)  # fmt: skip
+            crash_point("fetch-downloaded")
+            return self.local.put_verified(downloaded, sha256, what)
+
+
+def open_store(root: Path, scratch: Path) -> HubBlobStore:
+    """The catalog's default store: the local directory `root`, fetching from the Hub on first use."""
+    return HubBlobStore(LocalBlobStore(root), scratch)
+
+
+# The name of the local store before there was an interface; code and tests written then keep working.
+BlobStore = LocalBlobStore

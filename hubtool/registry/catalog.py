@@ -23,15 +23,17 @@ from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import Row, delete, func, insert, select, update
 from sqlalchemy.engine import Connection
+from sqlalchemy.exc import DBAPIError
 
 from hubtool import paths
 from hubtool.errors import HubError, NotFoundError
-from hubtool.fileio import sha256_file
+from hubtool.fileio import crash_point, sha256_file
 from hubtool.registry import baselines, db, lookup
 from hubtool.registry import tables as t
 from hubtool.registry import tasks as task_rows
+from hubtool.registry import verify as verify_store
 from hubtool.registry import where as where_lang
-from hubtool.registry.blobs import BlobStore, Staged, check_location
+from hubtool.registry.blobs import BlobStorage, HubOrigin, Staged, check_location, open_store
 from hubtool.registry.lookup import LATEST, NAME, parse_ref
 from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
 
@@ -83,7 +85,8 @@ class Catalog:
         """Open (creating or upgrading) the catalog at `url`: any SQLAlchemy URL, default
         HUB_CATALOG or $HUB_HOME/registry.db. Blobs go to `blobs`, default $HUB_HOME/blobs."""
         self.url = url or paths.default_catalog_url()
-        self.blobs = BlobStore(blobs or paths.blobs_dir())
+        # the local directory, fetching a row's blob from its Hub repo on first use (blobs.HubBlobStore)
+        self.blobs: BlobStorage = open_store(Path(blobs or paths.blobs_dir()), paths.hub_home() / "tmp")
         self.engine = db.make_engine(self.url)
         db.ensure_schema(self.engine, blobs=self.blobs.root)
 
@@ -167,6 +170,7 @@ class Catalog:
             edges = list({e["parent"]: e for e in (self._edge(conn, p) for p in parents)}.values())
             # Placed under the write lock, so remove() can't delete this blob between here and commit.
             location = self.blobs.place(staged)
+            crash_point("register-placed")
             expert_id = conn.execute(
                 insert(t.experts).values(
                     **row,
@@ -187,6 +191,7 @@ class Catalog:
             self._put_metrics(conn, expert_id, scores)
             if edges:
                 conn.execute(insert(t.lineage), [{"child_id": expert_id, **e} for e in edges])
+            crash_point("register-commit")
         return expert_id
 
     def _next_version(self, conn: Connection, name: str) -> int:
@@ -305,7 +310,8 @@ class Catalog:
                     self.blobs.restore(trashed, record.blob)
                 raise
             if trashed is not None:
-                trashed.unlink(missing_ok=True)
+                crash_point("remove-committed")
+                trashed.unlink()
 
         db.retry(tx, f"removing {record.ref}", self.engine.url)
         return record
@@ -431,11 +437,18 @@ class Catalog:
 
     # ---- blobs ------------------------------------------------------------------------------
 
-    def blob_path(self, record: ExpertRecord) -> Path:
-        return self.blobs.path(record.blob)
+    def blob_path(self, record: ExpertRecord, *, fetch: bool = True) -> Path:
+        """The local file of a row's blob. Not here but the row names a Hub repo (it was pushed or pulled):
+        downloaded from there first (HF_ENDPOINT), checked against the row's sha256 and placed in the
+        store (fetch=False: never). A blob that is nowhere is the caller's NotFoundError to raise."""
+        path = self.blobs.path(record.blob)
+        if not fetch or path.is_file() or not (record.hub_repo and record.hub_commit):
+            return path
+        return self.blobs.fetch(record.blob, record.sha256, HubOrigin(record.hub_repo, record.hub_commit))
 
     def load(self, ref: str) -> Expert:
-        """Unpack an expert version from its blob, after checking the blob is still intact."""
+        """Unpack an expert version from its blob (fetched from its Hub repo if it is not local), after
+        checking the blob is still intact."""
         from hubtool.format import unpack
 
         record = self.get(ref)
@@ -446,27 +459,62 @@ class Catalog:
             raise HubError(f"{record.ref}: blob {path} does not match its sha256; run `hub verify`")
         return unpack(path)
 
-    def verify(self) -> VerifyReport:
-        """Re-hash every blob: report versions whose blob changed or vanished, and store files
-        (including leftover temp files) that no version points to."""
+    def verify(self, *, repair: bool = False, grace: float = verify_store.GRACE_SECONDS) -> VerifyReport:
+        """Re-hash every local blob; report versions whose blob changed or vanished (rows whose blob is on
+        a Hub instead are `remote`, fetched on first use) and what a crash can leave: unreferenced blobs,
+        the store's temp and trash files, $HUB_HOME/tmp leftovers. repair=True removes those leftovers (a
+        trashed blob a row still needs is put back) and lists what it removed.
+
+        Nothing in use is touched: temp files and scratch folders are removed only when no live process
+        holds their lock, and unreferenced blobs only under the catalog's write lock (SQLite: no
+        registration can be between placing its blob and committing its row) or, on databases without one
+        global write lock, once older than `grace` seconds."""
         with self.engine.connect() as conn:
             rows = conn.execute(
-                select(t.experts.c.name, t.experts.c.version, t.experts.c.sha256, t.experts.c.blob).order_by(
-                    t.experts.c.name, t.experts.c.version
-                )
-            ).all()
+                select(
+                    t.experts.c.name, t.experts.c.version, t.experts.c.sha256, t.experts.c.blob,
+                    t.experts.c.hub_repo, t.experts.c.hub_commit,
+                ).order_by(t.experts.c.name, t.experts.c.version)
+            ).all()  # fmt: skip
         report = VerifyReport()
         actual: dict[str, str | None] = {}  # location -> sha256 of the file, None if missing
-        for name, version, sha, location in rows:
+        for name, version, sha, location, hub_repo, hub_commit in rows:
             if location not in actual:
                 path = self.blobs.path(location)
                 actual[location] = sha256_file(path) if path.is_file() else None
                 report.checked += actual[location] is not None
             if actual[location] is None:
-                report.missing.append(f"{name}@{version}")
+                (report.remote if hub_repo and hub_commit else report.missing).append(f"{name}@{version}")
             elif actual[location] != sha:
                 report.mismatched.append(f"{name}@{version}")
-        report.orphans = [path for location, path in self.blobs.files() if location not in actual]
+        sqlite = self.engine.dialect.name == "sqlite"
+
+        def sweep() -> None:
+            # Under the write lock (SQLite: the whole database's) nobody places a blob meanwhile, so an
+            # unreferenced blob is a leftover, not a registration in flight.
+            with db.write_transaction(self.engine) as conn:
+                referenced = set(conn.execute(select(t.experts.c.blob)).scalars())
+                verify_store.sweep(self.blobs, referenced, report, repair=repair,
+                                   grace=0.0 if sqlite else grace)  # fmt: skip
+
+        if repair:
+            db.retry(sweep, "repairing the blob store")
+            for location in report.restored:  # a trashed blob put back: its rows are whole again
+                actual[location] = sha256_file(self.blobs.path(location))
+                report.checked += 1
+            for name, version, sha, location, *_ in rows:
+                ref = f"{name}@{version}"
+                if location in report.restored and ref in report.missing:
+                    report.missing.remove(ref)
+                    if actual[location] != sha:
+                        report.mismatched.append(ref)
+        elif sqlite:
+            try:
+                db.retry(sweep, "checking the blob store")
+            except (HubError, DBAPIError):  # a read-only catalog file: the same check without the lock
+                verify_store.sweep(self.blobs, set(actual), report, repair=False, grace=grace)
+        else:
+            verify_store.sweep(self.blobs, set(actual), report, repair=False, grace=grace)
         return report
 
     # ---- tasks ------------------------------------------------------------------------------

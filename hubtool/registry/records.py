@@ -98,17 +98,28 @@ class TaskRecord:
 
 @dataclass
 class VerifyReport:
-    """What Catalog.verify() found. ok when every row's blob is present and hashes to its sha256
-    and no file in the store is unaccounted for."""
+    """What Catalog.verify() found. ok when every row's blob is here (or on its Hub repo) and hashes to its
+    sha256, and nothing a crash can leave is left: no unreferenced file in the store, no abandoned temp,
+    trash or scratch entry. After a repair the lists hold what is still there; `removed` what went."""
 
     checked: int = 0  # blob files re-hashed
     mismatched: list[str] = field(default_factory=list)  # refs whose blob content changed
-    missing: list[str] = field(default_factory=list)  # refs whose blob file is gone
+    missing: list[str] = field(default_factory=list)  # refs whose blob file is gone (and not on a Hub)
+    remote: list[str] = field(default_factory=list)  # refs whose blob is not here but on their Hub repo
     orphans: list[Path] = field(default_factory=list)  # store files no row points to
+    recent: list[Path] = field(default_factory=list)  # unreferenced blobs --repair kept: younger than --grace
+    temp: list[Path] = field(default_factory=list)  # the store's .tmp- files nobody is writing
+    trash: list[Path] = field(default_factory=list)  # the store's .trash- files nobody is deleting
+    scratch: list[Path] = field(default_factory=list)  # $HUB_HOME/tmp (and models/ temp) leftovers
+    in_use: list[Path] = field(default_factory=list)  # held by a live process, or a blob just placed
+    removed: list[dict[str, str]] = field(default_factory=list)  # {"path", "kind"} that --repair removed
+    restored: list[str] = field(default_factory=list)  # trashed blobs a row still needed, put back
+    errors: list[str] = field(default_factory=list)  # what --repair could not remove, and why
 
     @property
     def ok(self) -> bool:
-        return not (self.mismatched or self.missing or self.orphans)
+        return not (self.mismatched or self.missing or self.orphans or self.recent or self.temp
+                    or self.trash or self.scratch or self.errors)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -116,5 +127,14 @@ class VerifyReport:
             "checked": self.checked,
             "mismatched": list(self.mismatched),
             "missing": list(self.missing),
+            "remote": list(self.remote),
             "orphans": [str(p) for p in self.orphans],
+            "recent": [str(p) for p in self.recent],
+            "temp": [str(p) for p in self.temp],
+            "trash": [str(p) for p in self.trash],
+            "scratch": [str(p) for p in self.scratch],
+            "in_use": [str(p) for p in self.in_use],
+            "removed": list(self.removed),
+            "restored": list(self.restored),
+            "errors": list(self.errors),
         }
