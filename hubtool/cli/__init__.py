@@ -53,7 +53,9 @@ def main() -> None:
         if not message.strip():  # bare `hub`: Typer has already printed the help
             sys.exit(err.exit_code)
         ctx = getattr(err, "ctx", None)
-        _fail(message + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""), err.exit_code)
+        # Exit 1 like every other user error (Click would say 2): exit 2 means a bug in hubtool, so a
+        # script or the fuzzer can tell "you typed it wrong" from "we got it wrong".
+        _fail(message + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""), 1)
     except typer.Abort:
         _fail("aborted", 1)
     except HubError as err:

@@ -17,6 +17,7 @@ from hubtool.cli._common import (
     TrustRemoteCodeOpt,
     YesOpt,
     console,
+    count_option,
     esc,
     human_bytes,
     open_catalog,
@@ -56,7 +57,7 @@ def list_(
     sort: Annotated[
         str | None, typer.Option("--sort", help="Field or metric to sort by; '-' prefix for descending.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 25,
+    limit: Annotated[int, count_option("--limit", help="At most this many rows.")] = 25,
     json_: JsonOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
