@@ -223,7 +223,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     message names the option, e.g. "--batch-size 0: expected a whole number of at least 1"."""
     from hubtool import checks
 
-    opt = lambda key: "--" + key.replace("_", "-")  # noqa: E731
+    opt = lambda key: "--" + key.replace("_", "-")
     for key in ("batch_size", "grad_accum", "mask_interval", "block_size", "rank", "max_new_tokens"):
         checks.count(settings[key], opt(key))
     checks.count(settings["max_length"], opt("max_length"), low=2)

@@ -52,10 +52,10 @@ class World:
     @classmethod
     def build(cls, root: Path) -> World:
         import torch
+        from tiny import make_tiny_llama, save_word_tokenizer
 
         from hubtool.delta import Expert, LoraDelta, SparseDelta
         from hubtool.format import pack_bytes
-        from tiny import make_tiny_llama, save_word_tokenizer
 
         root = Path(root)
         base, home = root / "base", root / "home"
@@ -147,7 +147,7 @@ def _quiet_consoles(out: io.StringIO, err: io.StringIO):
 def run_argv(argv: list[str], *, timeout: float = 30.0, env: dict[str, str] | None = None) -> Outcome:
     """`hub ARGV` in this process: the exit code, stderr and stdout, and whether it kept the contract
     (exit 0, or exit 1 with exactly one 'Error:' line on stderr; no traceback, no hang)."""
-    import hubtool.cli as cli
+    from hubtool import cli
     from hubtool.cli import _common
 
     out, err = io.StringIO(), io.StringIO()
@@ -232,12 +232,22 @@ def _deep(n: int) -> str:
     return f"\x01DEEP{n}\x01"
 
 
-_DEEP = re.compile(r'"\\u0001DEEP(\d+)\\u0001"')
+def _big(n: int) -> str:
+    """A stand-in for an n-digit integer (Python refuses to write one of more than 4300 digits)."""
+    return f"\x01BIG{n}\x01"
+
+
+_MARK = re.compile(r'"\\u0001(DEEP|BIG)(\d+)\\u0001"')
+
+
+def _expand(m: re.Match) -> str:
+    n = int(m[2])
+    return "[" * n + "1" + "]" * n if m[1] == "DEEP" else "9" * n
 
 
 _EVIL_VALUES: list[Callable[[random.Random], Any]] = [
     lambda r: _deep(r.choice([50, 500, 5000, 50000])),
-    lambda r: int("9" * r.choice([20, 400, 5000])),
+    lambda r: _big(r.choice([20, 400, 5000])),
     lambda r: -r.randint(1, 10**6),
     lambda r: [r.random(), "x"],
     lambda r: {"a": [1, {"b": None}]},
@@ -264,7 +274,7 @@ def evil(r: random.Random) -> Any:
 
 def _dumps(value: Any) -> str:
     text = json.dumps(value, allow_nan=True)
-    return _DEEP.sub(lambda m: "[" * int(m[1]) + "1" + "]" * int(m[1]), text)
+    return _MARK.sub(_expand, text)
 
 
 def _mutate_bytes(r: random.Random, data: bytes) -> tuple[str, bytes]:

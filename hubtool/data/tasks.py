@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -124,7 +123,7 @@ def make_example(row: dict[str, Any], where: str) -> Example:
         ):
             raise HubError(f"{where}: field {key!r} must be a non-empty list of strings")
     if options is not None and row["output"] not in options:
-        shown = lambda v: repr(v) if len(repr(v)) <= 80 else repr(v)[:77] + "..."  # noqa: E731
+        shown = lambda v: repr(v) if len(repr(v)) <= 80 else repr(v)[:77] + "..."
         raise HubError(f"{where}: output {shown(row['output'])} is not one of the options {shown(options)}")
     return Example(row["input"], row["output"], options or None, answers or None)
 

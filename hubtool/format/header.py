@@ -9,7 +9,6 @@ themselves (positions, finite values) are checked by hubtool.format.packed.unpac
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct

@@ -53,11 +53,17 @@ def loads(
     return value
 
 
-def check_depth(value: Any, what: str, *, error: type[HubError] = HubError, max_depth: int = MAX_DEPTH) -> None:
-    """Refuse containers nested more than max_depth deep (iterative: deep input cannot blow the stack)."""
+def check_depth(value: Any, what: str, *, error: type[HubError] = HubError, max_depth: int = MAX_DEPTH,
+                max_nodes: int | None = None) -> None:
+    """Refuse containers nested more than max_depth deep (iterative: deep input cannot blow the stack),
+    and, with max_nodes, more values than that (YAML aliases make a small file a huge tree)."""
     stack = [(value, 1)]
+    seen = 0
     while stack:
         item, depth = stack.pop()
+        seen += 1
+        if max_nodes is not None and seen > max_nodes:
+            raise error(f"{what}: more than {max_nodes} values (YAML aliases expanding?)")
         if isinstance(item, dict):
             children = item.values()
         elif isinstance(item, list):
