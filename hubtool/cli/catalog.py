@@ -258,12 +258,15 @@ def export(
     fmt: Annotated[
         str, typer.Option("--format", help="peft (a PeftModel folder) or hubtool (the packed file).")
     ] = "peft",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it exists (only once the new one is complete).")
+    ] = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Export an expert as a PEFT adapter folder or as its packed file."""
     from hubtool.api import export_expert
 
-    where = export_expert(ref, out, fmt=fmt, catalog=catalog)
+    where = export_expert(ref, out, fmt=fmt, catalog=catalog, force=force)
     console.print(f"Exported [bold]{esc(ref)}[/] to {esc(where)}", highlight=False)
 
 

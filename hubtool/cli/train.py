@@ -135,17 +135,17 @@ def train(
     )
     if result.interrupted:
         console.print(
-            f"Interrupted after {result.steps} steps; checkpoint in {result.out_dir}. "
+            f"Interrupted after {result.steps} steps; checkpoint in {esc(result.out_dir)}. "
             "Run the same command with --resume to continue."
         )
         raise typer.Exit(130)
     rec = result.record
     if rec is None:  # a data-parallel rank other than 0: rank 0 registers the expert
         return
-    console.print(f"Registered [bold]{rec.ref}[/] ({rec.kind}, {rec.nnz:,} trained entries)")
+    console.print(f"Registered [bold]{esc(rec.ref)}[/] ({esc(rec.kind)}, {rec.nnz:,} trained entries)")
     for task_name, per_task in (rec.metrics or {}).items():
         console.print(
-            f"  {task_name}: " + ", ".join(f"{m} {v:.4g}" for m, v in per_task.items()), highlight=False
+            f"  {esc(task_name)}: " + esc(", ".join(f"{m} {v:.4g}" for m, v in per_task.items())), highlight=False
         )
 
 
