@@ -94,6 +94,29 @@ def check_shapes(
             )
 
 
+# A weight whose shape no local base can confirm may still be this big (a 16k x 16k projection); beyond,
+# the base must be on this machine: a header alone must not make a merge or export allocate terabytes.
+UNVERIFIED_NUMEL = 2**28
+
+
+def check_against_base(shapes: Mapping[str, Sequence[int]], base: str, where: str) -> None:
+    """check_shapes against the base when it is on this machine; otherwise each weight's entries are
+    capped at UNVERIFIED_NUMEL. Call before building anything of a weight's full size."""
+    base_shapes = local_base_shapes(base)
+    if base_shapes is not None:
+        check_shapes(shapes, base_shapes, where, base)
+        return
+    for name, shape in shapes.items():
+        numel = 1
+        for x in shape:
+            numel *= int(x)
+        if numel > UNVERIFIED_NUMEL:
+            raise FormatError(
+                f"{where}: weight {name} claims shape {list(shape)} ({numel:,} entries) and its base model "
+                f"{base} is not on this machine to confirm it; download the base (or pass its folder) first"
+            )
+
+
 def add_delta_(weight: torch.Tensor, delta: Delta, scale: float = 1.0) -> torch.Tensor:
     """weight [out, in] += scale * delta, in place, through hubtool.kernels."""
     return delta.add_to_(weight, scale)

@@ -394,8 +394,9 @@ def _shape_cases(r: random.Random) -> Case:
         from hubtool.delta import BlockSparseDelta, Expert, FullDelta, LoraDelta, SparseDelta
         from hubtool.format import pack_bytes
 
-        how = r.choice(["sparse-shape", "sparse-huge", "lora-shape", "lora-huge", "full-shape", "block-huge",
-                        "missing-weight", "transposed"])
+        how = r.choice(["sparse-shape", "sparse-huge", "sparse-big", "lora-shape", "lora-huge", "full-shape",
+                        "block-huge", "missing-weight", "transposed", "remote-base"])
+        base_model = str(world.base)
         case.what = how
         w = r.choice([Q, K])
         if how == "sparse-shape":
@@ -404,6 +405,11 @@ def _shape_cases(r: random.Random) -> Case:
         elif how == "sparse-huge":
             shape = r.choice([(2**31, 2**31), (10**9, 10**9), (2**40, 4)])
             deltas = {w: SparseDelta(shape, torch.tensor([0, 2**33]), torch.ones(2))}
+        elif how in ("sparse-big", "remote-base"):  # inside the header's caps: only the base can refuse it
+            shape = r.choice([(2**20, 2**20), (2**31 - 1, 512), (4096, 2**28)])
+            deltas = {w: SparseDelta(shape, torch.tensor([0, shape[1] * 3 + 1]), torch.ones(2))}
+            if how == "remote-base":
+                base_model = "fuzz-org/not-on-this-machine"
         elif how == "lora-shape":
             deltas = {w: LoraDelta((64, 63), torch.ones(1, 63), torch.ones(64, 1), 1.0)}
         elif how == "lora-huge":
@@ -421,7 +427,7 @@ def _shape_cases(r: random.Random) -> Case:
         kind = next(iter(deltas.values())).kind
         path = world.path(".safetensors")
         try:
-            path.write_bytes(pack_bytes(Expert(name="bad", task="colors", kind=kind, base_model=str(world.base),
+            path.write_bytes(pack_bytes(Expert(name="bad", task="colors", kind=kind, base_model=base_model,
                                                deltas=deltas)))
         except Exception as exc:  # pack refused it: then the header route must refuse it too
             if type(exc).__name__ not in ("FormatError", "HubError"):
@@ -435,6 +441,15 @@ def _shape_cases(r: random.Random) -> Case:
         if run_argv(["import", str(path), "--name", name]).code != 0:
             return ["import", str(path), "--name", name]
         follow = r.choice(["export", "compose", "compose-expert", "generate", "overlap"])
+        if how == "remote-base":  # a second one of the same base, so there is something to merge with
+            other = f"fzr-{world.counter}"
+            if run_argv(["import", str(path), "--name", other]).code != 0:
+                return ["import", str(path), "--name", other]
+            follow = r.choice(["compose-expert-remote", "overlap-remote", "export"])
+            if follow == "compose-expert-remote":
+                return ["compose", "--experts", f"{name},{other}", "--as-expert", f"m{world.counter}"]
+            if follow == "overlap-remote":
+                return ["overlap", "--experts", f"{name},{other}"]
         if follow == "export":
             return ["export", name, "--out", str(world.path("-peft"))]
         if follow == "compose":
@@ -543,7 +558,7 @@ def _recipe_cases(r: random.Random) -> Case:
         case.what = how
         path = world.path(".yaml")
         if how == "text":
-            path.write_bytes(r.choice([b"", b"[", b"- 1\n- 2\n", b"\xff\xfe\x00", b"a: !!python/object:os.system x\n",
+            path.write_bytes(r.choice([_LAUGHS, b"", b"[", b"- 1\n- 2\n", b"\xff\xfe\x00", b"a: !!python/object:os.system x\n",
                                        b"&a [*a]", ("[" * 50000).encode(), b"a: " + b"9" * 5000,
                                        b"merge_method: ties\nexperts: {x: 1}\n"]))
         else:
@@ -571,6 +586,12 @@ def _recipe_cases(r: random.Random) -> Case:
 
     case = Case("recipe", "", make)
     return case
+
+
+# "Billion laughs": nine aliases deep, each a list of nine of the one before (9^9 values once expanded).
+_LAUGHS = b"a: &a [x, x, x, x, x, x, x, x, x]\n" + b"".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 9)}]\n".encode() for p, c in zip("abcdefgh", "bcdefghi")
+) + b"merge_method: ties\nexperts: [*i]\n"
 
 
 def _record_cases(r: random.Random) -> Case:

@@ -454,11 +454,9 @@ def export_peft(
             )
     base = base_model_name_or_path or expert.base_model
     # Padding builds a [out * in] mask per weight: the shapes must be the base's before that.
-    from hubtool.apply import check_shapes, local_base_shapes
+    from hubtool.apply import check_against_base
 
-    base_shapes = local_base_shapes(expert.base_model)
-    if base_shapes is not None:
-        check_shapes({w: d.shape for w, d in deltas.items()}, base_shapes, f"expert {expert.name}", expert.base_model)
+    check_against_base({w: d.shape for w, d in deltas.items()}, expert.base_model, f"expert {expert.name}")
     if fmt == "lora":
         config, tensors = _lora_export(deltas, base)
         counts = {w: d.nnz for w, d in deltas.items()}
@@ -497,8 +495,11 @@ def _pad(
     flat: torch.Tensor, values: torch.Tensor, numel: int, total: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Append total - nnz zero-valued entries at the first positions outside the mask."""
-    free = torch.ones(numel, dtype=torch.bool)
-    free[flat] = False
+    # The first `total` positions hold at most nnz of the mask, so at least total - nnz free ones:
+    # a mask of that many, not of the whole weight.
+    span = min(numel, total)
+    free = torch.ones(span, dtype=torch.bool)
+    free[flat[flat < span]] = False
     extra = free.nonzero().squeeze(1)[: total - flat.numel()]
     return torch.cat([flat, extra]), torch.cat([values, torch.zeros(extra.numel(), dtype=values.dtype)])
 

@@ -149,13 +149,9 @@ def make_plan(catalog: Any, recipe: Recipe) -> Plan:
     first = choices[0].record
     # Before anything is allocated per weight (overlap counts, merged values: [out * in] each): the
     # headers' shapes must be the base's, or a 5 KB file could claim a weight of 2^40 entries.
-    from hubtool.apply import check_shapes, local_base_shapes
+    from hubtool.apply import check_against_base
 
-    base_shapes = local_base_shapes(first.base_model)
-    if base_shapes is not None:
-        for c in choices:
-            check_shapes({n: i["shape"] for n, i in c.header()["weights"].items()}, base_shapes, c.ref,
-                         first.base_model)
+    check_against_base(shapes, first.base_model, choices[0].ref if len(choices) == 1 else "the chosen experts")
     resolved = Recipe(
         method=recipe.method, tasks=list(recipe.tasks), task_weights=recipe.task_weights, where=recipe.where,
         pick=recipe.pick,
