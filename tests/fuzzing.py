@@ -91,8 +91,10 @@ class World:
         world.recipe = Recipe(method="ties", experts=[ExpertSpec("fz@1"), ExpertSpec("fzl@1", 0.5)], density=0.5).to_yaml()
         from hubtool.registry import Catalog
 
-        rec = Catalog().get("fz@1")
-        world.record = {"hub_format": "hubtool-expert-v1", "file": "fz.safetensors", **_jsonable(rec.to_dict())}
+        from hubtool.hub.push import pushed_record
+
+        cat = Catalog()
+        world.record = _jsonable(pushed_record(cat, cat.get("fz@1"), "fz.safetensors"))  # what `hub push` writes
         rows = [{"input": f"what color is {w} ?", "output": c, "options": WORDS[4:]} for w, c in zip(WORDS * 3, WORDS[4:] * 6)]
         world.task_jsonl = "".join(json.dumps(r) + "\n" for r in rows)
         world.task_csv = "input,output\n" + "".join(f"{r['input']},{r['output']}\n" for r in rows)
@@ -346,7 +348,7 @@ def _mutate_header(r: random.Random, data: bytes) -> tuple[str, bytes]:
         n = r.choice([0, 7, 2**31, 2**63 - 1, 2**64 - 1, 100 * 2**20 + 1])
         return how, struct.pack("<Q", n) + data[8:]
     elif how == "many-tensors":
-        count = r.choice([1000, 20000, 200000])
+        count = r.choice([1000, 20000, 1000, 20000, 140000])  # the cap is 131072
         for i in range(count):
             header[f"t{i}"] = {"dtype": "U8", "shape": [0], "data_offsets": [0, 0]}
     elif how == "deep":
@@ -752,10 +754,16 @@ def _where_cases(r: random.Random) -> Case:
     return Case("where", "", make)
 
 
+def _write(path: Path, data: bytes) -> Path:
+    path.write_bytes(data)
+    return path
+
+
 def _markup_cases(r: random.Random) -> Case:
     def make(world: World, case: Case) -> list[str]:
         evil_name = r.choice(["[/x]", "[bold]b[/bold]", "[link=file:///etc]x[/link]", "[/]", "a[b]c"])
-        how = r.choice(["tasks", "import-task", "path", "train-task"])
+        # `hub tasks` counts every built-in's examples (~4 s): one case in eight.
+        how = r.choice(["tasks"] + ["import-task", "path", "train-task", "show-task"] * 2 + ["eval-task"])
         case.what = f"{how} {evil_name}"
         if how == "tasks":
             root = world.path("-tasks")
@@ -772,6 +780,14 @@ def _markup_cases(r: random.Random) -> Case:
             folder = world.path(evil_name.replace("/", "_"))
             folder.mkdir()
             return ["import", str(folder / "x.safetensors")]
+        if how == "show-task":  # an expert whose task (from its file) is markup: `hub show` prints it
+            path = world.path(".safetensors")
+            name = f"fzm-{world.counter}"
+            run_argv(["import", str(path if path.exists() else _write(path, world.packed)), "--name", name,
+                      "--task", evil_name])
+            return ["show", name]
+        if how == "eval-task":
+            return ["eval", "--base", str(world.root / "no-base"), "--task", evil_name]
         data = world.path(f"{evil_name.replace('/', '_')}.jsonl")
         data.write_text(world.task_jsonl)
         return ["train", "--task", evil_name, "--data", str(data), "--base", str(world.root / "no-base")]

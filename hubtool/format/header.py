@@ -189,7 +189,7 @@ def _check_tensors(table: dict[str, Any], data_size: int) -> None:
             raise FormatError(f"tensor {_short(name)}: name longer than {_MAX_NAME} characters")
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise FormatError(f"tensor {name}: expected {{dtype, shape, data_offsets}}")
-        if entry["dtype"] not in _ITEMSIZE:
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ITEMSIZE:
             raise FormatError(f"tensor {name}: dtype {_short(entry['dtype'])} is not one of {', '.join(_ITEMSIZE)}")
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not _ints(shape) or not _ints(offsets) or len(offsets) != 2:
@@ -219,7 +219,7 @@ def _check_weights(meta: dict[str, Any], table: dict[str, Any]) -> None:
         delta = info.get("delta")
         if isinstance(delta, str):
             delta = info["delta"] = LEGACY_DELTAS.get(delta, delta)
-        if delta not in allowed:
+        if not isinstance(delta, str) or delta not in allowed:
             raise FormatError(
                 f"{field}.delta: a {meta['kind']} expert holds {sorted(allowed)}, got {_short(delta)}"
             )
