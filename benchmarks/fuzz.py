@@ -21,7 +21,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-import fuzzing  # noqa: E402
+import fuzzing
 
 
 def main() -> int:

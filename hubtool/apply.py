@@ -99,10 +99,13 @@ def check_shapes(
 UNVERIFIED_NUMEL = 2**28
 
 
-def check_against_base(shapes: Mapping[str, Sequence[int]], base: str, where: str) -> None:
+def check_against_base(shapes: Mapping[str, Sequence[int]], base: str, where: str, *,
+                       base_shapes: Mapping[str, Sequence[int]] | None | bool = False) -> None:
     """check_shapes against the base when it is on this machine; otherwise each weight's entries are
-    capped at UNVERIFIED_NUMEL. Call before building anything of a weight's full size."""
-    base_shapes = local_base_shapes(base)
+    capped at UNVERIFIED_NUMEL. Call before building anything of a weight's full size. `base_shapes`:
+    local_base_shapes(base) when the caller has it already."""
+    if base_shapes is False:
+        base_shapes = local_base_shapes(base)
     if base_shapes is not None:
         check_shapes(shapes, base_shapes, where, base)
         return

@@ -89,9 +89,8 @@ class World:
         from hubtool.merge.recipe import ExpertSpec, Recipe
 
         world.recipe = Recipe(method="ties", experts=[ExpertSpec("fz@1"), ExpertSpec("fzl@1", 0.5)], density=0.5).to_yaml()
-        from hubtool.registry import Catalog
-
         from hubtool.hub.push import pushed_record
+        from hubtool.registry import Catalog
 
         cat = Catalog()
         world.record = _jsonable(pushed_record(cat, cat.get("fz@1"), "fz.safetensors"))  # what `hub push` writes

@@ -12,9 +12,8 @@ import sys
 from collections import Counter
 from pathlib import Path
 
-import pytest
-
 import fuzzing
+import pytest
 
 CASES = 240  # ~0.2 s each on 2 busy cores
 

@@ -200,7 +200,8 @@ def read_csv(path: Path) -> list[Example]:
                       "options": _list_cell(row.get("options"), where), "answers": _list_cell(row.get("answers"), where)}
             examples.append(make_example(fields, where))
     except csv.Error as err:  # a cell over MAX_CELL, a quote never closed, ...
-        raise HubError(f"{path}:{reader.line_num}: not a readable CSV row ({err})") from None
+        # reader.reader's count includes the line that failed (the DictReader's stops at the last good row).
+        raise HubError(f"{path}:{reader.reader.line_num}: not a readable CSV row ({err})") from None
     return examples
 
 

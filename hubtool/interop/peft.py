@@ -250,7 +250,7 @@ def _lora_deltas(config: dict, tensors: dict[str, torch.Tensor], folder: Path):
         r_field = f"rank_pattern[{key!r}]" if key is not None else "r"
         r_config = rank_pattern[key] if key is not None else config.get("r", 8)
         if isinstance(r_config, bool) or not isinstance(r_config, int) or r_config < 1:
-            raise HubError(f"{folder / CONFIG_FILE}: {r_field}={str(r_config)[:40]!r}; expected a whole number >= 1")
+            raise HubError(f"{folder / CONFIG_FILE}: {r_field}={repr(r_config)[:40]}; expected a whole number >= 1")
         if r_config != rank:
             raise HubError(
                 f"{folder / CONFIG_FILE}: {r_field}={r_config}, but {weight} in {WEIGHTS_FILE} has rank {rank}"
@@ -283,7 +283,7 @@ def _matching_key(pattern: dict[str, Any], module: str) -> str | None:
 def _finite_number(value: Any, path: Path, field: str) -> float:
     """A finite JSON number: not a string ("16" is not what PEFT reads), null, a bool, NaN or Infinity."""
     if not finite(value):
-        raise HubError(f"{path}: {field}={str(value)[:40]!r}; expected a finite number")
+        raise HubError(f"{path}: {field}={repr(value)[:40]}; expected a finite number")
     return float(value)
 
 
