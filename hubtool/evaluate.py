@@ -218,6 +218,13 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
     accuracy (tasks with options) in percent, plus n, seconds and examples_per_s. Pass a list as
     `predictions` to receive the per-example predictions. max_prompt_tokens cuts each prompt from the
     left as training does (an expert trained with --max-length L is scored on what it saw)."""
+    from hubtool import checks
+
+    # The rules of `hub eval`'s options, for library callers too (a limit of -1 would drop one example).
+    checks.optional_count(limit, "--limit")
+    checks.count(batch_size, "--batch-size")
+    checks.count(max_new_tokens, "--max-new-tokens")
+    checks.optional_count(max_prompt_tokens, "--max-prompt-tokens")
     data = load_task(task) if isinstance(task, str) else task
     examples = data.split(split)[:limit]
     if not examples:

@@ -82,13 +82,13 @@ PACKED = {
     "5000-digit-int": (_meta("metrics", '{"colors": {"accuracy": ' + "9" * 5000 + "}}"),
                        ["__metadata__.metrics", "5000 digits"]),
     "list-for-string": (lambda h, w: w[Q].__setitem__("fingerprint", ["abc"]), ["fingerprint", "a string or null"]),
-    "missing-fingerprint": (lambda h, w: w[Q].pop("fingerprint"), [f"weights[{Q!r}].fingerprint", "missing"]),
+    "missing-fingerprint": (lambda h, w: w[Q].pop("fingerprint"), [f"weights[{Q}].fingerprint", "missing"]),
     "parents-type": (_meta("parents", '[{"ref": 3}]'), ["__metadata__.parents[0]", "ref string"]),
     "metrics-type": (_meta("metrics", '{"colors": {"accuracy": "high"}}'), ["__metadata__.metrics", "finite number"]),
     "metrics-overflow": (_meta("metrics", '{"colors": {"accuracy": 1e999}}'), ["__metadata__.metrics", "finite"]),
     "tasks-type": (_meta("tasks", '"qa"'), ["__metadata__.tasks", "array"]),
-    "nnz-type": (lambda h, w: w[K].__setitem__("nnz", "12"), [f"weights[{K!r}].nnz", "non-negative integer"]),
-    "shape-huge": (lambda h, w: w[Q].__setitem__("shape", [2**40, 2**40]), [f"weights[{Q!r}].shape", "at most"]),
+    "nnz-type": (lambda h, w: w[K].__setitem__("nnz", "12"), [f"weights[{K}].nnz", "non-negative integer"]),
+    "shape-huge": (lambda h, w: w[Q].__setitem__("shape", [2**40, 2**40]), [f"weights[{Q}].shape", "at most"]),
     "too-many-tensors": (_many_tensors, ["tensors, more than the 131072 allowed"]),
 }
 

@@ -114,7 +114,9 @@ def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
             raise FormatError(f"__metadata__.{key}: missing")
     meta: dict[str, Any] = dict(raw)
     for key, kind in _JSON_FIELDS.items():
-        meta[key] = safejson.loads(raw[key], f"__metadata__.{key}", error=FormatError) if key in raw else kind()
+        # NaN / Infinity literals parse here; the field that holds one says so (scale, metrics, weight).
+        meta[key] = (safejson.loads(raw[key], f"__metadata__.{key}", error=FormatError, allow_nan=True)
+                     if key in raw else kind())
         if not isinstance(meta[key], kind):
             raise FormatError(f"__metadata__.{key}: expected a JSON {'object' if kind is dict else 'array'}")
     for key in ("name", "task", "base_model"):  # the catalog checks names; here only what bounds a reader
@@ -129,7 +131,7 @@ def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
     for key, cast in (("keep_ratio", float), ("nnz", int)):
         text = raw.get(key)
         try:
-            if text is not None and len(text) > safejson.MAX_INT_DIGITS:
+            if text is not None and len(text) > 64:  # a count or a ratio, not a 5000-digit int()
                 raise ValueError
             meta[key] = cast(text) if text is not None else None
         except ValueError:
@@ -211,7 +213,7 @@ def _check_weights(meta: dict[str, Any], table: dict[str, Any]) -> None:
     expected: set[str] = set()
     allowed = DELTAS_OF_KIND[meta["kind"]]
     for name, info in meta["weights"].items():
-        field = f"__metadata__.weights[{_short(name)}]"
+        field = f"__metadata__.weights[{name if len(name) <= 200 else name[:197] + '...'}]"
         if len(name) > _MAX_NAME:
             raise FormatError(f"{field}: weight name longer than {_MAX_NAME} characters")
         if not isinstance(info, dict):

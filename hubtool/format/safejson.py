@@ -17,7 +17,9 @@ from typing import Any
 from hubtool.errors import HubError
 
 MAX_DEPTH = 32  # deepest real value: a PEFT config inside an expert's config, ~5 levels
-MAX_INT_DIGITS = 40  # far above any count or size a file can justify, far below int-str limits
+# Far above any count or size a file can justify (those are checked against the file itself), far
+# below Python's 4300-digit int-str limit, whose ValueError would otherwise escape as a bug.
+MAX_INT_DIGITS = 1000
 
 
 def _parse_int(text: str) -> int:

@@ -181,7 +181,8 @@ def _read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
             )
         raise HubError(f"{folder}: missing {WEIGHTS_FILE}; expected a PEFT adapter folder")
     try:
-        config = safejson.loads((folder / CONFIG_FILE).read_bytes(), str(folder / CONFIG_FILE))
+        # NaN / Infinity literals parse; the field holding one says so (lora_alpha, alpha_pattern).
+        config = safejson.loads((folder / CONFIG_FILE).read_bytes(), str(folder / CONFIG_FILE), allow_nan=True)
     except OSError as err:
         raise HubError(f"{folder / CONFIG_FILE}: cannot read: {err.strerror}") from None
     if not isinstance(config, dict):
