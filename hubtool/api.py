@@ -92,9 +92,10 @@ def register_expert(cat, expert, *, value_dtype: str | None = None, **register):
         return cat.register(tmp / "expert.safetensors", **register)
 
 
-def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalog=None) -> Path:
+def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalog=None, force: bool = False) -> Path:
     """Write an expert out of the catalog: `peft` (a folder PeftModel.from_pretrained loads) or `hubtool`
-    (the packed file, byte for byte). Returns what was written."""
+    (the packed file, byte for byte). Returns what was written. An existing `out` (a file, or a folder
+    that is not empty) is an error unless force=True, which replaces it only once the new one is complete."""
     from hubtool.registry import Catalog
 
     if fmt not in ("peft", "hubtool"):
@@ -110,11 +111,40 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
             if not NAME.fullmatch(rec.name):  # a row edited by hand must not pick a path outside `out`
                 raise HubError(f"{rec.ref}: catalog name {rec.name!r} is not a valid expert name; fix the row")
             out = out / f"{rec.name}-v{rec.version}.safetensors"
-        _copy_verified(cat.blob_path(rec), out, rec.sha256, rec.ref)
+        if out.is_dir():
+            raise HubError(f"--out {out}: is a folder; expected a file name (or a folder ending in '/')")
+        _refuse_existing(out, force)
+        _copy_verified(cat.blob_path(rec), out, rec.sha256, rec.ref)  # a rename over the old file
         return out
     from hubtool.interop.peft import export_peft
 
-    return export_peft(cat.load(rec.ref), out, base_model_name_or_path=_loadable_base(rec.base_model))
+    _refuse_existing(out, force)
+    if not force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return export_peft(cat.load(rec.ref), out, base_model_name_or_path=_loadable_base(rec.base_model))
+    # --force over a filled folder: write beside it, then swap, so a failed export leaves the old one.
+    import shutil
+
+    staging = out.with_name(f".{out.name}.new-{os.getpid()}")
+    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    try:
+        export_peft(cat.load(rec.ref), staging, base_model_name_or_path=_loadable_base(rec.base_model))
+        os.rename(out, old)
+        os.rename(staging, out)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    if old.is_dir():
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        old.unlink(missing_ok=True)
+    return out.absolute()
+
+
+def _refuse_existing(out: Path, force: bool) -> None:
+    """Never overwrite without being asked (huggingface_hub and transformers do, silently)."""
+    if force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
+        return
+    what = "a folder that is not empty" if out.is_dir() else "a file"
+    raise HubError(f"--out {out}: already exists ({what}); pass --force to replace it")
 
 
 def _copy_verified(blob: Path, out: Path, sha256: str, ref: str) -> None:

@@ -9,12 +9,12 @@ against the base first (check_base) and then apply with check_fingerprint=False.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import torch
 
 from hubtool.delta import Delta, Expert
-from hubtool.errors import FingerprintError, FormatError
+from hubtool.errors import FingerprintError, FormatError, HubError
 from hubtool.format.fingerprint import fingerprint
 
 Target = torch.nn.Module | Mapping[str, torch.Tensor]
@@ -57,6 +57,67 @@ def check_base(target: Target, expert: Expert, *, check_fingerprint: bool = True
                 )
         found[name] = weight
     return found
+
+
+def local_base_shapes(base_model: str) -> dict[str, tuple[int, ...]] | None:
+    """{weight name: shape} of a base model that is on this machine (a model folder, or an embedded model
+    already converted), read from its config alone; None for one that is not (a Hub id: its shapes are
+    checked when it is loaded). What bounds a merge or export before any tensor is built."""
+    from pathlib import Path
+
+    from hubtool.models import EMBEDDED, base_weight_shapes
+    from hubtool.paths import models_dir
+
+    if base_model in EMBEDDED:
+        if not (models_dir() / base_model).is_dir():
+            return None
+    elif not (Path(base_model).expanduser() / "config.json").is_file():
+        return None
+    try:
+        return base_weight_shapes(base_model)
+    except HubError:  # e.g. its config needs --trust-remote-code: whatever loads it checks it then
+        return None
+
+
+def check_shapes(
+    shapes: Mapping[str, Sequence[int]], base_shapes: Mapping[str, Sequence[int]], where: str, base: str
+) -> None:
+    """Every weight a file claims is one of the base's, with the base's shape: a header cannot make a
+    reader allocate more than the base model justifies. FormatError naming the file (`where`) and weight."""
+    for name, shape in shapes.items():
+        got = base_shapes.get(name)
+        if got is None:
+            raise FormatError(f"{where}: weight {name} is not in the base model {base}")
+        if tuple(got) != tuple(shape):
+            raise FormatError(
+                f"{where}: weight {name} has shape {list(shape)}, the base model {base} has {list(got)}"
+            )
+
+
+# A weight whose shape no local base can confirm may still be this big (a 16k x 16k projection); beyond,
+# the base must be on this machine: a header alone must not make a merge or export allocate terabytes.
+UNVERIFIED_NUMEL = 2**28
+
+
+def check_against_base(shapes: Mapping[str, Sequence[int]], base: str, where: str, *,
+                       base_shapes: Mapping[str, Sequence[int]] | None | bool = False) -> None:
+    """check_shapes against the base when it is on this machine; otherwise each weight's entries are
+    capped at UNVERIFIED_NUMEL. Call before building anything of a weight's full size. `base_shapes`:
+    local_base_shapes(base) when the caller has it already."""
+    if base_shapes is False:
+        base_shapes = local_base_shapes(base)
+    if base_shapes is not None:
+        check_shapes(shapes, base_shapes, where, base)
+        return
+    for name, shape in shapes.items():
+        numel = 1
+        for x in shape:
+            numel *= int(x)
+        if numel > UNVERIFIED_NUMEL:
+            raise FormatError(
+                f"{where}: weight {name} claims shape {list(shape)} ({numel:,} entries) and its base model "
+                f"{base} is not on this machine to confirm it; download the base (or pass its folder) first"
+            )
 
 
 def add_delta_(weight: torch.Tensor, delta: Delta, scale: float = 1.0) -> torch.Tensor:

@@ -74,12 +74,36 @@ def _cut(ids: list[int], max_prompt_tokens: int | None) -> list[int]:
     return ids if not max_prompt_tokens or len(ids) <= max_prompt_tokens else ids[-max_prompt_tokens:]
 
 
+def model_window(model: Any) -> int | None:
+    """The most positions the model can attend over (its config's max_position_embeddings), or None."""
+    window = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    return window if isinstance(window, int) and window > 0 else None
+
+
+def prompt_budget(model: Any, max_new_tokens: int, max_prompt_tokens: int | None = None) -> int | None:
+    """Most prompt tokens a greedy answer of max_new_tokens leaves room for in the model's window (and
+    at most max_prompt_tokens); None when neither bounds it. A HubError when nothing is left."""
+    window = model_window(model)
+    if window is None:
+        return max_prompt_tokens
+    room = window - max_new_tokens
+    if room < 1:
+        raise HubError(
+            f"--max-new-tokens {max_new_tokens}: leaves no room for the prompt in the model's window of "
+            f"{window} positions; expected at most {window - 1}"
+        )
+    return room if max_prompt_tokens is None else min(room, max_prompt_tokens)
+
+
 def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_tokens: int = 64,
              batch_size: int = 8, max_prompt_tokens: int | None = None) -> list[str]:
-    """Greedy answers to task prompts, in the order given."""
+    """Greedy answers to task prompts, in the order given. Prompts are cut from the left to what the
+    model's window leaves after max_new_tokens (and to max_prompt_tokens): past its window a model
+    with learned positions fails outright and one with rotary ones writes noise."""
     from transformers import GenerationConfig
 
-    ids = [_cut(prompt_ids(tokenizer, p), max_prompt_tokens) for p in prompts]
+    budget = prompt_budget(model, max_new_tokens, max_prompt_tokens) if prompts else None
+    ids = [_cut(prompt_ids(tokenizer, p), budget) for p in prompts]
     stops = stop_ids(model, tokenizer)
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,
                               pad_token_id=pad_id(tokenizer), eos_token_id=stops or None)
@@ -104,10 +128,18 @@ def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
     import torch
 
     pairs = []  # (example, option, prompt ids + option ids, number of option ids)
+    window = model_window(model)
     for i, example in enumerate(examples):
         for j, option in enumerate(example.options or []):
             p_ids, o_ids = prompt_answer_ids(tokenizer, example.input, option)
-            p_ids = _cut(p_ids, max_prompt_tokens)
+            if window is not None and len(o_ids) >= window:
+                raise HubError(
+                    f"example {i}: option {j} is {len(o_ids)} tokens, as long as the model's window of {window}"
+                )
+            # The prompt keeps its end and gives way to the option: prompt + option fit the window.
+            room = None if window is None else window - len(o_ids)
+            cut = room if max_prompt_tokens is None else (max_prompt_tokens if room is None else min(room, max_prompt_tokens))
+            p_ids = _cut(p_ids, cut)
             if not p_ids:
                 raise HubError(f"prompt of example {i} encodes to no tokens: nothing to condition the options on")
             pairs.append((i, j, p_ids + o_ids, len(o_ids)))
@@ -186,6 +218,13 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
     accuracy (tasks with options) in percent, plus n, seconds and examples_per_s. Pass a list as
     `predictions` to receive the per-example predictions. max_prompt_tokens cuts each prompt from the
     left as training does (an expert trained with --max-length L is scored on what it saw)."""
+    from hubtool import checks
+
+    # The rules of `hub eval`'s options, for library callers too (a limit of -1 would drop one example).
+    checks.optional_count(limit, "--limit")
+    checks.count(batch_size, "--batch-size")
+    checks.count(max_new_tokens, "--max-new-tokens")
+    checks.optional_count(max_prompt_tokens, "--max-prompt-tokens")
     data = load_task(task) if isinstance(task, str) else task
     examples = data.split(split)[:limit]
     if not examples:

@@ -166,10 +166,13 @@ def generate_ids(model: Any, tokenizer: Any, prompt: str, *, max_new_tokens: int
     import torch
     from transformers import GenerationConfig
 
+    from hubtool.evaluate import _cut, pad_id, prompt_budget, stop_ids
+
     ids = prompt_token_ids(tokenizer, prompt, chat_template=chat_template)
     if not ids:
         raise HubError("prompt: the tokenizer gives no tokens for it; expected some text")
-    from hubtool.evaluate import pad_id, stop_ids
+    # Kept from the end (where the question is) to what the window leaves after max_new_tokens.
+    ids = _cut(ids, prompt_budget(model, max_new_tokens))
 
     stops = stop_ids(model, tokenizer)  # the same stops and padding as evaluation
     config = GenerationConfig(max_new_tokens=max_new_tokens, do_sample=False, num_beams=1, use_cache=True,

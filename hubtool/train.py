@@ -103,6 +103,7 @@ def train(
     (its config's auto_map) runs only with trust_remote_code=True."""
     # Before any work: the name becomes the run folder and the packed file's name, so it must be a name.
     name = expert_name(task, method, name)
+    check_settings(locals())
     import torch
 
     from hubtool.data import load_task
@@ -215,6 +216,28 @@ def train(
         result.record = cat.register(result.path, metrics={task_data.name: metrics}, config=config)
         cat.record_task(task_data, category=category)  # the task's one home: `hub eval --task` finds it
     return result
+
+
+def check_settings(settings: dict[str, Any]) -> None:
+    """The numeric settings of train(), by the same rules (hubtool.checks) as `hub train`'s options; the
+    message names the option, e.g. "--batch-size 0: expected a whole number of at least 1"."""
+    from hubtool import checks
+
+    opt = lambda key: "--" + key.replace("_", "-")
+    for key in ("batch_size", "grad_accum", "mask_interval", "block_size", "rank", "max_new_tokens"):
+        checks.count(settings[key], opt(key))
+    checks.count(settings["max_length"], opt("max_length"), low=2)
+    for key in ("max_steps", "max_train"):
+        checks.optional_count(settings[key], opt(key))
+    for key in ("mask_steps", "max_val", "eval_limit"):
+        checks.optional_count(settings[key], opt(key), low=0)
+    for key in ("epochs", "lr"):
+        checks.optional_positive(settings[key], opt(key))
+    checks.positive(settings["alpha"], opt("alpha"))
+    checks.ratio(settings["keep_ratio"], opt("keep_ratio"))
+    checks.seed(settings["seed"], opt("seed"))
+    if settings["max_grad_norm"] is not None:
+        checks.positive(settings["max_grad_norm"], "max_grad_norm")
 
 
 def _check_task(task: str, category: str | None) -> None:

@@ -72,7 +72,7 @@ def test_train_errors_are_one_line_and_register_nothing(hub_home: Path, colors_t
     one_line_error(hub("train", "--task", "t", "--base", base, "--data", tmp_path / "missing.jsonl", "--max-steps", "1"))
     one_line_error(hub("train", "--task", "t", "--base", base, "--data", bad, "--max-steps", "1"), "bad.jsonl:2")
     one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--method", "dense"), "method")
-    one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--keep-ratio", "1.5"), "keep_ratio")
+    one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--keep-ratio", "1.5"), "--keep-ratio")
     one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--targets", "nothing_here"), "nothing_here")
     one_line_error(hub("eval", "nope", "--task", data), "nope")
     assert ok_json(hub("list", "--json")) == [] and store_files(hub_home) == []

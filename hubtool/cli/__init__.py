@@ -53,7 +53,9 @@ def main() -> None:
         if not message.strip():  # bare `hub`: Typer has already printed the help
             sys.exit(err.exit_code)
         ctx = getattr(err, "ctx", None)
-        _fail(message + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""), err.exit_code)
+        # Exit 1 like every other user error (Click would say 2): exit 2 means a bug in hubtool, so a
+        # script or the fuzzer can tell "you typed it wrong" from "we got it wrong".
+        _fail(message + (f" (see '{ctx.command_path} --help')" if ctx is not None else ""), 1)
     except typer.Abort:
         _fail("aborted", 1)
     except HubError as err:
@@ -62,12 +64,27 @@ def main() -> None:
         _fail(str(err), err.exit_code)
     except KeyboardInterrupt:
         sys.exit(130)
+    except OSError as err:
+        # The file system refused a path the user gave (too long, permission denied, disk full, ...):
+        # not a bug, and the error carries the path. Without one it is treated as a bug below.
+        if debug or err.filename is None or err.strerror is None:
+            if debug:
+                raise
+            _fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)", 2)
+        _fail(f"{_shorten(str(err.filename), 200)}: {err.strerror}", 1)
     except Exception as err:  # a bug, not a user error: still one line unless --debug
         if debug:
             raise
         _fail(f"{type(err).__name__}: {err} (run with --debug for the traceback)", 2)
     # A command that returns normally gives None; `raise typer.Exit(n)` and --help give their code.
     sys.exit(code if isinstance(code, int) else 0)
+
+
+_MAX_MESSAGE = 2000  # characters: a 100 kB name in a message must not become a 100 kB line
+
+
+def _shorten(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _fail(message: str, code: int) -> None:
@@ -77,6 +94,6 @@ def _fail(message: str, code: int) -> None:
 
     # One line even when the message wraps another tool's multi-line text; escaped, because a path
     # or name holding "[/x]" would otherwise be read as Rich markup (and crash the error printer).
-    line = escape(" ".join(message.split()))
+    line = escape(_shorten(" ".join(message.split()), _MAX_MESSAGE))
     err_console.print(f"[bold red]Error:[/] {line}", highlight=False, soft_wrap=True)
     sys.exit(code)

@@ -42,6 +42,71 @@ TrustRemoteCodeOpt = Annotated[
 ]
 
 
+# --- numeric options: the rules are hubtool.checks' (the library API applies the same ones) ----------
+
+
+def _parser(kind: type, check: Any, **bounds: Any) -> Any:
+    """A Typer `parser` for a numeric option: text -> int/float, then `check` (a hubtool.checks rule).
+    A bad value is a usage error: "Invalid value for '--batch-size': 0: expected a whole number of at least 1"."""
+
+    def parse(value: Any) -> Any:
+        from hubtool.errors import HubError
+
+        if isinstance(value, str):
+            text = value.strip()
+            try:
+                value = int(text) if kind is int else float(text)
+            except ValueError:  # also the int-str limit on a 5000-digit value
+                shown = text if len(text) <= 40 else text[:37] + "..."
+                raise typer.BadParameter(
+                    f"expected {'a whole number' if kind is int else 'a number'}, got {shown!r}"
+                ) from None
+        try:
+            return check(value, "", **bounds)
+        except HubError as err:
+            raise typer.BadParameter(str(err).strip()) from None
+
+    parse.__name__ = kind.__name__  # Click shows the parser's name as the metavar type
+    return parse
+
+
+def count_option(*names: str, low: int = 1, **kw: Any) -> Any:
+    """An option holding a whole number >= low (default 1)."""
+    from hubtool import checks
+
+    return typer.Option(*names, parser=_parser(int, checks.count, low=low), metavar="INT", **kw)
+
+
+def number_option(*names: str, low: float | None = None, low_open: bool = False, high: float | None = None,
+                  **kw: Any) -> Any:
+    """An option holding a finite number, optionally bounded (see hubtool.checks.number)."""
+    from hubtool import checks
+
+    parse = _parser(float, checks.number, low=low, low_open=low_open, high=high)
+    return typer.Option(*names, parser=parse, metavar="FLOAT", **kw)
+
+
+def positive_option(*names: str, **kw: Any) -> Any:
+    return number_option(*names, low=0.0, low_open=True, **kw)
+
+
+def ratio_option(*names: str, **kw: Any) -> Any:
+    """A fraction in (0, 1]: keep ratio, density."""
+    return number_option(*names, low=0.0, low_open=True, high=1.0, **kw)
+
+
+def seed_option(*names: str, **kw: Any) -> Any:
+    from hubtool import checks
+
+    return typer.Option(*names, parser=_parser(int, checks.count, low=0, high=checks.MAX_SEED), metavar="INT", **kw)
+
+
+# Numeric options several commands share.
+BatchSizeOpt = Annotated[int, count_option("--batch-size", help="Examples per forward pass.")]
+MaxNewTokensOpt = Annotated[int, count_option("--max-new-tokens", help="Longest generated answer.")]
+LimitOpt = Annotated[int | None, count_option("--limit", help="At most N examples.")]
+
+
 TasksOpt = Annotated[
     str | None,
     typer.Option("--tasks", help="Tasks or categories, comma-separated, e.g. qa,xsum (see `hub tasks`)."),

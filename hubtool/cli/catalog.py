@@ -17,6 +17,7 @@ from hubtool.cli._common import (
     TrustRemoteCodeOpt,
     YesOpt,
     console,
+    count_option,
     esc,
     fail,
     human_bytes,
@@ -57,7 +58,7 @@ def list_(
     sort: Annotated[
         str | None, typer.Option("--sort", help="Field or metric to sort by; '-' prefix for descending.")
     ] = None,
-    limit: Annotated[int, typer.Option("--limit", help="At most this many rows.")] = 25,
+    limit: Annotated[int, count_option("--limit", help="At most this many rows.")] = 25,
     json_: JsonOpt = False,
     catalog: CatalogOpt = None,
 ) -> None:
@@ -275,12 +276,15 @@ def export(
     fmt: Annotated[
         str, typer.Option("--format", help="peft (a PeftModel folder) or hubtool (the packed file).")
     ] = "peft",
+    force: Annotated[
+        bool, typer.Option("--force", help="Replace --out if it exists (only once the new one is complete).")
+    ] = False,
     catalog: CatalogOpt = None,
 ) -> None:
     """Export an expert as a PEFT adapter folder or as its packed file."""
     from hubtool.api import export_expert
 
-    where = export_expert(ref, out, fmt=fmt, catalog=catalog)
+    where = export_expert(ref, out, fmt=fmt, catalog=catalog, force=force)
     console.print(f"Exported [bold]{esc(ref)}[/] to {esc(where)}", highlight=False)
 
 

@@ -8,7 +8,19 @@ from typing import Annotated
 import typer
 
 from hubtool.cli import app
-from hubtool.cli._common import CatalogOpt, JsonOpt, TasksOpt, console, esc, human_bytes, print_json
+from hubtool.cli._common import (
+    CatalogOpt,
+    JsonOpt,
+    TasksOpt,
+    console,
+    count_option,
+    esc,
+    human_bytes,
+    number_option,
+    print_json,
+    ratio_option,
+    seed_option,
+)
 
 PANEL = "Merge"
 
@@ -21,10 +33,16 @@ WhereOpt = Annotated[str | None, typer.Option("--where", help="Only experts matc
 def _floats(text: str | None, what: str) -> list[float] | None:
     if text is None:
         return None
+    import math
+
     try:
-        return [float(x) for x in text.split(",") if x.strip()]
+        values = [float(x) for x in text.split(",") if x.strip()]
     except ValueError:
-        raise typer.BadParameter(f"{what}: expected comma-separated numbers, got {text!r}") from None
+        values = [math.nan]
+    if not values or not all(math.isfinite(v) for v in values):
+        shown = text if len(text) <= 60 else text[:57] + "..."
+        raise typer.BadParameter(f"{what}: expected comma-separated finite numbers, got {shown!r}")
+    return values
 
 
 @app.command(rich_help_panel=PANEL)
@@ -42,10 +60,10 @@ def compose(
         str | None, typer.Option("--weights", help="Per-expert weights, one per --tasks item or --experts entry.")
     ] = None,
     density: Annotated[
-        float | None, typer.Option("--density", help="Fraction of entries kept (ties, dare-*, magnitude-prune).")
+        float | None, ratio_option("--density", help="Fraction of entries kept, in (0, 1] (ties, dare-*, magnitude-prune).")
     ] = None,
-    lam: Annotated[float | None, typer.Option("--lambda", help="Scale of the merged delta.")] = None,
-    seed: Annotated[int | None, typer.Option("--seed", help="Seed of the dare-* random drop.")] = None,
+    lam: Annotated[float | None, number_option("--lambda", help="Scale of the merged delta.")] = None,
+    seed: Annotated[int | None, seed_option("--seed", help="Seed of the dare-* random drop.")] = None,
     normalize: Annotated[
         bool | None,
         typer.Option("--normalize/--no-normalize", help="Divide by the experts' weights (ties: yes; dare-*: no)."),
@@ -60,7 +78,7 @@ def compose(
     dry_run: Annotated[bool, typer.Option("--dry-run", help="Print the plan; write nothing.")] = False,
     eval_: Annotated[bool, typer.Option("--eval", help="Score the result on every task it covers.")] = False,
     eval_limit: Annotated[
-        int | None, typer.Option("--eval-limit", help="Examples per task (default: as each expert was scored).")
+        int | None, count_option("--eval-limit", help="Examples per task (default: as each expert was scored).")
     ] = None,
     config: Annotated[
         Path | None, typer.Option("--config", help="A recipe YAML (mergekit-style); flags override it.")

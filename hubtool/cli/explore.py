@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from hubtool.cli import app
-from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, console, esc, fail, print_json
+from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, MaxNewTokensOpt, console, esc, fail, print_json
 from hubtool.cli.compose import PANEL, ExpertsOpt, TasksOpt, WhereOpt
 
 PickOpt = Annotated[str | None, typer.Option("--pick", help="best (default: by stored metric) | latest")]
@@ -138,7 +138,7 @@ def generate(
     method: MethodOpt = None,
     where: WhereOpt = None,
     base: BaseOpt = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens", help="At most this many new tokens.")] = 64,
+    max_new_tokens: MaxNewTokensOpt = 64,
     chat_template: Annotated[
         bool, typer.Option("--chat-template/--no-chat-template",
                            help="Wrap the prompt in the tokenizer's chat template when it has one.")

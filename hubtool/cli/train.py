@@ -10,13 +10,20 @@ import typer
 from hubtool.cli import app
 from hubtool.cli._common import (
     BaseOpt,
+    BatchSizeOpt,
     CatalogOpt,
     JsonOpt,
+    LimitOpt,
+    MaxNewTokensOpt,
     NameOpt,
     TrustRemoteCodeOpt,
     console,
+    count_option,
     esc,
+    positive_option,
     print_json,
+    ratio_option,
+    seed_option,
 )
 from hubtool.sparse.config import DEFAULT_MASK_INTERVAL  # stdlib-only module: cheap at startup
 
@@ -46,47 +53,45 @@ def train(
     ] = "smollm2-135m",
     method: Annotated[str, typer.Option("--method", help="sparse | block-sparse | lora | full")] = "sparse",
     keep_ratio: Annotated[
-        float, typer.Option("--keep-ratio", help="Fraction of each target weight that is trained.")
+        float, ratio_option("--keep-ratio", help="Fraction of each target weight that is trained, in (0, 1].")
     ] = 0.05,
     targets: Annotated[
         str, typer.Option("--targets", help="qkv | attn | mlp | all | REGEX over module names.")
     ] = "qkv",
     max_steps: Annotated[
-        int | None, typer.Option("--max-steps", help="Optimizer steps (overrides --epochs).")
+        int | None, count_option("--max-steps", help="Optimizer steps (overrides --epochs).")
     ] = None,
-    epochs: Annotated[float | None, typer.Option("--epochs", help="Passes over the training split.")] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
-    grad_accum: Annotated[int, typer.Option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[float | None, typer.Option("--lr", help="Peak learning rate (default per method).")] = None,
-    seed: Annotated[int, typer.Option("--seed")] = 0,
+    epochs: Annotated[float | None, positive_option("--epochs", help="Passes over the training split.")] = None,
+    batch_size: BatchSizeOpt = 8,
+    grad_accum: Annotated[int, count_option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
+    lr: Annotated[float | None, positive_option("--lr", help="Peak learning rate (default per method).")] = None,
+    seed: Annotated[int, seed_option("--seed")] = 0,
     name: NameOpt = None,
     mask_score: Annotated[
         str, typer.Option("--mask-score", help="sensitivity | snip | grad | magnitude | random")
     ] = "sensitivity",
     mask_interval: Annotated[
-        int, typer.Option("--mask-interval", help="Optimizer steps between mask re-selections.")
+        int, count_option("--mask-interval", help="Optimizer steps between mask re-selections.")
     ] = DEFAULT_MASK_INTERVAL,
     mask_steps: Annotated[
-        int | None, typer.Option("--mask-steps", help="Re-select during the first N steps, then freeze.")
+        int | None, count_option("--mask-steps", low=0, help="Re-select during the first N steps, then freeze.")
     ] = None,
-    block_size: Annotated[int, typer.Option("--block-size", help="Tile size B for block-sparse.")] = 16,
-    rank: Annotated[int, typer.Option("--rank", help="LoRA rank.")] = 4,
-    alpha: Annotated[float, typer.Option("--alpha", help="LoRA alpha.")] = 16.0,
+    block_size: Annotated[int, count_option("--block-size", help="Tile size B for block-sparse.")] = 16,
+    rank: Annotated[int, count_option("--rank", help="LoRA rank.")] = 4,
+    alpha: Annotated[float, positive_option("--alpha", help="LoRA alpha.")] = 16.0,
     max_length: Annotated[
-        int, typer.Option("--max-length", help="Tokens per example (prompt + answer).")
+        int, count_option("--max-length", low=2, help="Tokens per example (prompt + answer), at least 2.")
     ] = 256,
     max_train: Annotated[
-        int | None, typer.Option("--max-train", help="Use at most N training examples.")
+        int | None, count_option("--max-train", help="Use at most N training examples.")
     ] = None,
     max_val: Annotated[
-        int | None, typer.Option("--max-val", help="Use at most N validation examples.")
+        int | None, count_option("--max-val", low=0, help="Use at most N validation examples (0: none).")
     ] = 200,
     eval_limit: Annotated[
-        int | None, typer.Option("--eval-limit", help="Evaluate on at most N test examples (0: skip).")
+        int | None, count_option("--eval-limit", low=0, help="Evaluate on at most N test examples (0: skip).")
     ] = 200,
-    max_new_tokens: Annotated[
-        int, typer.Option("--max-new-tokens", help="Longest generated answer when evaluating.")
-    ] = 64,
+    max_new_tokens: MaxNewTokensOpt = 64,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run of the same name.")
     ] = False,
@@ -130,17 +135,17 @@ def train(
     )
     if result.interrupted:
         console.print(
-            f"Interrupted after {result.steps} steps; checkpoint in {result.out_dir}. "
+            f"Interrupted after {result.steps} steps; checkpoint in {esc(result.out_dir)}. "
             "Run the same command with --resume to continue."
         )
         raise typer.Exit(130)
     rec = result.record
     if rec is None:  # a data-parallel rank other than 0: rank 0 registers the expert
         return
-    console.print(f"Registered [bold]{rec.ref}[/] ({rec.kind}, {rec.nnz:,} trained entries)")
+    console.print(f"Registered [bold]{esc(rec.ref)}[/] ({esc(rec.kind)}, {rec.nnz:,} trained entries)")
     for task_name, per_task in (rec.metrics or {}).items():
         console.print(
-            f"  {task_name}: " + ", ".join(f"{m} {v:.4g}" for m, v in per_task.items()), highlight=False
+            f"  {esc(task_name)}: " + esc(", ".join(f"{m} {v:.4g}" for m, v in per_task.items())), highlight=False
         )
 
 
@@ -153,13 +158,13 @@ def eval_(
     task: Annotated[str, typer.Option("--task", help="Task to evaluate on.")] = ...,
     base: BaseOpt = None,
     split: Annotated[str, typer.Option("--split", help="train | validation | test")] = "test",
-    limit: Annotated[int | None, typer.Option("--limit", help="At most N examples.")] = None,
-    max_new_tokens: Annotated[int, typer.Option("--max-new-tokens")] = 64,
+    limit: LimitOpt = None,
+    max_new_tokens: MaxNewTokensOpt = 64,
     max_prompt_tokens: Annotated[
         int | None,
-        typer.Option("--max-prompt-tokens", help="Cut prompts from the left to N tokens (as --max-length does in training)."),
+        count_option("--max-prompt-tokens", help="Cut prompts from the left to N tokens (as --max-length does in training)."),
     ] = None,
-    batch_size: Annotated[int, typer.Option("--batch-size")] = 8,
+    batch_size: BatchSizeOpt = 8,
     json_: JsonOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
     catalog: CatalogOpt = None,

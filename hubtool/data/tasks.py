@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import csv
 import hashlib
-import json
 import os
 import re
 from collections.abc import Iterable, Iterator
@@ -124,20 +123,39 @@ def make_example(row: dict[str, Any], where: str) -> Example:
         ):
             raise HubError(f"{where}: field {key!r} must be a non-empty list of strings")
     if options is not None and row["output"] not in options:
-        raise HubError(f"{where}: output {row['output']!r} is not one of the options {options}")
+        shown = lambda v: repr(v) if len(repr(v)) <= 80 else repr(v)[:77] + "..."
+        raise HubError(f"{where}: output {shown(row['output'])} is not one of the options {shown(options)}")
     return Example(row["input"], row["output"], options or None, answers or None)
+
+
+# A CSV cell may hold a whole document (an article to summarize); Python's default cap is 128 KiB.
+# Beyond this a cell is an error naming file:line, not a csv.Error from deep inside the reader.
+MAX_CELL = 16 * 2**20
+
+
+def read_text(path: Path) -> str:
+    """The file as text: UTF-8 (a leading BOM is dropped); other bytes are a HubError naming file:line."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        raise HubError(f"{path}: cannot read: {err.strerror}") from None
+    try:
+        return data.decode("utf-8-sig")
+    except UnicodeDecodeError as err:
+        line = data[: err.start].count(b"\n") + 1
+        raise HubError(
+            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
+            "save the file as UTF-8"
+        ) from None
 
 
 def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
     """(line number, parsed JSON) for each non-blank line; a line that isn't JSON is a HubError naming it."""
-    with open(path, encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                yield lineno, json.loads(line)
-            except json.JSONDecodeError as e:
-                raise HubError(f"{path}:{lineno}: not valid JSON ({e.msg})") from None
+    from hubtool.format import safejson
+
+    for lineno, line in enumerate(read_text(path).splitlines(), 1):
+        if line.strip():
+            yield lineno, safejson.loads(line, f"{path}:{lineno}")
 
 
 def read_jsonl(path: Path) -> list[Example]:
@@ -149,22 +167,28 @@ def read_jsonl(path: Path) -> list[Example]:
     return examples
 
 
-def _list_cell(cell: str | None) -> list[str] | str | None:
+def _list_cell(cell: str | None, where: str) -> list[str] | str | None:
     """A CSV cell holding a list: JSON (["a", "b"]) or |-separated (a|b); empty means none."""
+    from hubtool.format import safejson
+
     if cell is None or not cell.strip():
         return None
     if cell.lstrip().startswith("["):
         try:
-            return json.loads(cell)
-        except json.JSONDecodeError:
+            return safejson.loads(cell, where)
+        except HubError:
             return cell  # make_example reports it as "not a list"
     return [part.strip() for part in cell.split("|")]
 
 
 def read_csv(path: Path) -> list[Example]:
+    import io
+
     examples = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    if csv.field_size_limit() < MAX_CELL:
+        csv.field_size_limit(MAX_CELL)
+    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
+    try:
         if not reader.fieldnames or not {"input", "output"} <= set(reader.fieldnames):
             raise HubError(f"{path}:1: expected a header with columns input,output[,options][,answers]")
         for row in reader:
@@ -173,8 +197,11 @@ def read_csv(path: Path) -> list[Example]:
             if None in row:
                 raise HubError(f"{where}: more cells than header columns")
             fields = {"input": row["input"], "output": row["output"],
-                      "options": _list_cell(row.get("options")), "answers": _list_cell(row.get("answers"))}
+                      "options": _list_cell(row.get("options"), where), "answers": _list_cell(row.get("answers"), where)}
             examples.append(make_example(fields, where))
+    except csv.Error as err:  # a cell over MAX_CELL, a quote never closed, ...
+        # reader.reader's count includes the line that failed (the DictReader's stops at the last good row).
+        raise HubError(f"{path}:{reader.reader.line_num}: not a readable CSV row ({err})") from None
     return examples
 
 
@@ -282,7 +309,7 @@ def is_task_folder(path: Path) -> bool:
 def _readme_line(folder: Path) -> str:
     readme = folder / "README.md"
     if readme.is_file():
-        for line in readme.read_text(encoding="utf-8").splitlines():
+        for line in readme.read_text(encoding="utf-8", errors="replace").splitlines():
             if line.strip() and not line.startswith("#"):
                 return line.strip()
     return ""
@@ -293,10 +320,9 @@ def task_meta(folder: Path) -> dict[str, str | None]:
     path = folder / TASK_META
     if not path.is_file():
         return {}
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise HubError(f"{path}: not valid JSON ({e.msg})") from None
+    from hubtool.format import safejson
+
+    meta = safejson.loads(read_text(path), str(path))
     if not isinstance(meta, dict):
         raise HubError(f'{path}: expected a JSON object like {{"category": "qa", "description": "..."}}')
     for key in ("category", "description"):
@@ -332,15 +358,19 @@ def _count_lines(path: Path) -> int:
 
 
 def _first_row_has_options(path: Path) -> bool:
-    with open(path, encoding="utf-8") as f:
-        if path.suffix == ".csv":
-            row = next(csv.DictReader(f), None) or {}
-            return bool((row.get("options") or "").strip())
-        line = next((ln for ln in f if ln.strip()), "{}")
+    """Cheap, for `hub tasks`: a file it cannot read is "generation" here; loading it names the problem."""
+    from hubtool.format import safejson
+
     try:
-        return bool(json.loads(line).get("options"))
-    except (json.JSONDecodeError, AttributeError):
+        with open(path, encoding="utf-8") as f:
+            if path.suffix == ".csv":
+                row = next(csv.DictReader(f), None) or {}
+                return bool((row.get("options") or "").strip())
+            line = next((ln for ln in f if ln.strip()), "{}")
+        row = safejson.loads(line, str(path))
+    except (UnicodeDecodeError, csv.Error, OSError, HubError):
         return False
+    return isinstance(row, dict) and bool(row.get("options"))
 
 
 def folder_info(folder: Path) -> TaskInfo:

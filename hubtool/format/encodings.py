@@ -74,8 +74,16 @@ def encode(positions: np.ndarray, n: int, encoding: str) -> bytes:
 
 def encode_best(positions: np.ndarray, n: int) -> tuple[str, bytes]:
     """The smallest encoding (ties go to the earlier name in ENCODINGS) and its bytes."""
-    candidates = [e for e in ENCODINGS if e != "raw" or n <= _MAX_RAW]
-    encoded = [(len(b), i, e, b) for i, e in enumerate(candidates) for b in [encode(positions, n, e)]]
+    encoded = [
+        (len(b), ENCODINGS.index(e), e, b)
+        for e in ENCODINGS
+        if e != "bitmask" and (e != "raw" or n <= _MAX_RAW)
+        for b in [encode(positions, n, e)]
+    ]
+    # The bitmask's size is known without building it (n bits): built only when it may win, so a
+    # huge, nearly empty weight never allocates n bytes.
+    if -(-n // 8) <= min(encoded)[0]:
+        encoded.append((-(-n // 8), ENCODINGS.index("bitmask"), "bitmask", encode(positions, n, "bitmask")))
     _, _, name, payload = min(encoded)
     return name, payload
 

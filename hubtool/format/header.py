@@ -9,7 +9,6 @@ themselves (positions, finite values) are checked by hubtool.format.packed.unpac
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import struct
@@ -17,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from hubtool.errors import FormatError
+from hubtool.format import safejson
 
 FORMAT_NAME = "hubtool.expert"
 FORMAT_VERSION = "1"
@@ -33,6 +33,12 @@ LEGACY_KINDS = {"full-delta": "full"}
 LEGACY_DELTAS = {"block": "block-sparse", "dense": "full"}
 _ITEMSIZE = {"U8": 1, "BF16": 2, "F16": 2, "F32": 4}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit
+# Caps that bound what a header can make a reader allocate or walk: far above any real expert (a 70B
+# model's every linear weight is ~560 weights, ~1,700 tensors; its largest weight ~2^32 entries).
+MAX_TENSORS = 1 << 17
+MAX_DIM = 2**31 - 1  # one side of a weight; positions are int64, raw ones int32
+MAX_NUMEL = 2**40  # entries of one weight
+_MAX_NAME = 1024  # characters in a tensor or weight name
 _REQUIRED = ("format", "format_version", "name", "task", "kind", "base_model", "value_dtype", "weights")
 _JSON_FIELDS = {"config": dict, "metrics": dict, "parents": list, "weights": dict}
 
@@ -80,12 +86,11 @@ def _parse_checked(head: bytes, size: int) -> dict[str, Any]:
         raise FormatError(
             f"header length {n} does not fit the file ({size} bytes): truncated or not safetensors"
         )
-    try:
-        table = json.loads(head[8 : 8 + n].decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
-        raise FormatError("not a safetensors file: header is not JSON") from None
+    table = safejson.loads(head[8 : 8 + n], "safetensors header", error=FormatError, max_depth=4)
     if not isinstance(table, dict):
         raise FormatError("not a safetensors file: header is not a JSON object")
+    if len(table) > MAX_TENSORS + 1:
+        raise FormatError(f"safetensors header: {len(table) - 1} tensors, more than the {MAX_TENSORS} allowed")
     raw = table.pop("__metadata__", None)
     if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
         raise FormatError("__metadata__: missing or not a string map; not a hubtool expert")
@@ -98,49 +103,96 @@ def _parse_checked(head: bytes, size: int) -> dict[str, Any]:
 
 def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
     if raw.get("format") != FORMAT_NAME:
-        raise FormatError(f"__metadata__.format: expected {FORMAT_NAME!r}, got {raw.get('format')!r}")
+        raise FormatError(f"__metadata__.format: expected {FORMAT_NAME!r}, got {_short(raw.get('format'))}")
     if raw.get("format_version") != FORMAT_VERSION:
         raise FormatError(
             f"__metadata__.format_version: this hubtool reads version {FORMAT_VERSION!r}, "
-            f"got {raw.get('format_version')!r}"
+            f"got {_short(raw.get('format_version'))}"
         )
     for key in _REQUIRED:
         if key not in raw:
             raise FormatError(f"__metadata__.{key}: missing")
     meta: dict[str, Any] = dict(raw)
     for key, kind in _JSON_FIELDS.items():
-        try:
-            meta[key] = json.loads(raw[key]) if key in raw else kind()
-        except json.JSONDecodeError:
-            raise FormatError(f"__metadata__.{key}: not valid JSON") from None
+        # NaN / Infinity literals parse here; the field that holds one says so (scale, metrics, weight).
+        meta[key] = (safejson.loads(raw[key], f"__metadata__.{key}", error=FormatError, allow_nan=True)
+                     if key in raw else kind())
         if not isinstance(meta[key], kind):
-            raise FormatError(f"__metadata__.{key}: expected a JSON {kind.__name__}")
+            raise FormatError(f"__metadata__.{key}: expected a JSON {'object' if kind is dict else 'array'}")
+    for key in ("name", "task", "base_model"):  # the catalog checks names; here only what bounds a reader
+        if not meta[key] or len(meta[key]) > 4096:
+            raise FormatError(f"__metadata__.{key}: expected 1 to 4096 characters, got {_short(meta[key])}")
+    _check_metrics(meta["metrics"])
+    _check_parents(meta["parents"])
+    if "tasks" in raw:  # never written by pack; the catalog reads it as secondary tasks when present
+        meta["tasks"] = safejson.loads(raw["tasks"], "__metadata__.tasks", error=FormatError)
+        if not isinstance(meta["tasks"], list) or not all(isinstance(t, str) and t for t in meta["tasks"]):
+            raise FormatError("__metadata__.tasks: expected a JSON array of task names")
     for key, cast in (("keep_ratio", float), ("nnz", int)):
+        text = raw.get(key)
         try:
-            meta[key] = cast(raw[key]) if key in raw else None
+            if text is not None and len(text) > 64:  # a count or a ratio, not a 5000-digit int()
+                raise ValueError
+            meta[key] = cast(text) if text is not None else None
         except ValueError:
-            raise FormatError(f"__metadata__.{key}: expected a number, got {raw[key]!r}") from None
+            raise FormatError(f"__metadata__.{key}: expected a number, got {_short(text)}") from None
+        if key == "keep_ratio" and meta[key] is not None and not math.isfinite(meta[key]):
+            raise FormatError(f"__metadata__.keep_ratio: expected a number in [0, 1], got {_short(text)}")
     for key in ("base_revision", "targets"):
         meta.setdefault(key, None)
     meta["kind"] = LEGACY_KINDS.get(meta["kind"], meta["kind"])
     if meta["kind"] not in KINDS:
-        raise FormatError(f"__metadata__.kind: expected one of {', '.join(KINDS)}, got {meta['kind']!r}")
+        raise FormatError(f"__metadata__.kind: expected one of {', '.join(KINDS)}, got {_short(meta['kind'])}")
     if meta["value_dtype"] not in VALUE_DTYPES:
         raise FormatError(
-            f"__metadata__.value_dtype: expected one of {', '.join(VALUE_DTYPES)}, got {meta['value_dtype']!r}"
+            f"__metadata__.value_dtype: expected one of {', '.join(VALUE_DTYPES)}, got {_short(meta['value_dtype'])}"
         )
     if meta["keep_ratio"] is not None and not 0.0 <= meta["keep_ratio"] <= 1.0:
         raise FormatError(f"__metadata__.keep_ratio: expected a number in [0, 1], got {meta['keep_ratio']}")
     return meta
 
 
+def _short(value: Any) -> str:
+    """repr(value), cut to 60 characters: a 100 kB field must not become a 100 kB error line."""
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
+def _check_metrics(metrics: dict[str, Any]) -> None:
+    """{task: {metric: finite number}}, or a flat {metric: finite number} for the expert's own task."""
+    for task, value in metrics.items():
+        field = f"__metadata__.metrics[{_short(task)}]"
+        if isinstance(value, dict):
+            for metric, v in value.items():
+                if not safejson.finite(v):
+                    raise FormatError(f"{field}[{_short(metric)}]: expected a finite number, got {_short(v)}")
+        elif not safejson.finite(value):
+            raise FormatError(f"{field}: expected a finite number or an object of them, got {_short(value)}")
+
+
+def _check_parents(parents: list[Any]) -> None:
+    """Each parent is a ref string or {"ref": str, "role": str or null, "weight": finite number or null}."""
+    for i, p in enumerate(parents):
+        field = f"__metadata__.parents[{i}]"
+        if isinstance(p, str):
+            p = {"ref": p}
+        if not isinstance(p, dict) or not isinstance(p.get("ref"), str) or not p["ref"].strip():
+            raise FormatError(f"{field}: expected a ref string or {{ref, role, weight}}, got {_short(p)}")
+        if p.get("role") is not None and not isinstance(p["role"], str):
+            raise FormatError(f"{field}.role: expected a string or null, got {_short(p['role'])}")
+        if p.get("weight") is not None and not safejson.finite(p["weight"]):
+            raise FormatError(f"{field}.weight: expected a finite number or null, got {_short(p['weight'])}")
+
+
 def _check_tensors(table: dict[str, Any], data_size: int) -> None:
     """Each entry has a known dtype, a shape, and in-bounds offsets whose length fits dtype x shape."""
     for name, entry in table.items():
+        if len(name) > _MAX_NAME:
+            raise FormatError(f"tensor {_short(name)}: name longer than {_MAX_NAME} characters")
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise FormatError(f"tensor {name}: expected {{dtype, shape, data_offsets}}")
-        if entry["dtype"] not in _ITEMSIZE:
-            raise FormatError(f"tensor {name}: dtype {entry['dtype']!r} is not one of {', '.join(_ITEMSIZE)}")
+        if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ITEMSIZE:
+            raise FormatError(f"tensor {name}: dtype {_short(entry['dtype'])} is not one of {', '.join(_ITEMSIZE)}")
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not _ints(shape) or not _ints(offsets) or len(offsets) != 2:
             raise FormatError(f"tensor {name}: shape and data_offsets must be lists of non-negative integers")
@@ -161,23 +213,30 @@ def _check_weights(meta: dict[str, Any], table: dict[str, Any]) -> None:
     expected: set[str] = set()
     allowed = DELTAS_OF_KIND[meta["kind"]]
     for name, info in meta["weights"].items():
-        field = f"__metadata__.weights[{name}]"
+        field = f"__metadata__.weights[{name if len(name) <= 200 else name[:197] + '...'}]"
+        if len(name) > _MAX_NAME:
+            raise FormatError(f"{field}: weight name longer than {_MAX_NAME} characters")
         if not isinstance(info, dict):
             raise FormatError(f"{field}: expected a JSON object")
         delta = info.get("delta")
         if isinstance(delta, str):
             delta = info["delta"] = LEGACY_DELTAS.get(delta, delta)
-        if delta not in allowed:
+        if not isinstance(delta, str) or delta not in allowed:
             raise FormatError(
-                f"{field}.delta: a {meta['kind']} expert holds {sorted(allowed)}, got {delta!r}"
+                f"{field}.delta: a {meta['kind']} expert holds {sorted(allowed)}, got {_short(delta)}"
             )
         shape = info.get("shape")
-        if not _ints(shape) or len(shape) != 2 or 0 in shape:
-            raise FormatError(f"{field}.shape: expected [out, in] positive integers, got {shape!r}")
+        if not _ints(shape) or len(shape) != 2 or 0 in shape or max(shape) > MAX_DIM or _prod(shape) > MAX_NUMEL:
+            raise FormatError(
+                f"{field}.shape: expected [out, in] positive integers (at most {MAX_DIM} each, "
+                f"{MAX_NUMEL} entries), got {_short(shape)}"
+            )
         if not _ints([info.get("nnz")]):
-            raise FormatError(f"{field}.nnz: expected a non-negative integer, got {info.get('nnz')!r}")
-        if info.get("fingerprint") is not None and not isinstance(info["fingerprint"], str):
-            raise FormatError(f"{field}.fingerprint: expected a string or null")
+            raise FormatError(f"{field}.nnz: expected a non-negative integer, got {_short(info.get('nnz'))}")
+        if "fingerprint" not in info:
+            raise FormatError(f"{field}.fingerprint: missing (expected a string or null)")
+        if info["fingerprint"] is not None and not isinstance(info["fingerprint"], str):
+            raise FormatError(f"{field}.fingerprint: expected a string or null, got {_short(info['fingerprint'])}")
         for tensor, (dtype, want) in _tensor_specs(name, info, field, table).items():
             got = table.get(tensor)
             if got is None:
@@ -206,7 +265,7 @@ def _tensor_specs(
     (rows, cols), delta, nnz = info["shape"], info["delta"], info["nnz"]
     if delta in ("sparse", "block-sparse") and info.get("encoding") not in ENCODINGS:
         raise FormatError(
-            f"{field}.encoding: expected one of {', '.join(ENCODINGS)}, got {info.get('encoding')!r}"
+            f"{field}.encoding: expected one of {', '.join(ENCODINGS)}, got {_short(info.get('encoding'))}"
         )
     if delta == "sparse":
         if nnz > rows * cols:
@@ -215,7 +274,7 @@ def _tensor_specs(
     if delta == "block-sparse":
         b = info.get("block_size")
         if not _ints([b]) or b == 0:
-            raise FormatError(f"{field}.block_size: expected a positive integer, got {b!r}")
+            raise FormatError(f"{field}.block_size: expected a positive integer, got {_short(b)}")
         n_tiles = _first_dim(table, f"{name}.val")
         if n_tiles > -(-rows // b) * -(-cols // b):
             raise FormatError(f"tensor {name}.val: {n_tiles} tiles, more than the weight's tile grid holds")
@@ -224,7 +283,7 @@ def _tensor_specs(
         scale = info.get("scale")
         # json.loads reads NaN / Infinity literals; either would turn every weight it touches into NaN.
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not _finite(scale):
-            raise FormatError(f"{field}.scale: expected a finite number, got {scale!r}")
+            raise FormatError(f"{field}.scale: expected a finite number, got {_short(scale)}")
         rank = _first_dim(table, f"{name}.lora_A")
         return {f"{name}.lora_A": (_VALUE, [rank, cols]), f"{name}.lora_B": (_VALUE, [rows, rank])}
     return {f"{name}.delta": (_VALUE, [rows, cols])}

@@ -16,7 +16,6 @@ match this machine's is a warning here; applying the expert then fails on its fi
 
 from __future__ import annotations
 
-import json
 import re
 import warnings
 from dataclasses import dataclass, field
@@ -186,11 +185,22 @@ def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
         raise HubError(f"{label}: file {_shown(file)} is not a plain path inside the repo")
     if file not in files:
         raise HubError(f"{label}: its file {file} is not in the repo")
-    if not isinstance(item.get("task"), str):
-        raise HubError(f"{label}: no task")
-    for key, kind in (("tasks", list), ("tags", list), ("metrics", dict), ("config", dict)):
+    if not isinstance(item.get("task"), str) or not NAME.fullmatch(item["task"]):
+        raise HubError(f"{label}: task: expected a task name (letters, digits, '.', '_' or '-')")
+    for key, kind in (("tasks", list), ("tags", list), ("metrics", dict), ("config", dict), ("lineage", dict),
+                      ("task_info", dict)):
         if item.get(key) is not None and not isinstance(item[key], kind):
-            raise HubError(f"{label}: {key} is not a JSON {kind.__name__}")
+            raise HubError(f"{label}: {key}: expected a JSON {'object' if kind is dict else 'array'}")
+    for key in ("description", "base_model", "base_revision", "category"):
+        if item.get(key) is not None and not isinstance(item[key], str):
+            raise HubError(f"{label}: {key}: expected a string or null")
+    version = item.get("version")
+    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**63):
+        raise HubError(f"{label}: version: expected a positive whole number")
+    for key in ("tasks", "tags"):
+        if not all(isinstance(v, str) and NAME.fullmatch(v) for v in item.get(key) or []):
+            raise HubError(f"{label}: {key}: expected names (letters, digits, '.', '_' or '-')")
+    _check_metrics(item.get("metrics") or {}, label)
     item.setdefault("ref", f"{name}@{item.get('version', '?')}")
     return item
 
@@ -200,6 +210,18 @@ def _shown(value: Any) -> str:
     not turn one error line into kilobytes)."""
     text = repr(value)
     return text if len(text) <= 100 else text[:97] + "..."
+
+
+def _check_metrics(metrics: dict[str, Any], label: str) -> None:
+    """{task: {metric: finite number}} (or a flat {metric: number}): what the catalog stores."""
+    from hubtool.format.safejson import finite
+
+    for task, value in metrics.items():
+        values = value.items() if isinstance(value, dict) else [(None, value)]
+        for metric, v in values:
+            if not finite(v):
+                field = f"metrics[{task!r}]" + (f"[{metric!r}]" if metric is not None else "")
+                raise HubError(f"{label}: {field}: expected a finite number, got {str(v)[:40]!r}")
 
 
 def _pick(
@@ -224,10 +246,13 @@ def _version(entry: dict[str, Any]) -> int:
 
 
 def _read_json(path: Path, where: str) -> Any:
+    from hubtool.format import safejson
+
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as err:
-        raise HubError(f"{where}: {path.name} is not valid JSON ({' '.join(str(err).split())})") from None
+        data = path.read_bytes()
+    except OSError as err:
+        raise HubError(f"{where}: cannot read {path.name}: {err.strerror}") from None
+    return safejson.loads(data, f"{where}: {path.name}")
 
 
 # --- checking, registering -------------------------------------------------------------------------------------
@@ -263,9 +288,12 @@ def _verify(path: Path, entry: dict[str, Any], where: str) -> None:
 
 
 def _register(cat: Any, path: Path, entry: dict[str, Any]) -> Any:
+    from hubtool.format.safejson import finite
+
     tasks = [t for t in (entry.get("tasks") or []) if isinstance(t, str) and t != entry["task"]]
     parents = [
-        {"ref": p["ref"], "role": p.get("role"), "weight": p.get("weight")}
+        {"ref": p["ref"], "role": p.get("role") if isinstance(p.get("role"), str) else None,
+         "weight": p.get("weight") if finite(p.get("weight")) else None}
         for p in ((entry.get("lineage") or {}).get("parents") or [])
         if isinstance(p, dict) and isinstance(p.get("ref"), str)
     ]

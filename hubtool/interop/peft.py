@@ -29,6 +29,8 @@ import torch
 from hubtool.delta import BlockSparseDelta, Delta, Expert, LoraDelta, SparseDelta
 from hubtool.errors import HubError
 from hubtool.fileio import atomic_folder, sha256_file
+from hubtool.format import safejson
+from hubtool.format.safejson import finite
 
 CONFIG_FILE = "adapter_config.json"
 WEIGHTS_FILE = "adapter_model.safetensors"
@@ -78,6 +80,9 @@ def import_peft(
     sidecar = _read_sidecar(folder)
     meta = sidecar.get("expert", {})
     base_model = base or meta.get("base_model") or config.get("base_model_name_or_path")
+    for key in ("base_model_name_or_path", "revision"):
+        if config.get(key) is not None and not isinstance(config[key], str):
+            raise HubError(f"{folder / CONFIG_FILE}: {key}: expected a string, got {str(config[key])[:60]!r}")
     if not base_model:
         raise HubError(
             f"{folder / CONFIG_FILE}: base_model_name_or_path is empty; pass the base model explicitly"
@@ -122,7 +127,15 @@ def _sparse_deltas(
     folder: Path,
     trust_remote_code: bool = False,
 ) -> dict[str, Delta]:
-    shapes = _sidecar_shapes(sidecar) or _base_shapes(base_model, trust_remote_code)
+    shapes = _sidecar_shapes(sidecar)
+    if shapes:  # hubtool.json's shapes are checked against the base when it is on this machine
+        from hubtool.apply import check_shapes, local_base_shapes
+
+        base_shapes = local_base_shapes(base_model)
+        if base_shapes is not None:
+            check_shapes(shapes, base_shapes, str(folder / SIDECAR_FILE), base_model)
+    else:
+        shapes = _base_shapes(base_model, trust_remote_code)
     if peft_type == "SHIRA":
         entries = _shira_entries(config, tensors, shapes, folder)
     else:
@@ -133,6 +146,16 @@ def _sparse_deltas(
         if weight not in shapes:
             raise HubError(f"{folder / WEIGHTS_FILE}: the base model {base_model} has no weight {weight}")
         n = counts.get(weight, flat.numel())  # drop export padding, stored after the real entries
+        if not 0 <= n <= flat.numel():
+            raise HubError(
+                f"{folder / SIDECAR_FILE}: weights[{weight}].nnz {n}: expected 0 to the {flat.numel()} "
+                f"entries {WEIGHTS_FILE} holds"
+            )
+        if n < flat.numel() and bool((values[n:] != 0).any()):  # export pads with zeros only
+            raise HubError(
+                f"{folder / SIDECAR_FILE}: weights[{weight}].nnz {n} drops non-zero entries of {WEIGHTS_FILE}; "
+                "the file and hubtool.json disagree"
+            )
         deltas[weight] = _sparse(shapes[weight], flat[:n], values[:n], folder / WEIGHTS_FILE, weight)
     return deltas
 
@@ -158,9 +181,10 @@ def _read_adapter(folder: Path) -> tuple[dict[str, Any], dict[str, torch.Tensor]
             )
         raise HubError(f"{folder}: missing {WEIGHTS_FILE}; expected a PEFT adapter folder")
     try:
-        config = json.loads((folder / CONFIG_FILE).read_text())
-    except (OSError, ValueError) as err:
-        raise HubError(f"{folder / CONFIG_FILE}: cannot read it as JSON ({err})") from err
+        # NaN / Infinity literals parse; the field holding one says so (lora_alpha, alpha_pattern).
+        config = safejson.loads((folder / CONFIG_FILE).read_bytes(), str(folder / CONFIG_FILE), allow_nan=True)
+    except OSError as err:
+        raise HubError(f"{folder / CONFIG_FILE}: cannot read: {err.strerror}") from None
     if not isinstance(config, dict):
         raise HubError(f"{folder / CONFIG_FILE}: expected a JSON object")
     try:
@@ -204,7 +228,8 @@ def _lora_deltas(config: dict, tensors: dict[str, torch.Tensor], folder: Path):
             f"{folder / CONFIG_FILE}: init_lora_weights={config['init_lora_weights']!r} rewrites the base "
             "weights; convert the adapter with PEFT's path_initial_model_for_weight_conversion first"
         )
-    alpha_pattern = config.get("alpha_pattern") or {}
+    alpha_pattern = _pattern(config, "alpha_pattern", folder)
+    rank_pattern = _pattern(config, "rank_pattern", folder)
     for weight, parts in _module_tensors(tensors, ("lora_A.weight", "lora_B.weight"), folder).items():
         A, B = parts["lora_A.weight"], parts["lora_B.weight"]  # A [r, in], B [out, r]
         if A.dim() != 2 or B.dim() != 2 or A.shape[0] != B.shape[1]:
@@ -213,14 +238,24 @@ def _lora_deltas(config: dict, tensors: dict[str, torch.Tensor], folder: Path):
                 "expected [r, in] and [out, r] (only linear layers are supported)"
             )
         rank, module = A.shape[0], weight.removesuffix(".weight")
-        # PEFT's own rule: a pattern key matches a module name ending in ".<key>" (or equal to it).
-        key = next((k for k in alpha_pattern if re.match(rf"(.*\.)?({k})$", module)), None)
+        key = _matching_key(alpha_pattern, module)
         field = f"alpha_pattern[{key!r}]" if key is not None else "lora_alpha"
         alpha = _finite_number(
             alpha_pattern[key] if key is not None else config.get("lora_alpha", 8), folder / CONFIG_FILE, field
         )
         if rank == 0:
             raise HubError(f"{folder / WEIGHTS_FILE}: {weight} has rank 0; expected lora_A [r, in] with r >= 1")
+        # PEFT scales by alpha / r with r from the config: a file whose tensors have another rank would
+        # load differently there (or not at all), so the two must agree.
+        key = _matching_key(rank_pattern, module)
+        r_field = f"rank_pattern[{key!r}]" if key is not None else "r"
+        r_config = rank_pattern[key] if key is not None else config.get("r", 8)
+        if isinstance(r_config, bool) or not isinstance(r_config, int) or r_config < 1:
+            raise HubError(f"{folder / CONFIG_FILE}: {r_field}={repr(r_config)[:40]}; expected a whole number >= 1")
+        if r_config != rank:
+            raise HubError(
+                f"{folder / CONFIG_FILE}: {r_field}={r_config}, but {weight} in {WEIGHTS_FILE} has rank {rank}"
+            )
         scale = alpha / math.sqrt(rank) if config.get("use_rslora") else alpha / rank
         if config.get("fan_in_fan_out"):
             # Conv1D stores W as [in, out] and PEFT adds (B @ A)^T = A^T @ B^T: same form, factors swapped.
@@ -228,15 +263,29 @@ def _lora_deltas(config: dict, tensors: dict[str, torch.Tensor], folder: Path):
         yield weight, LoraDelta(shape=(B.shape[0], A.shape[1]), A=A, B=B, scale=scale)
 
 
+def _pattern(config: dict, field: str, folder: Path) -> dict[str, Any]:
+    """alpha_pattern / rank_pattern: {regex: value}; PEFT matches each key as a regex."""
+    pattern = config.get(field) or {}
+    if not isinstance(pattern, dict):
+        raise HubError(f"{folder / CONFIG_FILE}: {field}: expected an object {{module regex: value}}")
+    for key in pattern:
+        try:
+            re.compile(rf"(.*\.)?({key})$")
+        except re.error as err:
+            raise HubError(f"{folder / CONFIG_FILE}: {field}[{key!r}]: not a valid regex ({err})") from None
+    return pattern
+
+
+def _matching_key(pattern: dict[str, Any], module: str) -> str | None:
+    # PEFT's own rule: a pattern key matches a module name ending in ".<key>" (or equal to it).
+    return next((k for k in pattern if re.match(rf"(.*\.)?({k})$", module)), None)
+
+
 def _finite_number(value: Any, path: Path, field: str) -> float:
-    """A finite number (Python's json reads NaN and Infinity literals, and float() reads "nan")."""
-    try:
-        number = float(value) if not isinstance(value, bool) else math.nan
-    except (TypeError, ValueError, OverflowError):
-        number = math.nan
-    if not math.isfinite(number):
-        raise HubError(f"{path}: {field}={value!r}; expected a finite number")
-    return number
+    """A finite JSON number: not a string ("16" is not what PEFT reads), null, a bool, NaN or Infinity."""
+    if not finite(value):
+        raise HubError(f"{path}: {field}={repr(value)[:40]}; expected a finite number")
+    return float(value)
 
 
 def _shira_entries(
@@ -256,7 +305,7 @@ def _shira_entries(
             )
         if weight not in shapes:
             raise HubError(f"{folder / WEIGHTS_FILE}: the base model has no weight {weight}")
-        rows, cols = coords.to(torch.int64)  # integral even when saved as float32 on Windows
+        rows, cols = _integral(coords, folder / WEIGHTS_FILE, f"{weight} shira_indices")  # [2, nnz]
         if len(shapes[weight]) != 2 or bool((cols < 0).any() | (cols >= shapes[weight][1]).any()):
             raise HubError(
                 f"{folder / WEIGHTS_FILE}: {weight} has column indices outside its shape {shapes[weight]}"
@@ -280,8 +329,24 @@ def _supertuning_entries(
         )
     grouped = _module_tensors(tensors, ("supertuning_values", "supertuning_indices"), folder)
     return {
-        w: (p["supertuning_indices"].to(torch.int64), p["supertuning_values"]) for w, p in grouped.items()
+        w: (_integral(p["supertuning_indices"], folder / WEIGHTS_FILE, f"{w} supertuning_indices"),
+            p["supertuning_values"])
+        for w, p in grouped.items()
     }
+
+
+def _integral(indices: torch.Tensor, path: Path, what: str) -> torch.Tensor:
+    """Indices as int64. Float indices (SHiRA saves float32 on some platforms) must be whole numbers:
+    NaN, infinities or fractions would otherwise be cast to arbitrary positions without a word."""
+    if indices.dtype == torch.bool or indices.is_complex():
+        raise HubError(f"{path}: {what}: expected integer indices, got {indices.dtype}")
+    if indices.is_floating_point():
+        wide = indices.to(torch.float64)
+        bad = ~torch.isfinite(wide) | (wide != wide.round()) | (wide.abs() > 2**53)
+        if bool(bad.any()):
+            raise HubError(f"{path}: {what}: {int(bad.sum())} indices are NaN, infinite or not whole numbers")
+        return wide.to(torch.int64)
+    return indices.to(torch.int64)
 
 
 def _sparse(
@@ -306,9 +371,9 @@ def _read_sidecar(folder: Path) -> dict[str, Any]:
     if not path.is_file():
         return {}
     try:
-        sidecar = json.loads(path.read_text())
-    except (OSError, ValueError) as err:
-        raise HubError(f"{path}: cannot read it as JSON ({err})") from err
+        sidecar = safejson.loads(path.read_bytes(), str(path))
+    except OSError as err:
+        raise HubError(f"{path}: cannot read: {err.strerror}") from None
     if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
         raise HubError(f"{path}: expected format {SIDECAR_FORMAT!r}")
     if sidecar.get("weights_sha256") != sha256_file(folder / WEIGHTS_FILE):
@@ -317,13 +382,33 @@ def _read_sidecar(folder: Path) -> dict[str, Any]:
     if (
         not isinstance(sidecar.get("expert"), dict)
         or not isinstance(weights, dict)
-        or not all(
-            isinstance(s, dict) and isinstance(s.get("nnz"), int) and isinstance(s.get("shape"), list)
-            for s in weights.values()
-        )
+        or not all(isinstance(s, dict) for s in weights.values())
     ):
         raise HubError(f"{path}: expected 'expert' and 'weights' (each with shape and nnz) objects")
+    from hubtool.format.header import MAX_DIM, MAX_NUMEL
+
+    for weight, spec in weights.items():
+        shape, nnz = spec.get("shape"), spec.get("nnz")
+        if not (isinstance(shape, list) and len(shape) == 2 and all(_whole(x) and 0 < x <= MAX_DIM for x in shape)
+                and math.prod(shape) <= MAX_NUMEL):
+            raise HubError(f"{path}: weights[{weight}].shape: expected [out, in] positive integers, got {str(shape)[:60]}")
+        if not (_whole(nnz) and 0 <= nnz <= math.prod(shape)):
+            raise HubError(f"{path}: weights[{weight}].nnz: expected 0 to {math.prod(shape)}, got {str(nnz)[:60]}")
+        if spec.get("fingerprint") is not None and not isinstance(spec["fingerprint"], str):
+            raise HubError(f"{path}: weights[{weight}].fingerprint: expected a string or null")
+    expert = sidecar["expert"]
+    for key in ("name", "task", "kind", "base_model", "base_revision", "value_dtype", "targets"):
+        if expert.get(key) is not None and not isinstance(expert[key], str):
+            raise HubError(f"{path}: expert.{key}: expected a string or null, got {str(expert[key])[:60]}")
+    if expert.get("keep_ratio") is not None and not (
+        finite(expert["keep_ratio"]) and 0 <= expert["keep_ratio"] <= 1
+    ):
+        raise HubError(f"{path}: expert.keep_ratio: expected a number in [0, 1], got {str(expert['keep_ratio'])[:60]}")
     return sidecar
+
+
+def _whole(x: Any) -> bool:
+    return isinstance(x, int) and not isinstance(x, bool)
 
 
 def _sidecar_shapes(sidecar: dict) -> dict[str, tuple[int, ...]]:
@@ -369,6 +454,10 @@ def export_peft(
                 f"{'LoRA' if fmt == 'lora' else 'sparse or block-sparse'} deltas only"
             )
     base = base_model_name_or_path or expert.base_model
+    # Padding builds a [out * in] mask per weight: the shapes must be the base's before that.
+    from hubtool.apply import check_against_base
+
+    check_against_base({w: d.shape for w, d in deltas.items()}, expert.base_model, f"expert {expert.name}")
     if fmt == "lora":
         config, tensors = _lora_export(deltas, base)
         counts = {w: d.nnz for w, d in deltas.items()}
@@ -407,8 +496,11 @@ def _pad(
     flat: torch.Tensor, values: torch.Tensor, numel: int, total: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Append total - nnz zero-valued entries at the first positions outside the mask."""
-    free = torch.ones(numel, dtype=torch.bool)
-    free[flat] = False
+    # The first `total` positions hold at most nnz of the mask, so at least total - nnz free ones:
+    # a mask of that many, not of the whole weight.
+    span = min(numel, total)
+    free = torch.ones(span, dtype=torch.bool)
+    free[flat[flat < span]] = False
     extra = free.nonzero().squeeze(1)[: total - flat.numel()]
     return torch.cat([flat, extra]), torch.cat([values, torch.zeros(extra.numel(), dtype=values.dtype)])
 

@@ -260,7 +260,8 @@ def evaluate_result(
     for task, data in tasks.items():
         choice = next(c for c in plan.choices if c.task == task)
         settings = dict((choice.record.config or {}).get("eval") or {})
-        n = limit if limit is not None else settings.get("limit", 200)
+        stored = settings.get("limit", 200)  # 0: the expert was never scored; score the merge on 200
+        n = limit if limit is not None else (200 if stored == 0 else stored)
         new_tokens = max_new_tokens if max_new_tokens is not None else settings.get("max_new_tokens", 64)
         split = settings.get("split", "test")
         scores = evaluate(model, tokenizer, data, split=split, limit=n, batch_size=batch_size,

@@ -138,6 +138,15 @@ def make_plan(catalog: Any, recipe: Recipe) -> Plan:
     """Choose the experts and map every adapted weight to the experts that touch it (headers only)."""
     recipe.check()
     choices = choose(catalog, recipe)
+    # Before anything is allocated per weight (overlap counts, merged values: [out * in] each): each
+    # header's shapes must be the base's, or a 5 KB file could claim a weight of 2^40 entries.
+    from hubtool.apply import check_against_base, local_base_shapes
+
+    base_model = choices[0].record.base_model
+    base_shapes = local_base_shapes(base_model)
+    for c in choices:
+        check_against_base({n: i["shape"] for n, i in c.header()["weights"].items()}, base_model, c.ref,
+                           base_shapes=base_shapes)
     weights: dict[str, list[int]] = {}
     shapes: dict[str, tuple[int, int]] = {}
     for i, c in enumerate(choices):

@@ -25,6 +25,7 @@ from typing import Any
 from hubtool.errors import HubError
 
 PICKS = ("best", "latest")
+MAX_RECIPE_BYTES = 1 << 20  # a recipe names experts and a few numbers; YAML aliases make more dangerous
 OUT_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
               "float32": "float32", "fp32": "float32"}
 
@@ -124,11 +125,11 @@ class Recipe:
         if not isinstance(data, dict):
             raise HubError(f"{where}: expected a YAML mapping with merge_method, select and/or experts")
         known = {"merge_method", "base_model", "parameters", "dtype", "select", "experts"}
-        extra = sorted(set(data) - known)
+        extra = sorted(str(k) for k in set(data) - known)
         if extra:
             raise HubError(f"{where}: unknown key {extra[0]!r}; expected {', '.join(sorted(known))}")
         params = _mapping(data.get("parameters"), f"{where}: parameters")
-        unknown = sorted(set(params) - {"density", "lambda", "seed", "normalize"})
+        unknown = sorted(str(k) for k in set(params) - {"density", "lambda", "seed", "normalize"})
         if unknown:
             raise HubError(f"{where}: parameters.{unknown[0]}: unknown; expected density, lambda, normalize or seed")
         select = _mapping(data.get("select"), f"{where}: select")
@@ -137,6 +138,14 @@ class Recipe:
             tasks = [t.strip() for t in tasks.split(",") if t.strip()]
         if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
             raise HubError(f"{where}: select.tasks: expected a list of task names or categories")
+        for key in ("where", "pick"):
+            if select.get(key) is not None and not isinstance(select[key], str):
+                raise HubError(f"{where}: select.{key}: expected a string, got {_shown(select[key])}")
+        for key in ("merge_method", "dtype", "base_model"):
+            if data.get(key) is not None and not isinstance(data[key], str):
+                raise HubError(f"{where}: {key}: expected a string, got {_shown(data[key])}")
+        if params.get("normalize") is not None and not isinstance(params["normalize"], bool):
+            raise HubError(f"{where}: parameters.normalize {_shown(params['normalize'])}: expected true or false")
         task_weights = select.get("weights")
         if task_weights is not None:
             if not isinstance(task_weights, list) or len(task_weights) != len(tasks):
@@ -151,6 +160,8 @@ class Recipe:
                 item = {"expert": item}
             if not isinstance(item, dict) or not isinstance(item.get("expert"), str):
                 raise HubError(f"{where}: experts[{i}]: expected {{expert: NAME@VERSION, parameters: {{weight: W}}}}")
+            if item.get("sha256") is not None and not isinstance(item["sha256"], str):
+                raise HubError(f"{where}: experts[{i}].sha256: expected a string, got {_shown(item['sha256'])}")
             p = _mapping(item.get("parameters"), f"{where}: experts[{i}].parameters")
             experts.append(ExpertSpec(item["expert"], _number(p.get("weight", 1.0), f"{where}: experts[{i}].parameters.weight"),
                                       item.get("sha256")))
@@ -163,7 +174,7 @@ class Recipe:
             experts=experts,
             density=None if params.get("density") is None else _number(params["density"], f"{where}: parameters.density"),
             lam=None if params.get("lambda") is None else _number(params["lambda"], f"{where}: parameters.lambda"),
-            seed=int(_number(params.get("seed", 0), f"{where}: parameters.seed")),
+            seed=_seed(params.get("seed", 0), f"{where}: parameters.seed"),
             normalize=params.get("normalize"),
             dtype=data.get("dtype"),
             base_model=data.get("base_model"),
@@ -173,13 +184,25 @@ class Recipe:
     def from_yaml(cls, path: str | Path) -> Recipe:
         import yaml
 
+        from hubtool.format.safejson import check_depth
+
         path = Path(path)
         try:
-            data = yaml.safe_load(path.read_text(encoding="utf-8"))
+            if path.stat().st_size > MAX_RECIPE_BYTES:
+                raise HubError(f"{path}: {path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
+            text = path.read_bytes().decode("utf-8-sig")
+            data = yaml.safe_load(text)
         except OSError as err:
             raise HubError(f"{path}: cannot read the recipe: {err.strerror}") from None
+        except UnicodeDecodeError as err:
+            raise HubError(f"{path}: not UTF-8 text (byte {err.start})") from None
         except yaml.YAMLError as err:
-            raise HubError(f"{path}: not valid YAML ({' '.join(str(err).split())})") from None
+            raise HubError(f"{path}: not valid YAML ({' '.join(str(err).split())[:300]})") from None
+        except RecursionError:
+            raise HubError(f"{path}: YAML nested too deeply") from None
+        except ValueError as err:  # PyYAML's int(): Python's limit on integer digits
+            raise HubError(f"{path}: not a usable YAML value ({' '.join(str(err).split())[:120]})") from None
+        check_depth(data, str(path), max_depth=16, max_nodes=100_000)  # aliases: a DAG, walked as a tree
         return cls.from_dict(data, str(path))
 
 
@@ -191,7 +214,22 @@ def _mapping(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 60 else text[:57] + "..."
+
+
 def _number(value: Any, what: str) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(float(value)):
-        raise HubError(f"{what}: expected a finite number, got {value!r}")
+    from hubtool.format.safejson import finite
+
+    if not finite(value):
+        raise HubError(f"{what}: expected a finite number, got {_shown(value)}")
     return float(value)
+
+
+def _seed(value: Any, what: str) -> int:
+    from hubtool import checks
+
+    if isinstance(value, float) and value.is_integer():
+        value = int(value)
+    return checks.seed(value, what)

@@ -54,8 +54,8 @@ def _check_name(name: str, what: str = "expert name") -> str:
 
 def _float(value: Any, what: str) -> float:
     try:
-        out = float(value)
-    except (TypeError, ValueError):
+        out = float(value) if not isinstance(value, bool) else math.nan
+    except (TypeError, ValueError, OverflowError):  # OverflowError: an integer too large for a float
         out = math.nan
     if not math.isfinite(out):
         raise HubError(f"{what}: expected a finite number, got {value!r}")

@@ -21,15 +21,26 @@ from hubtool.registry.tables import aliases, expert_tags, expert_tasks, experts,
 
 NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,127}")
 LATEST = "latest"  # reserved: never an alias
+MAX_VERSION = 2**63 - 1  # versions are SQL BIGINTs: a longer number is no version, not an OverflowError
+_SELECTOR = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._-]{0,127}")  # a version number or an alias
+_DIGITS = re.compile(r"[0-9]+")  # ASCII only: str.isdigit() also takes "²" and "१", which int() refuses
 _CHUNK = 500  # ids per IN (...) when fetching a page's tags/metrics; far below SQLite's limit
 
 
 def parse_ref(ref: str) -> tuple[str, str | None]:
     """ "qa" -> ("qa", None); "qa@3" -> ("qa", "3"); "qa@best" -> ("qa", "best")."""
     name, at, selector = ref.strip().partition("@")
-    if not NAME.fullmatch(name) or (at and not selector):
-        raise HubError(f"expert ref {ref!r}: expected NAME, NAME@VERSION or NAME@ALIAS")
+    if not NAME.fullmatch(name) or (at and not _SELECTOR.fullmatch(selector)):
+        shown = ref if len(ref) <= 80 else ref[:77] + "..."
+        raise HubError(f"expert ref {shown!r}: expected NAME, NAME@VERSION or NAME@ALIAS")
+    if _DIGITS.fullmatch(selector) and (len(selector) > 19 or int(selector) > MAX_VERSION):
+        raise HubError(f"expert ref {ref!r}: version {selector} is larger than any version can be ({MAX_VERSION})")
     return name, (selector or None)
+
+
+def is_version(selector: str | None) -> bool:
+    """ "3" is a version number; "best", "latest", "²" are not."""
+    return selector is not None and _DIGITS.fullmatch(selector) is not None
 
 
 class Resolved(NamedTuple):
@@ -52,7 +63,7 @@ def resolve(conn: Connection, ref: str) -> Resolved:
     q = select(experts.c.id, experts.c.name, experts.c.version, experts.c.sha256, experts.c.blob)
     if selector is None or selector == LATEST:
         q = q.where(experts.c.name == name).order_by(experts.c.version.desc()).limit(1)
-    elif selector.isdigit():
+    elif is_version(selector):
         q = q.where(experts.c.name == name, experts.c.version == int(selector))
     else:
         q = q.join(aliases, aliases.c.expert_id == experts.c.id).where(
@@ -64,7 +75,7 @@ def resolve(conn: Connection, ref: str) -> Resolved:
     latest = conn.execute(select(func.max(experts.c.version)).where(experts.c.name == name)).scalar()
     if latest is None:
         raise NotFoundError(f"no expert named {name!r} in the catalog")
-    if selector is not None and selector.isdigit():
+    if is_version(selector):
         raise NotFoundError(f"{ref}: expert {name!r} has no version {selector} (latest is {latest})")
     raise NotFoundError(f"{ref}: expert {name!r} has no alias {selector!r}")
 

@@ -1,0 +1,71 @@
+"""The rules for numeric settings, declared once: the CLI's option parsers (hubtool.cli._common) and the
+library API (hubtool.train, hubtool.evaluate, ...) both call these, so `hub train --batch-size 0` and
+`hubtool.train(..., batch_size=0)` fail with the same message naming the setting.
+
+Stdlib only (imported by `hub --help`).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+from hubtool.errors import HubError
+
+MAX_COUNT = 2**31 - 1  # steps, examples, tokens, batch sizes: larger is a typo, not a plan
+MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
+
+
+def _shown(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
+def count(value: Any, field: str, *, low: int = 1, high: int = MAX_COUNT) -> int:
+    """A whole number in [low, high] (bool is not a number here)."""
+    if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
+        rule = f"a whole number of at least {low}" if high == MAX_COUNT else f"a whole number in [{low}, {high}]"
+        raise HubError(f"{field} {_shown(value)}: expected {rule}")
+    return value
+
+
+def optional_count(value: Any, field: str, *, low: int = 1, high: int = MAX_COUNT) -> int | None:
+    return None if value is None else count(value, field, low=low, high=high)
+
+
+def seed(value: Any, field: str = "seed") -> int:
+    return count(value, field, low=0, high=MAX_SEED)
+
+
+def number(value: Any, field: str, *, low: float | None = None, low_open: bool = False,
+           high: float | None = None) -> float:
+    """A finite number, optionally bounded: low < value (low_open) or low <= value, and value <= high."""
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool)
+    try:
+        x = float(value) if ok else math.nan
+    except OverflowError:
+        x = math.nan
+    if not math.isfinite(x) or (low is not None and (x <= low if low_open else x < low)) or (
+        high is not None and x > high
+    ):
+        if low is None and high is None:
+            rule = "a finite number"
+        elif high is None:
+            rule = f"a number {'>' if low_open else '>='} {low:g}"
+        else:
+            rule = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
+        raise HubError(f"{field} {_shown(value)}: expected {rule}")
+    return x
+
+
+def positive(value: Any, field: str) -> float:
+    return number(value, field, low=0.0, low_open=True)
+
+
+def optional_positive(value: Any, field: str) -> float | None:
+    return None if value is None else positive(value, field)
+
+
+def ratio(value: Any, field: str) -> float:
+    """A fraction in (0, 1]: keep ratios, densities."""
+    return number(value, field, low=0.0, low_open=True, high=1.0)
