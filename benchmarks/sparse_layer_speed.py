@@ -17,7 +17,9 @@ an in-place change of the trainable tensors (as an optimizer step does, so a fol
 
 and the kept-entry gradient alone, three ways: sampled_addmm on a kept CSR pattern (what `sparse`
 runs), the same rebuilding the pattern each call, and dense gᵀx then a gather. Methods are
-interleaved rep by rep; the table gives medians and ratios to the floor of the same shape.
+interleaved rep by rep; the table gives medians of wall time and of this thread's CPU time
+(time.thread_time: with 1 thread, the work done whatever else the shared cores run; the fairer
+figure on a loaded machine) and their ratios to the floor of the same shape.
 """
 
 from __future__ import annotations
@@ -114,21 +116,27 @@ def main() -> None:
         runs = {name: (lambda layer=layer, x=x, g=g: step(layer, x, g)) for name, layer in make_layers(out_f, in_f).items()}
         runs |= grad_variants(out_f, in_f, g, x.detach())
         times: dict[str, list[float]] = {name: [] for name in runs}
+        cpu: dict[str, list[float]] = {name: [] for name in runs}
         for fn in runs.values():  # warm-up: first folds, allocator, MKL's first call
             fn()
         for _ in range(reps):
             for name, fn in runs.items():
-                t0 = time.perf_counter()
+                t0, c0 = time.perf_counter(), time.thread_time()
                 fn()
                 times[name].append(time.perf_counter() - t0)
+                cpu[name].append(time.thread_time() - c0)
         med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-        floor = med["floor"]
+        low = {name: statistics.median(ts) * 1e3 for name, ts in cpu.items()}
         print(f"\n{shape_name} [{out_f}, {in_f}]")
-        print(f"  {'method':28s} {'ms':>8s} {'x floor':>8s} {'- floor ms':>11s}")
-        for name, ms in med.items():
-            print(f"  {name:28s} {ms:8.3f} {ms / floor:8.2f} {ms - floor:11.3f}")
-        print(f"  sparse vs masked-dense: {med['masked-dense'] / med['sparse']:.2f}x faster; "
-              f"vs lora: {med['sparse'] / med['lora']:.2f}x; vs sparse-copy: {med['sparse-copy'] / med['sparse']:.2f}x faster")
+        print(f"  {'method':28s} {'wall ms':>10s} {'x floor':>8s} {'cpu ms':>8s} {'x floor':>8s} {'cpu - floor':>12s}")
+        for name in med:
+            print(f"  {name:28s} {med[name]:10.3f} {med[name] / med['floor']:8.2f} {low[name]:8.3f} "
+                  f"{low[name] / low['floor']:8.2f} {low[name] - low['floor']:12.3f}")
+        for label, t in (("wall", med), ("cpu", low)):
+            print(f"  {label}: sparse {t['masked-dense'] / t['sparse']:.2f}x faster than masked-dense, "
+                  f"{t['sparse'] / t['lora']:.2f}x lora, {t['sparse-copy'] / t['sparse']:.2f}x faster than sparse-copy; "
+                  f"overhead over the floor: sparse {t['sparse'] - t['floor']:.2f} ms, lora {t['lora'] - t['floor']:.2f}, "
+                  f"masked-dense {t['masked-dense'] - t['floor']:.2f}")
 
 
 if __name__ == "__main__":
