@@ -236,6 +236,7 @@ def count_state(model: nn.Module, optimizer: torch.optim.Optimizer, base: set[in
             add("mask/index", name, value)
             if isinstance(value, Fold):  # W + D folded into W: the base entries it restores W from
                 add("mask/index", f"{name}.base", value.base)
+                add("mask/index", f"{name}.positions", value.positions)
                 add("mask/index", f"{name}.take", value.take)
     for state in optimizer.state.values():
         for key, value in state.items():

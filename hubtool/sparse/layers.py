@@ -197,7 +197,9 @@ class SparseLayer(DeltaLayer):
             else:  # only tile entries inside W are written; `take` picks their values from [n_tiles, B, B]
                 pos, inside = TileGrid(self.shape, self.block_size).positions(self.kept)
                 inside = inside.reshape(-1)
-                positions, take = pos.reshape(-1)[inside], inside.nonzero().squeeze(1)
+                small = torch.int32 if self.weight.numel() < 2**31 else torch.int64  # 4 bytes per entry
+                positions = pos.reshape(-1)[inside].to(small)
+                take = None if bool(inside.all()) else inside.nonzero().squeeze(1).to(small)
             self._fold = Fold(self.weight, positions, take)
             if self.block_size is None and _kernels(self.weight) is reference:
                 pattern = reference.csr_pattern(self.kept, self.shape)
