@@ -161,10 +161,10 @@ def child(method: str, steps: int, warmup: int, threads: int | None, answer_toke
     else:
         loss_of = lambda: model(**batch).loss
     torch.use_deterministic_algorithms(True, warn_only=True)
-    times = []
+    times, cpu = [], []
     with context:
         for step in range(warmup + steps):
-            t0 = time.perf_counter()
+            t0, c0 = time.perf_counter(), time.process_time()
             loss_of().backward()
             if opt is not None:  # the floor trains nothing: forward + backward only
                 torch.nn.utils.clip_grad_norm_(params, 0.1)
@@ -172,9 +172,11 @@ def child(method: str, steps: int, warmup: int, threads: int | None, answer_toke
                 opt.zero_grad(set_to_none=True)
             if step >= warmup:
                 times.append(time.perf_counter() - t0)
+                cpu.append(time.process_time() - c0)
     return {
         "method": method,
         "times": times,
+        "cpu": cpu,  # process CPU seconds (all threads): steadier than wall time on a loaded machine
         "trainable": sum(p.numel() for p in params),
         "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,  # KiB on Linux
         "threads": torch.get_num_threads(),
@@ -246,6 +248,7 @@ def main() -> None:
 
 def print_table(runs: dict[str, list[dict]], args, allocator: str, wall: float) -> None:
     step = {m: statistics.median(t for run in rs for t in run["times"]) for m, rs in runs.items()}
+    cpu = {m: statistics.median(t for run in rs for t in run["cpu"]) for m, rs in runs.items()}
     rss = {m: statistics.median(run["peak_rss_mib"] for run in rs) for m, rs in runs.items()}
     first = next(iter(runs.values()))[0]
     scored = (f"loss on the last {args.answer_tokens} tokens (hub's answer-only loss for {', '.join(HUB_LOSS)})"
@@ -258,12 +261,13 @@ def print_table(runs: dict[str, list[dict]], args, allocator: str, wall: float) 
         return f"{num / den:.2f}" if den else "-"
 
     head = (f"{'method':14s} {'trainable':>11s} {'step s':>8s} {'x floor':>8s} {'x lora':>7s} {'tok/s':>7s} "
-            f"{'peak RSS MiB':>13s} {'x floor':>8s} {'x lora':>7s}")
+            f"{'cpu s':>7s} {'x floor':>8s} {'peak RSS MiB':>13s} {'x floor':>8s} {'x lora':>7s}")
     print(head)
     print("-" * len(head))
     for m, rs in runs.items():
         print(f"{m:14s} {rs[0]['trainable']:>11,d} {step[m]:8.3f} {ratio(step[m], step.get(FLOOR)):>8s} "
-              f"{ratio(step[m], step.get(PEER)):>7s} {BATCH * SEQ / step[m]:7.0f} {rss[m]:13.0f} "
+              f"{ratio(step[m], step.get(PEER)):>7s} {BATCH * SEQ / step[m]:7.0f} "
+              f"{cpu[m]:7.2f} {ratio(cpu[m], cpu.get(FLOOR)):>8s} {rss[m]:13.0f} "
               f"{ratio(rss[m], rss.get(FLOOR)):>8s} {ratio(rss[m], rss.get(PEER)):>7s}")
     print_goals(runs, step, rss)
 
