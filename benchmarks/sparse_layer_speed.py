@@ -126,13 +126,14 @@ def main() -> None:
                 times[name].append(time.perf_counter() - t0)
                 cpu[name].append(time.thread_time() - c0)
         med = {name: statistics.median(ts) * 1e3 for name, ts in times.items()}
-        low = {name: statistics.median(ts) * 1e3 for name, ts in cpu.items()}
+        cpu_ms = {name: statistics.median(ts) * 1e3 for name, ts in cpu.items()}
         print(f"\n{shape_name} [{out_f}, {in_f}]")
         print(f"  {'method':28s} {'wall ms':>10s} {'x floor':>8s} {'cpu ms':>8s} {'x floor':>8s} {'cpu - floor':>12s}")
-        for name in med:
-            print(f"  {name:28s} {med[name]:10.3f} {med[name] / med['floor']:8.2f} {low[name]:8.3f} "
-                  f"{low[name] / low['floor']:8.2f} {low[name] - low['floor']:12.3f}")
-        for label, t in (("wall", med), ("cpu", low)):
+        for name, ms in med.items():
+            c = cpu_ms[name]
+            print(f"  {name:28s} {ms:10.3f} {ms / med['floor']:8.2f} {c:8.3f} "
+                  f"{c / cpu_ms['floor']:8.2f} {c - cpu_ms['floor']:12.3f}")
+        for label, t in (("wall", med), ("cpu", cpu_ms)):
             print(f"  {label}: sparse {t['masked-dense'] / t['sparse']:.2f}x faster than masked-dense, "
                   f"{t['sparse'] / t['lora']:.2f}x lora, {t['sparse-copy'] / t['sparse']:.2f}x faster than sparse-copy; "
                   f"overhead over the floor: sparse {t['sparse'] - t['floor']:.2f} ms, lora {t['lora'] - t['floor']:.2f}, "
