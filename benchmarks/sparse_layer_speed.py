@@ -15,8 +15,8 @@ an in-place change of the trainable tensors (as an optimizer step does, so a fol
     full           ours, a dense fp32 delta on W (full fine-tuning of this weight)
     masked-dense   the paper's code (benchmarks/train_memory.py's MaskedDenseDelta): W x + (D ⊙ M) x
 
-and the kept-entry gradient alone, three ways: sampled_addmm on a kept CSR pattern (what `sparse`
-runs), the same rebuilding the pattern each call, and dense gᵀx then a gather. Methods are
+and the kept-entry gradient alone, three ways: sampled_addmm on the CSR pattern rebuilt each call
+(what `sparse` runs), the same on a pattern kept between calls, and dense gᵀx then a gather. Methods are
 interleaved rep by rep; the table gives medians of wall time and of this thread's CPU time
 (time.thread_time: with 1 thread, the work done whatever else the shared cores run; the fairer
 figure on a loaded machine) and their ratios to the floor of the same shape.
