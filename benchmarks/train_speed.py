@@ -21,6 +21,9 @@ Methods:
                 benchmarks/train_memory.py): y = W x + (D ⊙ M) x, D dense fp32, M a dense fp32 0/1 mask,
                 a gradient hook grad * mask, dense AdamW on D; mask frozen (random top-k, as ours)
   sparse-copy   ours without folding: W + D built into a fresh copy of W in forward and in backward
+  sparse-dense  ours in the dense phase of --mask-score sensitivity (before the mask freezes: what a
+                `hub train` run does for its first epoch): a dense fp32 delta, a mask, straight-through
+                dense gradient zeroed outside the mask before each step, dense AdamW
   full-all      plain torch: every parameter requires grad
   shira         PEFT SHiRA, r chosen so its trainable entries match ours (r(m+n) per weight)
 
@@ -45,7 +48,8 @@ import sys
 import time
 from pathlib import Path
 
-METHODS = ("floor", "sparse", "block-sparse", "lora", "full-qkv", "masked-dense", "sparse-copy", "full-all", "shira")
+METHODS = ("floor", "sparse", "block-sparse", "lora", "full-qkv", "masked-dense", "sparse-copy", "sparse-dense",
+           "full-all", "shira")
 DEFAULT_METHODS = METHODS[:6]
 SMALL_METHODS = ("floor", "sparse", "lora", "masked-dense")
 # With --answer-tokens, methods that train through hub's Trainer use its loss (the output layer runs only
@@ -71,7 +75,19 @@ def build(method: str):
 
     model, _ = load_base("smollm2-135m", dtype=torch.float32)
     context = contextlib.nullcontext()
-    if method in ("sparse", "block-sparse", "full-qkv", "sparse-copy"):
+    before_step = None
+    if method == "sparse-dense":
+        from hubtool.sparse.adapters import Adapter
+        from hubtool.sparse.config import AdapterConfig
+        from hubtool.sparse.masks import select
+
+        adapter = Adapter.apply(model, AdapterConfig(method="sparse", targets="qkv", keep_ratio=KEEP_RATIO))
+        gen = torch.Generator().manual_seed(0)
+        for layer in adapter.layers.values():  # as after a selection: a mask, the delta still dense
+            layer.set_mask(select(torch.rand(layer.shape, generator=gen), KEEP_RATIO, None))
+        params = adapter.parameters()
+        before_step = adapter.before_step  # zeroes the gradient outside the mask, as the Trainer does
+    elif method in ("sparse", "block-sparse", "full-qkv", "sparse-copy"):
         from hubtool.sparse.adapters import Adapter
         from hubtool.sparse.config import AdapterConfig
 
@@ -106,7 +122,7 @@ def build(method: str):
     else:
         raise SystemExit(f"unknown method {method!r}; expected one of {', '.join(METHODS)}")
     model.train()
-    return model, params, context
+    return model, params, context, before_step
 
 
 def masked_dense(model) -> list:
@@ -147,7 +163,7 @@ def child(method: str, steps: int, warmup: int, threads: int | None, answer_toke
     if threads:
         torch.set_num_threads(threads)
     torch.manual_seed(0)
-    model, params, context = build(method)
+    model, params, context, before_step = build(method)
     opt = torch.optim.AdamW(params, lr=1e-4) if params else None
     ids = torch.randint(0, model.config.vocab_size, (BATCH, SEQ))
     labels = ids.clone()
@@ -167,6 +183,8 @@ def child(method: str, steps: int, warmup: int, threads: int | None, answer_toke
             t0, c0 = time.perf_counter(), time.process_time()
             loss_of().backward()
             if opt is not None:  # the floor trains nothing: forward + backward only
+                if before_step is not None:
+                    before_step(step + 1, opt)
                 torch.nn.utils.clip_grad_norm_(params, 0.1)
                 opt.step()
                 opt.zero_grad(set_to_none=True)
