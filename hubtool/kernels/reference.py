@@ -55,10 +55,9 @@ def sparse_grad_values(
     g [..., out] is dL/dy, x [..., in] the layer input; leading dims are flattened to N.
     Only the kept dot products are computed (sampled dense-dense matmul on the mask's CSR pattern):
     N * nnz multiply-adds instead of the dense N * out * in, and no [out, in] buffer. `pattern` is
-    csr_pattern(indices, shape), built here when not given (a layer that trains keeps its own).
-    Measured on this CPU (AMD EPYC, MKL, 1 thread, N = 1024, k = 0.05): 2.6x faster than gᵀx + gather
-    on q_proj [576, 576], 2.3x on k_proj [192, 576] with the pattern kept, ~2x when it is rebuilt
-    (``benchmarks/sparse_layer_speed.py``).
+    csr_pattern(indices, shape), built here when not given. Measured on this CPU (AMD EPYC, MKL,
+    1 thread CPU time, N = 1024, k = 0.05, pattern rebuilt): ~2.5x faster than gᵀx + gather on q_proj
+    [576, 576], ~1.9x on k_proj [192, 576] (``benchmarks/sparse_layer_speed.py``; noisy, shared cores).
     """
     g2, x2 = as_rows(g, shape[0]).float(), as_rows(x, shape[1]).float()
     if indices.numel() == 0 or g2.shape[0] == 0:
@@ -74,8 +73,7 @@ def sparse_grad_values(
 def csr_pattern(indices: torch.Tensor, shape: tuple[int, int]) -> torch.Tensor:
     """A CSR [out, in] tensor with entries at the sorted flat positions `indices`.
 
-    int32 row pointers and columns when they fit (4 bytes per kept entry, and sampled_addmm runs
-    faster on them). Its values are zeros, not torch.empty: sampled_addmm adds beta * values, and
+    int32 row pointers and columns when they fit (4 bytes per entry instead of 8). Its values are zeros, not torch.empty: sampled_addmm adds beta * values, and
     0 * NaN is NaN; one zero expanded to nnz, so no storage.
     """
     out_f, in_f = shape
