@@ -58,6 +58,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hubtool.kernels.fold import Fold
+
 METHODS = {  # name -> what runs in the subprocess
     "base model only": "base",
     "ours sparse (snip, frozen)": "sparse",
@@ -125,7 +127,11 @@ class MaskedDenseDelta(nn.Module):
         score = self.weight_mask.grad
         n_keep = int(score.numel() * self.keep_ratio)
         threshold = torch.topk(score.flatten(), n_keep, sorted=True).values[-1]
-        keep_mask = (score >= threshold).float()  # [out, in] fp32
+        self.set_mask((score >= threshold).float())  # [out, in] fp32
+
+    @torch.no_grad()
+    def set_mask(self, keep_mask: torch.Tensor) -> None:
+        """The state after a selection, from a dense fp32 0/1 keep_mask [out, in]."""
         self.delta.requires_grad_(True)
         self.keep_mask_idx = torch.where(keep_mask.flatten() == 1)[0]
         weight_mask = torch.zeros_like(self.delta)
@@ -210,7 +216,7 @@ def count_state(model: nn.Module, optimizer: torch.optim.Optimizer, base: set[in
     items: dict[str, dict[str, int]] = defaultdict(lambda: defaultdict(int))
 
     def add(category: str, item: str, t: torch.Tensor | None) -> None:
-        if not torch.is_tensor(t) or storage_key(t) in seen:
+        if not torch.is_tensor(t) or t.layout != torch.strided or storage_key(t) in seen:
             return
         seen.add(storage_key(t))
         items[category][f"{item} {str(t.dtype).removeprefix('torch.')}"] += t.untyped_storage().nbytes()
@@ -228,6 +234,10 @@ def count_state(model: nn.Module, optimizer: torch.optim.Optimizer, base: set[in
             add("mask/index", name, b)
         for name, value in vars(module).items():
             add("mask/index", name, value)
+            if isinstance(value, Fold):  # W + D folded into W: the base entries it restores W from
+                add("mask/index", f"{name}.base", value.base)
+                add("mask/index", f"{name}.positions", value.positions)
+                add("mask/index", f"{name}.take", value.take)
     for state in optimizer.state.values():
         for key, value in state.items():
             add("optimizer", key, value)

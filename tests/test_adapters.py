@@ -3,6 +3,8 @@ sparse layer's gradients equal a dense reference's, and GPT-2's transposed Conv1
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 import torch
 from tiny import make_tiny_llama
@@ -170,3 +172,115 @@ def test_snip_never_trains_a_dense_delta():
     ).fit()
     nnz = [(max(1, int(0.05 * lay.weight.numel() + 0.5)),) for lay in adapter.layers.values()]
     assert seen == [nnz] * 3
+
+
+# --- W + D folded into W in place (the Trainer's frozen-mask path) ------------------------------------
+
+
+def _frozen_pair(block_size, dtype, seed=4):
+    """Two frozen layers on equal copies of one base [28, 20], same mask and values; W's original bits."""
+    torch.manual_seed(seed)
+    base = torch.nn.Linear(20, 28, bias=True).to(dtype)
+    kept = torch.tensor([0, 4, 5, 11]) if block_size else torch.randperm(28 * 20)[:40].sort().values
+    layers = []
+    for _ in range(2):
+        copy = torch.nn.Linear(20, 28, bias=True).to(dtype)
+        copy.load_state_dict(base.state_dict())
+        layer = SparseLayer(copy, block_size=block_size)
+        layer.freeze(kept)
+        layers.append(layer)
+    with torch.no_grad():
+        layers[0].values.normal_(std=0.1)
+        layers[1].values.copy_(layers[0].values)
+    return layers, base.weight.detach().clone()
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("block_size", [None, 8])
+def test_folded_layer_equals_the_copy_path_bit_for_bit_and_restores_w(block_size, dtype):
+    (folded, copied), w0 = _frozen_pair(block_size, dtype)
+    folded.fold_weights(True)
+    for step in range(3):  # each round changes the values in place, as an optimizer step does
+        x = torch.randn(3, 5, 20, dtype=dtype)
+        probe = torch.randn(3, 5, 28, dtype=dtype)
+        outs = []
+        for layer in (folded, copied):
+            xi = x.clone().requires_grad_(True)
+            y = layer(xi)
+            (y * probe).sum().backward()
+            outs.append((y.detach(), xi.grad, layer.values.grad.clone()))
+        assert folded.folded and not copied.folded
+        for a, b in zip(*outs):
+            assert torch.equal(a, b), step
+        # The folded W is the copy path's W + D, entry for entry, and base_weight() is the untouched base.
+        assert torch.equal(folded.weight, copied.merged().weight)
+        assert torch.equal(folded.base_weight(), w0) and torch.equal(folded.stored_weight, w0)
+        with torch.no_grad():
+            for layer in (folded, copied):
+                layer.values.add_(layer.values.grad, alpha=-0.05)
+                layer.values.grad = None
+    folded.fold_weights(False)
+    assert not folded.folded and torch.equal(folded.weight, w0)  # restored bit for bit
+    assert torch.equal(copied.weight, w0)  # the copy path never touches W
+
+
+def test_folded_training_steps_equal_the_copy_path_and_the_expert_is_unchanged():
+    """A few AdamW steps (foreach in-place updates, clipping) through the whole model, folded or not:
+    the same values bit for bit, the same expert and fingerprints, and the base weights restored."""
+    runs = []
+    for fold in (True, False):
+        model = make_tiny_llama()
+        originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+        adapter = Adapter.apply(model, AdapterConfig(keep_ratio=0.1, mask_score="random", targets="qkv"))
+        params = adapter.parameters()
+        opt = torch.optim.AdamW(params, lr=1e-2)
+        batch = torch.randint(3, 256, (4, 12), generator=torch.Generator().manual_seed(7))
+        with adapter.folded() if fold else contextlib.nullcontext():
+            for _ in range(3):
+                model(input_ids=batch, labels=batch).loss.backward()
+                torch.nn.utils.clip_grad_norm_(params, 0.1)
+                opt.step()
+                opt.zero_grad(set_to_none=True)
+            inside = adapter.to_expert("e", task="t", base_model="tiny")  # while W is still folded
+            logits_inside = logits(model, batch)
+            assert all(layer.folded == fold for layer in adapter.layers.values())
+        assert not any(layer.folded for layer in adapter.layers.values())
+        for name, layer in adapter.layers.items():
+            assert torch.equal(layer.weight, originals[f"{name}.weight"]), name
+        runs.append((inside, [p.detach().clone() for p in params], logits_inside, logits(model, batch)))
+    (e_fold, v_fold, in_fold, out_fold), (e_copy, v_copy, in_copy, out_copy) = runs
+    assert all(torch.equal(a, b) for a, b in zip(v_fold, v_copy))
+    assert torch.equal(in_fold, in_copy) and torch.equal(out_fold, out_copy) and torch.equal(in_fold, out_fold)
+    for key, delta in e_fold.deltas.items():
+        assert delta.fingerprint == e_copy.deltas[key].fingerprint, key  # of the base W, not of W + D
+        assert torch.equal(delta.values, e_copy.deltas[key].values), key
+
+
+def test_folded_weights_are_restored_when_the_block_raises_and_merge_is_exact():
+    model = make_tiny_llama()
+    originals = {n: p.detach().clone() for n, p in model.named_parameters()}
+    adapter = Adapter.apply(model, AdapterConfig(keep_ratio=0.1, mask_score="magnitude"))
+    with torch.no_grad():
+        for p in adapter.parameters():
+            p.normal_(std=0.05)
+    ids = torch.randint(3, 256, (2, 9))
+    merged_outside = {n: lay.merged().weight.clone() for n, lay in adapter.layers.items()}
+    with pytest.raises(ValueError, match="boom"), adapter.folded():
+        logits(model, ids)
+        assert all(layer.folded for layer in adapter.layers.values())
+        assert all(torch.equal(lay.merged().weight, merged_outside[n]) for n, lay in adapter.layers.items())
+        raise ValueError("boom")
+    for name, layer in adapter.layers.items():
+        assert not layer.folded and torch.equal(layer.weight, originals[f"{name}.weight"]), name
+
+
+def test_refolding_between_a_forward_and_its_backward_is_an_error_not_a_wrong_gradient():
+    (layer, _), _ = _frozen_pair(None, torch.float32)
+    layer.fold_weights(True)
+    x = torch.randn(4, 20, requires_grad=True)
+    first = layer(x).sum()
+    with torch.no_grad():
+        layer.values.add_(1.0)  # an update before the first forward's backward ran
+    layer(x)  # refolds W in place
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        first.backward()

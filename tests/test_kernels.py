@@ -270,3 +270,48 @@ def test_triton_scatter_accumulates_a_merge_like_the_torch_path(tk):
         ref.sparse_scatter_add_(expected, pos, val, w)
         tk.sparse_scatter_add_(got, pos, val, w)
     torch.testing.assert_close(got, expected)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_fold_writes_the_scatter_kernels_bits_and_restores_w_exactly(dtype):
+    """kernels.fold.Fold: W + D in place equals the scatter-add into a copy, bit for bit; a refresh after
+    the values change in place; restore_ gives W's original bits (fp32 and bf16 weights)."""
+    from hubtool.kernels.fold import Fold
+
+    gen = _gen(11)
+    w = torch.randn(17, 40, generator=gen).to(dtype)
+    w0 = w.clone()
+    kept = _mask((17, 40), 0.2, gen)
+    values = torch.randn(kept.numel(), generator=gen)
+    fold = Fold(w, kept)
+    for _ in range(2):
+        fold.sync_(values)
+        expected = ref.sparse_scatter_add_(w0.clone(), kept, values)
+        assert torch.equal(w, expected)
+        assert torch.equal(fold.base_weight(), w0)
+        values.mul_(-0.5)  # in place: the version counter moves, so the next sync_ rewrites
+    before = w.clone()
+    fold.sync_(values)
+    fold.sync_(values)  # unchanged values: nothing to do, same bits
+    assert not torch.equal(w, before) and torch.equal(w, ref.sparse_scatter_add_(w0.clone(), kept, values))
+    fold.restore_()
+    assert torch.equal(w, w0)
+
+
+def test_fold_with_a_take_index_writes_only_entries_inside_w():
+    """Block tiles: positions are the tile entries inside W, `take` picks them from [n_tiles, B, B]."""
+    from hubtool.kernels.fold import Fold
+
+    gen = _gen(12)
+    shape, b = (20, 36), 8
+    w = torch.randn(shape, generator=gen)
+    w0 = w.clone()
+    tiles = _tiles(shape, b, 0.3, gen)
+    values = torch.randn(tiles.numel(), b, b, generator=gen)
+    pos, inside = ref.tile_positions(tiles, shape, b)
+    inside = inside.reshape(-1)
+    fold = Fold(w, pos.reshape(-1)[inside].int(), inside.nonzero().squeeze(1).int())
+    fold.sync_(values)
+    assert torch.equal(w, ref.block_scatter_add_(w0.clone(), tiles, values, b))
+    fold.restore_()
+    assert torch.equal(w, w0)

@@ -232,3 +232,27 @@ def test_answer_only_loss_equals_the_models_own_loss():
     assert torch.allclose(ours, model(**batch).loss, atol=1e-6)
     ours.backward()  # and it is differentiable end to end
     assert model.model.layers[0].self_attn.q_proj.weight.grad is not None
+
+
+@pytest.mark.parametrize("config", [SENSITIVITY, AdapterConfig(method="block-sparse", keep_ratio=0.2, block_size=8,
+                                                               mask_interval=2, mask_steps=4)])
+def test_training_folds_w_in_place_and_restores_it_bit_for_bit(config):
+    """Dense phase, re-selections, freeze, folded frozen steps with evaluations: afterwards every base
+    weight (and the tensor the original module still shares with it) holds its original bits."""
+    model = make_tiny_llama()
+    shared = {n: p for n, p in model.named_parameters()}  # the layers wrap these very tensors
+    originals = {n: p.detach().clone() for n, p in shared.items()}
+    adapter = Adapter.apply(model, config)
+    seen = []
+
+    def on_step(step, a):
+        seen.append(sum(layer.folded for layer in a.layers.values()))
+
+    cfg = TrainConfig(max_steps=8, batch_size=8, lr=1e-2, eval_every=2, quiet=True)
+    Trainer(model, adapter, token_data(40, 1), token_data(8, 2), cfg, on_step=on_step).fit()
+    assert seen[0] == 0 and seen[-1] == len(adapter.layers)  # dense at first, folded once frozen
+    for name, p in shared.items():
+        assert torch.equal(p, originals[name]), name
+    assert not any(layer.folded for layer in adapter.layers.values())
+    trained = adapter.to_expert("x", "t", "tiny")
+    assert all(d.values.abs().sum() > 0 for d in trained.deltas.values())  # it did train

@@ -13,12 +13,15 @@ The sparse kinds' life cycle (mask_score decides where it starts):
     snip, grad           one probe backward on the first micro-batch picks the mask, then frozen
     magnitude, random    picked at apply time, frozen from the start
 Frozen means: only the kept values exist (see hubtool.sparse.layers), so the trainer rebuilds its
-optimizer with the kept entries' Adam state gathered from the dense one.
+optimizer with the kept entries' Adam state gathered from the dense one. Inside `with adapter.folded():`
+(the trainer's loop) a frozen layer keeps W + D in W itself between optimizer steps, so a step costs
+the base layer's matmuls plus the kept entries' gradient; W is restored bit for bit on leaving.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import contextlib
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -124,6 +127,20 @@ class Adapter:
             if old is not None:
                 moved.append((old, layer.values, layer.gather))
         return moved
+
+    @contextlib.contextmanager
+    def folded(self) -> Iterator[Adapter]:
+        """While inside, frozen sparse layers train with W + D folded into W in place (a layer that
+        freezes inside folds at its next forward); on leaving, every W is restored bit for bit."""
+        layers = [layer for _, layer in self._sparse_layers()]
+        before = [layer._fold_enabled for layer in layers]
+        for layer in layers:
+            layer.fold_weights(True)
+        try:
+            yield self
+        finally:
+            for layer, enabled in zip(layers, before):
+                layer.fold_weights(enabled)
 
     # --- mask selection -----------------------------------------------------------------------------
 
@@ -241,8 +258,7 @@ def _load_layer_state(layer: DeltaLayer, state: dict[str, torch.Tensor]) -> None
     device = layer.weight.device
     if isinstance(layer, SparseLayer):
         # Phases rebuild their parameters, so the optimizer is created after this.
-        layer.delta = layer.values = layer.anchor = None
-        layer.kept, layer.mask = None, None
+        layer.reset()
         if "values" in state:
             layer.freeze(state["kept"])
             layer.values.copy_(state["values"].to(device))

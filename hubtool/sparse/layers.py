@@ -16,6 +16,12 @@ SparseLayer (sparse and block-sparse) moves through phases, see hubtool.sparse.a
             (snip / grad), then the dense gradient is dropped
     frozen  only the kept values [nnz] (or tiles [n_tiles, B, B]) exist; forward/backward through
             hubtool.kernels (W + D folded into one matmul, values' gradient = (gᵀx) at the kept entries)
+
+Folding in place (frozen phase, while fold_weights(True), which Adapter.folded() and so the Trainer
+turn on): W itself holds W + D at the kept entries (hubtool.kernels.fold), refreshed in O(nnz) when
+the values change, so forward and backward are the plain dense matmuls of the base layer and no
+W-sized copy is made. Turning it off puts W back bit for bit. While folded, base_weight() (and so
+stored_weight, merged(), fingerprints) still answers with the base weight.
 """
 
 from __future__ import annotations
@@ -30,6 +36,7 @@ from torch import nn
 from hubtool.delta import BlockSparseDelta, Delta, FullDelta, LoraDelta, SparseDelta
 from hubtool.delta.grid import TileGrid
 from hubtool.kernels import reference
+from hubtool.kernels.fold import Fold, FoldedLinearFn
 from hubtool.sparse.masks import dense_mask
 
 
@@ -51,7 +58,12 @@ class DeltaLayer(nn.Module):
     @property
     def stored_weight(self) -> torch.Tensor:
         """W in the base parameter's own layout (what fingerprints and expert keys refer to)."""
-        return self.weight.t() if self.transposed else self.weight
+        w = self.base_weight()
+        return w.t() if self.transposed else w
+
+    def base_weight(self) -> torch.Tensor:
+        """The base W [out, in] (a layer that folds its delta into W in place answers with a copy)."""
+        return self.weight
 
     def delta_dense(self) -> torch.Tensor:
         raise NotImplementedError
@@ -65,7 +77,7 @@ class DeltaLayer(nn.Module):
     @torch.no_grad()
     def merged(self) -> nn.Module:
         """A plain Linear (or Conv1D) with W + delta, on W's device and dtype."""
-        w = (self.weight.float() + self.delta_dense().to(self.weight.device)).to(self.weight.dtype)
+        w = (self.base_weight().float() + self.delta_dense().to(self.weight.device)).to(self.weight.dtype)
         out_f, in_f = self.shape
         if self.transposed:
             from transformers.pytorch_utils import Conv1D
@@ -94,6 +106,8 @@ class SparseLayer(DeltaLayer):
         self.register_buffer("kept", None)  # int64 positions [nnz] or tile ids [n_tiles]
         self.register_buffer("mask", None, persistent=False)  # bool [out, in], dense phase only
         self._on_grad: Callable[[torch.Tensor], None] | None = None
+        self._fold_enabled = False
+        self._fold: Fold | None = None
 
     @property
     def phase(self) -> str:
@@ -128,6 +142,7 @@ class SparseLayer(DeltaLayer):
 
         Values start from the dense delta at the kept entries (zeros when there was none).
         """
+        self.unfold_()  # the positions may change: W goes back to the base first
         if kept is not None:
             self.kept = kept.to(self.weight.device)
         if self.kept is None:
@@ -141,6 +156,57 @@ class SparseLayer(DeltaLayer):
         self.values = nn.Parameter(start.float().contiguous())
         self.delta, self.mask, self.anchor, self._on_grad = None, None, None, None
         return old
+
+    def reset(self) -> None:
+        """Back to phase "new" (no delta, no mask), with W restored; a checkpoint load starts here."""
+        self.unfold_()
+        self.delta = self.values = self.anchor = None
+        self.kept, self.mask, self._on_grad = None, None, None
+
+    # --- folding W + D into W in place (frozen phase) ---------------------------------------------
+
+    def fold_weights(self, enabled: bool) -> None:
+        """Allow (True) or stop (False) keeping W + D in W between steps; stopping restores W exactly."""
+        self._fold_enabled = enabled
+        if not enabled:
+            self.unfold_()
+
+    @property
+    def folded(self) -> bool:
+        return self._fold is not None
+
+    def unfold_(self) -> None:
+        """Restore W bit for bit if it holds W + D (the next folded forward folds again)."""
+        if self._fold is not None:
+            self._fold.restore_()
+            self._fold = None
+
+    def base_weight(self) -> torch.Tensor:
+        return self.weight if self._fold is None else self._fold.base_weight()
+
+    def _folded_weight(self) -> torch.Tensor:
+        """W holding W + D for the current values: the fold is made on first use, refreshed after steps."""
+        if self._fold is None:
+            if self.block_size is None:
+                positions, take = self.kept, None
+            else:  # only tile entries inside W are written; `take` picks their values from [n_tiles, B, B]
+                pos, inside = TileGrid(self.shape, self.block_size).positions(self.kept)
+                inside = inside.reshape(-1)
+                small = torch.int32 if self.weight.numel() < 2**31 else torch.int64  # 4 bytes per entry
+                positions = pos.reshape(-1)[inside].to(small)
+                take = None if bool(inside.all()) else inside.nonzero().squeeze(1).to(small)
+            self._fold = Fold(self.weight, positions, take)
+        return self._fold.sync_(self.values)
+
+    def _values_grad(self) -> Callable[[torch.Tensor, torch.Tensor], torch.Tensor]:
+        """(g, x) -> fp32 gradient of the values, for the backend that runs this weight."""
+        kernels, kept, shape = _kernels(self.weight), self.kept, self.shape
+        if self.block_size is not None:
+            b = self.block_size
+            return lambda g, x: kernels.block_grad_values(g, x, kept, shape, b)
+        # The CSR pattern is rebuilt per backward (0.05-0.6 ms a layer here, ~0.2% of a step): keeping it
+        # would add 4 bytes per kept entry to the training state.
+        return lambda g, x: kernels.sparse_grad_values(g, x, kept, shape)
 
     def gather(self, dense: torch.Tensor) -> torch.Tensor:
         """The kept entries of a dense [out, in] tensor, in the values layout (zeros outside W for tiles)."""
@@ -159,7 +225,9 @@ class SparseLayer(DeltaLayer):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.values is not None:
             kernels = _kernels(self.weight)
-            if self.block_size is None:
+            if self._fold_enabled and self.weight.is_contiguous():
+                y = FoldedLinearFn.apply(x, self._folded_weight(), self.values, self._values_grad())
+            elif self.block_size is None:
                 y = kernels.sparse_linear(x, self.weight, self.kept, self.values)
             else:
                 y = kernels.block_linear(x, self.weight, self.kept, self.values, self.block_size)

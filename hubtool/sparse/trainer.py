@@ -118,7 +118,8 @@ class Trainer:
             history = list(state["history"])
         last_loss, interrupted, train_seconds = None, False, 0.0
         self.model.train()
-        with _deterministic(self.device), self._sigint_deferred(), self._progress(step) as bar:
+        # adapter.folded(): frozen sparse layers keep W + D in W during the loop (restored on leaving).
+        with _deterministic(self.device), adapter.folded(), self._sigint_deferred(), self._progress(step) as bar:
             try:
                 while step < self.total_steps and not self._stop:
                     started = time.perf_counter()
