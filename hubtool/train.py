@@ -196,10 +196,12 @@ def train(
         from hubtool.evaluate import evaluate
 
         # Prompts cut to the training window, as in training: the expert is scored on what it learnt from.
-        scores = evaluate(
-            model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size,
-            max_new_tokens=max_new_tokens, max_prompt_tokens=max_length,
-        )
+        # Folded (W + D in W, restored on leaving): plain matmuls instead of a fresh W + D per forward.
+        with adapter.folded():
+            scores = evaluate(
+                model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size,
+                max_new_tokens=max_new_tokens, max_prompt_tokens=max_length,
+            )
         metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "accuracy_norm")}
     result.metrics = metrics
 
