@@ -19,7 +19,6 @@ from hubtool.cli._common import (
     console,
     count_option,
     esc,
-    fail,
     human_bytes,
     open_catalog,
     print_json,
@@ -63,8 +62,6 @@ def list_(
     catalog: CatalogOpt = None,
 ) -> None:
     """List experts in the catalog."""
-    if limit < 1:
-        fail(f"--limit {limit}: expected a positive number of rows")
     query = dict(task=task, base=base, kind=kind, tag=tag, where=where, sort=sort, limit=limit)  # noqa: C408
     rows = _list_rows(catalog, tasks, query)
     if json_:
