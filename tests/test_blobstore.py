@@ -207,27 +207,13 @@ def served(tmp_path_factory):
 
 def _tiny_expert(tmp_path: Path, name: str, seed: int):
     """A tiny Llama base folder and an expert of its q/k/v projections (fingerprints of that base)."""
-    import torch
+    from crashing import tiny_expert
     from tiny import make_tiny_llama, save_word_tokenizer
-
-    from hubtool.format import Expert, SparseDelta, fingerprint, pack
 
     base = tmp_path / "base"
     model = make_tiny_llama(base)
     save_word_tokenizer(base, ["what", "is", "the", "answer"])
-    gen = torch.Generator().manual_seed(seed)
-    deltas = {}
-    for wname, w in model.named_parameters():
-        if wname.endswith(("q_proj.weight", "k_proj.weight", "v_proj.weight")):
-            n = w.numel()
-            idx = torch.randperm(n, generator=gen)[: n // 10].sort().values
-            deltas[wname] = SparseDelta(tuple(w.shape), idx, torch.randn(idx.numel(), generator=gen) * 0.1,
-                                        fingerprint(w.detach()))  # fmt: skip
-    expert = Expert(name=name, task="squad", kind="sparse", deltas=deltas, keep_ratio=0.1, value_dtype="float32",
-                    base_model=str(base.resolve()), targets="q_proj|k_proj|v_proj")  # fmt: skip
-    path = tmp_path / f"{name}.safetensors"
-    pack(expert, path)
-    return path
+    return tiny_expert(base.resolve(), model, tmp_path / f"{name}.safetensors", name, seed)
 
 
 def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path, monkeypatch):
