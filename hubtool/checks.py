@@ -10,22 +10,18 @@ from __future__ import annotations
 import math
 from typing import Any
 
-from hubtool.errors import HubError
+from hubtool.errors import HubError, shown
 
 MAX_COUNT = 2**31 - 1  # steps, examples, tokens, batch sizes: larger is a typo, not a plan
 MAX_SEED = 2**32 - 1  # numpy's seeds are 32-bit
 
-
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def count(value: Any, field: str, *, low: int = 1, high: int = MAX_COUNT) -> int:
     """A whole number in [low, high] (bool is not a number here)."""
     if isinstance(value, bool) or not isinstance(value, int) or not low <= value <= high:
         rule = f"a whole number of at least {low}" if high == MAX_COUNT else f"a whole number in [{low}, {high}]"
-        raise HubError(f"{field} {_shown(value)}: expected {rule}")
+        raise HubError(f"{field} {shown(value, 40)}: expected {rule}")
     return value
 
 
@@ -54,7 +50,7 @@ def number(value: Any, field: str, *, low: float | None = None, low_open: bool =
             rule = f"a number {'>' if low_open else '>='} {low:g}"
         else:
             rule = f"a number in {'(' if low_open else '['}{low:g}, {high:g}]"
-        raise HubError(f"{field} {_shown(value)}: expected {rule}")
+        raise HubError(f"{field} {shown(value, 40)}: expected {rule}")
     return x
 
 

@@ -12,6 +12,8 @@ from typing import Annotated, Any
 import typer
 from rich.console import Console
 
+from hubtool.errors import shown
+
 console = Console()
 err_console = Console(stderr=True)
 
@@ -57,9 +59,8 @@ def _parser(kind: type, check: Any, **bounds: Any) -> Any:
             try:
                 value = int(text) if kind is int else float(text)
             except ValueError:  # also the int-str limit on a 5000-digit value
-                shown = text if len(text) <= 40 else text[:37] + "..."
                 raise typer.BadParameter(
-                    f"expected {'a whole number' if kind is int else 'a number'}, got {shown!r}"
+                    f"expected {'a whole number' if kind is int else 'a number'}, got {shown(text, 40)}"
                 ) from None
         try:
             return check(value, "", **bounds)

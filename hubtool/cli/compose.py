@@ -21,6 +21,7 @@ from hubtool.cli._common import (
     ratio_option,
     seed_option,
 )
+from hubtool.errors import shown
 
 PANEL = "Merge"
 
@@ -40,8 +41,7 @@ def _floats(text: str | None, what: str) -> list[float] | None:
     except ValueError:
         values = [math.nan]
     if not values or not all(math.isfinite(v) for v in values):
-        shown = text if len(text) <= 60 else text[:57] + "..."
-        raise typer.BadParameter(f"{what}: expected comma-separated finite numbers, got {shown!r}")
+        raise typer.BadParameter(f"{what}: expected comma-separated finite numbers, got {shown(text, 60)}")
     return values
 
 

@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtool.errors import HubError, NotFoundError
+from hubtool.errors import HubError, NotFoundError, shown
 from hubtool.paths import hub_home
 
 SPLITS = ("train", "validation", "test")
@@ -123,7 +123,6 @@ def make_example(row: dict[str, Any], where: str) -> Example:
         ):
             raise HubError(f"{where}: field {key!r} must be a non-empty list of strings")
     if options is not None and row["output"] not in options:
-        shown = lambda v: repr(v) if len(repr(v)) <= 80 else repr(v)[:77] + "..."
         raise HubError(f"{where}: output {shown(row['output'])} is not one of the options {shown(options)}")
     return Example(row["input"], row["output"], options or None, answers or None)
 

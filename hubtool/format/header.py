@@ -15,7 +15,7 @@ import struct
 from pathlib import Path
 from typing import Any
 
-from hubtool.errors import FormatError
+from hubtool.errors import FormatError, shown
 from hubtool.format import safejson
 
 FORMAT_NAME = "hubtool.expert"
@@ -103,11 +103,11 @@ def _parse_checked(head: bytes, size: int) -> dict[str, Any]:
 
 def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
     if raw.get("format") != FORMAT_NAME:
-        raise FormatError(f"__metadata__.format: expected {FORMAT_NAME!r}, got {_short(raw.get('format'))}")
+        raise FormatError(f"__metadata__.format: expected {FORMAT_NAME!r}, got {shown(raw.get('format'), 60)}")
     if raw.get("format_version") != FORMAT_VERSION:
         raise FormatError(
             f"__metadata__.format_version: this hubtool reads version {FORMAT_VERSION!r}, "
-            f"got {_short(raw.get('format_version'))}"
+            f"got {shown(raw.get('format_version'), 60)}"
         )
     for key in _REQUIRED:
         if key not in raw:
@@ -121,7 +121,7 @@ def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
             raise FormatError(f"__metadata__.{key}: expected a JSON {'object' if kind is dict else 'array'}")
     for key in ("name", "task", "base_model"):  # the catalog checks names; here only what bounds a reader
         if not meta[key] or len(meta[key]) > 4096:
-            raise FormatError(f"__metadata__.{key}: expected 1 to 4096 characters, got {_short(meta[key])}")
+            raise FormatError(f"__metadata__.{key}: expected 1 to 4096 characters, got {shown(meta[key], 60)}")
     _check_metrics(meta["metrics"])
     _check_parents(meta["parents"])
     if "tasks" in raw:  # never written by pack; the catalog reads it as secondary tasks when present
@@ -135,39 +135,34 @@ def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
                 raise ValueError
             meta[key] = cast(text) if text is not None else None
         except ValueError:
-            raise FormatError(f"__metadata__.{key}: expected a number, got {_short(text)}") from None
+            raise FormatError(f"__metadata__.{key}: expected a number, got {shown(text, 60)}") from None
         if key == "keep_ratio" and meta[key] is not None and not math.isfinite(meta[key]):
-            raise FormatError(f"__metadata__.keep_ratio: expected a number in [0, 1], got {_short(text)}")
+            raise FormatError(f"__metadata__.keep_ratio: expected a number in [0, 1], got {shown(text, 60)}")
     for key in ("base_revision", "targets"):
         meta.setdefault(key, None)
     meta["kind"] = LEGACY_KINDS.get(meta["kind"], meta["kind"])
     if meta["kind"] not in KINDS:
-        raise FormatError(f"__metadata__.kind: expected one of {', '.join(KINDS)}, got {_short(meta['kind'])}")
+        raise FormatError(f"__metadata__.kind: expected one of {', '.join(KINDS)}, got {shown(meta['kind'], 60)}")
     if meta["value_dtype"] not in VALUE_DTYPES:
         raise FormatError(
-            f"__metadata__.value_dtype: expected one of {', '.join(VALUE_DTYPES)}, got {_short(meta['value_dtype'])}"
+            f"__metadata__.value_dtype: expected one of {', '.join(VALUE_DTYPES)}, got {shown(meta['value_dtype'], 60)}"
         )
     if meta["keep_ratio"] is not None and not 0.0 <= meta["keep_ratio"] <= 1.0:
         raise FormatError(f"__metadata__.keep_ratio: expected a number in [0, 1], got {meta['keep_ratio']}")
     return meta
 
 
-def _short(value: Any) -> str:
-    """repr(value), cut to 60 characters: a 100 kB field must not become a 100 kB error line."""
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
 
 def _check_metrics(metrics: dict[str, Any]) -> None:
     """{task: {metric: finite number}}, or a flat {metric: finite number} for the expert's own task."""
     for task, value in metrics.items():
-        field = f"__metadata__.metrics[{_short(task)}]"
+        field = f"__metadata__.metrics[{shown(task, 60)}]"
         if isinstance(value, dict):
             for metric, v in value.items():
                 if not safejson.finite(v):
-                    raise FormatError(f"{field}[{_short(metric)}]: expected a finite number, got {_short(v)}")
+                    raise FormatError(f"{field}[{shown(metric, 60)}]: expected a finite number, got {shown(v, 60)}")
         elif not safejson.finite(value):
-            raise FormatError(f"{field}: expected a finite number or an object of them, got {_short(value)}")
+            raise FormatError(f"{field}: expected a finite number or an object of them, got {shown(value, 60)}")
 
 
 def _check_parents(parents: list[Any]) -> None:
@@ -177,22 +172,22 @@ def _check_parents(parents: list[Any]) -> None:
         if isinstance(p, str):
             p = {"ref": p}
         if not isinstance(p, dict) or not isinstance(p.get("ref"), str) or not p["ref"].strip():
-            raise FormatError(f"{field}: expected a ref string or {{ref, role, weight}}, got {_short(p)}")
+            raise FormatError(f"{field}: expected a ref string or {{ref, role, weight}}, got {shown(p, 60)}")
         if p.get("role") is not None and not isinstance(p["role"], str):
-            raise FormatError(f"{field}.role: expected a string or null, got {_short(p['role'])}")
+            raise FormatError(f"{field}.role: expected a string or null, got {shown(p['role'], 60)}")
         if p.get("weight") is not None and not safejson.finite(p["weight"]):
-            raise FormatError(f"{field}.weight: expected a finite number or null, got {_short(p['weight'])}")
+            raise FormatError(f"{field}.weight: expected a finite number or null, got {shown(p['weight'], 60)}")
 
 
 def _check_tensors(table: dict[str, Any], data_size: int) -> None:
     """Each entry has a known dtype, a shape, and in-bounds offsets whose length fits dtype x shape."""
     for name, entry in table.items():
         if len(name) > _MAX_NAME:
-            raise FormatError(f"tensor {_short(name)}: name longer than {_MAX_NAME} characters")
+            raise FormatError(f"tensor {shown(name, 60)}: name longer than {_MAX_NAME} characters")
         if not isinstance(entry, dict) or set(entry) != {"dtype", "shape", "data_offsets"}:
             raise FormatError(f"tensor {name}: expected {{dtype, shape, data_offsets}}")
         if not isinstance(entry["dtype"], str) or entry["dtype"] not in _ITEMSIZE:
-            raise FormatError(f"tensor {name}: dtype {_short(entry['dtype'])} is not one of {', '.join(_ITEMSIZE)}")
+            raise FormatError(f"tensor {name}: dtype {shown(entry['dtype'], 60)} is not one of {', '.join(_ITEMSIZE)}")
         shape, offsets = entry["shape"], entry["data_offsets"]
         if not _ints(shape) or not _ints(offsets) or len(offsets) != 2:
             raise FormatError(f"tensor {name}: shape and data_offsets must be lists of non-negative integers")
@@ -223,20 +218,20 @@ def _check_weights(meta: dict[str, Any], table: dict[str, Any]) -> None:
             delta = info["delta"] = LEGACY_DELTAS.get(delta, delta)
         if not isinstance(delta, str) or delta not in allowed:
             raise FormatError(
-                f"{field}.delta: a {meta['kind']} expert holds {sorted(allowed)}, got {_short(delta)}"
+                f"{field}.delta: a {meta['kind']} expert holds {sorted(allowed)}, got {shown(delta, 60)}"
             )
         shape = info.get("shape")
         if not _ints(shape) or len(shape) != 2 or 0 in shape or max(shape) > MAX_DIM or _prod(shape) > MAX_NUMEL:
             raise FormatError(
                 f"{field}.shape: expected [out, in] positive integers (at most {MAX_DIM} each, "
-                f"{MAX_NUMEL} entries), got {_short(shape)}"
+                f"{MAX_NUMEL} entries), got {shown(shape, 60)}"
             )
         if not _ints([info.get("nnz")]):
-            raise FormatError(f"{field}.nnz: expected a non-negative integer, got {_short(info.get('nnz'))}")
+            raise FormatError(f"{field}.nnz: expected a non-negative integer, got {shown(info.get('nnz'), 60)}")
         if "fingerprint" not in info:
             raise FormatError(f"{field}.fingerprint: missing (expected a string or null)")
         if info["fingerprint"] is not None and not isinstance(info["fingerprint"], str):
-            raise FormatError(f"{field}.fingerprint: expected a string or null, got {_short(info['fingerprint'])}")
+            raise FormatError(f"{field}.fingerprint: expected a string or null, got {shown(info['fingerprint'], 60)}")
         for tensor, (dtype, want) in _tensor_specs(name, info, field, table).items():
             got = table.get(tensor)
             if got is None:
@@ -265,7 +260,7 @@ def _tensor_specs(
     (rows, cols), delta, nnz = info["shape"], info["delta"], info["nnz"]
     if delta in ("sparse", "block-sparse") and info.get("encoding") not in ENCODINGS:
         raise FormatError(
-            f"{field}.encoding: expected one of {', '.join(ENCODINGS)}, got {_short(info.get('encoding'))}"
+            f"{field}.encoding: expected one of {', '.join(ENCODINGS)}, got {shown(info.get('encoding'), 60)}"
         )
     if delta == "sparse":
         if nnz > rows * cols:
@@ -274,7 +269,7 @@ def _tensor_specs(
     if delta == "block-sparse":
         b = info.get("block_size")
         if not _ints([b]) or b == 0:
-            raise FormatError(f"{field}.block_size: expected a positive integer, got {_short(b)}")
+            raise FormatError(f"{field}.block_size: expected a positive integer, got {shown(b, 60)}")
         n_tiles = _first_dim(table, f"{name}.val")
         if n_tiles > -(-rows // b) * -(-cols // b):
             raise FormatError(f"tensor {name}.val: {n_tiles} tiles, more than the weight's tile grid holds")
@@ -283,7 +278,7 @@ def _tensor_specs(
         scale = info.get("scale")
         # json.loads reads NaN / Infinity literals; either would turn every weight it touches into NaN.
         if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not _finite(scale):
-            raise FormatError(f"{field}.scale: expected a finite number, got {_short(scale)}")
+            raise FormatError(f"{field}.scale: expected a finite number, got {shown(scale, 60)}")
         rank = _first_dim(table, f"{name}.lora_A")
         return {f"{name}.lora_A": (_VALUE, [rank, cols]), f"{name}.lora_B": (_VALUE, [rows, rank])}
     return {f"{name}.delta": (_VALUE, [rows, cols])}

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtool.errors import FormatError, HubError, NotFoundError
+from hubtool.errors import FormatError, HubError, NotFoundError, shown
 from hubtool.hub.client import check_revision, hub_errors, make_api, quiet_client, split_repo
 from hubtool.hub.push import EXPERT_FORMAT, LIBRARY_FILE, RECORD_FILE
 
@@ -167,7 +167,7 @@ def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
     if not isinstance(item, dict):
         raise HubError(f"{where}: an expert record is not a JSON object")
     name, file, sha = item.get("name"), item.get("file"), item.get("sha256")
-    label = f"{where}: expert {_shown(name)}"
+    label = f"{where}: expert {shown(name, 100)}"
     if not isinstance(name, str) or not NAME.fullmatch(name):
         raise HubError(f"{label}: expected a name of letters, digits, '.', '_' or '-'")
     if item.get("hub_format", EXPERT_FORMAT) != EXPERT_FORMAT:
@@ -182,7 +182,7 @@ def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
         or not _SAFE_PATH.fullmatch(file)
         or ".." in file.split("/")
     ):
-        raise HubError(f"{label}: file {_shown(file)} is not a plain path inside the repo")
+        raise HubError(f"{label}: file {shown(file, 100)} is not a plain path inside the repo")
     if file not in files:
         raise HubError(f"{label}: its file {file} is not in the repo")
     if not isinstance(item.get("task"), str) or not NAME.fullmatch(item["task"]):
@@ -204,12 +204,6 @@ def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
     item.setdefault("ref", f"{name}@{item.get('version', '?')}")
     return item
 
-
-def _shown(value: Any) -> str:
-    """A value from a record, as an error shows it: repr, at most ~100 characters (a hostile record must
-    not turn one error line into kilobytes)."""
-    text = repr(value)
-    return text if len(text) <= 100 else text[:97] + "..."
 
 
 def _check_metrics(metrics: dict[str, Any], label: str) -> None:

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtool.errors import HubError
+from hubtool.errors import HubError, shown
 
 PICKS = ("best", "latest")
 MAX_RECIPE_BYTES = 1 << 20  # a recipe names experts and a few numbers; YAML aliases make more dangerous
@@ -140,12 +140,12 @@ class Recipe:
             raise HubError(f"{where}: select.tasks: expected a list of task names or categories")
         for key in ("where", "pick"):
             if select.get(key) is not None and not isinstance(select[key], str):
-                raise HubError(f"{where}: select.{key}: expected a string, got {_shown(select[key])}")
+                raise HubError(f"{where}: select.{key}: expected a string, got {shown(select[key], 60)}")
         for key in ("merge_method", "dtype", "base_model"):
             if data.get(key) is not None and not isinstance(data[key], str):
-                raise HubError(f"{where}: {key}: expected a string, got {_shown(data[key])}")
+                raise HubError(f"{where}: {key}: expected a string, got {shown(data[key], 60)}")
         if params.get("normalize") is not None and not isinstance(params["normalize"], bool):
-            raise HubError(f"{where}: parameters.normalize {_shown(params['normalize'])}: expected true or false")
+            raise HubError(f"{where}: parameters.normalize {shown(params['normalize'], 60)}: expected true or false")
         task_weights = select.get("weights")
         if task_weights is not None:
             if not isinstance(task_weights, list) or len(task_weights) != len(tasks):
@@ -161,7 +161,7 @@ class Recipe:
             if not isinstance(item, dict) or not isinstance(item.get("expert"), str):
                 raise HubError(f"{where}: experts[{i}]: expected {{expert: NAME@VERSION, parameters: {{weight: W}}}}")
             if item.get("sha256") is not None and not isinstance(item["sha256"], str):
-                raise HubError(f"{where}: experts[{i}].sha256: expected a string, got {_shown(item['sha256'])}")
+                raise HubError(f"{where}: experts[{i}].sha256: expected a string, got {shown(item['sha256'], 60)}")
             p = _mapping(item.get("parameters"), f"{where}: experts[{i}].parameters")
             experts.append(ExpertSpec(item["expert"], _number(p.get("weight", 1.0), f"{where}: experts[{i}].parameters.weight"),
                                       item.get("sha256")))
@@ -214,16 +214,12 @@ def _mapping(value: Any, what: str) -> dict[str, Any]:
     return value
 
 
-def _shown(value: Any) -> str:
-    text = repr(value)
-    return text if len(text) <= 60 else text[:57] + "..."
-
 
 def _number(value: Any, what: str) -> float:
     from hubtool.format.safejson import finite
 
     if not finite(value):
-        raise HubError(f"{what}: expected a finite number, got {_shown(value)}")
+        raise HubError(f"{what}: expected a finite number, got {shown(value, 60)}")
     return float(value)
 
 

@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 from sqlalchemy import ColumnElement, Row, func, select
 from sqlalchemy.engine import Connection
 
-from hubtool.errors import HubError, NotFoundError
+from hubtool.errors import HubError, NotFoundError, shown
 from hubtool.registry import where as where_lang
 from hubtool.registry.records import ExpertRecord
 from hubtool.registry.tables import aliases, expert_tags, expert_tasks, experts, metrics
@@ -31,8 +31,7 @@ def parse_ref(ref: str) -> tuple[str, str | None]:
     """ "qa" -> ("qa", None); "qa@3" -> ("qa", "3"); "qa@best" -> ("qa", "best")."""
     name, at, selector = ref.strip().partition("@")
     if not NAME.fullmatch(name) or (at and not _SELECTOR.fullmatch(selector)):
-        shown = ref if len(ref) <= 80 else ref[:77] + "..."
-        raise HubError(f"expert ref {shown!r}: expected NAME, NAME@VERSION or NAME@ALIAS")
+        raise HubError(f"expert ref {shown(ref)}: expected NAME, NAME@VERSION or NAME@ALIAS")
     if _DIGITS.fullmatch(selector) and (len(selector) > 19 or int(selector) > MAX_VERSION):
         raise HubError(f"expert ref {ref!r}: version {selector} is larger than any version can be ({MAX_VERSION})")
     return name, (selector or None)

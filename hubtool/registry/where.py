@@ -21,7 +21,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from hubtool.errors import HubError
+from hubtool.errors import HubError, shown
 
 if TYPE_CHECKING:
     from sqlalchemy import ColumnElement
@@ -56,10 +56,6 @@ MAX_TERMS = 64
 MAX_SORT_KEYS = 16
 
 
-def _shown(expr: str) -> str:
-    return repr(expr) if len(expr) <= 80 else repr(expr[:77] + "...")
-
-
 @dataclass(frozen=True)
 class Comparison:
     name: str
@@ -77,27 +73,27 @@ def _number(text: str, expr: str, name: str) -> float:
     except ValueError:
         value = math.nan
     if not math.isfinite(value):
-        raise HubError(f"--where {_shown(expr)}: {name} needs a number, got {text!r}")
+        raise HubError(f"--where {shown(expr)}: {name} needs a number, got {text!r}")
     return value
 
 
 def parse_where(expr: str) -> list[Comparison]:
     if len(expr) > MAX_LENGTH:
-        raise HubError(f"--where {_shown(expr)}: {len(expr)} characters, more than the {MAX_LENGTH} allowed")
+        raise HubError(f"--where {shown(expr)}: {len(expr)} characters, more than the {MAX_LENGTH} allowed")
     parts = [p.strip() for p in _SEPARATOR.split(expr.strip())]
     if not expr.strip() or not all(parts):
-        raise HubError(f"--where {_shown(expr)}: expected {_EXPECTED}")
+        raise HubError(f"--where {shown(expr)}: expected {_EXPECTED}")
     if len(parts) > MAX_TERMS:
-        raise HubError(f"--where {_shown(expr)}: {len(parts)} comparisons, more than the {MAX_TERMS} allowed")
+        raise HubError(f"--where {shown(expr)}: {len(parts)} comparisons, more than the {MAX_TERMS} allowed")
     out = []
     for part in parts:
         m = _COMPARISON.match(part)
         if not m:
-            raise HubError(f"--where {_shown(expr)}: can't read {part!r}; expected {_EXPECTED}")
+            raise HubError(f"--where {shown(expr)}: can't read {part!r}; expected {_EXPECTED}")
         name, op, raw = m.group(1), m.group(2), m.group(3).strip()
         if name in TEXT_FIELDS or name == "task":
             if op not in ("=", "==", "!="):
-                raise HubError(f"--where {_shown(expr)}: {name} is text; compare it with = or !=, not {op}")
+                raise HubError(f"--where {shown(expr)}: {name} is text; compare it with = or !=, not {op}")
             out.append(Comparison(name, op, raw.strip("'\"")))
         else:
             out.append(Comparison(name, op, _number(raw, expr, name)))
@@ -119,13 +115,13 @@ def parse_sort(sort: str) -> list[SortKey]:
     """`-rougeL,name` -> [SortKey("rougeL", desc=True), SortKey("name", desc=False)]."""
     keys = sort.split(",")
     if len(sort) > MAX_LENGTH or len(keys) > MAX_SORT_KEYS:
-        raise HubError(f"--sort {_shown(sort)}: expected at most {MAX_SORT_KEYS} keys")
+        raise HubError(f"--sort {shown(sort)}: expected at most {MAX_SORT_KEYS} keys")
     out = []
     for key in (k.strip() for k in keys):
         name = key.lstrip("-+")
         if not re.fullmatch(r"[A-Za-z_][\w.:/-]*", name):
             raise HubError(
-                f"--sort {_shown(sort)}: expected a field ({', '.join(FIELDS)}, created) or a "
+                f"--sort {shown(sort)}: expected a field ({', '.join(FIELDS)}, created) or a "
                 f"metric name, '-' in front for descending; got {key!r}"
             )
         out.append(SortKey(name, key.startswith("-")))
