@@ -103,3 +103,17 @@ def packed(tmp_path: Path) -> Callable[..., Path]:
         )
 
     return make
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory: pytest.TempPathFactory):
+    """The fuzzer's world (tests/fuzzing.py: a tiny base, registered experts, exports, task files) in a
+    private HUB_HOME, built once per test module (test_fuzz.py, test_bad_input.py)."""
+    from fuzzing import World
+
+    root = tmp_path_factory.mktemp("world")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("HUB_HOME", str(root / "home"))
+        mp.delenv("HUB_CATALOG", raising=False)
+        mp.delenv("HUB_DEBUG", raising=False)
+        yield World.build(root)

@@ -15,16 +15,6 @@ import torch
 from fuzzing import K, Q, World, _join_st, _split_st, run_argv
 
 
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("bad-input")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HUB_HOME", str(root / "home"))
-        mp.delenv("HUB_CATALOG", raising=False)
-        mp.delenv("HUB_DEBUG", raising=False)
-        yield World.build(root)
-
-
 def error_line(argv: list[str], env: dict[str, str] | None = None) -> str:
     out = run_argv([str(a) for a in argv], env=env)
     assert out.ok and out.code == 1, f"hub {argv}: exit {out.code} {out.error}\n{out.stderr}{out.stdout}"

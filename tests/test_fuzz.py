@@ -13,19 +13,8 @@ from collections import Counter
 from pathlib import Path
 
 import fuzzing
-import pytest
 
 CASES = 200  # ~0.15 s each (CPU) on 2 busy cores
-
-
-@pytest.fixture(scope="module")
-def world(tmp_path_factory: pytest.TempPathFactory):
-    root = tmp_path_factory.mktemp("fuzz")
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("HUB_HOME", str(root / "home"))
-        mp.delenv("HUB_CATALOG", raising=False)
-        mp.delenv("HUB_DEBUG", raising=False)
-        yield fuzzing.World.build(root)
 
 
 def test_corpus_keeps_the_error_contract(world: fuzzing.World) -> None:
