@@ -41,6 +41,36 @@ def test_eight_writers_and_hub_list_readers_lose_nothing(tmp_path, empty_catalog
     assert out["blobs"] == PROCESSES * (PER_PROCESS - 1) + 1  # the common file is stored once
 
 
+HOLD_WRITE_LOCK = """
+import sqlite3, sys, time
+conn = sqlite3.connect(sys.argv[1], isolation_level=None)
+conn.execute("BEGIN IMMEDIATE")  # the RESERVED lock: what a first opener holds while it creates the schema
+print("held", flush=True)
+time.sleep(float(sys.argv[2]))
+conn.execute("ROLLBACK")
+print("released", flush=True)
+"""
+
+
+def test_a_new_catalog_opens_while_another_process_holds_its_write_lock(tmp_path):
+    """The race two `hub` commands on a new HUB_HOME run: the second opener finds a fresh (not yet WAL)
+    file whose write lock the first holds. SQLite answers the switch to WAL with an immediate "database is
+    locked" there, without its busy handler (a CI run failed so); opening must wait for the lock instead."""
+    path = tmp_path / "registry.db"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_WRITE_LOCK, str(path), "1.0"], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        with Catalog(f"sqlite:///{path}", blobs=tmp_path / "blobs") as catalog:
+            assert holder.poll() is not None or holder.stdout.readline().strip() == "released"
+            assert catalog.list() == []
+            assert db.stored_revision(catalog.engine) == db.SCHEMA_HEAD
+    finally:
+        holder.wait(timeout=30)
+    assert holder.returncode == 0
+
+
 def test_three_hub_train_processes_at_once_lose_nothing(hub_home, tmp_path):
     """What a scheduler does: start several trainings of one task together on one catalog and store."""
     from test_cli import HUB, _env

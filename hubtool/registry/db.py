@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import random
 import re
+import sqlite3
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -127,7 +128,7 @@ def _sqlite_engine(parsed: URL) -> Engine:
         dbapi_conn.isolation_level = None
         cur = dbapi_conn.cursor()
         cur.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-        cur.execute("PRAGMA journal_mode = WAL")
+        _enable_wal(cur)
         cur.execute("PRAGMA synchronous = NORMAL")  # durable at checkpoints; safe with WAL
         cur.execute("PRAGMA foreign_keys = ON")  # child rows (metrics, tags, ...) cascade with experts
         cur.close()
@@ -138,6 +139,23 @@ def _sqlite_engine(parsed: URL) -> Engine:
         conn.exec_driver_sql("BEGIN IMMEDIATE" if write else "BEGIN")
 
     return engine
+
+
+def _enable_wal(cur: sqlite3.Cursor) -> None:
+    """PRAGMA journal_mode = WAL, waiting as busy_timeout would. Switching a fresh (rollback-journal)
+    file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once, without
+    calling the busy handler, while a second process opening the same new catalog holds its lock.
+    Once the file is in WAL mode the pragma is a no-op that takes no lock."""
+    deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
+    while True:
+        try:
+            cur.execute("PRAGMA journal_mode = WAL")
+            return
+        except sqlite3.OperationalError as err:
+            busy = "locked" in str(err).lower() or "busy" in str(err).lower()
+            if not busy or time.monotonic() > deadline:
+                raise
+            time.sleep(random.uniform(0.005, 0.05))
 
 
 def _postgres_engine(parsed: URL) -> Engine:
@@ -269,14 +287,19 @@ def _no_table(err: DBAPIError) -> bool:
 
 
 def stored_revision(engine: Engine) -> str | None:
-    """The alembic revision the database is at; None for a fresh database. One cheap query."""
-    try:
-        with engine.connect() as conn:
-            return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
-    except DBAPIError as err:
-        if _no_table(err):
-            return None  # no alembic_version table yet
-        raise catalog_error(engine.url, err, "opening the catalog") from err
+    """The alembic revision the database is at; None for a fresh database. One cheap query, again
+    after a back-off while another process holds the database (retry)."""
+
+    def probe() -> str | None:
+        try:
+            with engine.connect() as conn:
+                return conn.execute(text("SELECT version_num FROM alembic_version")).scalar()
+        except DBAPIError as err:
+            if _no_table(err):
+                return None  # no alembic_version table yet
+            raise
+
+    return retry(probe, "opening the catalog", engine.url)
 
 
 def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
@@ -287,10 +310,7 @@ def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
     if revision == SCHEMA_HEAD:
         return
     if revision is None:
-        try:
-            tables = sorted(inspect(engine).get_table_names())
-        except DBAPIError as err:
-            raise catalog_error(engine.url, err, "opening the catalog") from err
+        tables = sorted(retry(lambda: inspect(engine).get_table_names(), "opening the catalog", engine.url))
         if tables:
             shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
             raise HubError(
