@@ -137,11 +137,15 @@ class Outcome:
         return self.error is None
 
 
-def _quiet_consoles(out: io.StringIO, err: io.StringIO):
+def _quiet_consoles(out: io.StringIO, err: io.StringIO, width: str | None = None):
+    """Point the CLI's consoles at out/err. Rich fixes a console's width from COLUMNS when it is made (at
+    import, where pytest-xdist workers have COLUMNS=80), so a case's own COLUMNS is applied here."""
     from hubtool.cli import _common
 
-    saved = (_common.console.file, _common.err_console.file)
+    saved = (_common.console.file, _common.err_console.file, _common.console._width)
     _common.console.file, _common.err_console.file = out, err
+    if width is not None and width.isdigit():
+        _common.console.width = int(width)
     return saved
 
 
@@ -152,7 +156,7 @@ def run_argv(argv: list[str], *, timeout: float = 30.0, env: dict[str, str] | No
     from hubtool.cli import _common
 
     out, err = io.StringIO(), io.StringIO()
-    saved = _quiet_consoles(out, err)
+    saved = _quiet_consoles(out, err, (env or {}).get("COLUMNS"))
     old_argv, old_env = sys.argv, {k: os.environ.get(k) for k in (env or {})}
     os.environ.update(env or {})
     sys.argv = ["hub", *argv]
@@ -179,7 +183,7 @@ def run_argv(argv: list[str], *, timeout: float = 30.0, env: dict[str, str] | No
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)
         sys.argv = old_argv
-        _common.console.file, _common.err_console.file = saved
+        _common.console.file, _common.err_console.file, _common.console.width = saved
         for k, v in old_env.items():
             if v is None:
                 os.environ.pop(k, None)
