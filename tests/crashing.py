@@ -262,7 +262,12 @@ class Lab:
     # -- checks ------------------------------------------------------------------------------------------
 
     def check(
-        self, home: Path | None = None, env: dict | None = None, *, cli: bool = False, shared_catalog: bool = False
+        self,
+        home: Path | None = None,
+        env: dict | None = None,
+        *,
+        cli: bool = False,
+        shared_catalog: bool = False,
     ) -> tuple[list[str], dict]:
         """What a crash may not leave, checked in `home`: (problems, the first verify's report, plus
         "repaired": what --repair removed or restored).
