@@ -145,7 +145,7 @@ def _enable_wal(cur: sqlite3.Cursor) -> None:
     """PRAGMA journal_mode = WAL, waiting as busy_timeout would. Switching a fresh (rollback-journal)
     file to WAL needs an exclusive lock, and SQLite answers "database is locked" at once, without
     calling the busy handler, while a second process opening the same new catalog holds its lock.
-    Once the file is in WAL mode the pragma is a no-op that takes no lock."""
+    Once the file is in WAL mode (persistent, in its header) the pragma changes nothing."""
     deadline = time.monotonic() + BUSY_TIMEOUT_MS / 1000
     while True:
         try:
