@@ -237,3 +237,28 @@ def test_a_stopped_run_reports_what_it_has_as_partial(tmp_path: Path) -> None:
     rows = table_rows(md)
     assert "sparse merged: mean" not in rows and rows["sparse single-task"][0] == "…"
     assert "| sparse | 0.0001 (paper) | " in md  # the sweep ran: its losses are reported
+
+
+def test_defects_found_adversarially_are_refused_or_fixed_before_any_work(tmp_path: Path) -> None:
+    """issue 14 §0b: seeds without 0, machine-dependent cache keys, --out '' and a damaged timings.json."""
+    # A seed set without 0 plans (the merged experts are the smallest seed's), in any home.
+    plans = []
+    for home in (tmp_path / "one", tmp_path / "elsewhere" / "two"):
+        plan = ok(hub("experiment", "--preset", "smoke", "--plan", "--seeds", "2,1", home=home))
+        plans.append(sorted(re.findall(r"--name (\S+)", plan)))
+    assert plans[0] and all("-s1-" in n or "-s2-" in n for n in plans[0])
+    # The same job has the same name wherever $HUB_HOME (and so the smoke model's folder) lies.
+    assert plans[0] == plans[1]
+    home = tmp_path / "one"
+    for args, message in {("--out", ""): "--out '': expected a path", ("--seeds", ""): "--seeds"}.items():
+        result = hub("experiment", "--preset", "smoke", *args, home=home)
+        err = result.stderr.strip()
+        assert result.returncode == 1 and len(err.splitlines()) == 1 and message in err, f"{args}: {err}"
+    timings = home / "experiments" / "timings.json"
+    timings.write_text("{not json")
+    result = hub("experiment", "--preset", "smoke", "--out", str(tmp_path / "r"), home=home)
+    err = result.stderr.strip()
+    assert result.returncode == 1 and len(err.splitlines()) == 1 and "timings.json" in err, err
+    from hubtool.registry import Catalog
+
+    assert Catalog(f"sqlite:///{home / 'experiments' / 'catalog.db'}").list() == []

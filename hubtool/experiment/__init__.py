@@ -44,6 +44,10 @@ def experiment(
             from hubtool.errors import HubError
 
             raise HubError(f"--stage {bad[0]!r}: expected one of {', '.join((*STAGES, 'report'))}")
+    if out is not None and not plan_only:
+        from hubtool.experiment.report import check_out
+
+        check_out(out)  # before any job runs, not after hours of them
     exp = Experiment.open(spec, catalog)
     result: dict[str, Any] = {"experiment": exp, "counts": {}, "report": None}
     if plan_only:

@@ -196,7 +196,7 @@ class Planner:
             if not p.sweep:
                 lrs[label] = kind.lr
                 continue
-            runs = {kind.lr * f: self.train_job(self.held_in[0], kind, 0, kind.lr * f, "sweep") for f in p.sweep}
+            runs = {kind.lr * f: self.train_job(self.held_in[0], kind, p.merge_seed, kind.lr * f, "sweep") for f in p.sweep}
             sweep[label] = {lr: j.key for lr, j in runs.items()}
             jobs += runs.values()
             losses = {lr: self._val_loss(j.key) for lr, j in runs.items()}
@@ -212,7 +212,7 @@ class Planner:
             return Plan(_unique(jobs), False, lrs, sweep, experts, merges)
         for task in self.held_in:
             for label in p.kinds:
-                for seed in p.seeds if label in p.seed_kinds else (0,):
+                for seed in p.seeds if label in p.seed_kinds else (p.merge_seed,):
                     job = self.train_job(task, KINDS[label], seed, lrs[label])
                     experts[(task.name, label, seed)] = job.key
                     jobs += [job, self.eval_job(job.key, task)]
@@ -234,7 +234,7 @@ class Planner:
 
     def _merge(self, label: str, method: str, n: int, experts: dict, tuned: bool = False) -> ComposeJob:
         tasks = [t.name for t in self.held_in[:n]]
-        return self.compose_job(label, method, [experts[(t, label, 0)] for t in tasks], tasks, tuned=tuned)
+        return self.compose_job(label, method, [experts[(t, label, self.preset.merge_seed)] for t in tasks], tasks, tuned=tuned)
 
     def _val_loss(self, name: str) -> float | None:
         from hubtool.errors import NotFoundError

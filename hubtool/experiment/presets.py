@@ -89,6 +89,12 @@ class Preset:
         return self.name if not self.overrides else f"{self.name} {' '.join(self.overrides)}"
 
     @property
+    def merge_seed(self) -> int:
+        """The seed of the experts that are merged, and of the kinds trained with one seed only: the
+        smallest of `seeds` (0 unless --seeds leaves it out)."""
+        return min(self.seeds)
+
+    @property
     def mask_steps(self) -> int:
         return max(1, int(self.steps * self.mask_fraction))
 
@@ -172,9 +178,11 @@ def get_preset(
         changes["held_in"] = tuple(tasks)
     if held_out is not None:
         changes["held_out"] = tuple(held_out)
+    if seeds is not None and not seeds:
+        raise HubError("--seeds: expected at least one seed, e.g. 0 or 0,1")
     if seeds:
-        if any(s < 0 for s in seeds):
-            raise HubError(f"--seeds {seeds}: expected non-negative integers")
+        if any(s < 0 or s >= 2**31 for s in seeds):
+            raise HubError(f"--seeds {','.join(map(str, seeds))}: expected integers from 0 to 2147483647")
         changes["seeds"] = tuple(dict.fromkeys(seeds))
     if kinds:
         unknown = [k for k in kinds if k not in KINDS]

@@ -12,6 +12,7 @@ single-task score of the same kind on the same tasks.
 from __future__ import annotations
 
 import math
+import os
 import statistics
 import subprocess
 from dataclasses import dataclass
@@ -97,7 +98,8 @@ class Scores:
         except NotFoundError:
             return None
 
-    def single(self, kind: str, task: str, seed: int = 0) -> float | None:
+    def single(self, kind: str, task: str, seed: int | None = None) -> float | None:
+        seed = self.exp.preset.merge_seed if seed is None else seed
         return self.of(self.plan.experts.get((task, kind, seed)), task)
 
 
@@ -124,12 +126,12 @@ class Report:
 
     # --- numbers --------------------------------------------------------------------------------------
 
-    def single_mean(self, kind: str, tasks: list[str] | None = None, seed: int = 0) -> float | None:
+    def single_mean(self, kind: str, tasks: list[str] | None = None, seed: int | None = None) -> float | None:
         return mean([self.s.single(kind, t, seed) for t in (tasks or self.held_in)])
 
     def seed_spread(self, kind: str) -> tuple[float | None, float | None, int]:
         """(mean, standard deviation) over seeds of the held-in mean, and how many seeds are complete."""
-        seeds = self.exp.preset.seeds if kind in self.exp.preset.seed_kinds else (0,)
+        seeds = self.exp.preset.seeds if kind in self.exp.preset.seed_kinds else (self.exp.preset.merge_seed,)
         means = [m for m in (self.single_mean(kind, seed=s) for s in seeds) if m is not None]
         if len(means) < 2:
             return (means[0] if means else None), None, len(means)
@@ -231,7 +233,7 @@ class Report:
         from hubtool.merge.overlap import pairwise_overlap, write_heatmap
         from hubtool.merge.plan import make_plan
 
-        names = [self.plan.experts.get((t, "sparse", 0)) for t in self.held_in]
+        names = [self.plan.experts.get((t, "sparse", self.exp.preset.merge_seed)) for t in self.held_in]
         if "sparse" not in self.exp.preset.kinds or not all(names) or not all(self._exists(n) for n in names):
             return None
         report = pairwise_overlap(make_plan(self.exp.catalog, build_recipe(experts=names, method="overlap-mean")))
@@ -404,7 +406,7 @@ class Report:
             f"| learning rates | {', '.join(f'{k} {v:g}' for k, v in self.plan.lrs.items()) or '…'} |",
             f"| evaluation | first {p.eval_limit} test examples per task; greedy, prompts cut to {p.max_length} tokens |",
             f"| merge methods | {', '.join(p.methods)} (overlap-mean on the sparse kinds only: on a dense kind it is the mean) |",
-            f"| seeds | {', '.join(map(str, p.seeds))} for the single-task {' and '.join(p.seed_kinds)} rows; merges use seed 0 |",
+            f"| seeds | {', '.join(map(str, p.seeds))} for the single-task {' and '.join(p.seed_kinds)} rows; merges use seed {p.merge_seed} |",
             (f"| wall time per stage | {', '.join(f'{k} {v / 60:.1f} min' for k, v in times.items()) or '–'} "
              f"(total {sum(times.values()) / 60:.1f} min) |"),
             "",
@@ -433,6 +435,27 @@ class Report:
             lines += [f"### Overlap of the sparse experts' masks (mean pairwise Jaccard {jac:.3f})", "",
                       f"![overlap]({rel}/{stem}-overlap.png)", ""]
         return "\n".join(lines)
+
+
+def check_out(out: str | Path) -> Path:
+    """--out, checked before any job runs: a name whose OUT.md and OUT/ can be written."""
+    from hubtool.errors import HubError
+
+    text = str(out)
+    if not text.strip() or Path(text).name in ("", ".", ".."):
+        raise HubError(f"--out {text!r}: expected a path like docs/results (the report is OUT.md, its plots OUT/*.png)")
+    path = Path(text)
+    if path.exists() and not path.is_dir():
+        raise HubError(f"--out {text}: is a file; expected a folder for the plots (the report goes to {path.with_suffix('.md')})")
+    md = path.with_suffix(".md")
+    if md.exists() and not md.is_file():
+        raise HubError(f"--out {text}: {md} is not a file")
+    parent = path.resolve().parent
+    while not parent.exists():
+        parent = parent.parent
+    if not parent.is_dir() or not os.access(parent, os.W_OK):
+        raise HubError(f"--out {text}: {parent} is not a writable folder")
+    return path
 
 
 def write_report(exp: Any, out: str | Path, command: str) -> Path:

@@ -29,6 +29,49 @@ def write_text(path: Path, text: str) -> None:
         f.write(text.encode())
 
 
+def base_key(base: str) -> dict[str, Any]:
+    """What a cache key says of the base model: its id and revision, or, for a local folder, a digest of
+    its files' contents (its absolute path differs from machine to machine; the same job must not)."""
+    from pathlib import Path
+
+    from hubtool.models import base_id, resolve_base
+
+    folder = Path(base).expanduser()
+    if folder.is_dir():
+        resolve_base(base)  # the same checks as for any base: a folder must hold a config.json
+        return {"id": "local folder", "content": folder_digest(folder)}
+    return {"id": base_id(base), "revision": resolve_base(base)[1]}
+
+
+def folder_digest(folder: Path) -> str:
+    """sha256 over the folder's files (relative names and contents, in name order): a model folder's
+    identity wherever it lies."""
+    import hashlib
+
+    outer = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        inner = hashlib.sha256()
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                inner.update(chunk)
+        outer.update(f"{path.relative_to(folder).as_posix()}\0{inner.hexdigest()}\n".encode())
+    return outer.hexdigest()
+
+
+def read_timings(path: Path) -> dict[str, Any]:
+    """timings.json as written by record_time; a damaged file is one clear error, before any job runs."""
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as err:
+        raise HubError(f"{path}: not a timings file ({err}); expected a JSON object of job -> seconds; "
+                       "move it away to start the record afresh") from None
+    if not isinstance(data, dict):
+        raise HubError(f"{path}: expected a JSON object of job -> {{seconds, commit}}, got {type(data).__name__}")
+    return data
+
+
 def experiment_dir() -> Path:
     """Where experiments keep their catalog, timings and tuning traces: one for every preset, so a
     job that two presets share (quick is the first part of full) runs once."""
@@ -51,7 +94,6 @@ class Experiment:
     @classmethod
     def open(cls, preset: Preset, catalog_url: str | None = None) -> Experiment:
         from hubtool.data import load_task
-        from hubtool.models import base_id, resolve_base
         from hubtool.registry import Catalog
         from hubtool.train import data_fingerprint
 
@@ -81,9 +123,9 @@ class Experiment:
         if len(set(names)) != len(names):
             raise HubError(f"tasks {names}: two refs name the same task")
         timings_path = root / "timings.json"
-        timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
+        timings = read_timings(timings_path)
         exp = cls(preset, root, url, catalog, base, tasks, timings)
-        exp._base_key = {"id": base_id(base), "revision": resolve_base(base)[1]}
+        exp._base_key = base_key(base)
         from hubtool.experiment.report import source_commit
 
         exp._commit = source_commit()  # at start: the code this process runs, whatever is committed later
@@ -219,11 +261,12 @@ def priority(job: Job, plan: Plan, tasks: list[Task]) -> tuple:
         return (level, rank, merge.key, 0 if isinstance(job, ComposeJob) else 1, t)
     if isinstance(job, EvalJob) and job.target is None:
         return (1, (t, -1, ""), 0)
-    seed = job.seed if isinstance(job, TrainJob) else seeds.get(getattr(job, "target", "") or "", 0)
+    first = min(seeds.values(), default=0)  # the merged experts' seed: their rows come first
+    seed = job.seed if isinstance(job, TrainJob) else seeds.get(getattr(job, "target", "") or "", first)
     kind = job.kind.label if isinstance(job, TrainJob) else next(
         (k for (_, k, _), name in plan.experts.items() if name == getattr(job, "target", None)), "")
     order_in = (t, list(KINDS).index(kind) if kind in KINDS else 0, job.key if isinstance(job, TrainJob) else job.deps[0])
-    return (1 if seed == 0 else 5, order_in, 0 if isinstance(job, TrainJob) else 1)
+    return (1 if seed == first else 5, order_in, 0 if isinstance(job, TrainJob) else 1)
 
 
 def order(jobs: list[Job], plan: Plan, tasks: list[Task]) -> list[Job]:
