@@ -25,6 +25,36 @@ CREATE TABLE base_metrics (
     CONSTRAINT base_metrics_pkey PRIMARY KEY (base_model, task, metric)
 );
 
+CREATE TABLE eval_examples (
+    evaluation_id integer NOT NULL,
+    idx integer NOT NULL,
+    key character varying NOT NULL,
+    value double precision NOT NULL,
+    metrics json,
+    gold_logprob double precision,
+    text character varying NOT NULL,
+    CONSTRAINT eval_examples_evaluation_id_fkey FOREIGN KEY (evaluation_id) REFERENCES evaluations(id) ON DELETE CASCADE,
+    CONSTRAINT eval_examples_pkey PRIMARY KEY (evaluation_id, idx)
+);
+
+CREATE TABLE evaluations (
+    id integer NOT NULL DEFAULT nextval('evaluations_id_seq'::regclass),
+    expert_id integer,
+    base_model character varying,
+    base_revision character varying,
+    task character varying NOT NULL,
+    split character varying NOT NULL,
+    metric character varying NOT NULL,
+    n integer NOT NULL,
+    settings json,
+    created_at timestamp with time zone NOT NULL,
+    CONSTRAINT ck_evaluations_one_subject CHECK (((expert_id IS NULL) <> (base_model IS NULL))),
+    CONSTRAINT evaluations_expert_id_fkey FOREIGN KEY (expert_id) REFERENCES experts(id) ON DELETE CASCADE,
+    CONSTRAINT evaluations_pkey PRIMARY KEY (id),
+    CONSTRAINT uq_evaluations_base UNIQUE (base_model, task, split),
+    CONSTRAINT uq_evaluations_expert UNIQUE (expert_id, task, split)
+);
+
 CREATE TABLE expert_names (
     name character varying NOT NULL,
     last_version integer NOT NULL,

@@ -24,6 +24,36 @@ CREATE TABLE base_metrics (
 	PRIMARY KEY (base_model, task, metric)
 );
 
+CREATE TABLE eval_examples (
+	evaluation_id INTEGER NOT NULL,
+	idx INTEGER NOT NULL,
+	"key" VARCHAR NOT NULL,
+	value FLOAT NOT NULL,
+	metrics JSON,
+	gold_logprob FLOAT,
+	text VARCHAR NOT NULL,
+	PRIMARY KEY (evaluation_id, idx),
+	FOREIGN KEY(evaluation_id) REFERENCES evaluations (id) ON DELETE CASCADE
+);
+
+CREATE TABLE evaluations (
+	id INTEGER NOT NULL,
+	expert_id INTEGER,
+	base_model VARCHAR,
+	base_revision VARCHAR,
+	task VARCHAR NOT NULL,
+	split VARCHAR NOT NULL,
+	metric VARCHAR NOT NULL,
+	n INTEGER NOT NULL,
+	settings JSON,
+	created_at DATETIME NOT NULL,
+	PRIMARY KEY (id),
+	CONSTRAINT ck_evaluations_one_subject CHECK ((expert_id IS NULL) <> (base_model IS NULL)),
+	CONSTRAINT uq_evaluations_expert UNIQUE (expert_id, task, split),
+	CONSTRAINT uq_evaluations_base UNIQUE (base_model, task, split),
+	FOREIGN KEY(expert_id) REFERENCES experts (id) ON DELETE CASCADE
+);
+
 CREATE TABLE expert_names (
 	name VARCHAR NOT NULL,
 	last_version INTEGER NOT NULL,

@@ -120,7 +120,7 @@ def test_a_0001_catalog_is_upgraded_with_its_data_intact(tmp_path, packed, empty
     assert "base_metrics" not in inspect(engine).get_table_names()
 
     with Catalog(url, blobs=blobs) as cat:
-        assert db.stored_revision(engine) == db.SCHEMA_HEAD == "0005"
+        assert db.stored_revision(engine) == db.SCHEMA_HEAD == "0006"
         assert "base_metrics" in inspect(engine).get_table_names()
         rec = cat.get("qa@best")
         assert (rec.ref, rec.tasks, rec.tags, rec.aliases) == ("qa@1", ["qa"], ["demo"], ["best"])

@@ -131,7 +131,7 @@ def test_a_0002_catalog_gets_categories_and_value_dtypes(
     assert db.stored_revision(engine) == "0002"
 
     with Catalog(url, blobs=blobs) as cat:  # opening upgrades; the backfill reads this blob store
-        assert db.stored_revision(engine) == db.SCHEMA_HEAD == "0005"
+        assert db.stored_revision(engine) == db.SCHEMA_HEAD == "0006"
         task = cat.get_task("qa")
         assert (task.category, task.description, task.tags, task.data_source, task.sizes) == (
             None, "questions", ["en"], "/data/qa.jsonl", {"train": 8}

@@ -37,7 +37,7 @@ from hubtool.errors import HubError
 
 # The newest migration in migrations/versions. Checked against the scripts by tests/test_migrations.py;
 # comparing to it lets an up-to-date catalog open without importing alembic at all.
-SCHEMA_HEAD = "0005"
+SCHEMA_HEAD = "0006"
 
 BUSY_TIMEOUT_MS = 30_000
 RETRIES = 8

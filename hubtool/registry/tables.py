@@ -13,6 +13,9 @@ category, so `hub eval --task NAME` finds it again without the file.
 
 ``base_metrics`` holds the base model's own scores (``hub eval --base``), one value per
 (base model, task, metric): an expert's gain is its metric minus the one of its base model.
+
+``evaluations`` and ``eval_examples`` keep every example's result of the last evaluation of an expert
+or a base model on a (task, split): what a paired comparison of two models needs (hub eval --compare).
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import JSON, BigInteger, Column, ForeignKey, Index, Integer, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, CheckConstraint, Column, ForeignKey, Index, Integer, UniqueConstraint
 from sqlmodel import Field, SQLModel
 
 metadata = SQLModel.metadata
@@ -155,6 +158,44 @@ class TaskRow(SQLModel, table=True):
     category: str | None = None  # qa, summarize, classify, multiple-choice, math, or a user's (0003)
 
 
+class EvaluationRow(SQLModel, table=True):
+    """One evaluation of an expert version (expert_id) or of a base model (base_model), never both, on a
+    task's split; evaluating the same subject there again replaces it (0006)."""
+
+    __tablename__ = "evaluations"
+    __table_args__ = (
+        CheckConstraint("(expert_id IS NULL) <> (base_model IS NULL)", name="ck_evaluations_one_subject"),
+        # NULLs are distinct in a unique constraint: the first binds only expert rows, the second only base rows.
+        UniqueConstraint("expert_id", "task", "split", name="uq_evaluations_expert"),
+        UniqueConstraint("base_model", "task", "split", name="uq_evaluations_base"),
+    )
+
+    id: int | None = Field(default=None, primary_key=True)
+    expert_id: int | None = Field(
+        default=None, sa_column=Column(Integer, ForeignKey("experts.id", ondelete="CASCADE"), nullable=True)
+    )
+    base_model: str | None = None
+    base_revision: str | None = None
+    task: str
+    split: str
+    metric: str  # the headline metric the examples' values are in: accuracy (tasks with options) or rougeL
+    n: int
+    settings: dict[str, Any] | None = Field(default=None, sa_column=Column(JSON))  # limit, max_new_tokens, ...
+    created_at: datetime
+
+
+class EvalExampleRow(SQLModel, table=True):
+    __tablename__ = "eval_examples"
+
+    evaluation_id: int = Field(sa_column=_fk("evaluations.id"))
+    idx: int = Field(primary_key=True)  # the example's index in the split
+    key: str  # 12 hex digits of the sha256 of the example's input
+    value: float  # the headline metric on this example, in percent
+    metrics: dict[str, float] | None = Field(default=None, sa_column=Column(JSON))  # every metric, in percent
+    gold_logprob: float | None = None  # summed log-prob of the gold option; NULL without options
+    text: str  # the prediction
+
+
 # Core handles on the same tables: the catalog queries through these (no per-row ORM objects).
 experts = ExpertRow.__table__
 expert_names = ExpertName.__table__
@@ -165,3 +206,5 @@ base_metrics = BaseMetricRow.__table__
 aliases = AliasRow.__table__
 lineage = LineageEdge.__table__
 tasks = TaskRow.__table__
+evaluations = EvaluationRow.__table__
+eval_examples = EvalExampleRow.__table__
