@@ -24,6 +24,10 @@ from hubtool.cli._common import (
 from hubtool.errors import shown
 
 PANEL = "Merge"
+# The registered merge methods (hubtool/merge/methods.py), written out: `hub --help` imports no torch.
+# tests/test_merge_new.py checks that every registered method is named here.
+METHOD_HELP = ("overlap-mean (default) | mean | task-arithmetic | ties | dare-ties | dare-linear | magnitude-prune | "
+               "rescaled-overlap-mean | sparse-ties | iso-c (docs/compose.md)")
 
 ExpertsOpt = Annotated[
     str | None, typer.Option("--experts", help="Comma list of experts NAME@VERSION instead of a query.")
@@ -51,8 +55,7 @@ def compose(
     experts: ExpertsOpt = None,
     method: Annotated[
         str | None,
-        typer.Option("--method", help="overlap-mean (default) | mean | task-arithmetic | ties | dare-ties | "
-                     "dare-linear | magnitude-prune"),
+        typer.Option("--method", help=METHOD_HELP),
     ] = None,
     where: WhereOpt = None,
     pick: Annotated[str | None, typer.Option("--pick", help="best (default: by stored metric) | latest")] = None,
@@ -60,7 +63,7 @@ def compose(
         str | None, typer.Option("--weights", help="Per-expert weights, one per --tasks item or --experts entry.")
     ] = None,
     density: Annotated[
-        float | None, ratio_option("--density", help="Fraction of entries kept, in (0, 1] (ties, dare-*, magnitude-prune).")
+        float | None, ratio_option("--density", help="Fraction of entries kept, in (0, 1] (ties, sparse-ties, dare-*, magnitude-prune).")
     ] = None,
     lam: Annotated[float | None, number_option("--lambda", help="Scale of the merged delta.")] = None,
     seed: Annotated[int | None, seed_option("--seed", help="Seed of the dare-* random drop.")] = None,

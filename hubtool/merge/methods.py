@@ -11,11 +11,13 @@ arrive as entries at every position of W (they touch all of it), so mixed kinds 
         s = weighted_sums(x)                        # Σ w_t v_t, Σ_{t covering} w_t: [out, in] each
         return Merged(s.total / len(x.entries), s.covered)   # -0.0 / N stays -0.0 off the union
 
-The helpers below (weighted_sums, disjoint_sums, stack, trim_to_density, drop_and_rescale) are the
-building blocks the methods share; they follow the published definitions (TIES: Yadav et al. 2023; DARE: Yu et al. 2024;
-task arithmetic: Ilharco et al. 2023; overlap-mean: Arnob et al. 2025) and mergekit's conventions
-(density is a fraction of the weight's entries; weights are normalised by their sum where the method
-averages).
+The helpers below (weighted_sums, agreeing_sums, coverage_counts, stack, trim_to_density,
+trim_to_own_density, drop_and_rescale) are the building blocks the methods share; they follow the
+published definitions (TIES: Yadav et al. 2023; DARE: Yu et al. 2024; task arithmetic: Ilharco et al.
+2023; overlap-mean: Arnob et al. 2025; Iso-C: Marczak et al. 2025) and mergekit's conventions (density is
+a fraction of the weight's entries, except sparse-ties' which is of each expert's own; weights are
+normalised by their sum where the method averages). One method, iso-c, returns a dense result (every
+entry of W; `MergeMethod.dense`).
 """
 
 from __future__ import annotations
@@ -83,16 +85,20 @@ class MergeMethod:
     params: tuple[str, ...]  # which MergeParams fields it reads (the others are refused)
     doc: str
     defaults: dict[str, float]
+    dense: bool = False  # the result covers every entry of W (iso-c), not only the experts' union
 
 
 METHODS: dict[str, MergeMethod] = {}
 
 
-def merge_method(name: str, *, params: tuple[str, ...] = (), defaults: dict[str, float] | None = None):
-    """Register `fn(x: WeightInputs, p: MergeParams) -> Merged` under `name`."""
+def merge_method(name: str, *, params: tuple[str, ...] = (), defaults: dict[str, float] | None = None,
+                 dense: bool = False):
+    """Register `fn(x: WeightInputs, p: MergeParams) -> Merged` under `name`; `dense=True` for a method
+    whose result covers all of W (the writer and merged experts handle it; tests check the union otherwise)."""
 
     def register(fn: Callable[[WeightInputs, MergeParams], Merged]):
-        METHODS[name] = MergeMethod(name, fn, params, (fn.__doc__ or "").strip().splitlines()[0], defaults or {})
+        doc = (fn.__doc__ or "").strip().splitlines()[0]
+        METHODS[name] = MergeMethod(name, fn, params, doc, defaults or {}, dense)
         return fn
 
     return register
@@ -204,17 +210,38 @@ def stack(x: WeightInputs) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return union, values, covered
 
 
+def _top_k(pos: torch.Tensor, val: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """The k largest-magnitude entries, in position order; among equal magnitudes the lower positions
+    (a stable sort over position-ordered entries), so the result is deterministic."""
+    if val.numel() <= k:
+        return pos, val
+    keep = torch.sort(val.abs(), descending=True, stable=True).indices[:k].sort().values
+    return pos[keep], val[keep]
+
+
 def trim_to_density(entries: list[tuple[torch.Tensor, torch.Tensor]], density: float, numel: int):
-    """Each expert keeps its int(density * numel) largest-magnitude entries; among equal magnitudes the
-    lower positions (a stable sort over position-ordered entries), so the result is deterministic."""
+    """Each expert keeps its int(density * numel) largest-magnitude entries (density of the whole weight,
+    mergekit's convention: a 5% expert is not trimmed by density 0.2)."""
     k = max(0, int(density * numel))
-    out = []
-    for pos, val in entries:
-        if val.numel() > k:
-            keep = torch.sort(val.abs(), descending=True, stable=True).indices[:k].sort().values
-            pos, val = pos[keep], val[keep]
-        out.append((pos, val))
-    return out
+    return [_top_k(pos, val, k) for pos, val in entries]
+
+
+def trim_to_own_density(entries: list[tuple[torch.Tensor, torch.Tensor]], density: float):
+    """Each expert keeps its int(density * nnz_t) largest-magnitude entries: density of ITS OWN kept
+    entries, so density 0.2 trims a 5% expert to 1% of W (a LoRA/full delta, nnz_t = numel, as ties)."""
+    return [_top_k(pos, val, max(0, int(density * val.numel()))) for pos, val in entries]
+
+
+def coverage_counts(x: WeightInputs, entries=None, kind: str = "cover") -> torch.Tensor:
+    """The UNWEIGHTED number of experts whose entries include each position, int16 [out, in] (int32 from
+    2**15 experts): the `count` of rescaled-overlap-mean, whatever the weights w_t."""
+    entries = x.entries if entries is None else entries
+    dtype = torch.int16 if len(entries) < 2**15 else torch.int32
+    count = _buffer(x.shape, kind, dtype, 0)
+    for pos, _ in entries:
+        if pos.numel():
+            count.view(-1).index_put_((pos,), torch.ones(pos.numel(), dtype=dtype), accumulate=True)
+    return count
 
 
 def drop_and_rescale(x: WeightInputs, density: float, seed: int):
@@ -307,6 +334,43 @@ def dare_linear(x: WeightInputs, p: MergeParams) -> Merged:
 def magnitude_prune(x: WeightInputs, p: MergeParams) -> Merged:
     """Trim each delta to its top-density entries by magnitude, then the weighted mean."""
     return _linear(_with(x, trim_to_density(x.entries, p.density, x.numel)), p, normalize=True)
+
+
+@merge_method("rescaled-overlap-mean", params=("lam",))
+def rescaled_overlap_mean(x: WeightInputs, p: MergeParams) -> Merged:
+    """lambda * sum_t w_t D_t / (number of experts covering the entry): weights scale even unshared entries."""
+    # overlap-mean divides by Σ_{t covering} w_t, which cancels w_t wherever one expert alone covers an
+    # entry; here the divisor is the unweighted count, so w_t (compose --weights) acts as a per-expert λ_t.
+    # With every w_t = 1 the divisor is the same count overlap-mean uses, so the result is bit for bit equal.
+    from hubtool.kernels import scatter_add_
+
+    total = _buffer(x.shape, "total", torch.float32, -0.0)  # Σ_t w_t v_t, [out, in]; -0.0 off the union
+    for w, (pos, val) in zip(x.w.tolist(), x.entries):
+        if pos.numel():
+            scatter_add_(total, pos, val, w)
+    count = coverage_counts(x)  # [out, in]
+    s = Sums(total, count, (count != 0).view(-1))
+    return _scaled(s.ratio(), _lam(p), s.covered)
+
+
+@merge_method("sparse-ties", params=("density", "lam", "normalize"), defaults={"density": 0.2})
+def sparse_ties(x: WeightInputs, p: MergeParams) -> Merged:
+    """ties, trimming each delta to density x ITS OWN kept entries (not x W's), then signs, disjoint mean."""
+    return _disjoint(_with(x, trim_to_own_density(x.entries, p.density)), p, normalize=True)
+
+
+@merge_method("iso-c", params=("lam",), dense=True)
+def iso_c(x: WeightInputs, p: MergeParams) -> Merged:
+    """Iso-C: SVD of sum_t w_t D_t, every singular value set to their mean, times lambda (dense result)."""
+    # Marczak et al. 2025, "No Task Left Behind: Isotropic Model Merging with Common and Task-Specific
+    # Subspaces". Δ = Σ_t w_t D_t = U S V^T (thin SVD, k = min(out, in) singular values); the merge is
+    # λ U diag(S̄) V^T with S̄ = mean(S) on all k: the spectrum flattened, so no task's directions are
+    # drowned by the dominant ones. U [out, k] and V^T [k, in] are dense, so the result covers all of W
+    # (memory: a few weight-sized fp32 buffers; no expert is made dense on its own).
+    delta = weighted_sums(x).total + 0.0  # [out, in]; + 0.0: -0.0 off the union -> 0.0, and a copy
+    u, s, vh = torch.linalg.svd(delta, full_matrices=False)  # u [out, k], s [k], vh [k, in]
+    merged = (u * (s.mean() * _lam(p))) @ vh  # [out, in]
+    return Merged(merged, torch.ones(x.numel, dtype=torch.bool))
 
 
 def merge_weight(method: str, x: WeightInputs, p: MergeParams) -> Merged:
