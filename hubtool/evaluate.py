@@ -4,7 +4,8 @@
   new tokens start at the same position), batches sorted by prompt length so little padding is
   computed; the prompt is stripped and the text cut at the first EOS.
 - Examples with options: each option is scored by the summed log-probability of its tokens after the
-  prompt, all (prompt, option) pairs of a batch in one forward; the best option is the prediction.
+  prompt; the prompt runs once per example and its KV cache serves every option (option_logprobs);
+  the best option is the prediction.
 
 Metrics are reported in percent (Rouge-L x 100 as the paper reports it), with examples/s.
 """
@@ -123,13 +124,47 @@ def generate(model: Any, tokenizer: Any, prompts: Sequence[str], *, max_new_toke
 
 def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
                     batch_size: int = 8, max_prompt_tokens: int | None = None) -> list[list[float]]:
-    """Per example, the summed log-prob of each option's tokens given the prompt; batch_size counts
-    (prompt, option) sequences per forward."""
-    import torch
+    """Per example, the summed log-prob of each option's tokens given the prompt.
 
-    pairs = []  # (example, option, prompt ids + option ids, number of option ids)
+    The prompt runs once per example, not once per option: prompt_answer_ids encodes the prompt alone, so
+    its ids are the same for every option, and its KV cache serves them all. One forward over batch_size
+    examples' prompts, then one over their options' tokens on the cache repeated once per option (an
+    option of one token needs no second forward: the prompt's last logit scores it). The scores equal the
+    full (prompt, option) sequences' (_option_logprobs_full) up to fp32 rounding (~1e-6). An example whose
+    options cut its prompt differently (an option long enough to push the prompt's start out of the
+    model's window) is scored as full sequences; batch_size then counts (prompt, option) sequences."""
+    encoded = _encode_options(model, tokenizer, examples, max_prompt_tokens)
+    scores = [[0.0] * len(rows) for rows in encoded]
+    shared, alone = [], []
+    for i, rows in enumerate(encoded):
+        (shared if all(p == rows[0][0] for p, _ in rows) else alone).append(i)
+    _score_shared(model, tokenizer, [(i, encoded[i][0][0], [o for _, o in encoded[i]]) for i in shared if encoded[i]],
+                  batch_size, scores)
+    _score_full(model, tokenizer, [(i, j, p + o, len(o)) for i in alone for j, (p, o) in enumerate(encoded[i])],
+                batch_size, scores)
+    return scores
+
+
+def _option_logprobs_full(model: Any, tokenizer: Any, examples: Sequence[Example], *,
+                          batch_size: int = 8, max_prompt_tokens: int | None = None) -> list[list[float]]:
+    """option_logprobs as it was: every (prompt, option) pair a full sequence, batch_size of them per
+    forward. The reference the shared-prefix path is tested and benchmarked against."""
+    encoded = _encode_options(model, tokenizer, examples, max_prompt_tokens)
+    scores = [[0.0] * len(rows) for rows in encoded]
+    _score_full(model, tokenizer, [(i, j, p + o, len(o)) for i, rows in enumerate(encoded) for j, (p, o) in enumerate(rows)],
+                batch_size, scores)
+    return scores
+
+
+def _encode_options(model: Any, tokenizer: Any, examples: Sequence[Example],
+                    max_prompt_tokens: int | None) -> list[list[tuple[list[int], list[int]]]]:
+    """Per example, per option: (prompt ids, option ids), the prompt cut from the left so that prompt +
+    option fit the model's window (and to max_prompt_tokens). HubErrors for an option as long as the
+    window and for a prompt of no tokens."""
     window = model_window(model)
+    encoded = []
     for i, example in enumerate(examples):
+        rows = []
         for j, option in enumerate(example.options or []):
             p_ids, o_ids = prompt_answer_ids(tokenizer, example.input, option)
             if window is not None and len(o_ids) >= window:
@@ -142,8 +177,17 @@ def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
             p_ids = _cut(p_ids, cut)
             if not p_ids:
                 raise HubError(f"prompt of example {i} encodes to no tokens: nothing to condition the options on")
-            pairs.append((i, j, p_ids + o_ids, len(o_ids)))
-    scores = [[0.0] * len(e.options or []) for e in examples]
+            rows.append((p_ids, o_ids))
+        encoded.append(rows)
+    return encoded
+
+
+def _score_full(model: Any, tokenizer: Any, pairs: list[tuple[int, int, list[int], int]], batch_size: int,
+                scores: list[list[float]]) -> None:
+    """scores[i][j] for each (i, j, prompt ids + option ids, number of option ids): batch_size sequences per
+    forward, longest first so a batch's rows are of like length."""
+    import torch
+
     for batch in _batches(sorted(range(len(pairs)), key=lambda n: -len(pairs[n][2])), batch_size):
         rows = [pairs[n] for n in batch]
         input_ids, mask = _left_pad([r[2] for r in rows], pad_id(tokenizer), model.device)
@@ -160,7 +204,65 @@ def option_logprobs(model: Any, tokenizer: Any, examples: Sequence[Example], *,
         sums = torch.where(in_option, token_logp, 0.0).sum(-1)
         for (i, j, _, _), s in zip(rows, sums.tolist()):
             scores[i][j] = s
-    return scores
+
+
+def _score_shared(model: Any, tokenizer: Any, items: list[tuple[int, list[int], list[list[int]]]], batch_size: int,
+                  scores: list[list[float]]) -> None:
+    """scores[i][j] for each (i, prompt ids, option ids per option j), the prompt run once: batch_size
+    examples per forward, longest prompt first so a batch's prompts are of like length."""
+    import torch
+
+    pad = pad_id(tokenizer)
+    for batch in _batches(sorted(range(len(items)), key=lambda n: -len(items[n][1])), batch_size):
+        rows = [items[n] for n in batch]
+        input_ids, mask = _left_pad([r[1] for r in rows], pad, model.device)  # [B, P]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)  # left padding: real tokens start at position 0
+        out = model(input_ids=input_ids, attention_mask=mask, position_ids=positions, use_cache=True,
+                    logits_to_keep=1)
+        # Left-padded prompts all end at P-1, whose logit predicts every option's first token.
+        first = out.logits[:, -1].float().log_softmax(-1)  # [B, V]
+        # One row per option: its example's row b in the batch, its ids; an option of no ids scores 0.
+        owners = [(b, i, j, o) for b, (i, _, options) in enumerate(rows) for j, o in enumerate(options) if o]
+        if not owners:
+            continue
+        owner = torch.tensor([b for b, _, _, _ in owners], device=first.device)  # [R]
+        heads = torch.tensor([o[0] for _, _, _, o in owners], device=first.device)  # [R]
+        head_logp = first[owner, heads]  # [R]: log p(first option token | prompt)
+        # Tokens 1.. of the options of two or more tokens, predicted by the logits at their tokens 0..n-2
+        # fed on the prompt's cache; rows are right-padded (no kept position attends to a pad).
+        tails = [r for r, (_, _, _, o) in enumerate(owners) if len(o) > 1]
+        tail_logp = torch.zeros(len(owners), device=first.device)  # [R]
+        if tails:
+            k = max(len(owners[r][3]) for r in tails) - 1
+            ids = torch.full((len(tails), k), pad, dtype=torch.long)
+            targets = torch.zeros((len(tails), k), dtype=torch.long)
+            in_option = torch.zeros((len(tails), k), dtype=torch.long)
+            for t, r in enumerate(tails):
+                o = owners[r][3]
+                ids[t, : len(o) - 1] = torch.tensor(o[:-1], dtype=torch.long)
+                targets[t, : len(o) - 1] = torch.tensor(o[1:], dtype=torch.long)
+                in_option[t, : len(o) - 1] = 1
+            ids, targets, in_option = ids.to(model.device), targets.to(model.device), in_option.to(model.device)
+            tail_owner = owner[torch.tensor(tails, device=owner.device)]  # [R']
+            name = _cache_argument(model)
+            cache = out.get(name)
+            cache.reorder_cache(tail_owner)  # [B, heads, P, d] -> [R', heads, P, d]: a copy per option
+            starts = mask.sum(-1)[tail_owner]  # [R']: the prompt's real length, the option's first position
+            logits = model(input_ids=ids, attention_mask=torch.cat([mask[tail_owner], in_option], dim=1),
+                           position_ids=starts[:, None] + torch.arange(k, device=ids.device)[None, :],
+                           use_cache=True, **{name: cache}).logits  # [R', k, V]
+            token_logp = logits.float().log_softmax(-1).gather(-1, targets[..., None]).squeeze(-1)  # [R', k]
+            tail_logp[tails] = torch.where(in_option.bool(), token_logp, 0.0).sum(-1)
+        for (_, i, j, _), s in zip(owners, (head_logp + tail_logp).tolist()):
+            scores[i][j] = s
+
+
+def _cache_argument(model: Any) -> str:
+    """The name a model's forward takes its KV cache by, and its output gives it by: "cache" in recent
+    transformers, "past_key_values" in older ones (recent ones still take it, with a deprecation warning)."""
+    import inspect
+
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
 
 
 def predict(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_new_tokens: int = 64,
