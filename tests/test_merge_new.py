@@ -238,6 +238,8 @@ def test_iso_c_through_compose_out_as_expert_and_the_cli(tmp_path, hub_home):
         D = torch.stack([e.deltas[name].to_dense() for e in experts])
         expected[name] = ref_iso_c(D, w, lam)[0]
 
+    dry = compose(experts=refs, method="iso-c", lam=lam, weights=w, as_expert="iso", dry_run=True, catalog=cat)
+    assert dry.output_bytes == sum(t.numel() for t in expected.values()) * 4  # dense fp32, not the union's size
     rec = compose(experts=refs, method="iso-c", lam=lam, weights=w, as_expert="iso", catalog=cat).record
     merged = cat.load(rec.ref)
     assert set(merged.deltas) == set(expected)

@@ -146,7 +146,14 @@ def register_merged(cat: Any, plan: Plan, name: str, *, threads: int = 2, progre
 
 def _estimate_bytes(plan: Plan, counts: dict[str, list[int]], *, model: bool) -> int:
     """A model folder: the base's weights at the output dtype. A merged expert: ~2.75 bytes per
-    union entry (bf16 value + compressed position), the measured packed size at keep ratio 0.05."""
+    union entry (bf16 value + compressed position), the measured packed size at keep ratio 0.05; for a
+    dense method (iso-c) every entry of every merged weight, stored as a full delta at the parents' dtype."""
+    from hubtool.merge.methods import METHODS
+
+    if not model and METHODS[plan.recipe.method].dense:
+        dtypes = {c.header()["value_dtype"] for c in plan.choices}  # as merged_expert chooses it
+        itemsize = 4 if "float32" in dtypes else 2
+        return sum(int(r) * int(c) for r, c in (plan.shapes[w] for w in plan.weights)) * itemsize
     if not model:
         return int(sum(sum(c) for c in counts.values()) * 2.75)
     from safetensors import safe_open
