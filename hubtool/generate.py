@@ -5,11 +5,17 @@
     generate("qa-sparse@2", "What is ...?")                          # an expert on its own base model
     generate(prompt="What is ...?", tasks="qa,summarize")             # composed in memory, nothing written
     generate(prompt="What is ...?", base="smollm2-135m")             # the base model alone
+    generate(prompt="What is ...?", tasks="qa,summarize", route="centroid")  # ONE expert, chosen per prompt
 
 The in-memory compose is the same plan and the same merged deltas as `hub compose` (make_plan,
 merged_deltas), added in fp32 into the fp32 base model after the fingerprint check. On an fp32 base it is
 the folder `hub compose --out` writes, bit for bit; on a bf16 base the folder is rounded to bf16 once
 and the in-memory model is not.
+
+With `route` ("centroid" or "arrow", hubtool.route) the experts `tasks`/`experts` choose are not merged:
+the router picks one of them for the prompt, with no task id, and the base model plus that one expert
+answers (generate_routed also says which). The centroid router places each task's centroid from its
+first MAX_VAL validation prompts, loaded through the catalog; a task without any is refused.
 
 The prompt goes through the tokenizer's chat template when it has one (hubtool.data.prompts, as in
 training and evaluation), unless chat_template=False; decoding is greedy and stops at EOS. Only the new
@@ -29,12 +35,14 @@ from hubtool.errors import FingerprintError, FormatError, HubError
 class Target:
     """What generate() will load, decided (and checked) before any model is loaded."""
 
-    kind: str  # "folder" | "expert" | "compose" | "base"
+    kind: str  # "folder" | "expert" | "compose" | "base" | "route"
     source: str  # the folder / base model to load
     label: str  # for messages: the folder, the expert ref, "compose of a@1, b@2", the base model
     record: Any = None  # kind "expert": the catalog record
-    plan: Any = None  # kind "compose": the plan
-    catalog: Any = None  # kind "expert": the catalog it is loaded from
+    plan: Any = None  # kind "compose" and "route": the plan (route: one expert per task, none merged)
+    catalog: Any = None  # kind "expert" and "route": the catalog it is loaded from
+    route: str | None = None  # kind "route": "centroid" | "arrow"
+    prompts: dict[str, list[str]] | None = None  # kind "route", centroid: {task: its validation prompts}
 
 
 def resolve_target(
@@ -94,8 +102,67 @@ def resolve_target(
     return Target("compose", source, label, plan=plan)
 
 
+def resolve_routed(
+    route: str,
+    target: str | None = None,
+    *,
+    tasks: list[str] | str | None = None,
+    experts: list[str] | str | None = None,
+    method: str | None = None,
+    where: str | None = None,
+    base: str | None = None,
+    catalog: Any = None,
+    max_val: int | None = None,
+) -> Target:
+    """What a routed generate() means: the experts `tasks`/`experts` choose (one per task) and, for the
+    centroid router, each task's first `max_val` validation prompts. Raises HubError; reads no tensor."""
+    from hubtool.merge.compose import build_recipe
+    from hubtool.merge.plan import make_plan
+    from hubtool.route import MAX_VAL, check_method
+
+    check_method(route)
+    if target is not None:
+        raise HubError(f"TARGET {target}: --route chooses among the experts of --tasks/--experts; leave TARGET out")
+    if not tasks and not experts:
+        raise HubError("--route: expected --tasks or --experts, the experts to route between")
+    if method is not None:
+        raise HubError("--method: not with --route (routing answers with one expert and merges nothing)")
+    cat = _catalog(catalog)
+    plan = make_plan(cat, build_recipe(tasks, experts=experts, where=where))
+    of_task: dict[str, str] = {}
+    for c in plan.choices:
+        if c.task in of_task:
+            raise HubError(f"--experts: {of_task[c.task]} and {c.ref} are both experts of task {c.task}; "
+                           "routing picks one expert per task")
+        of_task[c.task] = c.ref
+    prompts = None
+    if route == "centroid":
+        prompts = {c.task: _validation_prompts(c, cat, MAX_VAL if max_val is None else max_val)
+                   for c in plan.choices}
+    source = base if base is not None else plan.base_model
+    label = f"{route} routing between {', '.join(c.ref for c in plan.choices)}"
+    return Target("route", source, label, plan=plan, catalog=cat, route=route, prompts=prompts)
+
+
+def run_routed(target: Target, prompt: str, *, max_new_tokens: int = 64, chat_template: bool = True,
+               threads: int = 2) -> tuple[Any, str]:
+    """(the plan's Choice the router picked for `prompt`, the greedy new text of base + that expert)."""
+    from hubtool.apply import apply_expert
+    from hubtool.route import Router
+
+    model, tokenizer = load_target(target, threads=threads)  # the base alone: routers read base states
+    experts = {c.task: target.catalog.load(c.ref) for c in target.plan.choices}
+    router = Router.fit(model, tokenizer, experts, target.prompts, target.route, chat_template=chat_template)
+    task = router.choose([prompt])[0]
+    apply_expert(model, experts[task])
+    new = generate_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
+    choice = next(c for c in target.plan.choices if c.task == task)
+    return choice, tokenizer.decode(new, skip_special_tokens=True).strip()
+
+
 def load_target(target: Target, *, threads: int = 2) -> tuple[Any, Any]:
-    """(fp32 model in eval mode, tokenizer) for a resolved target, experts applied."""
+    """(fp32 model in eval mode, tokenizer) for a resolved target, experts applied (kind "route": none,
+    run_routed adds the one it picks)."""
     import torch
 
     from hubtool.models import load_base, resolve_base
@@ -198,10 +265,16 @@ def generate(
     max_new_tokens: int = 64,
     chat_template: bool = True,
     catalog: Any = None,
+    route: str | None = None,
 ) -> str:
     """The greedy continuation of `prompt` (new text only) by a model folder, an expert NAME[@VERSION],
-    the experts `tasks`/`experts` choose (composed in memory with `method`), or the `base` model alone."""
+    the experts `tasks`/`experts` choose (composed in memory with `method`, or with `route` the one of
+    them a router picks for the prompt), or the `base` model alone."""
     check_request(prompt, max_new_tokens)
+    if route is not None:
+        resolved = resolve_routed(route, target, tasks=tasks, experts=experts, method=method, where=where,
+                                  base=base, catalog=catalog)
+        return run_routed(resolved, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)[1]
     resolved = resolve_target(target, tasks=tasks, experts=experts, method=method, where=where, base=base,
                               catalog=catalog)
     model, tokenizer = load_target(resolved)
@@ -223,6 +296,21 @@ def _need_tokenizer(folder: Path, what: str) -> None:
 
     if not any((folder / f).is_file() for f in TOKENIZER_FILES):
         raise HubError(f"{what}: {folder} has no tokenizer files ({', '.join(TOKENIZER_FILES)}); generate needs one")
+
+
+def _validation_prompts(choice: Any, catalog: Any, max_val: int) -> list[str]:
+    """The first max_val validation prompts of the task an expert was chosen for (through the catalog)."""
+    from hubtool.data.tasks import load_task
+
+    try:
+        data = load_task(choice.task, catalog=catalog)
+    except HubError as err:
+        raise HubError(f"--route centroid: task {choice.task} of {choice.ref}: {err}") from None
+    prompts = [e.input for e in data.validation[:max_val]]
+    if not prompts:
+        raise HubError(f"--route centroid: task {choice.task} of {choice.ref} has no validation examples to "
+                       "place its centroid; --route arrow needs none")
+    return prompts
 
 
 def _catalog(catalog: Any) -> Any:

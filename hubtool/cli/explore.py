@@ -9,14 +9,29 @@ from typing import Annotated
 import typer
 
 from hubtool.cli import app
-from hubtool.cli._common import BaseOpt, CatalogOpt, JsonOpt, MaxNewTokensOpt, console, esc, fail, print_json
-from hubtool.cli.compose import PANEL, ExpertsOpt, TasksOpt, WhereOpt
+from hubtool.cli._common import (
+    BaseOpt,
+    CatalogOpt,
+    JsonOpt,
+    MaxNewTokensOpt,
+    console,
+    err_console,
+    esc,
+    fail,
+    print_json,
+)
+from hubtool.cli.compose import METHOD_HELP, PANEL, ExpertsOpt, TasksOpt, WhereOpt
 
 PickOpt = Annotated[str | None, typer.Option("--pick", help="best (default: by stored metric) | latest")]
 MethodOpt = Annotated[
     str | None,
-    typer.Option("--method", help="With --tasks/--experts: overlap-mean (default) | mean | task-arithmetic | "
-                 "ties | dare-ties | dare-linear | magnitude-prune"),
+    typer.Option("--method", help=f"With --tasks/--experts: {METHOD_HELP}"),
+]
+RouteOpt = Annotated[
+    str | None,
+    typer.Option("--route", help="With --tasks/--experts: answer with ONE of the experts, picked for the prompt "
+                 "with no task id: centroid (nearest centroid of the base's hidden states over each task's "
+                 "validation prompts) | arrow (top singular vectors of each expert's deltas). Says which on stderr."),
 ]
 # Pairs shown one column each in the per-layer table; beyond this, mean/min/max only.
 _MAX_PAIR_COLUMNS = 6
@@ -144,14 +159,30 @@ def generate(
                            help="Wrap the prompt in the tokenizer's chat template when it has one.")
     ] = True,
     catalog: CatalogOpt = None,
+    route: RouteOpt = None,
 ) -> None:
-    """Greedy text from a composed folder, an expert, experts composed in memory, or the base model."""
-    from hubtool.generate import check_request, generate_ids, load_target, resolve_target
+    """Greedy text from a composed folder, an expert, experts composed in memory or routed to, or the base model."""
+    from hubtool.generate import (
+        check_request,
+        generate_ids,
+        load_target,
+        resolve_routed,
+        resolve_target,
+        run_routed,
+    )
 
     if len(args) > 2:
         fail(f"expected [TARGET] PROMPT, got {len(args)} arguments; quote the prompt")
     target, prompt = (args[0], args[1]) if len(args) == 2 else (None, args[0])
     check_request(prompt, max_new_tokens)
+    if route is not None:
+        routed = resolve_routed(route, target, tasks=tasks, experts=experts, method=method, where=where, base=base,
+                                catalog=catalog)
+        choice, text = run_routed(routed, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
+        # The choice on stderr, so stdout stays the model's text alone.
+        err_console.print(f"routed ({route}) to [bold]{esc(choice.ref)}[/] (task {esc(choice.task)})")
+        sys.stdout.write(text + "\n")
+        return
     # The catalog is opened only when TARGET is an expert or experts are chosen (not for a folder).
     resolved = resolve_target(target, tasks=tasks, experts=experts, method=method, where=where, base=base,
                               catalog=catalog)
