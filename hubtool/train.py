@@ -15,6 +15,7 @@ import json
 import os
 import sys
 import types
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -95,26 +96,25 @@ def train(
     register: bool = True,
     quiet: bool = False,
     trust_remote_code: bool = False,
+    avoid: Sequence[str] = (),
+    avoid_catalog: bool = False,
+    avoid_beta: float | str | None = None,
 ) -> TrainResult:
     """Train, evaluate, pack and register one expert. `data` is a JSONL/CSV file or task folder that
     overrides the task's own data; `catalog` is a URL or an open Catalog; max_train / max_val cap the
     training and validation examples (the first N of each split, so the choice is deterministic);
     eval_limit caps the test examples scored at the end (0 skips evaluation). The base model's own code
-    (its config's auto_map) runs only with trust_remote_code=True."""
+    (its config's auto_map) runs only with trust_remote_code=True.
+
+    avoid / avoid_catalog / avoid_beta: catalog-aware masks (`hub train --avoid`, see resolve_avoid):
+    every mask selection ranks score / (1 + avoid_beta * c), c = how many of those experts keep the
+    entry; avoid_beta >= 0 or inf (default 1; inf: disjoint masks while free entries last)."""
     # Before any work: the name becomes the run folder and the packed file's name, so it must be a name.
     name = expert_name(task, method, name)
     check_settings(locals())
-    import torch
-
     from hubtool.data import load_task
-    from hubtool.data.prompts import build_training_example
-    from hubtool.errors import HubError
-    from hubtool.evaluate import pad_id
-    from hubtool.format import pack
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.paths import hub_home
-    from hubtool.sparse.adapters import Adapter
-    from hubtool.sparse.trainer import TrainConfig, Trainer
 
     adapter_cfg = AdapterConfig(
         method=method,
@@ -127,6 +127,9 @@ def train(
         rank=rank,
         alpha=alpha,
         seed=seed,
+        # [] until resolved below: checks the method and beta before anything is loaded
+        avoid=[] if avoid or avoid_catalog else None,
+        avoid_beta=avoid_beta,
     )
     run_dir = Path(out_dir) if out_dir is not None else hub_home() / "runs" / name
     # With `data`, `task` names that data's task; a name found nowhere offline is looked up in the
@@ -134,6 +137,24 @@ def train(
     task_data = load_task(data or task, name=task if data else None, catalog=catalog)
     if register:
         _check_task(task_data.name, category)  # before the model loads: recording the task must not fail
+    cat = None
+    if catalog is not None and hasattr(catalog, "register"):
+        cat = catalog
+    avoided: Avoided | None = None
+    if adapter_cfg.avoid is not None:  # before the model loads: a bad --avoid fails in a second
+        from hubtool.registry import Catalog
+
+        cat = cat or Catalog(catalog)
+        avoided = resolve_avoid(cat, avoid, every=avoid_catalog, base_model=base_id(base), task=task_data.name)
+        adapter_cfg.avoid = [r.ref for r in avoided.counted]
+    import torch  # the checks above stay torch-free, so a bad setting fails at once
+
+    from hubtool.data.prompts import build_training_example
+    from hubtool.errors import HubError
+    from hubtool.evaluate import pad_id
+    from hubtool.format import pack
+    from hubtool.sparse.adapters import Adapter
+    from hubtool.sparse.trainer import TrainConfig, Trainer
 
     # fp32 weights everywhere: deltas of ~lr size vanish when added to a bf16 weight. On GPU the
     # matmuls still run in bf16 under autocast.
@@ -157,7 +178,12 @@ def train(
         pad_id=pad_id(tokenizer),
         quiet=quiet,
     )
-    adapter = Adapter.apply(model, adapter_cfg)
+    coverage = None
+    if avoided is not None:  # counts built once per weight, on the training device, by Adapter.apply
+        from hubtool.sparse.masks import Coverage
+
+        coverage = Coverage(avoided.sources(cat), adapter_cfg.avoid_beta)
+    adapter = Adapter.apply(model, adapter_cfg, coverage=coverage)
     fit = Trainer(model, adapter, train_ids, val_ids, train_cfg, out_dir=run_dir).fit(resume=resume)
 
     config = {
@@ -174,6 +200,8 @@ def train(
         "eval": {"split": "test", "limit": eval_limit, "max_new_tokens": max_new_tokens,
                  "max_prompt_tokens": max_length},
     }
+    if avoided is not None:
+        config["avoid"] = avoided.summary(adapter_cfg.to_dict()["avoid_beta"], coverage)
     result = TrainResult(
         name,
         task_data.name,
@@ -209,12 +237,14 @@ def train(
         name, task_data.name, base_model=base_id(base), base_revision=revision, config=config
     )
     expert.metrics = {task_data.name: metrics}
+    if avoided is not None:  # lineage: the experts this one's masks were steered away from
+        expert.parents = [{"ref": r.ref, "role": "avoid", "weight": None} for r in avoided.counted]
     result.path = run_dir / f"{name}.safetensors"
     pack(expert, result.path)
     if register:
         from hubtool.registry import Catalog
 
-        cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
+        cat = cat or Catalog(catalog)
         result.record = cat.register(result.path, metrics={task_data.name: metrics}, config=config)
         cat.record_task(task_data, category=category)  # the task's one home: `hub eval --task` finds it
     return result
@@ -240,6 +270,108 @@ def check_settings(settings: dict[str, Any]) -> None:
     checks.seed(settings["seed"], opt("seed"))
     if settings["max_grad_norm"] is not None:
         checks.positive(settings["max_grad_norm"], "max_grad_norm")
+
+
+# Kinds whose experts keep a set of positions; LoRA and full deltas cover every entry of their weights.
+MASKED_KINDS = ("sparse", "block-sparse", "merged")
+
+
+@dataclass
+class Avoided:
+    """The experts `--avoid` / `--avoid-catalog` mean, resolved: `counted` shape the masks; `skipped`
+    (LoRA, full) cover every entry, so counting them would divide every score alike and change nothing."""
+
+    asked: list[str]
+    every: bool
+    counted: list[Any]  # ExpertRecords, sorted by ref
+    skipped: list[Any]
+
+    def sources(self, catalog: Any) -> list[tuple[str, Path]]:
+        """(ref, blob file) of each counted expert, the blob checked against its sha256."""
+        from hubtool.errors import HubError, NotFoundError
+        from hubtool.fileio import sha256_file
+
+        out = []
+        for rec in self.counted:
+            path = catalog.blob_path(rec)
+            if not path.is_file():
+                raise NotFoundError(f"--avoid {rec.ref}: blob {path} is missing; run `hub verify`")
+            if sha256_file(path) != rec.sha256:
+                raise HubError(f"--avoid {rec.ref}: blob {path} does not match its sha256; run `hub verify`")
+            out.append((rec.ref, path))
+        return out
+
+    def summary(self, beta: float | str, coverage: Any) -> dict[str, Any]:
+        """What the expert's config records (provenance; JSON-safe: beta inf is the string "inf")."""
+        return {
+            "experts": [r.ref for r in self.counted],
+            "beta": beta,
+            "asked": list(self.asked),
+            "catalog": self.every,
+            "skipped": [f"{r.ref} ({r.kind}: covers every entry)" for r in self.skipped],
+            "dense_weights_skipped": {ref: len(ws) for ref, ws in (coverage.dense if coverage else {}).items()},
+            "covered_share": round(coverage.covered_share(), 6) if coverage else 0.0,
+        }
+
+
+def resolve_avoid(catalog: Any, items: Sequence[str] | str, *, every: bool, base_model: str, task: str) -> Avoided:
+    """What `--avoid ITEM,...` and `--avoid-catalog` mean in `catalog`, for an expert of `task` on
+    `base_model`; a HubError naming --avoid and the item when one means nothing.
+
+    An item is, in this order: an expert ref (NAME, NAME@VERSION, NAME@ALIAS; it must be of the same
+    base model), else a task or a category (Catalog.tasks_for): per task, the expert `hub compose
+    --tasks` would pick (best by its task metric, else the latest) among the sparse ones of this base
+    model, or among all when it has none (a LoRA/full one is then reported as skipped). An item that
+    yields no expert is an error. --avoid-catalog adds every expert version of this base model except
+    merged ones (their positions are their parents') and the experts of `task` itself (an expert is
+    never merged with another of its own task)."""
+    from hubtool.errors import HubError, NotFoundError, shown
+    from hubtool.merge.plan import _pick
+
+    if isinstance(items, str):
+        items = items.split(",")
+    found: dict[str, Any] = {}
+    for item in items:
+        text = item.strip() if isinstance(item, str) else ""
+        if not text:
+            raise HubError(f"--avoid {shown(item, 40)}: expected a task, a category or an expert NAME[@VERSION]")
+        rec = None
+        try:
+            rec = catalog.get(text)
+        except HubError as err:
+            if "@" in text:
+                raise HubError(f"--avoid {text}: {err}") from None
+        if rec is not None:
+            if rec.base_model != base_model:
+                raise HubError(f"--avoid {text}: {rec.ref} is an expert of base model {rec.base_model}, not {base_model}")
+            found.setdefault(rec.ref, rec)
+            continue
+        try:
+            tasks = catalog.tasks_for(text, with_experts=True)
+        except NotFoundError as err:
+            raise HubError(f"--avoid {text}: no expert of that name, and {err}") from None
+        picked = []
+        for t in tasks:
+            candidates = [r for r in catalog.list(task=t, base=base_model) if r.kind != "merged"]
+            masked = [r for r in candidates if r.kind in MASKED_KINDS]
+            if candidates:
+                picked.append(_pick(masked or candidates, t, "best")[0])
+        if not picked:
+            what = "task" if tasks == [text] else "category"
+            raise HubError(f"--avoid {text}: no expert of {what} {text!r} on base model {base_model}")
+        for rec in picked:
+            found.setdefault(rec.ref, rec)
+    if every:
+        for rec in catalog.list(base=base_model):
+            if rec.kind != "merged" and task not in rec.tasks:
+                found.setdefault(rec.ref, rec)
+    recs = sorted(found.values(), key=lambda r: (r.name, r.version))
+    return Avoided(
+        asked=[str(i) for i in items],
+        every=every,
+        counted=[r for r in recs if r.kind in MASKED_KINDS],
+        skipped=[r for r in recs if r.kind not in MASKED_KINDS],
+    )
 
 
 def _check_task(task: str, category: str | None) -> None:

@@ -40,18 +40,26 @@ Moved = tuple[nn.Parameter, nn.Parameter, Callable[[torch.Tensor], torch.Tensor]
 class Adapter:
     """An adapter applied to a model: its config, its layers keyed by module name, its mask schedule."""
 
-    def __init__(self, model: nn.Module, config: AdapterConfig, layers: dict[str, DeltaLayer]):
+    def __init__(
+        self,
+        model: nn.Module,
+        config: AdapterConfig,
+        layers: dict[str, DeltaLayer],
+        coverage: masks.Coverage | None = None,
+    ):
         self.model = model
         self.config = config
         self.layers = layers
+        self.coverage = coverage  # hub train --avoid: other experts' counts divide every mask's scores
         self.selection_steps: list[int] = []  # planned (sensitivity only), see plan()
         self.selections: list[int] = []  # steps at which a mask was actually (re-)selected
 
     # --- construction -------------------------------------------------------------------------------
 
     @classmethod
-    def apply(cls, model: nn.Module, config: AdapterConfig) -> Adapter:
-        """Freeze every base parameter and wrap each target module in its adapter layer (in place)."""
+    def apply(cls, model: nn.Module, config: AdapterConfig, coverage: masks.Coverage | None = None) -> Adapter:
+        """Freeze every base parameter and wrap each target module in its adapter layer (in place).
+        With `coverage` (sparse kinds), its counts are built for these layers before any mask is chosen."""
         model.requires_grad_(False)
         gen = torch.Generator().manual_seed(config.seed)
         layers: dict[str, DeltaLayer] = {}
@@ -59,7 +67,9 @@ class Adapter:
             layer = _make_layer(model.get_submodule(name), config, gen)
             _replace(model, name, layer)
             layers[name] = layer
-        adapter = cls(model, config, layers)
+        adapter = cls(model, config, layers, coverage)
+        if coverage is not None and config.is_sparse:
+            coverage.build(dict(adapter._sparse_layers()), adapter._block_size)
         adapter._start()
         return adapter
 
@@ -74,7 +84,7 @@ class Adapter:
                 layer.begin_probe(lambda grad, name=name: self._probed(name, grad))
             else:
                 s = masks.score(cfg.mask_score, weight=layer.weight, seed=cfg.seed, key=name)
-                layer.freeze(self._select(s))
+                layer.freeze(self._select(s, name))
 
     # --- what the trainer asks ----------------------------------------------------------------------
 
@@ -118,11 +128,11 @@ class Adapter:
     def freeze(self) -> list[Moved]:
         """Drop every dense delta, keeping the values at the current mask (a mask by |delta| if none)."""
         moved: list[Moved] = []
-        for _, layer in self._sparse_layers():
+        for name, layer in self._sparse_layers():
             if layer.phase == "frozen":
                 continue
             if layer.kept is None:
-                layer.set_mask(self._select(layer.delta_dense().abs()))
+                layer.set_mask(self._select(layer.delta_dense().abs(), name))
             old = layer.freeze()
             if old is not None:
                 moved.append((old, layer.values, layer.gather))
@@ -144,19 +154,25 @@ class Adapter:
 
     # --- mask selection -----------------------------------------------------------------------------
 
-    def _select(self, scores: torch.Tensor) -> torch.Tensor:
-        block = self.config.block_size if self.config.method == "block-sparse" else None
-        return masks.select(scores, self.config.keep_ratio, block)
+    @property
+    def _block_size(self) -> int | None:
+        return self.config.block_size if self.config.method == "block-sparse" else None
+
+    def _select(self, scores: torch.Tensor, name: str) -> torch.Tensor:
+        cov = self.coverage
+        if cov is None:
+            return masks.select(scores, self.config.keep_ratio, self._block_size)
+        return masks.select(scores, self.config.keep_ratio, self._block_size, cov.get(name), cov.beta)
 
     @torch.no_grad()
     def _reselect(self, optimizer: torch.optim.Optimizer) -> None:
-        for _, layer in self._sparse_layers():
+        for name, layer in self._sparse_layers():
             delta, grad = layer.delta, layer.delta.grad
             if grad is None:
                 continue
             # A delta that is still all zero (selection at step 1) carries no signal: fall back to |grad|.
             kind = "sensitivity" if bool(delta.any()) else "grad"
-            layer.set_mask(self._select(masks.score(kind, weight=layer.weight, grad=grad, delta=delta)))
+            layer.set_mask(self._select(masks.score(kind, weight=layer.weight, grad=grad, delta=delta), name))
             # Entries outside the new mask restart from zero Adam moments if they are picked again.
             for value in optimizer.state.get(delta, {}).values():
                 if torch.is_tensor(value) and value.shape == delta.shape:
@@ -165,7 +181,7 @@ class Adapter:
     def _probed(self, name: str, grad: torch.Tensor) -> None:
         layer = self.layers[name]
         s = masks.score(self.config.mask_score, weight=layer.weight, grad=grad)
-        layer.freeze(self._select(s))
+        layer.freeze(self._select(s, name))
         if not self.selections:
             self.selections.append(0)  # step 0: chosen before the first update
 

@@ -10,7 +10,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from hubtool.errors import HubError
+from hubtool.errors import HubError, shown
 
 METHODS = ("sparse", "block-sparse", "lora", "full")
 MASK_SCORES = ("sensitivity", "snip", "grad", "magnitude", "random")
@@ -34,6 +34,10 @@ class AdapterConfig:
     mask_steps   re-select only during the first mask_steps steps, then freeze; None: the first epoch
     rank, alpha  LoRA rank and scaling (delta = alpha / rank * B @ A)
     seed         seeds the random mask and the LoRA initialisation
+    avoid        hub train --avoid (sparse kinds): the NAME@VERSION refs of the experts whose kept entries
+                 were counted, sorted; None when not asked (then neither key is in to_dict())
+    avoid_beta   beta >= 0 or inf: every selection ranks score / (1 + beta * count); stored as "inf"
+                 when infinite (JSON has no infinity, and PostgreSQL's json type refuses the token)
     """
 
     method: str = "sparse"
@@ -47,6 +51,8 @@ class AdapterConfig:
     alpha: float = 16.0
     seed: int = 0
     extra: dict[str, Any] = field(default_factory=dict)  # room for kind-specific knobs
+    avoid: list[str] | None = None
+    avoid_beta: float | None = None
 
     def __post_init__(self) -> None:
         if self.method not in METHODS:
@@ -65,6 +71,14 @@ class AdapterConfig:
             raise HubError(f"rank: expected a positive integer, got {self.rank}")
         if not math.isfinite(self.alpha):  # alpha / rank is the packed scale: NaN would poison every weight
             raise HubError(f"alpha: expected a finite number, got {self.alpha}")
+        if self.avoid is not None:
+            if not self.is_sparse:
+                raise HubError(
+                    f"--avoid: only sparse and block-sparse experts choose a mask; --method {self.method} has none"
+                )
+            self.avoid_beta = check_avoid_beta(1.0 if self.avoid_beta is None else self.avoid_beta)
+        elif self.avoid_beta is not None:
+            raise HubError("--avoid-beta: only with --avoid or --avoid-catalog")
 
     @property
     def is_sparse(self) -> bool:
@@ -76,4 +90,22 @@ class AdapterConfig:
         return self.method
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        out = asdict(self)
+        if self.avoid is None:  # configs from before --avoid (checkpoints, cache keys) stay the same
+            del out["avoid"], out["avoid_beta"]
+        elif math.isinf(self.avoid_beta):
+            out["avoid_beta"] = "inf"
+        return out
+
+
+def check_avoid_beta(value: Any, field: str = "--avoid-beta") -> float:
+    """beta of `hub train --avoid`: a number >= 0, or inf (also written "inf"); HubError otherwise."""
+    x = value
+    if isinstance(value, str):
+        try:
+            x = float(value.strip())
+        except ValueError:
+            x = math.nan
+    if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x) or x < 0:
+        raise HubError(f"{field} {shown(value, 40)}: expected a number >= 0 or inf")
+    return float(x)

@@ -2,12 +2,16 @@
 
 A mask is stored as the sorted int64 positions it keeps ("kept"): flat row-major positions into W
 [out, in] for sparse adapters, tile ids on the ceil(out/B) x ceil(in/B) grid for block-sparse ones.
+
+Catalog-aware masks (`hub train --avoid`): `Coverage` counts, per target weight, how many of the
+catalog's experts already keep each entry (or tile), and `select` ranks by score / (1 + beta * count).
 """
 
 from __future__ import annotations
 
 import math
 import zlib
+from typing import Any
 
 import torch
 
@@ -54,12 +58,46 @@ def tile_scores(scores: torch.Tensor, block_size: int) -> torch.Tensor:
     return grid.to_tiles(scores.detach().float().abs()).sum(dim=(1, 2))  # [cells, B, B] -> [cells]
 
 
-def select(scores: torch.Tensor, keep_ratio: float, block_size: int | None) -> torch.Tensor:
-    """The kept positions (sparse) or tiles (block_size given) for one weight's scores [out, in]."""
+def select(
+    scores: torch.Tensor,
+    keep_ratio: float,
+    block_size: int | None,
+    covered: torch.Tensor | None = None,
+    beta: float = 1.0,
+) -> torch.Tensor:
+    """The kept positions (sparse) or tiles (block_size given) for one weight's scores [out, in].
+
+    covered: how many other experts already keep each entry ([out, in]) or tile ([n_tiles]), see
+    Coverage; the ranking is then avoiding_top_k's.
+    """
     if block_size is None:
-        return top_k(scores, kept_count(scores.numel(), keep_ratio))
-    shape = (scores.shape[0], scores.shape[1])
-    return top_k(tile_scores(scores, block_size), kept_tiles(shape, keep_ratio, block_size))
+        ranked, k = scores, kept_count(scores.numel(), keep_ratio)
+    else:
+        shape = (scores.shape[0], scores.shape[1])
+        ranked, k = tile_scores(scores, block_size), kept_tiles(shape, keep_ratio, block_size)
+    if covered is None:
+        return top_k(ranked, k)
+    return avoiding_top_k(ranked, covered, k, beta)
+
+
+def avoiding_top_k(scores: torch.Tensor, covered: torch.Tensor, k: int, beta: float) -> torch.Tensor:
+    """Sorted flat positions [k] of the k largest scores / (1 + beta * covered) (scores >= 0).
+
+    beta = 0 is plain top_k; beta = inf is the limit beta -> inf, written out rather than computed
+    (score / inf is 0 for every covered entry, which would tie with uncovered zero scores): every
+    uncovered entry ranks above every covered one, and the covered ones, needed only when fewer than k
+    entries are free, rank by score / covered. Ties go to the lowest position, as in top_k.
+    """
+    flat = scores.detach().reshape(-1).float()
+    count = covered.reshape(-1).to(device=flat.device, dtype=torch.float32)
+    if not math.isinf(beta):
+        return top_k(flat / (1.0 + beta * count), k)
+    free = (count == 0).nonzero().squeeze(1)  # sorted positions nobody covers
+    if k <= free.numel():
+        return free[top_k(flat[free], k)]
+    taken = (count > 0).nonzero().squeeze(1)
+    rest = taken[top_k(flat[taken] / count[taken], k - free.numel())]
+    return torch.cat([free, rest]).sort().values
 
 
 def dense_mask(kept: torch.Tensor, shape: tuple[int, int], block_size: int | None) -> torch.Tensor:
@@ -116,3 +154,81 @@ def selection_steps(interval: int, mask_steps: int, total_steps: int) -> list[in
     """
     window = max(1, min(mask_steps, total_steps))
     return list(range(interval, window + 1, interval)) or [window]
+
+
+class Coverage:
+    """What `hub train --avoid` ranks against: per target weight, how many avoided experts already keep
+    each entry, and beta, the weight of that count in select().
+
+        coverage = Coverage([("qa-sparse@1", path), ...], beta=1.0)
+        adapter = Adapter.apply(model, config, coverage=coverage)   # calls coverage.build(...) once
+
+    counts[module name] is [out, in] for a sparse adapter (Linear layout, GPT-2 Conv1D positions are
+    transposed into it) and [n_tiles] for a block-sparse one, where a tile's count is the number of
+    experts that keep ANY entry of it: an expert that touches a tile at all shares it, and a summed
+    count would make a tile touched by one expert in 50 entries look like 50 experts. Counts are uint8
+    (int16 from 256 experts on), on the training device: 1 byte per entry of each target weight.
+    An avoided expert's LoRA/full weights (a merged expert may hold them) cover every entry and tell
+    nothing about where to go, so they are not counted; `dense` lists them.
+    """
+
+    def __init__(self, sources: list[tuple[str, Any]], beta: float):
+        self.sources = list(sources)  # (NAME@VERSION, packed file path)
+        self.beta = float(beta)
+        self.counts: dict[str, torch.Tensor] = {}  # module name -> counts, see above
+        self.dense: dict[str, list[str]] = {}  # ref -> its weights with a dense (LoRA/full) delta
+
+    def get(self, name: str) -> torch.Tensor | None:
+        return self.counts.get(name)
+
+    @torch.no_grad()
+    def build(self, layers: dict[str, Any], block_size: int | None) -> None:
+        """Count every source's kept positions into the layers' weights ({module name: SparseLayer}),
+        reading each file once and one weight at a time (only positions are decoded into memory)."""
+        from hubtool.errors import HubError
+        from hubtool.format import ExpertReader
+
+        n = len(self.sources)
+        dtype = torch.uint8 if n < 256 else torch.int16 if n < 2**15 else torch.int32
+        for name, layer in layers.items():
+            size = TileGrid(layer.shape, block_size).cells if block_size else layer.shape[0] * layer.shape[1]
+            self.counts[name] = torch.zeros(size, dtype=dtype, device=layer.weight.device)
+        for ref, path in self.sources:
+            reader = ExpertReader(path)
+            for name, layer in layers.items():
+                info = reader.weights.get(f"{name}.weight")
+                if info is None:
+                    continue  # the avoided expert does not adapt this weight
+                stored = (layer.shape[1], layer.shape[0]) if layer.transposed else layer.shape
+                if tuple(info["shape"]) != tuple(stored):
+                    raise HubError(
+                        f"--avoid {ref}: weight {name}.weight has shape {list(info['shape'])}, the base "
+                        f"model's is {list(stored)}; is it an expert of another base model?"
+                    )
+                if info["delta"] in ("lora", "full"):
+                    self.dense.setdefault(ref, []).append(f"{name}.weight")
+                    continue
+                pos = _kept_positions(reader.read(f"{name}.weight")).to(layer.weight.device)
+                if layer.transposed:  # stored [in, out] -> the layer's [out, in]
+                    pos = (pos % stored[1]) * stored[0] + pos // stored[1]
+                if block_size:
+                    cols = -(-layer.shape[1] // block_size)
+                    rows, col = pos // layer.shape[1], pos % layer.shape[1]
+                    pos = (rows // block_size * cols + col // block_size).unique()
+                self.counts[name][pos] += 1  # positions are unique within one expert
+        for name, layer in layers.items():
+            if not block_size:
+                self.counts[name] = self.counts[name].view(layer.shape)
+
+    def covered_share(self) -> float:
+        """The share of all counted entries (or tiles) that at least one avoided expert keeps."""
+        total = sum(c.numel() for c in self.counts.values())
+        return sum(int((c > 0).sum()) for c in self.counts.values()) / max(total, 1)
+
+
+def _kept_positions(delta: Any) -> torch.Tensor:
+    """Flat row-major positions [nnz] int64 a sparse or block-sparse delta keeps, in its stored layout."""
+    if delta.kind == "sparse":
+        return delta.indices.to(torch.int64)
+    pos, inside = delta.grid.positions(delta.tiles)  # [n_tiles, B, B], edge tiles cut at W's border
+    return pos[inside]
