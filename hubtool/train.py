@@ -179,7 +179,7 @@ def train(
         quiet=quiet,
     )
     coverage = None
-    if avoided is not None:  # counts built once per weight, on the training device, by Adapter.apply
+    if avoided is not None and avoided.counted:  # counts built once per weight, on the device, by Adapter.apply
         from hubtool.sparse.masks import Coverage
 
         coverage = Coverage(avoided.sources(cat), adapter_cfg.avoid_beta)

@@ -102,7 +102,7 @@ def train(
         typer.Option(
             "--avoid",
             help="Steer the mask away from entries these experts keep: tasks, categories or expert "
-            "NAME[@VERSION], comma-separated (sparse kinds; LoRA/full experts are skipped).",
+            "NAME\\[@VERSION], comma-separated (sparse kinds; LoRA/full experts are skipped).",
         ),
     ] = None,
     avoid_catalog: Annotated[
