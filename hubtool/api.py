@@ -197,7 +197,7 @@ def evaluate_expert(
     A model's own code (its config's auto_map) runs only with trust_remote_code=True."""
     from hubtool.apply import apply_expert
     from hubtool.data import load_task
-    from hubtool.evaluate import evaluate
+    from hubtool.evaluate import evaluate, example_rows
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.registry import Catalog
 
@@ -233,6 +233,7 @@ def evaluate_expert(
         raise HubError(f"base model {base_name}: no tokenizer files; evaluation needs one")
     if expert is not None:
         apply_expert(model, expert)
+    predictions: list = []
     result = evaluate(
         model,
         tokenizer,
@@ -242,12 +243,125 @@ def evaluate_expert(
         max_new_tokens=max_new_tokens,
         batch_size=batch_size,
         max_prompt_tokens=max_prompt_tokens,
+        predictions=predictions,
     )
     metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in RUN_KEYS}
     if store:
+        # Per-example rows beside the aggregates: what `hub eval --compare` pairs example by example.
+        rows = example_rows(predictions)
+        settings = {"limit": limit, "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens}
         if rec is not None:
             cat.set_metrics(rec.ref, task_data.name, metrics)
+            cat.set_examples(rec.ref, task_data.name, rows, split=split, settings=settings)
         elif target is None:
             _, revision = resolve_base(base_name)
             cat.set_base_metrics(base_id(base_name), task_data.name, metrics, revision=revision)
+            cat.set_examples(None, task_data.name, rows, base_model=base_id(base_name), base_revision=revision,
+                             split=split, settings=settings)  # fmt: skip
     return {**metrics, **{k: v for k, v in result.items() if k in RUN_KEYS}}
+
+
+def compare(
+    a: str,
+    b: str,
+    *,
+    tasks: Iterable[str] | None = None,
+    split: str = "test",
+    draws: int = 2000,
+    seed: int = 0,
+    catalog=None,
+) -> dict:
+    """`hub eval --compare A,B`: two models' stored per-example results compared by a paired, stratified
+    bootstrap (hubtool/stats.py). A and B are expert refs, or "base" for the base model of the other. B is
+    the reference: difference = A - B, retention = 100 * sum_t A_t / sum_t B_t, gain = 100 * sum_t (A_t -
+    base_t) / sum_t (B_t - base_t) (only when neither is "base", both share a base model and it has rows on
+    every task). Over `tasks`, default every task both have rows for on `split`; per task and overall (the
+    mean over tasks, equal weight), each as {value, low, high} (95% percentile interval)."""
+    from hubtool.registry import Catalog
+    from hubtool.stats import LEVEL, Bootstrap
+
+    cat = catalog if hasattr(catalog, "get") else Catalog(catalog)
+    if a == "base" and b == "base":
+        raise HubError("--compare base,base: expected at least one expert ref (base is the base model of the other)")
+    records = {side: cat.get(ref) for side, ref in (("a", a), ("b", b)) if ref != "base"}
+    base_models = {rec.base_model for rec in records.values()}
+    # "base" means the other's base model; with two experts, the gain needs the one base model they share.
+    base_model = next(iter(base_models)) if len(base_models) == 1 else None
+    subjects = {side: (rec.ref, None) for side, rec in records.items()}
+    for side, ref in (("a", a), ("b", b)):
+        if ref == "base":
+            subjects[side] = (None, base_model)
+
+    def name(side: str) -> str:
+        ref, model = subjects[side]
+        return ref if ref is not None else f"base model {model}"
+
+    def evaluated(side: str) -> dict[str, dict]:
+        ref, model = subjects[side]
+        return {e["task"]: e for e in cat.evaluations(ref, base_model=model, split=split)}
+
+    have = {side: evaluated(side) for side in ("a", "b")}
+    if tasks is None:
+        chosen = sorted(set(have["a"]) & set(have["b"]))
+        if not chosen:
+            raise HubError(
+                f"--compare {a},{b}: no task has per-example results ({split} split) for both; "
+                f"`hub eval` each of them on the same task first"
+            )
+    else:
+        chosen = list(dict.fromkeys(tasks))
+        for task in chosen:
+            for side in ("a", "b"):
+                if task not in have[side]:
+                    raise HubError(
+                        f"--task {task}: {name(side)} has no per-example results on it ({split} split); "
+                        f"run `hub eval` on it first"
+                    )
+    if len(records) == 2 and base_model is not None:
+        base_has = {e["task"] for e in cat.evaluations(None, base_model=base_model, split=split)}
+        if set(chosen) <= base_has:
+            subjects["base"] = (None, base_model)
+    # Rows named as messages name them; outcomes paired by (index in the split, key of the input): the
+    # same index with another prompt is another example, and the bootstrap refuses it.
+    label = {side: name(side) + (f" ({side.upper()})" if side != "base" else "") for side in subjects}
+    outcomes = {}
+    for side, (ref, model) in subjects.items():
+        outcomes[label[side]] = {
+            task: {(r["idx"], r["key"]): r["value"] for r in cat.examples(ref, task, base_model=model, split=split)}
+            for task in chosen
+        }
+    try:
+        boot = Bootstrap(outcomes, draws=draws, seed=seed)
+    except HubError as why:
+        raise HubError(f"--compare {a},{b}: {why}") from None
+
+    def stats(over: list[str]) -> dict:
+        out = {
+            "a": boot.mean(label["a"], over).as_dict(),
+            "b": boot.mean(label["b"], over).as_dict(),
+            "difference": boot.diff(label["a"], label["b"], over).as_dict(),
+            "retention": boot.retention(label["a"], label["b"], over).as_dict(),
+            "base": None,
+            "gain": None,
+        }
+        if "base" in label:
+            out["base"] = boot.mean(label["base"], over).as_dict()
+            out["gain"] = boot.gain(label["a"], label["b"], label["base"], over).as_dict()
+        return out
+
+    metrics = {task: {have[s][task]["metric"] for s in ("a", "b")} for task in chosen}
+    return {
+        "a": name("a"),
+        "b": name("b"),
+        "base": base_model if "base" in label else None,
+        "split": split,
+        "draws": draws,
+        "seed": seed,
+        "level": LEVEL,
+        "convention": "difference = A - B; retention = 100 * sum A / sum B; gain = 100 * (A - base) / (B - base)",
+        "tasks": [
+            {"task": task, "metric": "/".join(sorted(metrics[task])), "n": boot.sizes[task], **stats([task])}
+            for task in chosen
+        ],
+        "overall": {"tasks": len(chosen), "n": sum(boot.sizes[t] for t in chosen), **stats(chosen)},
+    }

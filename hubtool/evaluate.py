@@ -345,6 +345,52 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
     return {**score(results), "n": float(len(results)), "seconds": seconds, "examples_per_s": len(results) / seconds}
 
 
+def example_key(example: Example) -> str:
+    """12 hex digits of the sha256 of the example's input: what pairs an example across evaluations
+    beside its index (a changed prompt at the same index shows as a different key)."""
+    import hashlib
+
+    return hashlib.sha256(example.input.encode()).hexdigest()[:12]
+
+
+def example_rows(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
+    """One row per prediction, in split order (what the catalog's eval_examples stores):
+    {"idx": index in the split, "key": example_key, "value": the headline metric in percent (accuracy 0/100
+    with options, else rougeL), "metrics": {rougeL, exact_match[, accuracy, accuracy_norm]} in percent,
+    "gold_logprob": summed log-prob of the gold option (None without options), "text": the prediction}.
+
+    The metric functions are score()'s, so each metric's mean over the rows that have it is score()'s value;
+    predictions must be evaluate()'s, in split order from its first example (idx is the position)."""
+    rows = []
+    for i, p in enumerate(predictions):
+        metrics = {
+            "rougeL": 100 * rouge_l(p.text, p.example.references),
+            "exact_match": 100 * exact_match(p.text, p.example.references),
+        }
+        gold_logprob = None
+        if p.option_logprobs is not None:
+            metrics["accuracy"] = 100 * accuracy([p.text], [p.example.output])
+            metrics["accuracy_norm"] = 100 * accuracy([_by_length(p)], [p.example.output])
+            options = p.example.options or []
+            if p.example.output in options:
+                gold_logprob = p.option_logprobs[options.index(p.example.output)]
+        rows.append({
+            "idx": i,
+            "key": example_key(p.example),
+            "value": metrics["accuracy"] if "accuracy" in metrics else metrics["rougeL"],
+            "metrics": metrics,
+            "gold_logprob": gold_logprob,
+            "text": p.text,
+        })  # fmt: skip
+    return rows
+
+
+def headline_metric(rows: Sequence[dict[str, Any]]) -> str:
+    """The metric example_rows' values are in: accuracy when every example had options, else rougeL (a task
+    mixing both has values of both kinds; it is named by its free-form part)."""
+    return "accuracy" if rows and all("accuracy" in r["metrics"] for r in rows) else "rougeL"
+
+
 class _CallableModule(types.ModuleType):
     """`from hubtool import evaluate` gives this module once `hubtool.evaluate` has been imported (Python binds
     a package's submodule over its lazy attribute): calling it calls evaluate()."""

@@ -45,7 +45,8 @@ Outcomes = Sequence[float] | Mapping[Hashable, float]
 @dataclass(frozen=True)
 class Estimate:
     """A statistic's plug-in value and its percentile interval; `draws` holds the statistic on every
-    bootstrap draw, [draws]. NaN throughout where the statistic is undefined (a zero denominator)."""
+    bootstrap draw, [draws]. NaN where the statistic is undefined (a ratio's zero denominator: NaN
+    throughout; 0 / 0 on some draw: the interval); an end at +-inf is unbounded (x / 0 on enough draws)."""
 
     value: float
     low: float
@@ -56,12 +57,13 @@ class Estimate:
         return fmt(self)
 
     def as_dict(self) -> dict[str, float | None]:
-        """value/low/high for JSON (None where undefined: JSON has no NaN)."""
-        return {k: (None if math.isnan(v) else v) for k, v in (("value", self.value), ("low", self.low), ("high", self.high))}
+        """value/low/high for JSON: None where undefined or unbounded (JSON has no NaN or infinity)."""
+        return {k: (v if math.isfinite(v) else None) for k, v in (("value", self.value), ("low", self.low), ("high", self.high))}
 
 
 def fmt(estimate: Estimate, digits: int = 1) -> str:
-    """ "58.2 [55.1, 61.0]"; "-" for an undefined statistic, "58.2 [-]" for an undefined interval."""
+    """ "58.2 [55.1, 61.0]"; "-" for an undefined statistic, "58.2 [-]" for an undefined interval, "inf" for
+    an unbounded end."""
     if math.isnan(estimate.value):
         return "-"
     if math.isnan(estimate.low) or math.isnan(estimate.high):
@@ -209,6 +211,8 @@ class Bootstrap:
 
         if den == 0:
             return Estimate(math.nan, math.nan, math.nan)
+        # A draw whose denominator is 0 (e.g. single = base on the resampled examples) gives +-inf, an
+        # extreme the percentiles may reach (an unbounded interval), or NaN for 0 / 0.
         with np.errstate(divide="ignore", invalid="ignore"):
             drawn = 100 * num_drawn / den_drawn
         return self._estimate(100 * num / den, drawn)
@@ -216,13 +220,25 @@ class Bootstrap:
     def _estimate(self, value: float, drawn: np.ndarray) -> Estimate:
         import numpy as np
 
-        if not np.isfinite(drawn).all():
-            # Some draw had a zero denominator (e.g. single = base on the resampled examples): the
-            # ratio's distribution has no finite percentiles to report.
-            return Estimate(float(value), math.nan, math.nan, drawn)
+        if np.isnan(drawn).any():
+            return Estimate(float(value), math.nan, math.nan, drawn)  # some draw is undefined: so is the interval
         tail = 100 * (1 - self.level) / 2
-        low, high = np.percentile(drawn, [tail, 100 - tail])
-        return Estimate(float(value), float(low), float(high), drawn)
+        return Estimate(float(value), _percentile(drawn, tail), _percentile(drawn, 100 - tail), drawn)
+
+
+def _percentile(drawn: np.ndarray, q: float) -> float:
+    """numpy's default (linear) percentile, also where some draws are +-inf: a percentile that falls next
+    to an infinite draw is that infinity, an unbounded end (numpy would say NaN, from inf * 0)."""
+    import numpy as np
+
+    if np.isfinite(drawn).all():
+        return float(np.percentile(drawn, q))
+    ordered = np.sort(drawn)
+    position = q / 100 * (len(ordered) - 1)
+    below, above = float(ordered[math.floor(position)]), float(ordered[math.ceil(position)])
+    if math.isinf(below) or math.isinf(above):
+        return below if below == -math.inf else above
+    return below + (position - math.floor(position)) * (above - below)
 
 
 def _aligned(values: Outcomes, row: str, task: str) -> tuple[list[Any], np.ndarray]:

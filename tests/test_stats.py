@@ -186,3 +186,20 @@ def test_formatting_and_undefined_ratios():
     boot = Bootstrap({"m": {"t": [0.0, 100.0]}, "s": {"t": [100.0, 100.0]}, "base": {"t": [0.0, 100.0]}}, draws=50)
     gain = boot.gain("m", "s", "base")
     assert gain.value == pytest.approx(0.0) and fmt(gain) == "0.0 [-]"
+
+
+def test_draws_with_a_zero_denominator_are_extremes_not_failures():
+    # Single [100, 0, 0, 0]: a third of the draws resample no 100, so R = m / 0 = inf there: the upper end
+    # is unbounded, the lower end still a number.
+    boot = Bootstrap({"m": {"t": [100.0] * 4}, "s": {"t": [100.0, 0.0, 0.0, 0.0]}}, draws=400)
+    r = boot.retention("m", "s")
+    assert r.value == pytest.approx(400.0) and r.high == math.inf and 100 <= r.low < 400
+    assert fmt(r) == f"400.0 [{r.low:.1f}, inf]" and r.as_dict()["high"] is None
+    # Single [100, 100, 100, 0]: a few draws (p = 1/256) are infinite, beyond the 97.5th percentile, so both
+    # ends are what numpy gives with those draws standing in as very large numbers.
+    boot = Bootstrap({"m": {"t": [100.0, 0.0, 100.0, 100.0]}, "s": {"t": [100.0, 100.0, 100.0, 0.0]}}, draws=4000)
+    r = boot.retention("m", "s")
+    assert np.isinf(r.draws).any()
+    stand_in = np.where(np.isinf(r.draws), 1e300, r.draws)
+    assert (r.low, r.high) == pytest.approx(tuple(np.percentile(stand_in, [2.5, 97.5])))
+    assert math.isfinite(r.high)

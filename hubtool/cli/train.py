@@ -189,7 +189,9 @@ def eval_(
         str | None,
         typer.Argument(help="Expert NAME[@VERSION], a packed file, a PEFT folder or a model folder."),
     ] = None,
-    task: Annotated[str, typer.Option("--task", help="Task to evaluate on.")] = ...,
+    task: Annotated[
+        str | None, typer.Option("--task", help="Task to evaluate on (with --compare: tasks, comma-separated).")
+    ] = None,
     base: BaseOpt = None,
     split: Annotated[str, typer.Option("--split", help="train | validation | test")] = "test",
     limit: LimitOpt = None,
@@ -202,10 +204,30 @@ def eval_(
     json_: JsonOpt = False,
     trust_remote_code: TrustRemoteCodeOpt = False,
     catalog: CatalogOpt = None,
+    compare: Annotated[
+        str | None,
+        typer.Option(
+            "--compare",
+            metavar="A,B",
+            help="Compare two stored evaluations example by example instead of evaluating: expert refs, or "
+            "'base' for the other's base model. Prints A and B, A - B, A / B as retention and the normalised "
+            "gain (A - base) / (B - base), each with a 95% paired bootstrap interval.",
+        ),
+    ] = None,
+    draws: Annotated[int, count_option("--draws", help="Bootstrap draws for --compare.")] = 2000,
+    seed: Annotated[int, seed_option("--seed", help="Seed of the bootstrap draws for --compare.")] = 0,
 ) -> None:
-    """Evaluate an expert (or, with only --base, the base model) on a task; store the metrics."""
+    """Evaluate an expert (or, with only --base, the base model) on a task; store the metrics and the
+    per-example results. With --compare A,B: compare two stored evaluations with confidence intervals."""
     from hubtool.api import evaluate_expert
 
+    if compare is not None:
+        if target is not None or base is not None:
+            raise typer.BadParameter("--compare A,B compares stored evaluations: give no expert and no --base")
+        _compare(compare, task, split=split, draws=draws, seed=seed, json_=json_, catalog=catalog)
+        return
+    if task is None:
+        raise typer.BadParameter("--task: expected the task to evaluate on")
     if target is None and base is None:
         raise typer.BadParameter("give an expert (NAME, file or folder) or --base MODEL")
     metrics = evaluate_expert(
@@ -233,6 +255,62 @@ def eval_(
             style="dim",
             highlight=False,
         )
+
+
+def _compare(pair: str, tasks: str | None, *, split: str, draws: int, seed: int, json_: bool,
+             catalog: str | None) -> None:
+    """`hub eval --compare A,B`: the paired bootstrap over the stored per-example results (api.compare)."""
+    from hubtool.api import compare
+
+    refs = [r.strip() for r in pair.split(",")]
+    if len(refs) != 2 or not all(refs):
+        raise typer.BadParameter(f"--compare {pair!r}: expected two refs A,B (an expert ref or 'base' each)")
+    names = None if tasks is None else [t.strip() for t in tasks.split(",")]
+    if names is not None and not all(names):
+        raise typer.BadParameter(f"--task {tasks!r}: expected task names, comma-separated")
+    result = compare(refs[0], refs[1], tasks=names, split=split, draws=draws, seed=seed, catalog=catalog)
+    if json_:
+        print_json(result)
+        return
+    from rich.table import Table
+
+    from hubtool.stats import Estimate, fmt
+
+    def cell(est: dict | None) -> str:
+        if est is None:
+            return "-"
+        return fmt(Estimate(*(float("nan") if est[k] is None else est[k] for k in ("value", "low", "high"))))
+
+    with_base = result["base"] is not None
+    console.print(
+        f"A = [bold]{esc(result['a'])}[/], B = [bold]{esc(result['b'])}[/]"
+        + (f", base = {esc(result['base'])}" if with_base else "")
+        + f" ({esc(split)} split): mean [95% interval], {draws:,} paired draws (seed {seed})",
+        highlight=False,
+    )
+    table = Table(box=None, header_style="bold")
+    columns = ["task", "metric", "n", "A", "B", "A - B", "retention A/B %"]
+    if with_base:
+        columns += ["base", "gain (A-base)/(B-base) %"]
+    for col in columns:
+        table.add_column(col, justify="left" if col in ("task", "metric") else "right")
+
+    def add(task: str, metric: str, n: int, row: dict) -> None:
+        cells = [esc(task), esc(metric), f"{n:,}", cell(row["a"]), cell(row["b"]), cell(row["difference"]),
+                 cell(row["retention"])]  # fmt: skip
+        if with_base:
+            cells += [cell(row["base"]), cell(row["gain"])]
+        table.add_row(*cells)
+
+    for row in result["tasks"]:
+        add(row["task"], row["metric"], row["n"], row)
+    overall = result["overall"]
+    if overall["tasks"] > 1:
+        add(f"all ({overall['tasks']} tasks)", "", overall["n"], overall)
+    console.print(table)
+    if overall["tasks"] > 1:
+        console.print("  all: the mean over tasks of each task's mean (equal weight); retention and gain sum "
+                      "the task means", style="dim", highlight=False)  # fmt: skip
 
 
 @app.command(rich_help_panel=PANEL)

@@ -7,6 +7,7 @@
     expert = cat.load("qa@best")
     cat.set_base_metrics("smollm2-135m", "qa", {"rougeL": 22.0})   # what `hub eval --base` stores
     cat.gains("qa@best")                     # {"qa": {"rougeL": expert's rougeL - base model's}}
+    cat.set_examples("qa@best", "qa", rows)  # per-example results (evaluate.example_rows), for paired tests
 
 Refs: "qa" is the latest version, "qa@3" a version, "qa@best" an alias (lookup.py). Writes take the
 database's write lock up front and retry when busy (db.py), so many processes can share a catalog.
@@ -435,6 +436,110 @@ class Catalog:
             base = baselines.fetch(conn, record.base_model, record.metrics)
         return baselines.gains(record.metrics, base)
 
+    # ---- per-example results ----------------------------------------------------------------
+
+    def set_examples(
+        self,
+        ref: str | None,
+        task: str,
+        rows: Sequence[Mapping[str, Any]],
+        *,
+        base_model: str | None = None,
+        base_revision: str | None = None,
+        split: str = "test",
+        settings: Mapping[str, Any] | None = None,
+        metric: str | None = None,
+    ) -> int:
+        """Store one evaluation's per-example rows (hubtool.evaluate.example_rows) for an expert version
+        (`ref`) or, with ref=None, a base model (`base_model`, scored at `base_revision`), replacing that
+        subject's previous evaluation on (task, split), all in one transaction. `metric` names the rows'
+        values (default: accuracy when every row has it, else rougeL); `settings` are the evaluation's
+        options (limit, max_new_tokens, ...). Returns the number of rows stored."""
+        subject = self._example_subject(ref, base_model)
+        if not task or not split:
+            raise HubError(f"examples of {subject}: expected a task and a split, got {task!r}, {split!r}")
+        where = f"examples of {subject} on {task} ({split})"
+        checked = [_example_row(row, f"{where}: rows[{i}]") for i, row in enumerate(rows)]
+        if not checked:
+            raise HubError(f"{where}: expected at least one example row")
+        seen: set[int] = set()
+        for i, row in enumerate(checked):
+            if row["idx"] in seen:
+                raise HubError(f"{where}: rows[{i}].idx {row['idx']} appears twice; expected one row per example")
+            seen.add(row["idx"])
+        if metric is None:
+            metric = "accuracy" if all("accuracy" in r["metrics"] for r in checked) else "rougeL"
+        evaluation = {
+            "expert_id": None,
+            "base_model": base_model if ref is None else None,
+            "base_revision": base_revision if ref is None else None,
+            "task": task,
+            "split": split,
+            "metric": metric,
+            "n": len(checked),
+            "settings": _json_settings(settings, where),
+            "created_at": _now(),
+        }
+        ev = t.evaluations.c
+
+        def tx() -> None:
+            with db.write_transaction(self.engine) as conn:
+                if ref is not None:
+                    evaluation["expert_id"] = lookup.resolve(conn, ref).id
+                    mine = ev.expert_id == evaluation["expert_id"]
+                else:
+                    mine = ev.base_model == base_model
+                # The old evaluation's examples go with it (ON DELETE CASCADE).
+                conn.execute(delete(t.evaluations).where(mine, ev.task == task, ev.split == split))
+                evaluation_id = conn.execute(insert(t.evaluations).values(**evaluation)).inserted_primary_key[0]
+                conn.execute(insert(t.eval_examples), [{**row, "evaluation_id": evaluation_id} for row in checked])
+
+        db.retry(tx, f"storing the {where}", self.engine.url)
+        return len(checked)
+
+    def examples(
+        self, ref: str | None, task: str, *, base_model: str | None = None, split: str = "test"
+    ) -> list[dict[str, Any]]:
+        """The per-example rows of an expert version (`ref`) or base model (ref=None, `base_model`) on
+        (task, split), ordered by idx: {idx, key, value, metrics, gold_logprob, text}; [] when none."""
+        self._example_subject(ref, base_model)
+        ev, ex = t.evaluations.c, t.eval_examples.c
+        with self.engine.connect() as conn:
+            mine = ev.expert_id == lookup.resolve(conn, ref).id if ref is not None else ev.base_model == base_model
+            rows = conn.execute(
+                select(ex.idx, ex.key, ex.value, ex.metrics, ex.gold_logprob, ex.text)
+                .join(t.evaluations, ev.id == ex.evaluation_id)
+                .where(mine, ev.task == task, ev.split == split)
+                .order_by(ex.idx)
+            ).all()
+        return [{**row._asdict(), "metrics": dict(row.metrics or {})} for row in rows]
+
+    def evaluations(
+        self, ref: str | None, *, base_model: str | None = None, split: str | None = None
+    ) -> list[dict[str, Any]]:
+        """What per-example results an expert version (`ref`) or base model (ref=None, `base_model`) has:
+        [{task, split, metric, n, settings, base_revision, created_at}] by task and split (one split only
+        when given)."""
+        self._example_subject(ref, base_model)
+        ev = t.evaluations.c
+        with self.engine.connect() as conn:
+            mine = ev.expert_id == lookup.resolve(conn, ref).id if ref is not None else ev.base_model == base_model
+            query = select(ev.task, ev.split, ev.metric, ev.n, ev.settings, ev.base_revision, ev.created_at).where(mine)
+            if split is not None:
+                query = query.where(ev.split == split)
+            rows = conn.execute(query.order_by(ev.task, ev.split)).all()
+        return [row._asdict() for row in rows]
+
+    @staticmethod
+    def _example_subject(ref: str | None, base_model: str | None) -> str:
+        """How messages name an evaluation's subject; a HubError unless exactly one of the two is given."""
+        if (ref is None) == (base_model is None) or (ref is None and not base_model):
+            raise HubError(
+                f"per-example results: expected an expert ref or (with ref=None) a base model, "
+                f"got ref={ref!r}, base_model={base_model!r}"
+            )
+        return ref if ref is not None else f"base model {base_model}"
+
     # ---- blobs ------------------------------------------------------------------------------
 
     def blob_path(self, record: ExpertRecord, *, fetch: bool = True) -> Path:
@@ -585,6 +690,44 @@ class Catalog:
         tasks and categories."""
         with self.engine.connect() as conn:
             return task_rows.tasks_for(conn, spec, with_experts=with_experts)
+
+
+def _example_row(row: Any, where: str) -> dict[str, Any]:
+    """One checked eval_examples row (without its evaluation id) from an example_rows() dict."""
+    if not isinstance(row, Mapping):
+        raise HubError(f"{where}: expected a mapping with idx, key, value, metrics, gold_logprob, text")
+    idx = row.get("idx")
+    if isinstance(idx, bool) or not isinstance(idx, int) or idx < 0:
+        raise HubError(f"{where}.idx: expected the example's index in the split (a whole number >= 0), got {idx!r}")
+    key, text = row.get("key"), row.get("text")
+    if not isinstance(key, str) or not key:
+        raise HubError(f"{where}.key: expected the example's key (a non-empty string), got {key!r}")
+    if not isinstance(text, str):
+        raise HubError(f"{where}.text: expected the prediction's text (a string), got {type(text).__name__}")
+    metrics = row.get("metrics") or {}
+    if not isinstance(metrics, Mapping):
+        raise HubError(f"{where}.metrics: expected {{metric: value}}, got {type(metrics).__name__}")
+    gold = row.get("gold_logprob")
+    return {
+        "idx": idx,
+        "key": key,
+        "value": _float(row.get("value"), f"{where}.value"),
+        "metrics": {str(m): _float(v, f"{where}.metrics[{m!r}]") for m, v in metrics.items()},
+        "gold_logprob": None if gold is None else _float(gold, f"{where}.gold_logprob"),
+        "text": text,
+    }
+
+
+def _json_settings(settings: Mapping[str, Any] | None, where: str) -> dict[str, Any] | None:
+    """The evaluation's settings as stored (a JSON object), or a HubError naming what JSON cannot hold."""
+    import json
+
+    if settings is None:
+        return None
+    try:
+        return json.loads(json.dumps(dict(settings), allow_nan=False))
+    except (TypeError, ValueError) as why:
+        raise HubError(f"{where}: settings: expected JSON values (numbers, strings, lists, objects): {why}") from None
 
 
 def _task_record(row: Row[Any]) -> TaskRecord:
