@@ -27,7 +27,8 @@ def _ints(text: str | None, what: str) -> list[int] | None:
 
 @app.command(rich_help_panel=PANEL)
 def experiment(
-    preset: Annotated[str, typer.Option("--preset", help="smoke (a tiny model, < 1 min) | quick (~30 min) | full (hours)")] = "quick",
+    preset: Annotated[str, typer.Option("--preset", help="smoke (a tiny model, < 1 min) | quick (~30 min) | full (hours) | "
+                                                  "n8 (issue 14's protocol, hours) | smoke-n8 (n8 on the tiny model)")] = "quick",
     tasks: Annotated[str | None, typer.Option("--tasks", help="Held-in tasks (names or folders), comma-separated.")] = None,
     held_out: Annotated[
         list[str] | None,
@@ -39,7 +40,8 @@ def experiment(
     out: Annotated[str, typer.Option("--out", help="Report: writes OUT.md (this preset's section) and OUT/*.png.")] = "docs/results",
     stage: Annotated[
         list[str] | None,
-        typer.Option("--stage", help="Only these stages: sweep, train, eval, compose, tune, report (repeatable)."),
+        typer.Option("--stage", help="Only these stages: sweep, train, eval, compose, tune, report (repeatable); "
+                                   "n8: gate, base, sparse, lora, full, diagnose, improve, route, avoid, keep, seeds, subsets."),
     ] = None,
     plan: Annotated[bool, typer.Option("--plan", help="Print the pending jobs as hub command lines, in dependency order; run nothing.")] = False,
     report_only: Annotated[bool, typer.Option("--report-only", help="Run nothing; write the report from the catalog.")] = False,
@@ -64,6 +66,14 @@ def experiment(
         report_only=report_only, command=command, console=None if plan else console,
     )
     exp, p = result["experiment"], result["plan"]
+    if plan and exp.preset.protocol == "n8":
+        from hubtool.experiment import n8
+
+        print(f"# hub experiment --preset {preset}: runs in one process, step by step, each step skipping what the "
+              "catalog holds:")
+        print("# " + " -> ".join(n8.STEPS))
+        print(n8.__doc__ or "")
+        return
     if plan:
         pending = [j for j in p.jobs if not exp.done(j) and (stages is None or j.stage in stages)]
         from hubtool.experiment.runner import order

@@ -38,7 +38,7 @@ def experiment(
     from hubtool.experiment.runner import STAGES, Experiment
 
     spec = get_preset(preset, tasks=tasks, held_out=held_out, seeds=seeds, kinds=kinds, methods=methods)
-    if stages is not None:
+    if stages is not None and spec.protocol != "n8":
         bad = [s for s in stages if s not in (*STAGES, "report")]
         if bad:
             from hubtool.errors import HubError
@@ -51,7 +51,24 @@ def experiment(
     exp = Experiment.open(spec, catalog)
     result: dict[str, Any] = {"experiment": exp, "counts": {}, "report": None}
     if plan_only:
-        result["plan"] = exp.plan()
+        result["plan"] = exp.plan() if spec.protocol != "n8" else None
+        return result
+    if spec.protocol == "n8":
+        from hubtool.experiment.n8 import STEPS, run_n8
+
+        bad = [s for s in stages or () if s not in (*STEPS, "report")]
+        if bad:
+            from hubtool.errors import HubError
+
+            raise HubError(f"--stage {bad[0]!r}: the {spec.name} preset's steps are {', '.join((*STEPS, 'report'))}")
+        steps = tuple(s for s in (stages or STEPS) if s != "report")
+        if not report_only and steps:
+            run_n8(exp, out, console=console, steps=steps)
+        result["plan"] = None
+        if out is not None and (stages is None or "report" in stages or report_only):
+            from hubtool.experiment.n8_report import write_n8_report
+
+            result["report"] = write_n8_report(out, spec, command or f"hub experiment --preset {preset}")
         return result
     run_stages = tuple(s for s in (stages or STAGES) if s != "report")
     if not report_only and run_stages:

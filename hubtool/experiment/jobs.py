@@ -194,7 +194,7 @@ class Planner:
         for label in p.kinds:
             kind = KINDS[label]
             if not p.sweep:
-                lrs[label] = kind.lr
+                lrs[label] = kind.lr * p.lr_factor
                 continue
             runs = {kind.lr * f: self.train_job(self.held_in[0], kind, p.merge_seed, kind.lr * f, "sweep") for f in p.sweep}
             sweep[label] = {lr: j.key for lr, j in runs.items()}

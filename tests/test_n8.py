@@ -1,0 +1,84 @@
+"""The n8 protocol (issue 14) end to end on the smoke world: every step through the real CLI in a
+subprocess, per-example outcomes in the catalog and in files, and the report rebuilt from the files
+alone (a second home with no catalog)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+
+def hub(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "HUB_HOME": str(home), "COLUMNS": "200"}
+    env.pop("HUB_CATALOG", None)
+    env.pop("HUB_EXPERIMENT_CATALOG", None)
+    return subprocess.run([sys.executable, "-m", "hubtool", *args], env=env, capture_output=True, text=True,
+                          timeout=timeout, check=False)
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
+    root = tmp_path_factory.mktemp("n8")
+    home, out = root / "hub", root / "results"
+    result = hub("experiment", "--preset", "smoke-n8", "--out", str(out), home=home)
+    assert result.returncode == 0, result.stdout + result.stderr
+    return {"home": home, "out": out, "md": out.with_suffix(".md").read_text()}
+
+
+def test_every_step_runs_and_the_report_has_intervals(run: dict) -> None:
+    state = json.loads((run["out"] / "smoke-n8" / "state.json").read_text())
+    from hubtool.experiment.n8 import STEPS
+
+    assert state["done"] == list(STEPS)
+    rows = state["rows"]
+    for label in ("base model", "sparse single-task", "lora single-task", "sparse single-task seed 1",
+                  "sparse merged: sparse TIES", "sparse routed: centroid", "sparse routed: arrow"):
+        assert label in rows, label
+    assert any(r["group"] == "diagnostic" for r in rows.values())
+    assert any(label.startswith("sparse avoid") for label in rows)
+    assert any(label.startswith("sparse k=0.01 merged") for label in rows)
+    md = run["md"]
+    assert "## Preset `smoke-n8`" in md and "Status: **complete**" in md
+    # every merged row of the table has R and G with intervals: "x [lo, hi]"
+    table = [line for line in md.splitlines() if line.startswith("| sparse merged: overlap-mean")]
+    assert table and all(line.count("[") >= 3 for line in table), table
+    assert "### The paper's claims here" in md and "### Seeds" in md and "### Diagnostics" in md
+    assert (run["out"] / "smoke-n8-retention.png").is_file()
+
+
+def test_the_report_is_rebuilt_from_the_committed_files_alone(run: dict, tmp_path: Path) -> None:
+    copy = tmp_path / "results"
+    shutil.copytree(run["out"], copy)
+    result = hub("experiment", "--preset", "smoke-n8", "--report-only", "--out", str(copy), home=tmp_path / "empty")
+    assert result.returncode == 0, result.stderr
+    # The same numbers: the table's lines are identical (the header line names the report's commit).
+    def table(text: str) -> list[str]:
+        return [line for line in text.splitlines() if line.startswith("| ")]
+
+    assert table(copy.with_suffix(".md").read_text()) == table(run["md"])
+
+
+def test_the_catalog_holds_every_evaluation_per_example(run: dict) -> None:
+    from hubtool.registry import Catalog
+
+    state = json.loads((run["out"] / "smoke-n8" / "state.json").read_text())
+    cat = Catalog(f"sqlite:///{run['home'] / 'experiments' / 'catalog.db'}")
+    single = state["rows"]["sparse single-task"]["subjects"]
+    for task, expert in single.items():
+        rows = cat.examples(expert, task, split="test")
+        assert rows and [r["idx"] for r in rows] == list(range(len(rows)))
+        metrics = cat.get(expert).metrics[task]
+        headline = "accuracy" if "accuracy" in metrics else "rougeL"
+        assert abs(sum(r["value"] for r in rows) / len(rows) - metrics[headline]) < 1e-6
+
+
+def test_a_rerun_scores_and_trains_nothing(run: dict) -> None:
+    result = hub("experiment", "--preset", "smoke-n8", "--out", str(run["out"]), home=run["home"], timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "train " not in result.stdout and "score " not in result.stdout and "compose " not in result.stdout
