@@ -8,7 +8,8 @@ A run takes the steps below in this order, so a run stopped anywhere leaves whol
   base      the base model on the test split of every task (held-in and held-out)
   <kind>    for sparse, LoRA, full: the seed-0 experts and their test scores; the N=8 merge's λ swept on
             validation (overlap-mean for sparse, task arithmetic for LoRA and full: the same factors of
-            each method's default λ); the chosen λ's merge on test, held-in and held-out; TIES
+            each method's default λ); the chosen λ's merge on test, held-in and held-out
+  methods   the paper's merges at their defaults: sparse overlap-mean λ=1, TIES for every kind
   diagnose  the oracle-mask merge (task t scored with the merge restricted to t's own positions)
   improve   rescaled overlap-mean with per-expert λ_t (coordinate search on validation loss), sparse TIES,
             Iso-C (λ swept on validation)
@@ -43,7 +44,8 @@ from hubtool.fileio import atomic_write
 
 BASE = "base"  # the subject name of the base model in rows and files
 MAIN = {"sparse": "overlap-mean", "lora": "task-arithmetic", "full": "task-arithmetic"}  # the swept merge per kind
-STEPS = ("gate", "base", "sparse", "lora", "full", "diagnose", "improve", "route", "avoid", "keep", "seeds", "subsets")
+STEPS = ("gate", "base", "sparse", "lora", "full", "methods", "diagnose", "improve", "route", "avoid", "keep", "seeds",
+         "subsets")
 
 
 def _lam_tag(lam: float) -> str:
@@ -336,7 +338,8 @@ class N8:
         self.row(label, dict(zip(self.held_in, names)), kind=kind, group="single", note=note)
 
     def kind(self, label: str) -> None:
-        """One kind's single-task row, its swept main merge (held-in and held-out) and its TIES row."""
+        """One kind's single-task row and its main merge with λ swept on validation (held-in and held-out):
+        after the three kinds, claim 2 can be judged."""
         names = self.experts_of(label)
         single = f"{label} single-task"
         self.single_row(single, names, label)
@@ -344,11 +347,16 @@ class N8:
         lam = self.sweep(label, method, names)
         merged = self.merge(label, method, names, lam=lam)
         self.score_row(f"{label} merged: {method} λ={lam:g} (val)", merged, kind=label, single=single, held_out=True)
-        if label == "sparse":  # the paper's merge as it is, beside the tuned λ
-            paper = self.merge(label, method, names, lam=1.0)
-            self.score_row(f"{label} merged: {method} λ=1 (paper)", paper, kind=label, single=single)
-        ties = self.merge(label, "ties", names)
-        self.score_row(f"{label} merged: ties", ties, kind=label, single=single)
+
+    def methods(self) -> None:
+        """The paper's merges at their own defaults: overlap-mean λ=1 for sparse, TIES for every kind."""
+        for label in self.p.kinds:
+            names, single = self.experts_of(label), f"{label} single-task"
+            if label == "sparse":
+                paper = self.merge(label, MAIN[label], names, lam=1.0)
+                self.score_row(f"{label} merged: {MAIN[label]} λ=1 (paper)", paper, kind=label, single=single)
+            ties = self.merge(label, "ties", names)
+            self.score_row(f"{label} merged: ties", ties, kind=label, single=single)
 
     def chosen(self, label: str, tag: str = "") -> float:
         return float(self.state["lam"][f"{label}{tag} {MAIN[label]}"]["chosen"])
