@@ -90,8 +90,10 @@ def sha256(path: Path) -> str:
 
 
 def store_files(home: Path) -> list[Path]:
-    """Every file in the blob store and the import scratch folder (blobs, temp files, trash)."""
-    return [p for d in ("blobs", "tmp") if (home / d).is_dir() for p in (home / d).rglob("*") if p.is_file()]
+    """Every file in the blob store and the import scratch folder (blobs, temp files, trash), not the
+    store's list of catalogs (blobs/catalogs/)."""
+    files = [p for d in ("blobs", "tmp") if (home / d).is_dir() for p in (home / d).rglob("*") if p.is_file()]
+    return [p for p in files if p.relative_to(home).parts[:2] != ("blobs", "catalogs")]
 
 
 # --- start-up cost --------------------------------------------------------------------------------------

@@ -322,7 +322,8 @@ def verify(
     grace: Annotated[
         float,
         typer.Option("--grace", min=0, help="Seconds an unreferenced blob is spared, on databases without one "
-                                             "write lock (PostgreSQL): a registration may be in flight."),
+                                             "write lock (PostgreSQL) or when other catalogs share the blob "
+                                             "store: a registration may be in flight."),
     ] = 600.0,
     json_: JsonOpt = False,
     catalog: CatalogOpt = None,
@@ -330,7 +331,9 @@ def verify(
     """Re-hash every blob; report mismatches, missing blobs, and what a crash left behind.
 
     Leftovers are unreferenced blobs, the store's .tmp- and .trash- files and $HUB_HOME/tmp entries that no
-    live process holds. Exits 1 while any problem remains (after --repair: what it could not remove).
+    live process holds. Unreferenced means by no catalog sharing the blob store (every catalog that has
+    written to it is asked); a blob one of them may use is never removed. Exits 1 while any problem remains
+    (after --repair: what it could not remove), or when a catalog sharing the store could not be checked.
     """
     cat = open_catalog(catalog)
     report = cat.verify(repair=repair, grace=grace)
@@ -347,6 +350,15 @@ def _print_report(cat, report) -> None:
         console.print(f"  {tag} {text}", highlight=False)
 
     console.print(f"checked {report.checked} blobs")
+    if report.others:
+        names = ", ".join(map(esc, report.others))
+        line("[dim]shared[/]  ", f"the blob store is shared with {len(report.others)} other catalog(s) ({names}); "
+             f"{report.shared} blob(s) only they use, left alone")
+    for item in report.unchecked:
+        line("[red]unchecked[/]", f"could not check {esc(item)}; every blob it may use is kept")
+    for name in report.gone:
+        line("[dim]gone[/]    ", f"{esc(name)}: a catalog on the store's list whose file is gone (it uses no blob; "
+             "--repair takes it off the list)")
     for ref in report.mismatched:
         line("[red]mismatch[/]", f"{ref}: {esc(_blob_of(cat, ref))} no longer hashes to its sha256")
     for ref in report.missing:
@@ -362,6 +374,10 @@ def _print_report(cat, report) -> None:
     for path in report.recent:
         line("[yellow]recent[/]  ", f"{esc(path)} (unreferenced, but younger than --grace: kept, a registration "
              "may be in flight)")
+    why = "a catalog could not be checked" if report.unchecked else "it predates the store's list of catalogs"
+    for path in report.unclaimed:
+        line("[yellow]unclaimed[/]", f"{esc(path)} (no catalog checked uses it, but {why}: kept; delete it by hand "
+             "if no catalog of yours does)")
     for kind, paths_, what in (
         ("temp", report.temp, "a temp file a killed write left"),
         ("trash", report.trash, "a blob a killed `hub rm` left"),
@@ -379,8 +395,10 @@ def _print_report(cat, report) -> None:
         line("[red]error[/]   ", esc(error))
     if report.ok:
         console.print("[green]ok[/]")
-    elif not (report.mismatched or report.missing):
+    elif not (report.mismatched or report.missing or report.unchecked):
         console.print("[yellow]blobs ok; leftovers remain[/] (`hub verify --repair` removes them)")
+    elif not (report.mismatched or report.missing):
+        console.print("[yellow]blobs ok; not every catalog sharing the blob store could be checked[/]")
 
 
 def _blob_of(cat, ref: str) -> str:

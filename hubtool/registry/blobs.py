@@ -12,12 +12,20 @@ fsynced, and are renamed into place. Identical content is stored once. Temp file
 trashed blobs (removed, awaiting their transaction's commit) with ".trash-"; both carry a liveness lock
 (fileio), so `hub verify` tells a crash's leftovers from a writer at work. A blob is placed only inside
 the catalog write transaction that inserts its row: whoever holds the write lock sees no blob "in flight".
+
+Many catalogs may share one store (every catalog opened with one HUB_HOME: registry.db, the experiment's
+experiments/catalog.db, any `--catalog`). The store keeps the list of those that have placed a blob in it,
+catalogs/<hash of the URL>.json (mode 0600: a PostgreSQL URL may hold a password), written before a
+catalog's first blob lands, so `hub verify` can ask each of them which blobs it uses before it calls any
+blob an orphan. catalogs/since marks when the list began: a blob older than that may belong to a catalog
+that wrote here before catalogs were recorded.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
+import json
 import os
 import re
 from collections.abc import Iterator
@@ -42,6 +50,8 @@ from hubtool.fileio import (
 SUFFIX = ".safetensors"
 TEMP_PREFIX = ".tmp-"
 TRASH_PREFIX = ".trash-"
+CATALOGS_DIR = "catalogs"  # the store's list of the catalogs that have written to it (see the docstring)
+_SINCE = "since"
 # The only form a location takes: "ab/<64 lowercase hex>.safetensors", ab the sha256's first two digits.
 _LOCATION = re.compile(r"([0-9a-f]{2})/(\1[0-9a-f]{62})" + re.escape(SUFFIX))
 _WRITE_ERRORS = (errno.EACCES, errno.EPERM, errno.EROFS, errno.ENOSPC, errno.EDQUOT)
@@ -121,10 +131,13 @@ class BlobStorage(Protocol):
 
 
 class LocalBlobStore:
-    """A directory of content-addressed blobs (the default store)."""
+    """A directory of content-addressed blobs (the default store). `catalog`: the URL of the catalog
+    writing through it, put on the store's list of catalogs before its first blob is placed."""
 
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path, *, catalog: str | None = None) -> None:
         self.root = Path(root)
+        self.catalog = catalog
+        self._enrolled = catalog is None
 
     def path(self, location: str) -> Path:
         """The file of a blob location; a HubError for anything but ab/<sha256>.safetensors, so no
@@ -182,6 +195,9 @@ class LocalBlobStore:
         """Move a staged file to its content address (or keep the existing, intact copy)."""
         location = blob_location(staged.sha256)
         final = self.path(location)
+        if not self._enrolled:  # listed before its first blob lands: a repair elsewhere then asks us
+            enroll(self.root, self.catalog)
+            self._enrolled = True
         if final.exists() and sha256_file(final) == staged.sha256:
             # Deduplicated; the staged copy is dropped when stage() exits. Touched, so that a repair on a
             # database without one global write lock (its grace period) never takes it for an old orphan.
@@ -242,12 +258,16 @@ class LocalBlobStore:
             os.close(trashed.fd)
 
     def files(self) -> Iterator[tuple[str, Path]]:
-        """Every file in the store as (location, path), temp and trash files included."""
+        """Every file in the store as (location, path), temp and trash files included; not the list of
+        catalogs (only its abandoned temp files, which are leftovers like any other)."""
         if not self.root.is_dir():
             return
         for path in sorted(self.root.rglob("*")):
             if path.is_file() or path.is_symlink():
-                yield path.relative_to(self.root).as_posix(), path
+                location = path.relative_to(self.root).as_posix()
+                if location.startswith(f"{CATALOGS_DIR}/") and not path.name.startswith(TEMP_PREFIX):
+                    continue
+                yield location, path
 
     def fetch(self, location: str, sha256: str, origin: HubOrigin | None) -> Path:
         path = self.path(location)
@@ -330,9 +350,104 @@ class HubBlobStore:
             return self.local.put_verified(downloaded, sha256, what)
 
 
-def open_store(root: Path, scratch: Path) -> HubBlobStore:
-    """The catalog's default store: the local directory `root`, fetching from the Hub on first use."""
-    return HubBlobStore(LocalBlobStore(root), scratch)
+def open_store(root: Path, scratch: Path, *, catalog: str | None = None) -> HubBlobStore:
+    """The catalog's default store: the local directory `root`, fetching from the Hub on first use.
+    `catalog`: the URL of the catalog that writes through it (it joins the store's list of catalogs)."""
+    return HubBlobStore(LocalBlobStore(root, catalog=catalog), scratch)
+
+
+# ---- the store's list of catalogs -------------------------------------------------------------------------
+
+
+def catalog_key(url: str) -> str | None:
+    """How the list names a catalog: its URL, a SQLite file made absolute (the same file is one catalog
+    from any working directory). None for an in-memory SQLite database: no other process can ask it."""
+    from sqlalchemy.engine import make_url
+    from sqlalchemy.exc import ArgumentError
+
+    try:
+        parsed = make_url(url)
+    except ArgumentError:
+        return url  # the catalog itself refuses such a URL before anything is placed
+    if parsed.get_backend_name() != "sqlite":
+        return parsed.render_as_string(hide_password=False)
+    if not parsed.database or parsed.database == ":memory:" or "mode=memory" in parsed.database:
+        return None
+    if parsed.query.get("uri"):
+        return parsed.render_as_string(hide_password=False)
+    path = Path(os.path.abspath(Path(parsed.database).expanduser()))
+    return parsed.set(drivername="sqlite", database=str(path)).render_as_string(hide_password=False)
+
+
+def _entry_name(key: str) -> str:
+    return hashlib.sha256(key.encode()).hexdigest()[:32] + ".json"
+
+
+def enroll(root: Path, url: str | None) -> None:
+    """Put the catalog at `url` on the list of `root` (nothing when it is there already). Atomic: a temp file
+    renamed into place, so a kill leaves the entry whole or absent (and a `.tmp-` leftover at worst)."""
+    key = catalog_key(url) if url else None
+    if key is None:
+        return
+    folder = Path(root) / CATALOGS_DIR
+    entry = folder / _entry_name(key)
+    if entry.is_file():
+        return
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        try:  # the list's start, made once and never changed (its mtime is what counts)
+            os.close(os.open(folder / _SINCE, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644))
+        except FileExistsError:
+            pass
+        fd, tmp = locked_mkstemp(folder, TEMP_PREFIX, ".json")  # 0600, mkstemp's mode
+        try:
+            _write_all(fd, json.dumps({"url": key}).encode() + b"\n")
+            os.fsync(fd)
+            os.replace(tmp, entry)
+        finally:
+            tmp.unlink(missing_ok=True)
+            os.close(fd)
+        fsync_path(folder)
+    except OSError as err:
+        if err.errno in _WRITE_ERRORS:
+            raise not_writable(err, folder, "blob store") from None
+        raise
+
+
+@dataclass(frozen=True)
+class Listed:
+    """One entry of a store's list: the catalog's URL (None when the entry cannot be read) and its file."""
+
+    url: str | None
+    path: Path
+
+
+def listed_catalogs(root: Path) -> list[Listed]:
+    """The catalogs on the list of `root`, in file-name order."""
+    folder = Path(root) / CATALOGS_DIR
+    if not folder.is_dir():
+        return []
+    out = []
+    for path in sorted(folder.glob("*.json")):
+        try:
+            url = json.loads(path.read_text(encoding="utf-8"))["url"]
+            out.append(Listed(url if isinstance(url, str) else None, path))
+        except (OSError, ValueError, KeyError, TypeError):
+            out.append(Listed(None, path))
+    return out
+
+
+def list_started(root: Path) -> float | None:
+    """When the list of `root` began (the mtime of catalogs/since); None if the store has no list yet."""
+    try:
+        return (Path(root) / CATALOGS_DIR / _SINCE).stat().st_mtime
+    except OSError:
+        return None
+
+
+def forget(entry: Listed) -> None:
+    """Take a catalog off its store's list (its SQLite file is gone: it references nothing)."""
+    entry.path.unlink(missing_ok=True)
 
 
 # The name of the local store before there was an interface; code and tests written then keep working.

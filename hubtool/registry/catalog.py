@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 import re
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from pathlib import Path
@@ -34,7 +35,15 @@ from hubtool.registry import tables as t
 from hubtool.registry import tasks as task_rows
 from hubtool.registry import verify as verify_store
 from hubtool.registry import where as where_lang
-from hubtool.registry.blobs import BlobStorage, HubOrigin, Staged, check_location, open_store
+from hubtool.registry.blobs import (
+    BlobStorage,
+    HubOrigin,
+    Staged,
+    check_location,
+    forget,
+    is_location,
+    open_store,
+)
 from hubtool.registry.lookup import LATEST, NAME, parse_ref
 from hubtool.registry.records import ExpertRecord, TaskRecord, VerifyReport
 
@@ -87,7 +96,10 @@ class Catalog:
         HUB_CATALOG or $HUB_HOME/registry.db. Blobs go to `blobs`, default $HUB_HOME/blobs."""
         self.url = url or paths.default_catalog_url()
         # the local directory, fetching a row's blob from its Hub repo on first use (blobs.HubBlobStore)
-        self.blobs: BlobStorage = open_store(Path(blobs or paths.blobs_dir()), paths.hub_home() / "tmp")
+        # (it lists this catalog among those sharing the store before its first blob: `hub verify` on another
+        # catalog then asks this one which blobs it uses)
+        self.blobs: BlobStorage = open_store(Path(blobs or paths.blobs_dir()), paths.hub_home() / "tmp",
+                                             catalog=self.url)  # fmt: skip
         self.engine = db.make_engine(self.url)
         db.ensure_schema(self.engine, blobs=self.blobs.root)
 
@@ -304,7 +316,7 @@ class Catalog:
                     shared = conn.execute(
                         select(func.count()).select_from(t.experts).where(t.experts.c.sha256 == record.sha256)
                     ).scalar()
-                    if not shared:
+                    if not shared and not self._used_elsewhere(record.blob):
                         trashed = self.blobs.trash(record.blob)
             except BaseException:
                 if trashed is not None:
@@ -316,6 +328,22 @@ class Catalog:
 
         db.retry(tx, f"removing {record.ref}", self.engine.url)
         return record
+
+    def _used_elsewhere(self, location: str) -> bool:
+        """Whether another catalog sharing the blob store may use the blob at `location`: one of them
+        references it, one could not be asked, or the blob was touched within the grace period (a
+        registration of theirs reusing it may not have committed yet). remove() keeps such a blob;
+        `hub verify --repair` removes it once no catalog uses it."""
+        others = verify_store.others(self.blobs.root, self.url)
+        if not others.shared:
+            return False
+        if location in others.referenced or others.unchecked:
+            return True
+        try:
+            age = time.time() - self.blobs.path(location).stat().st_mtime
+        except OSError:
+            return False
+        return age < verify_store.GRACE_SECONDS
 
     def alias(self, name: str, alias: str, version: int | str) -> ExpertRecord:
         """Point name@alias at a version (moving it if it exists). `version` may be a number or
@@ -573,7 +601,13 @@ class Catalog:
         Nothing in use is touched: temp files and scratch folders are removed only when no live process
         holds their lock, and unreferenced blobs only under the catalog's write lock (SQLite: no
         registration can be between placing its blob and committing its row) or, on databases without one
-        global write lock, once older than `grace` seconds."""
+        global write lock or when other catalogs share the store, once older than `grace` seconds.
+
+        Unreferenced means by no catalog that shares the blob store: every catalog on the store's list (and
+        the default ones beside it) is asked which blobs it uses (`others`, `shared`). If one cannot be
+        asked (`unchecked`), no unreferenced blob is removed (`unclaimed`); neither is one older than the
+        list itself. A listed SQLite catalog whose file is gone references nothing (`gone`; repair=True
+        takes it off the list)."""
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(
@@ -593,17 +627,32 @@ class Catalog:
             elif actual[location] != sha:
                 report.mismatched.append(f"{name}@{version}")
         sqlite = self.engine.dialect.name == "sqlite"
+        others = verify_store.Others()
+
+        def shared_sweep(own: set[str], *, repair: bool, locked: bool) -> None:
+            nonlocal others
+            others = verify_store.others(self.blobs.root, self.url)
+            # Our write lock rules out only our own registrations in flight; another catalog's may be
+            # between placing a blob and committing its row (place() touches a blob it reuses): the grace.
+            # (A catalog that has never written here could enroll and reuse an orphan during the sweep
+            # itself: a window of milliseconds, once per catalog and store.)
+            verify_store.sweep(self.blobs, own | others.referenced, report, repair=repair,
+                               grace=0.0 if locked and not others.shared else grace,
+                               unclaimed_before=others.unclaimed_before())  # fmt: skip
+            theirs = {loc for loc in others.referenced - own if is_location(loc)}
+            report.shared = sum(self.blobs.path(loc).is_file() for loc in theirs)
 
         def sweep() -> None:
             # Under the write lock (SQLite: the whole database's) nobody places a blob meanwhile, so an
             # unreferenced blob is a leftover, not a registration in flight.
             with db.write_transaction(self.engine) as conn:
                 referenced = set(conn.execute(select(t.experts.c.blob)).scalars())
-                verify_store.sweep(self.blobs, referenced, report, repair=repair,
-                                   grace=0.0 if sqlite else grace)  # fmt: skip
+                shared_sweep(referenced, repair=repair, locked=sqlite)
 
         if repair:
             db.retry(sweep, "repairing the blob store")
+            for entry in others.gone:  # its file is gone: it holds no rows, it needs no blob
+                forget(entry)
             for location in report.restored:  # a trashed blob put back: its rows are whole again
                 actual[location] = sha256_file(self.blobs.path(location))
                 report.checked += 1
@@ -617,9 +666,12 @@ class Catalog:
             try:
                 db.retry(sweep, "checking the blob store")
             except (HubError, DBAPIError):  # a read-only catalog file: the same check without the lock
-                verify_store.sweep(self.blobs, set(actual), report, repair=False, grace=grace)
+                shared_sweep(set(actual), repair=False, locked=False)
         else:
-            verify_store.sweep(self.blobs, set(actual), report, repair=False, grace=grace)
+            shared_sweep(set(actual), repair=False, locked=False)
+        report.others = list(others.checked)
+        report.unchecked = list(others.unchecked)
+        report.gone = [db.describe(entry.url) for entry in others.gone if entry.url]
         return report
 
     # ---- tasks ------------------------------------------------------------------------------

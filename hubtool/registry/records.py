@@ -106,8 +106,17 @@ class VerifyReport:
     mismatched: list[str] = field(default_factory=list)  # refs whose blob content changed
     missing: list[str] = field(default_factory=list)  # refs whose blob file is gone (and not on a Hub)
     remote: list[str] = field(default_factory=list)  # refs whose blob is not here but on their Hub repo
-    orphans: list[Path] = field(default_factory=list)  # store files no row points to
+    orphans: list[Path] = field(default_factory=list)  # store files no row of any catalog points to
     recent: list[Path] = field(default_factory=list)  # unreferenced blobs --repair kept: younger than --grace
+    # Other catalogs sharing the blob store: those asked which blobs they use, how many store blobs only
+    # they use, those that could not be asked ("catalog: why"), and those whose SQLite file is gone.
+    others: list[str] = field(default_factory=list)
+    shared: int = 0
+    unchecked: list[str] = field(default_factory=list)
+    gone: list[str] = field(default_factory=list)
+    # unreferenced blobs kept whatever the flags: a catalog that could not be asked, or one that wrote here
+    # before the store listed its catalogs, may use them
+    unclaimed: list[Path] = field(default_factory=list)
     temp: list[Path] = field(default_factory=list)  # the store's .tmp- files nobody is writing
     trash: list[Path] = field(default_factory=list)  # the store's .trash- files nobody is deleting
     scratch: list[Path] = field(default_factory=list)  # $HUB_HOME/tmp (and models/ temp) leftovers
@@ -119,7 +128,7 @@ class VerifyReport:
     @property
     def ok(self) -> bool:
         return not (self.mismatched or self.missing or self.orphans or self.recent or self.temp
-                    or self.trash or self.scratch or self.errors)  # fmt: skip
+                    or self.trash or self.scratch or self.errors or self.unchecked)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -130,6 +139,11 @@ class VerifyReport:
             "remote": list(self.remote),
             "orphans": [str(p) for p in self.orphans],
             "recent": [str(p) for p in self.recent],
+            "others": list(self.others),
+            "shared": self.shared,
+            "unchecked": list(self.unchecked),
+            "gone": list(self.gone),
+            "unclaimed": [str(p) for p in self.unclaimed],
             "temp": [str(p) for p in self.temp],
             "trash": [str(p) for p in self.trash],
             "scratch": [str(p) for p in self.scratch],

@@ -9,28 +9,181 @@ A kill -9 can leave, and only leave (every writer writes a temp entry, fsyncs, r
   - a model temp entry  $HUB_HOME/models/.*.tmp* a base-model conversion killed before its rename
   - a run's temp file   $HUB_HOME/runs/*/.*.tmp  `hub train` killed while saving a checkpoint or its expert
 Temp, trash and scratch entries carry a liveness lock (fileio): only those nobody holds are leftovers.
+
+An unreferenced blob is one no catalog sharing the store references: the store lists the catalogs that have
+written to it (blobs.enroll), and each is asked (others()). One that cannot be asked keeps every blob it
+might use: --repair deletes only what it can prove nobody uses.
 """
 
 from __future__ import annotations
 
 import os
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from hubtool import paths
 from hubtool.fileio import claim_abandoned, remove_entry
-from hubtool.registry.blobs import TEMP_PREFIX, TRASH_PREFIX, is_location
+from hubtool.registry.blobs import (
+    TEMP_PREFIX,
+    TRASH_PREFIX,
+    Listed,
+    catalog_key,
+    is_location,
+    list_started,
+    listed_catalogs,
+)
 
 # Unreferenced blobs younger than this are left alone where the database has no global write lock to
 # rule out a registration in flight (PostgreSQL): placing a blob and committing its row take milliseconds.
 GRACE_SECONDS = 600.0
 
 
-def sweep(store: Any, referenced: set[str], report: Any, *, repair: bool, grace: float) -> None:
+# A blob placed just before the list began could carry an mtime a little older than the list's own (clock
+# granularity of the file system); only blobs older by more than this count as from before the list.
+_SINCE_SLACK = 2.0
+
+
+@dataclass
+class Others:
+    """What the other catalogs sharing a store say: the blob locations their rows point to, which of them
+    were asked, which could not be ("catalog: why"), and which are gone (a SQLite file deleted: it
+    references nothing, and `hub verify --repair` takes it off the list)."""
+
+    referenced: set[str] = field(default_factory=set)
+    checked: list[str] = field(default_factory=list)
+    unchecked: list[str] = field(default_factory=list)
+    gone: list[Listed] = field(default_factory=list)
+    started: float | None = None  # when the store's list began (None: no list yet)
+
+    @property
+    def shared(self) -> bool:
+        return bool(self.checked or self.unchecked)
+
+    def unclaimed_before(self) -> float:
+        """Unreferenced blobs whose mtime is below this are kept, whoever asks: with a catalog that could
+        not be asked, all of them; else those older than the list (a catalog from before it may use them)."""
+        if self.unchecked:
+            return float("inf")
+        if self.started is None:
+            return 0.0
+        return self.started - _SINCE_SLACK
+
+
+def neighbours(root: Path) -> list[str]:
+    """The catalogs that share a store $X/blobs by default, whether or not they are on its list (a store
+    written before there was a list): $X/registry.db and the experiment's $X/experiments/catalog.db."""
+    if root.name != "blobs":
+        return []
+    found = [root.parent / "registry.db", root.parent / "experiments" / "catalog.db"]
+    return [f"sqlite:///{path.absolute()}" for path in found if path.is_file()]
+
+
+def others(root: Path, own_url: str) -> Others:
+    """Ask every other catalog that shares the store at `root` which blobs its rows use."""
+    from hubtool.registry.db import describe
+
+    own = catalog_key(own_url)
+    result = Others(started=list_started(root))
+    entries = listed_catalogs(root)
+    candidates: dict[str, Listed | None] = {}
+    for entry in entries:
+        if entry.url is None:
+            result.unchecked.append(f"{entry.path}: an unreadable entry of the store's list of catalogs")
+        elif (key := catalog_key(entry.url)) and key != own:
+            candidates.setdefault(key, entry)
+    for url in neighbours(Path(root)):
+        if (key := catalog_key(url)) and key != own:
+            candidates.setdefault(key, None)
+    for key, entry in candidates.items():
+        try:
+            name = describe(key)
+        except Exception:  # noqa: BLE001 (an entry someone edited: named as the list has it, masked)
+            from hubtool.registry.db import mask
+
+            name = mask(key)
+        try:
+            blobs = _blobs_of(key)
+        except Exception as err:  # noqa: BLE001 (any failure to ask means: keep what it may use)
+            result.unchecked.append(f"{name}: {_reason(err, key)[:200]}")
+            continue
+        if blobs is None:
+            if entry is not None:
+                result.gone.append(entry)
+            continue
+        result.checked.append(name)
+        result.referenced.update(blobs)
+    return result
+
+
+def _blobs_of(url: str) -> set[str] | None:
+    """The blob column of every row of the catalog at `url`, read only (no migration, nothing created);
+    None for a SQLite catalog whose file is gone."""
+    from sqlalchemy import text
+    from sqlalchemy.engine import make_url
+
+    parsed = make_url(url)
+    if parsed.get_backend_name() == "sqlite" and not parsed.query.get("uri"):
+        import sqlite3
+
+        path = Path(str(parsed.database))
+        if not path.exists():
+            return None
+        conn = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True, timeout=30)
+        try:
+            tables = {row[0] for row in conn.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if "experts" not in tables:  # a catalog made but never migrated into: no rows
+                return set()
+            return {row[0] for row in conn.execute("SELECT blob FROM experts")}
+        finally:
+            conn.close()
+    from sqlalchemy import inspect
+
+    from hubtool.registry.db import make_engine
+
+    engine = make_engine(url)
+    try:
+        with engine.connect() as conn:
+            if not inspect(conn).has_table("experts"):
+                return set()
+            return set(conn.execute(text("SELECT blob FROM experts")).scalars())
+    finally:
+        engine.dispose()
+
+
+def _reason(err: BaseException, url: str) -> str:
+    """One line, without the URL's password."""
+    from hubtool.registry.db import mask
+
+    text = " ".join(str(getattr(err, "orig", None) or err).split()) or type(err).__name__
+    try:
+        from sqlalchemy.engine import make_url
+
+        password = make_url(url).password
+    except Exception:  # noqa: BLE001
+        password = None
+    if password:
+        text = text.replace(str(password), "***")
+    return text.replace(url, mask(url))
+
+
+def sweep(
+    store: Any,
+    referenced: set[str],
+    report: Any,
+    *,
+    repair: bool,
+    grace: float,
+    unclaimed_before: float = 0.0,
+) -> None:
     """Fill report's leftover fields (orphans, temp, trash, scratch, in_use; removed, restored and recent
-    when `repair`: recent are unreferenced blobs younger than `grace`, kept). `referenced`: every blob location a row points to. Safe to call again (it starts afresh)."""
-    for name in ("orphans", "recent", "temp", "trash", "scratch", "in_use", "removed", "restored", "errors"):
+    when `repair`: recent are unreferenced blobs younger than `grace`, kept). `referenced`: every blob
+    location a row of any catalog sharing the store points to. An unreferenced blob older than
+    `unclaimed_before` (a timestamp) may belong to a catalog that could not be asked: it is `unclaimed`,
+    never removed. Safe to call again (it starts afresh)."""
+    for name in ("orphans", "recent", "unclaimed", "temp", "trash", "scratch", "in_use", "removed", "restored",
+                 "errors"):  # fmt: skip
         getattr(report, name).clear()
     now = time.time()
     root = Path(store.root)
@@ -41,10 +194,13 @@ def sweep(store: Any, referenced: set[str], report: Any, *, repair: bool, grace:
             _trash(root, location, path, referenced, report, repair)
         elif location not in referenced:
             try:
-                age = now - path.lstat().st_mtime
+                mtime = path.lstat().st_mtime
             except FileNotFoundError:
                 continue
-            if repair and is_location(location):
+            age = now - mtime
+            if is_location(location) and mtime < unclaimed_before:
+                report.unclaimed.append(path)
+            elif repair and is_location(location):
                 if age < grace:
                     report.recent.append(path)  # maybe a registration between placing and committing
                 else:
