@@ -464,6 +464,39 @@ def test_errors_are_one_line(server, base, cat, tmp_path, hub_home):
     assert not any(ALICE in text or wrong in text for text in outputs)
 
 
+def test_hf_hub_offline_reaches_a_loopback_hub_only(server, base, cat, tmp_path, hub_home, monkeypatch):
+    """Air-gapped setups export HF_HUB_OFFLINE=1. A `hub serve` on loopback is not the network: push and pull
+    reach it (by 127.0.0.1 and by localhost) with the flag set; any other endpoint is refused with one line
+    before a connection is tried, as before."""
+    from huggingface_hub import constants
+
+    base_path, model = base
+    rec = register(cat, tmp_path, make_expert(model, base_path, "offline-qa", "squad", seed=40))
+    env = cli_env(server, tmp_path, hub_home, HF_HUB_OFFLINE="1")
+    pushed = hub("push", rec.ref, "--repo", "org/offline-qa", env=env)
+    assert pushed.returncode == 0, pushed.stderr
+    home2 = tmp_path / "home-offline"
+    by_name = server.url.replace("127.0.0.1", "localhost")
+    pulled = hub("pull", "org/offline-qa", env=cli_env(server, tmp_path, home2, HF_HUB_OFFLINE="1",
+                                                        HF_ENDPOINT=by_name))  # fmt: skip
+    assert pulled.returncode == 0 and "Pulled offline-qa@1" in pulled.stdout, pulled.stderr
+    with Catalog(f"sqlite:///{home2 / 'registry.db'}", blobs=home2 / "blobs") as cat2:
+        assert cat2.load("offline-qa").nnz == rec.nnz
+
+    # Not loopback (TEST-NET-1, RFC 5737: routed nowhere): refused by the flag, not by a timeout.
+    remote = "http://192.0.2.1:8910"
+    for args in (("push", rec.ref, "--repo", "org/x", "--endpoint", remote), ("pull", "org/x", "--endpoint", remote)):
+        line = one_error_line(hub(*args, env=env, timeout=60))
+        assert f"HF_HUB_OFFLINE is set, so {remote} is not contacted" in line, line
+
+    # In this process too (the library: huggingface_hub read the flag at import), and the flag is back after.
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    push_expert(rec.ref, "org/offline-lib", endpoint=server.url, token=ALICE, catalog=cat)
+    assert constants.HF_HUB_OFFLINE is True
+    with pytest.raises(HubError, match="HF_HUB_OFFLINE is set"):
+        push_expert(rec.ref, "org/x", endpoint=remote, token=ALICE, catalog=cat)
+
+
 def test_stored_login_and_private_repos(server, base, cat, tmp_path, hub_home):
     """No HF_TOKEN: the client's stored login (HF_HOME/token, what `hf auth login` writes) is used."""
     base_path, model = base

@@ -4,10 +4,15 @@ huggingface_hub is imported inside functions only (`hub --help` and `hub list` n
 Endpoint and token work as in the HF tools: an explicit value wins, else HF_ENDPOINT / HF_TOKEN, else
 the client's stored login (`hf auth login`); token=None lets huggingface_hub find it. A token is never
 printed, logged, stored or put into an error message: every message that leaves here is scrubbed.
+
+HF_HUB_OFFLINE=1 means "do not go on the network". A loopback endpoint (127.0.0.0/8, ::1, localhost: a
+`hub serve` on this machine, as `make demo` runs) is not the network, so push and pull reach it with the flag
+set; any other endpoint is refused with one line, as huggingface_hub would refuse it.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -95,6 +100,54 @@ def scrub(text: str, token: str | None) -> str:
     return re.sub(r"(?i)(bearer\s+)\S+", r"\1***", text)
 
 
+def is_loopback(endpoint: str) -> bool:
+    """Whether `endpoint` (a URL) names this machine by a loopback address or `localhost` (no DNS asked: a
+    name that merely resolves to 127.0.0.1 elsewhere is not trusted to stay on this machine)."""
+    from urllib.parse import urlsplit
+
+    try:
+        host = urlsplit(endpoint).hostname
+    except ValueError:
+        return False
+    if not host:
+        return False
+    if host.lower().rstrip(".") == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+@contextmanager
+def loopback_online(endpoint: str | None) -> Iterator[None]:
+    """With HF_HUB_OFFLINE set, let huggingface_hub's requests to a loopback `endpoint` through for the
+    duration (it reads the flag once, at import, into constants.HF_HUB_OFFLINE, and refuses every request
+    while it is true). Any other endpoint: nothing changes, and the client refuses it as before."""
+    from huggingface_hub import constants
+
+    if not constants.HF_HUB_OFFLINE or not is_loopback(endpoint_of(endpoint)):
+        yield
+        return
+    constants.HF_HUB_OFFLINE = False
+    _reset_sessions()
+    try:
+        yield
+    finally:
+        constants.HF_HUB_OFFLINE = True
+        _reset_sessions()
+
+
+def _reset_sessions() -> None:
+    """Clients before 1.0 (requests) build their cached sessions offline or not: drop them on a switch.
+    Newer ones check the flag on every request and have no such function."""
+    try:
+        from huggingface_hub.utils import reset_sessions
+    except ImportError:
+        return
+    reset_sessions()
+
+
 @contextmanager
 def hub_errors(
     what: str,
@@ -106,9 +159,11 @@ def hub_errors(
 ) -> Iterator[None]:
     """Turn huggingface_hub / network exceptions raised inside into one-line HubAccessErrors.
 
-    `what` says what was being done ("pushing qa@1 to org/qa"); `repo`/`revision` name the target."""
+    `what` says what was being done ("pushing qa@1 to org/qa"); `repo`/`revision` name the target.
+    Every Hub call runs inside one, so this is also where a loopback endpoint gets past HF_HUB_OFFLINE."""
     try:
-        yield
+        with loopback_online(endpoint):
+            yield
     except HubError:
         raise
     except Exception as err:  # classified below; anything unknown is re-raised untouched
@@ -159,7 +214,7 @@ def _classify(
             return f"{what}: HTTP 404 from {where}: is it a Hub endpoint? (check --endpoint / HF_ENDPOINT)"
         return f"{what}: HTTP {status} from {where}{_tail(detail)}"
     if isinstance(err, OfflineModeIsEnabled):
-        return f"{what}: HF_HUB_OFFLINE is set, so {where} is not contacted"
+        return f"{what}: HF_HUB_OFFLINE is set, so {where} is not contacted (only a loopback endpoint is)"
     if _is_network_error(err):
         return f"{what}: cannot reach {where} ({_reason(err)}); is the server up? (check --endpoint / HF_ENDPOINT)"
     if isinstance(err, ValueError) and "huggingface_hub" in type(err).__module__:
