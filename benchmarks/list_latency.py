@@ -27,8 +27,9 @@ import sys
 import time
 from pathlib import Path
 
+from bulk import fill_synthetic  # benchmarks/bulk.py, beside this script
+
 from hubtool.registry import fastlist
-from hubtool.registry.bulk import fill_synthetic
 
 # (label, arguments of `hub list`), one per filter and option
 LISTINGS = [

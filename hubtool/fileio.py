@@ -213,6 +213,16 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     fsync_path(path.parent)
 
 
+def _ordinary_mode(path: Path) -> None:
+    """Give a file the mode the umask gives a new file (0644 under 022), keeping its execute bits.
+    Writers that go through a temp file of their own (safetensors' save_file, so transformers'
+    save_pretrained) leave mkstemp's private 0600 behind; a folder hubtool publishes holds ordinary files."""
+    mode = path.stat().st_mode & 0o777
+    wanted = file_mode() | (mode & 0o111 & ~umask())
+    if mode != wanted:
+        path.chmod(wanted)
+
+
 def stale_temp_folders(dest: Path) -> list[Path]:
     """Temp folders that an atomic_folder(dest) killed before its rename left beside `dest`."""
     found = []
@@ -243,7 +253,8 @@ def atomic_folder(dest: str | os.PathLike) -> Iterator[Path]:
         crash_point(f"folder:{dest.name}")
         yield tmp
         for path in tmp.rglob("*"):
-            if path.is_file():
+            if path.is_file() and not path.is_symlink():
+                _ordinary_mode(path)
                 fsync_path(path)
         if dest.is_dir():
             dest.rmdir()  # an empty placeholder; fails (as it should) if someone filled it meanwhile

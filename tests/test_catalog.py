@@ -456,7 +456,8 @@ def test_listing_imports_neither_torch_nor_alembic(cat, packed, hub_home):
 
 
 def test_fill_synthetic_makes_a_listable_catalog(tmp_path, packed, catalog_url):
-    from hubtool.registry.bulk import N_TASKS, fill_synthetic
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    from bulk import N_TASKS, fill_synthetic  # benchmarks/bulk.py: a benchmark fixture
 
     url = catalog_url
     fill_synthetic(url, 10 * N_TASKS)

@@ -1,6 +1,6 @@
 """`hub list`'s SQLite read path (hubtool/registry/fastlist.py) against Catalog.list, the normal path.
 
-One real catalog (1,000 synthetic rows from bulk.fill_synthetic plus real registrations with tags,
+One real catalog (1,000 synthetic rows from benchmarks/bulk.py's fill_synthetic plus real registrations with tags,
 aliases, several tasks, metrics under two tasks, a task category), listed both ways with many filter,
 sort and limit combinations: the records must be equal, field for field. Then the plans (EXPLAIN
 QUERY PLAN: each filter searches an index), the budgeted walks giving up, the cases that must take
@@ -19,8 +19,12 @@ from pathlib import Path
 
 import pytest
 
+# benchmarks/bulk.py: a benchmark fixture (never for a real catalog), kept out of the package
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import bulk
+from bulk import N_TASKS, fill_synthetic
+
 from hubtool.registry import Catalog, db, fastlist
-from hubtool.registry.bulk import N_TASKS, fill_synthetic
 
 N = 1_000
 
@@ -305,8 +309,6 @@ def test_hub_list_reads_without_sqlalchemy_orm_sqlmodel_or_torch(catalog, tmp_pa
 
 def test_fill_synthetic_writes_the_same_rows_through_sqlalchemy(tmp_path, hub_home):
     """The sqlite3 fill (fast, SQLite) and the SQLAlchemy one (other databases) agree, row for row."""
-    from hubtool.registry import bulk
-
     fast, slow = tmp_path / "fast.db", tmp_path / "slow.db"
     bulk.fill_synthetic(f"sqlite:///{fast}", 300)
     Catalog(f"sqlite:///{slow}", blobs=tmp_path / "blobs").close()

@@ -7,6 +7,7 @@ import json
 
 import pytest
 import torch
+import yaml
 from peft import LoraConfig, PeftModel, ShiraConfig, SupertuningConfig, get_peft_model
 from tiny import make_tiny_llama
 from transformers import AutoModelForCausalLM
@@ -232,12 +233,41 @@ def test_export_writes_a_model_card_and_refuses_to_overwrite(base_dir, tmp_path)
     expert = _random_sparse_expert(_load(base_dir), "sparse")
     out = export_peft(expert, tmp_path / "out")
     card = (out / "README.md").read_text()
-    front = card.split("---")[1]
-    assert 'base_model: "tiny-base"' in front and "library_name: peft" in front
-    assert '- "hubtool"' in front and '- "qa"' in front and '- "shira"' in front
+    front = yaml.safe_load(card.split("---")[1])
+    # "tiny-base" is no Hub id: the card names no base_model rather than one the Hub cannot resolve
+    assert "base_model" not in front and "base_model_relation" not in front
+    assert front["library_name"] == "peft" and front["pipeline_tag"] == "text-generation"
+    assert {"hubtool", "qa", "sparse", "shira", "peft"} <= set(front["tags"])
+    assert "`tiny-base`" in card and "PeftModel.from_pretrained" in card
     with pytest.raises(HubError, match="already exists"):
         export_peft(expert, out)
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out.tmp-")]  # no temp folder left behind
+
+
+def test_export_card_names_the_embedded_base_by_its_hub_id(base_dir, tmp_path):
+    """As push's card does: the embedded smollm2-135m is HuggingFaceTB/SmolLM2-135M-Instruct on the Hub,
+    an adapter of it; adapter_config.json keeps the loadable base it was given."""
+    import dataclasses
+
+    from hubtool.models import EMBEDDED
+
+    expert = dataclasses.replace(_random_sparse_expert(_load(base_dir), "sparse"), base_model="smollm2-135m")
+    out = export_peft(expert, tmp_path / "out", base_model_name_or_path=str(base_dir))
+    front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
+    assert front["base_model"] == EMBEDDED["smollm2-135m"].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert front["base_model_relation"] == "adapter"
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == str(base_dir)
+
+
+def test_export_files_follow_the_umask(base_dir, tmp_path):
+    """safetensors writes through a private temp file (0600); the exported folder holds ordinary files,
+    as the blob store does: 0666 & ~umask for every file, 0777 & ~umask for the folder."""
+    from hubtool.fileio import dir_mode, file_mode
+
+    out = export_peft(_random_sparse_expert(_load(base_dir), "sparse"), tmp_path / "out")
+    modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
+    assert "adapter_model.safetensors" in modes and set(modes.values()) == {file_mode()}, modes
+    assert out.stat().st_mode & 0o777 == dir_mode()
 
 
 def test_shira_refuses_an_expert_too_dense_for_it_but_supertuning_takes_it(base_dir, tmp_path):

@@ -74,6 +74,61 @@ def expert_card(
     return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
 
 
+def export_card(expert: Any, *, peft_format: str, base: str, nnz: int, stored: int, sidecar: str) -> str:
+    """README.md of a `hub export --format peft` folder: the same metadata a push gives (base_model as
+    a Hub id, with base_model_relation: adapter; none for a local base) for an expert outside a catalog.
+    `base`: what adapter_config.json names as the base (a local folder, or a Hub id)."""
+    from huggingface_hub import ModelCard, ModelCardData
+
+    hub_base = base_hub_id(expert.base_model) or base_hub_id(base)
+    fmt_name = _PEFT_NAMES.get(peft_format, peft_format)
+    record = {"task": expert.task, "kind": expert.kind}
+    data = ModelCardData(
+        base_model=hub_base,
+        base_model_relation="adapter" if hub_base else None,
+        library_name="peft",
+        pipeline_tag=PIPELINE_TASK,
+        tags=_tags(record, peft_format),
+    )
+    base_text = f"`{_cell(expert.base_model)}`"
+    if expert.base_revision:
+        base_text += f" (revision `{_cell(expert.base_revision)}`)"
+    if hub_base and hub_base != expert.base_model:
+        base_text += f", on the Hub `{hub_base}`"
+    rows = [
+        ("kind", _cell(expert.kind)),
+        ("base model", base_text),
+        ("adapted weights", f"{len(expert.deltas)}" + (f" ({_cell(expert.targets)})" if expert.targets else "")),
+        ("keep ratio", "-" if expert.keep_ratio is None else f"{expert.keep_ratio:.6g}"),
+        ("trained entries", f"{nnz:,}"),
+    ]
+    if stored > nnz:
+        rows.append(("stored entries", f"{stored:,} (zero-valued padding: {peft_format} fixes the count per layer)"))
+    lines = [
+        f"# {expert.name}",
+        "",
+        f"A hubtool {expert.kind} expert for the task `{expert.task}`, exported to PEFT's {fmt_name} format.",
+        "",
+        "| field | value |",
+        "|---|---|",
+        *(f"| {k} | {v} |" for k, v in rows),
+        "",
+        "## Use it",
+        "",
+        "```python",
+        "from peft import PeftModel",
+        "from transformers import AutoModelForCausalLM",
+        "",
+        f"base = AutoModelForCausalLM.from_pretrained({json.dumps(base)})",
+        'model = PeftModel.from_pretrained(base, "<this folder>")',
+        "```",
+        "",
+        f"`{sidecar}` lets `hub import` restore the expert exactly (metadata, masks without padding).",
+        "",
+    ]
+    return ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)).content
+
+
 def library_card(records: list[dict[str, Any]], *, repo_id: str) -> str:
     """README.md text of an expert library: every expert with its task, kind, headline metric and file."""
     from huggingface_hub import ModelCard, ModelCardData

@@ -483,7 +483,11 @@ def export_peft(
         padded = sum(
             t.numel() for k, t in tensors.items() if k.endswith(("shira_weight", "supertuning_values"))
         )
-        (tmp / "README.md").write_text(_model_card(expert, base, fmt, sum(counts.values()), padded))
+        from hubtool.hub.card import export_card
+
+        card = export_card(expert, peft_format=fmt, base=base, nnz=sum(counts.values()), stored=padded,
+                           sidecar=SIDECAR_FILE)
+        (tmp / "README.md").write_text(card, encoding="utf-8")
     return Path(out_dir).expanduser().absolute()
 
 
@@ -600,39 +604,3 @@ def _sidecar(expert: Expert, deltas: dict[str, Delta], counts: dict[str, int], w
             for w, d in deltas.items()
         },
     }
-
-
-def _model_card(expert: Expert, base: str, fmt: str, nnz: int, stored: int) -> str:
-    # JSON strings are valid YAML scalars, so json.dumps quotes names safely inside the front matter.
-    tags = ["hubtool", "peft", fmt, expert.kind, expert.task]
-    lines = ["---", f"base_model: {json.dumps(base)}", "library_name: peft", "tags:"]
-    lines += [f"- {json.dumps(t)}" for t in dict.fromkeys(tags)]
-    lines += [
-        "---",
-        "",
-        f"# {expert.name}",
-        "",
-        f"A hubtool {expert.kind} expert for the task `{expert.task}`, exported to PEFT's {fmt} format.",
-        "",
-        "| field | value |",
-        "|---|---|",
-        f"| base model | `{base}` |",
-        f"| base revision | `{expert.base_revision or '-'}` |",
-        f"| keep ratio | {expert.keep_ratio if expert.keep_ratio is not None else '-'} |",
-        f"| adapted weights | {len(expert.deltas)} |",
-        f"| trained entries | {nnz} |",
-    ]
-    if stored > nnz:
-        lines.append(f"| stored entries | {stored} (zero-valued padding: {fmt} fixes the count per layer) |")
-    lines += [
-        "",
-        "```python",
-        "from peft import PeftModel",
-        "",
-        'model = PeftModel.from_pretrained(base_model, "<this folder>")',
-        "```",
-        "",
-        f"`{SIDECAR_FILE}` lets `hub import` restore the expert exactly (metadata, masks without padding).",
-        "",
-    ]
-    return "\n".join(lines)

@@ -14,7 +14,6 @@ from hubtool.errors import HubError, shown
 
 METHODS = ("sparse", "block-sparse", "lora", "full")
 MASK_SCORES = ("sensitivity", "snip", "grad", "magnitude", "random")
-TARGET_PRESETS = ("qkv", "attn", "mlp", "all")
 
 # The paper re-selects every 100 micro-batches; at effective batch 16 that is ~6 optimizer steps.
 DEFAULT_MASK_INTERVAL = 6

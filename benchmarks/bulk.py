@@ -1,7 +1,8 @@
 """Fill a catalog with synthetic expert rows, fast, for the `hub list` benchmark.
 
 Rows point at fake blobs (a made-up sha256; no file exists), so `verify()` on such a catalog reports
-every row missing. Never use this on a real catalog.
+every row missing. Never use this on a real catalog: it is a benchmark fixture, kept here in benchmarks/
+(list_latency.py and the tests import it), not in the package.
 
 On SQLite the rows go in through the stdlib sqlite3 module in one transaction, with the indexes
 dropped first and rebuilt after (sorting once beats a million random B-tree inserts): 1,000,000
