@@ -14,6 +14,7 @@ from transformers import AutoModelForCausalLM
 
 from hubtool.delta import BlockSparseDelta, Expert, LoraDelta, SparseDelta
 from hubtool.errors import HubError
+from hubtool.hub.card import export_card
 from hubtool.interop.peft import export_peft, import_peft
 
 QKV = ("q_proj", "k_proj", "v_proj")
@@ -231,7 +232,8 @@ def test_export_lora_round_trips_and_matches_peft(base_dir, tmp_path):
 
 def test_export_writes_a_model_card_and_refuses_to_overwrite(base_dir, tmp_path):
     expert = _random_sparse_expert(_load(base_dir), "sparse")
-    out = export_peft(expert, tmp_path / "out")
+    assert not (export_peft(expert, tmp_path / "bare") / "README.md").exists()  # the card is the caller's
+    out = export_peft(expert, tmp_path / "out", card=export_card)
     card = (out / "README.md").read_text()
     front = yaml.safe_load(card.split("---")[1])
     # "tiny-base" is no Hub id: the card names no base_model rather than one the Hub cannot resolve
@@ -252,7 +254,7 @@ def test_export_card_names_the_embedded_base_by_its_hub_id(base_dir, tmp_path):
     from hubtool.models import EMBEDDED
 
     expert = dataclasses.replace(_random_sparse_expert(_load(base_dir), "sparse"), base_model="smollm2-135m")
-    out = export_peft(expert, tmp_path / "out", base_model_name_or_path=str(base_dir))
+    out = export_peft(expert, tmp_path / "out", base_model_name_or_path=str(base_dir), card=export_card)
     front = yaml.safe_load((out / "README.md").read_text().split("---")[1])
     assert front["base_model"] == EMBEDDED["smollm2-135m"].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
     assert front["base_model_relation"] == "adapter"
@@ -264,7 +266,7 @@ def test_export_files_follow_the_umask(base_dir, tmp_path):
     as the blob store does: 0666 & ~umask for every file, 0777 & ~umask for the folder."""
     from hubtool.fileio import dir_mode, file_mode
 
-    out = export_peft(_random_sparse_expert(_load(base_dir), "sparse"), tmp_path / "out")
+    out = export_peft(_random_sparse_expert(_load(base_dir), "sparse"), tmp_path / "out", card=export_card)
     modes = {p.name: p.stat().st_mode & 0o777 for p in out.iterdir()}
     assert "adapter_model.safetensors" in modes and set(modes.values()) == {file_mode()}, modes
     assert out.stat().st_mode & 0o777 == dir_mode()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import json
 import math
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -430,11 +431,14 @@ def export_peft(
     *,
     base_model_name_or_path: str | None = None,
     format: str | None = None,
+    card: Callable[..., str] | None = None,
 ) -> Path:
     """Write ``expert`` as a PEFT adapter folder at ``out_dir`` (which must not exist yet); returns it.
 
     ``format``: "shira" or "supertuning" for sparse / block-sparse experts (default "shira"), "lora" for LoRA
     experts (the default for them). ``base_model_name_or_path`` defaults to the expert's base model.
+    ``card``: hubtool.hub.card.export_card (`hub export` passes it) writes README.md, the model card; given
+    by the caller because the card belongs to the hub layer, above this one. None: no README.md.
     """
     deltas = {w: d for w, d in expert.deltas.items() if d.nnz}
     fmt = format or ("lora" if deltas and all(d.kind == "lora" for d in deltas.values()) else "shira")
@@ -483,11 +487,10 @@ def export_peft(
         padded = sum(
             t.numel() for k, t in tensors.items() if k.endswith(("shira_weight", "supertuning_values"))
         )
-        from hubtool.hub.card import export_card
-
-        card = export_card(expert, peft_format=fmt, base=base, nnz=sum(counts.values()), stored=padded,
-                           sidecar=SIDECAR_FILE)
-        (tmp / "README.md").write_text(card, encoding="utf-8")
+        if card is not None:
+            text = card(expert, peft_format=fmt, base=base, nnz=sum(counts.values()), stored=padded,
+                        sidecar=SIDECAR_FILE)
+            (tmp / "README.md").write_text(text, encoding="utf-8")
     return Path(out_dir).expanduser().absolute()
 
 
