@@ -59,8 +59,11 @@ bench: install
 	$(PY) benchmarks/bits_per_entry.py
 	$(PY) benchmarks/list_latency.py
 
+# ruff, and the layers of pyproject.toml's [tool.importlinter] (docs/architecture.md, "Layers"): an import
+# from a layer above, a new cycle between layers, or a new top-level module with no layer fails it.
 lint: install
 	.venv/bin/ruff check hubtool tests benchmarks
+	.venv/bin/lint-imports --no-cache --no-logo
 
 clean:
 	rm -rf .venv .pytest_cache

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hashlib
 import os
 from collections.abc import Iterable
 from pathlib import Path
 
 from hubtool.errors import HubError
-from hubtool.fileio import CHUNK, atomic_write, scratch_dir
+from hubtool.fileio import scratch_dir
 from hubtool.paths import models_dir, tmp_dir
 
 # --dtype spellings -> the packed format's value dtype names
@@ -96,11 +95,12 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
     """Write an expert out of the catalog: `peft` (a folder PeftModel.from_pretrained loads) or `hubtool`
     (the packed file, byte for byte). Returns what was written. An existing `out` (a file, or a folder
     that is not empty) is an error unless force=True, which replaces it only once the new one is complete."""
+    from hubtool.hub.pull import hub_download
     from hubtool.registry import Catalog
 
     if fmt not in ("peft", "hubtool"):
         raise HubError(f"--format {fmt!r}: expected 'peft' or 'hubtool'")
-    cat = catalog if hasattr(catalog, "get") else Catalog(catalog)
+    cat = catalog if hasattr(catalog, "get") else Catalog(catalog, download=hub_download())
     rec = cat.get(ref)
     into_folder = os.fspath(out).endswith(("/", os.sep))  # "out/" means a folder, even a new one
     out = Path(out).expanduser()
@@ -114,7 +114,9 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
         if out.is_dir():
             raise HubError(f"--out {out}: is a folder; expected a file name (or a folder ending in '/')")
         _refuse_existing(out, force)
-        _copy_verified(cat.blob_path(rec), out, rec.sha256, rec.ref)  # a rename over the old file
+        from hubtool.registry.blobs import copy_verified
+
+        copy_verified(cat.blob_path(rec), out, rec.sha256, rec.ref)  # a rename over the old file
         return out
     from hubtool.interop.peft import export_peft
 
@@ -145,20 +147,6 @@ def _refuse_existing(out: Path, force: bool) -> None:
         return
     what = "a folder that is not empty" if out.is_dir() else "a file"
     raise HubError(f"--out {out}: already exists ({what}); pass --force to replace it")
-
-
-def _copy_verified(blob: Path, out: Path, sha256: str, ref: str) -> None:
-    """Copy a blob to `out` atomically (temp file beside it, fsync, rename), hashing on the way, so a
-    corrupted blob is refused instead of exported."""
-    if not blob.is_file():
-        raise HubError(f"{ref}: blob {blob} is missing; run `hub verify`")
-    with atomic_write(out) as dst, open(blob, "rb") as src:
-        digest = hashlib.sha256()
-        while chunk := src.read(CHUNK):
-            digest.update(chunk)
-            dst.write(chunk)
-        if digest.hexdigest() != sha256:  # raising inside the block deletes the temp file
-            raise HubError(f"{ref}: blob {blob} does not match its sha256; run `hub verify`")
 
 
 def _loadable_base(base_model: str) -> str:
@@ -198,10 +186,11 @@ def evaluate_expert(
     from hubtool.apply import apply_expert
     from hubtool.data import load_task
     from hubtool.evaluate import evaluate, example_rows
+    from hubtool.hub.pull import hub_download
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.registry import Catalog
 
-    cat = catalog if hasattr(catalog, "get") else Catalog(catalog)
+    cat = catalog if hasattr(catalog, "get") else Catalog(catalog, download=hub_download())
     expert, rec = None, None
     model_path = None
     if target is not None:

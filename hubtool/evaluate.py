@@ -21,7 +21,7 @@ from typing import TYPE_CHECKING, Any
 
 from hubtool.data.metrics import accuracy, exact_match, rouge_l
 from hubtool.data.prompts import has_chat_template, prompt_answer_ids, prompt_ids
-from hubtool.data.tasks import Example, TaskData, load_task
+from hubtool.data.tasks import Example, TaskData
 from hubtool.errors import HubError
 
 if TYPE_CHECKING:
@@ -327,7 +327,11 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
     checks.count(batch_size, "--batch-size")
     checks.count(max_new_tokens, "--max-new-tokens")
     checks.optional_count(max_prompt_tokens, "--max-prompt-tokens")
-    data = load_task(task) if isinstance(task, str) else task
+    if isinstance(task, str):  # a name: a file, folder, built-in or the default catalog's task
+        from hubtool.registry.task_loader import load_task
+
+        task = load_task(task)
+    data = task
     examples = data.split(split)[:limit]
     if not examples:
         raise HubError(f"task {data.name!r} has no examples in split {split!r}")

@@ -297,8 +297,8 @@ def evaluate_routed(
     metrics are evaluate()'s plus routing_accuracy (percent routed to experts[task.name], when the task
     has an expert here). `model` holds the base weights before and after."""
     from hubtool import checks
-    from hubtool.data.tasks import load_task
     from hubtool.evaluate import predict, score
+    from hubtool.registry.task_loader import load_task
 
     checks.optional_count(limit, "--limit")
     checks.count(batch_size, "--batch-size")

@@ -112,9 +112,9 @@ def train(
     # Before any work: the name becomes the run folder and the packed file's name, so it must be a name.
     name = expert_name(task, method, name)
     check_settings(locals())
-    from hubtool.data import load_task
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.paths import hub_home
+    from hubtool.registry.task_loader import load_task
 
     adapter_cfg = AdapterConfig(
         method=method,
@@ -142,9 +142,10 @@ def train(
         cat = catalog
     avoided: Avoided | None = None
     if adapter_cfg.avoid is not None:  # before the model loads: a bad --avoid fails in a second
+        from hubtool.hub.pull import hub_download
         from hubtool.registry import Catalog
 
-        cat = cat or Catalog(catalog)
+        cat = cat or Catalog(catalog, download=hub_download())
         avoided = resolve_avoid(cat, avoid, every=avoid_catalog, base_model=base_id(base), task=task_data.name)
         adapter_cfg.avoid = [r.ref for r in avoided.counted]
     import torch  # the checks above stay torch-free, so a bad setting fails at once

@@ -157,12 +157,12 @@ class PostgresServer:
         return self.url(name)
 
     def _migrated_template(self) -> str:
-        from hubtool.registry import db
+        from hubtool.registry import db, migrate
 
         self.admin('CREATE DATABASE "hub_template"')
         engine = db.make_engine(self.url("hub_template"))
         try:
-            db.ensure_schema(engine, blobs=self.root / "no-blobs")
+            migrate.ensure_schema(engine, blobs=self.root / "no-blobs")
         finally:
             engine.dispose()  # CREATE DATABASE ... TEMPLATE needs the template to have no sessions
         return "hub_template"

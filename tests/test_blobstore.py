@@ -263,9 +263,15 @@ def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path
     assert json.loads(again.stdout)["fetched"] is False
     one_line_error(hub("pull", local.ref, env=env_d), local.ref, "never pushed")
 
-    # In-process: Catalog.load on a fresh store, the endpoint given to the store.
-    cat_e = Catalog(url, blobs=tmp_path / "e" / "blobs")
-    cat_e.blobs.endpoint, cat_e.blobs.token = served.url, ALICE
+    # In-process: Catalog.load on a fresh store, the download (endpoint, token) handed to the catalog; a
+    # catalog opened without one knows no network and names the pull that fetches the blob.
+    from hubtool.errors import NotFoundError
+    from hubtool.hub.pull import hub_download
+
+    with pytest.raises(NotFoundError, match="org/qa@.*hub pull"):
+        Catalog(url, blobs=tmp_path / "e" / "blobs").load(rec.ref)
+    assert not (tmp_path / "e" / "blobs" / rec.blob).exists()
+    cat_e = Catalog(url, blobs=tmp_path / "e" / "blobs", download=hub_download(served.url, ALICE))
     assert cat_e.load(rec.ref).deltas.keys() == cat_a.load(rec.ref).deltas.keys()
 
     # The server's copy changes under it (bit rot, a bad mirror): refused, nothing placed.
@@ -283,3 +289,33 @@ def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path
         assert left["temp"] == left["scratch"] == left["orphans"] == [] and left["remote"] == [rec.ref]
     finally:
         served_blob.write_bytes(original)
+
+
+def test_pull_of_a_repo_whose_row_is_shared_but_whose_blob_is_elsewhere(served, tmp_path, monkeypatch):
+    """`hub pull ORG/REPO` on a shared catalog (one catalog file, two HUB_HOMEs) whose row for the repo's
+    expert already exists but whose blob lives in the other home's store: the row is not registered again,
+    its blob is downloaded, checked and placed in this home's store (this ended in AttributeError, exit 2,
+    while the Hub store forwarded the local store's methods by hand and forgot put_verified)."""
+    from hubserver import ALICE, client_env
+
+    from hubtool.hub.push import push_expert
+
+    home_a, home_b = tmp_path / "a", tmp_path / "b"
+    url = f"sqlite:///{home_a / 'registry.db'}"
+    monkeypatch.setenv("HUB_HOME", str(home_a))
+    cat_a = Catalog(url, blobs=home_a / "blobs")
+    rec = cat_a.register(_tiny_expert(tmp_path, "shared", seed=3))
+    push_expert(rec.ref, "org/shared", endpoint=served.url, token=ALICE, catalog=cat_a)
+    env_b = client_env(served, tmp_path / "b-hf", HUB_HOME=str(home_b), HUB_CATALOG=url)
+
+    pulled = hub("pull", "org/shared", "--json", env=env_b)
+    assert pulled.returncode == 0, pulled.stderr
+    result = json.loads(pulled.stdout)
+    assert result["present"] == [rec.ref] and result["registered"] == []
+    placed = home_b / "blobs" / rec.blob
+    assert placed.read_bytes() == cat_a.blob_path(rec).read_bytes()
+    assert placed.stat().st_mode & 0o777 == file_mode()
+    assert [r.ref for r in cat_a.list(where="name=shared")] == [rec.ref]  # one row, as before
+    assert not [p for p in (home_b / "blobs").rglob(".tmp-*")]
+    again = hub("pull", "org/shared", "--json", env=env_b)  # now local: nothing downloaded, nothing changed
+    assert again.returncode == 0 and json.loads(again.stdout)["present"] == [rec.ref], again.stderr

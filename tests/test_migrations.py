@@ -52,7 +52,7 @@ def test_opening_an_empty_database_upgrades_it_to_head(tmp_path, empty_catalog_u
 
 def test_migrations_match_the_table_definitions(tmp_path, empty_catalog_url):
     engine = db.make_engine(empty_catalog_url)
-    db.ensure_schema(engine, blobs=tmp_path / "blobs")
+    migrate.ensure_schema(engine, blobs=tmp_path / "blobs")
     with engine.connect() as conn:
         diff = compare_metadata(MigrationContext.configure(conn, opts={"compare_type": True}), metadata)
     engine.dispose()

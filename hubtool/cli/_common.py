@@ -115,10 +115,12 @@ TasksOpt = Annotated[
 
 
 def open_catalog(url: str | None):
-    # Imported here so `hub --help` never pays for SQLAlchemy.
+    # Imported here so `hub --help` never pays for SQLAlchemy. A row pushed from another machine sharing
+    # the catalog: its blob is fetched from its Hub repo on first use.
+    from hubtool.hub.pull import hub_download
     from hubtool.registry import Catalog
 
-    return Catalog(url)
+    return Catalog(url, download=hub_download())
 
 
 def resolve_tasks(cat: Any, value: str, *, with_experts: bool = True) -> list[str]:

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hubtool.data.tasks import Example, TaskData, TaskInfo, build_task, jsonl_rows
+from hubtool.data.files import Example, TaskData, TaskInfo, build_task, jsonl_rows
 from hubtool.errors import HubError, NotFoundError
 
 

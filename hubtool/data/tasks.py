@@ -18,264 +18,56 @@ splits. A source with a train split keeps its splits; a missing validation or te
 out of train the same way. A prompt appears once per task: its first occurrence in the highest split
 it is in (test > validation > train) is kept, so no prompt is scored twice or leaks into training.
 
-Nothing here imports torch: `hub tasks` must stay fast. SQLAlchemy is imported only for step 4.
+Nothing here imports torch or SQLAlchemy: `hub tasks` must stay fast. Step 4 asks a catalog handed in
+(hubtool.registry.tasks.load_task opens one from a URL): task files live apart from the catalog.
 """
 
 from __future__ import annotations
 
 import csv
-import hashlib
 import os
-import re
-from collections.abc import Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from hubtool.errors import HubError, NotFoundError, shown
+from hubtool.data import builtin
+from hubtool.data.files import (  # re-exported: the readers' names, as hubtool.data.tasks had them
+    CATEGORY,
+    DATA_SUFFIXES,
+    MAX_CELL,
+    SPLIT_ALIASES,
+    SPLITS,
+    TASK_META,
+    Example,
+    TaskData,
+    TaskInfo,
+    build_task,
+    check_category,
+    jsonl_rows,
+    make_example,
+    make_splits,
+    read_csv,
+    read_file,
+    read_hf_folder,
+    read_jsonl,
+    read_text,
+    split_of,
+)
+from hubtool.errors import HubError, NotFoundError
 from hubtool.paths import hub_home
 
-SPLITS = ("train", "validation", "test")
-# File stems accepted as a split name in a task folder.
-SPLIT_ALIASES = {"train": "train", "validation": "validation", "valid": "validation", "val": "validation",
-                 "dev": "validation", "test": "test"}
-DATA_SUFFIXES = (".jsonl", ".csv")
-TASK_META = "task.json"  # a task folder's own metadata: {"category": ..., "description": ...}
-CATEGORY = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-@dataclass
-class Example:
-    input: str
-    output: str
-    options: list[str] | None = None  # label words / answer texts; `output` is one of them
-    answers: list[str] | None = None  # every gold answer (QA); `output` is the first
-
-    @property
-    def references(self) -> list[str]:
-        """What a prediction is scored against: the output and every other gold answer."""
-        return list(dict.fromkeys([self.output, *(self.answers or [])]))
-
-
-@dataclass
-class TaskData:
-    name: str
-    train: list[Example]
-    validation: list[Example]
-    test: list[Example]
-    source: str = ""
-    description: str = ""
-    category: str | None = None
-
-    def split(self, split: str) -> list[Example]:
-        if split not in SPLITS:
-            raise HubError(f"split {split!r}: expected one of {', '.join(SPLITS)}")
-        return getattr(self, split)
-
-    @property
-    def sizes(self) -> dict[str, int]:
-        return {s: len(self.split(s)) for s in SPLITS}
-
-    @property
-    def kind(self) -> str:
-        """"classification" when every example carries options (scored by log-likelihood)."""
-        examples = [e for s in SPLITS for e in self.split(s)]
-        return "classification" if examples and all(e.options for e in examples) else "generation"
-
-
-@dataclass
-class TaskInfo:
-    name: str
-    source: str
-    sizes: dict[str, int] = field(default_factory=dict)
-    kind: str = "generation"
-    description: str = ""
-    category: str | None = None
-    registered: bool = False  # in the catalog's tasks table
-
-
-def check_category(category: str | None, where: str = "category") -> str | None:
-    """A category is a name like a task's (letters, digits, '.', '_', '-'; at most 64); None is none."""
-    if category is not None and (not isinstance(category, str) or not CATEGORY.fullmatch(category)):
-        raise HubError(f"{where} {category!r}: expected letters, digits, '.', '_' or '-' (at most 64)")
-    return category
+__all__ = [
+    "CATEGORY", "DATA_SUFFIXES", "MAX_CELL", "SPLITS", "SPLIT_ALIASES", "TASK_META", "Example", "TaskData",
+    "TaskInfo", "build_task", "check_category", "default_category", "folder_info", "is_task_folder",
+    "jsonl_rows", "list_tasks", "load_folder", "load_task", "make_example", "make_splits", "read_csv",
+    "read_file", "read_hf_folder", "read_jsonl", "read_text", "registered_tasks", "split_of", "task_meta",
+    "task_search_path",
+]  # fmt: skip
 
 
 def default_category(name: str) -> str | None:
     """The category of a built-in or shared-data task by its name; None for any other."""
-    from hubtool.data import builtin
-
     return builtin.CATEGORIES.get(name)
-
-
-# ----------------------------------------------------------------------------------------- rows
-
-
-def make_example(row: dict[str, Any], where: str) -> Example:
-    """Validate one record ({"input", "output", optional "options", "answers"}); `where` is "file:line"."""
-    for key in ("input", "output"):
-        if not isinstance(row.get(key), str) or not row[key].strip():
-            raise HubError(f"{where}: field {key!r} must be a non-empty string")
-    options, answers = row.get("options"), row.get("answers")
-    for key, value in (("options", options), ("answers", answers)):
-        if value is not None and (
-            not isinstance(value, list) or not value or not all(isinstance(v, str) for v in value)
-        ):
-            raise HubError(f"{where}: field {key!r} must be a non-empty list of strings")
-    if options is not None and row["output"] not in options:
-        raise HubError(f"{where}: output {shown(row['output'])} is not one of the options {shown(options)}")
-    return Example(row["input"], row["output"], options or None, answers or None)
-
-
-# A CSV cell may hold a whole document (an article to summarize); Python's default cap is 128 KiB.
-# Beyond this a cell is an error naming file:line, not a csv.Error from deep inside the reader.
-MAX_CELL = 16 * 2**20
-
-
-def read_text(path: Path) -> str:
-    """The file as text: UTF-8 (a leading BOM is dropped); other bytes are a HubError naming file:line."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        raise HubError(f"{path}: cannot read: {err.strerror}") from None
-    try:
-        return data.decode("utf-8-sig")
-    except UnicodeDecodeError as err:
-        line = data[: err.start].count(b"\n") + 1
-        raise HubError(
-            f"{path}:{line}: not UTF-8 text (byte 0x{data[err.start]:02x} at offset {err.start}); "
-            "save the file as UTF-8"
-        ) from None
-
-
-def jsonl_rows(path: Path) -> Iterator[tuple[int, Any]]:
-    """(line number, parsed JSON) for each non-blank line; a line that isn't JSON is a HubError naming it."""
-    from hubtool.format import safejson
-
-    for lineno, line in enumerate(read_text(path).splitlines(), 1):
-        if line.strip():
-            yield lineno, safejson.loads(line, f"{path}:{lineno}")
-
-
-def read_jsonl(path: Path) -> list[Example]:
-    examples = []
-    for lineno, row in jsonl_rows(path):
-        if not isinstance(row, dict):
-            raise HubError(f"{path}:{lineno}: expected a JSON object with 'input' and 'output'")
-        examples.append(make_example(row, f"{path}:{lineno}"))
-    return examples
-
-
-def _list_cell(cell: str | None, where: str) -> list[str] | str | None:
-    """A CSV cell holding a list: JSON (["a", "b"]) or |-separated (a|b); empty means none."""
-    from hubtool.format import safejson
-
-    if cell is None or not cell.strip():
-        return None
-    if cell.lstrip().startswith("["):
-        try:
-            return safejson.loads(cell, where)
-        except HubError:
-            return cell  # make_example reports it as "not a list"
-    return [part.strip() for part in cell.split("|")]
-
-
-def read_csv(path: Path) -> list[Example]:
-    import io
-
-    examples = []
-    if csv.field_size_limit() < MAX_CELL:
-        csv.field_size_limit(MAX_CELL)
-    reader = csv.DictReader(io.StringIO(read_text(path), newline=""))
-    try:
-        if not reader.fieldnames or not {"input", "output"} <= set(reader.fieldnames):
-            raise HubError(f"{path}:1: expected a header with columns input,output[,options][,answers]")
-        for row in reader:
-            # line_num is the line where this record ends (a quoted cell may span lines).
-            where = f"{path}:{reader.line_num}"
-            if None in row:
-                raise HubError(f"{where}: more cells than header columns")
-            fields = {"input": row["input"], "output": row["output"],
-                      "options": _list_cell(row.get("options"), where), "answers": _list_cell(row.get("answers"), where)}
-            examples.append(make_example(fields, where))
-    except csv.Error as err:  # a cell over MAX_CELL, a quote never closed, ...
-        # reader.reader's count includes the line that failed (the DictReader's stops at the last good row).
-        raise HubError(f"{path}:{reader.reader.line_num}: not a readable CSV row ({err})") from None
-    return examples
-
-
-def read_file(path: Path) -> list[Example]:
-    if path.suffix == ".jsonl":
-        return read_jsonl(path)
-    if path.suffix == ".csv":
-        return read_csv(path)
-    raise HubError(f"{path}: expected a .jsonl or .csv task file")
-
-
-def read_hf_folder(path: Path) -> dict[str, list[Example]]:
-    """A `datasets` save_to_disk folder (one Dataset or a DatasetDict) with input/output columns."""
-    try:
-        import datasets
-    except ImportError:
-        raise HubError(f"{path}: reading a datasets folder needs the `datasets` package (pip install datasets)")
-    loaded = datasets.load_from_disk(str(path))
-    named = dict(loaded) if isinstance(loaded, datasets.DatasetDict) else {"pool": loaded}
-    parts: dict[str, list[Example]] = {}
-    for split_name, dataset in named.items():
-        split = SPLIT_ALIASES.get(split_name, "pool")
-        rows = parts.setdefault(split, [])
-        rows.extend(make_example(dict(r), f"{path}[{split_name}]:{i}") for i, r in enumerate(dataset))
-    return parts
-
-
-# --------------------------------------------------------------------------------------- splits
-
-
-def split_of(text: str, seed: int) -> str:
-    """The split a prompt falls in: 80/10/10 by the first 8 bytes of sha256(f"{seed}|{text}")."""
-    u = int.from_bytes(hashlib.sha256(f"{seed}|{text}".encode()).digest()[:8], "big") / 2**64
-    return "train" if u < 0.8 else "validation" if u < 0.9 else "test"
-
-
-def make_splits(parts: dict[str, list[Example]], seed: int) -> dict[str, list[Example]]:
-    """Turn given parts (keys: split names and/or "pool") into train/validation/test (module docstring)."""
-    out: dict[str, list[Example]] = {s: [] for s in SPLITS}
-    if "train" in parts:
-        out.update({s: list(parts[s]) for s in SPLITS if s in parts})
-        carved = [s for s in SPLITS if s not in parts]
-        pool = out["train"] + parts.get("pool", [])
-        out["train"] = []
-        for e in pool:
-            bucket = split_of(e.input, seed)
-            out[bucket if bucket in carved else "train"].append(e)
-    else:
-        for e in (e for rows in parts.values() for e in rows):
-            out[split_of(e.input, seed)].append(e)
-    seen: set[str] = set()
-    for s in reversed(SPLITS):  # test first: a prompt stays in the highest split it appears in
-        kept = []
-        for e in out[s]:
-            if e.input not in seen:
-                seen.add(e.input)
-                kept.append(e)
-        out[s] = kept
-    return out
-
-
-def build_task(
-    name: str,
-    parts: dict[str, list[Example]],
-    seed: int,
-    source: str,
-    description: str = "",
-    category: str | None = None,
-) -> TaskData:
-    splits = make_splits(parts, seed)
-    if not any(splits.values()):
-        raise HubError(f"{source}: task {name!r} has no examples")
-    return TaskData(
-        name, splits["train"], splits["validation"], splits["test"], source, description, category
-    )
 
 
 # ------------------------------------------------------------------------------------- folders
@@ -415,10 +207,9 @@ def load_task(
 ) -> TaskData:
     """The task a path or name means (first match wins, module docstring). `name` names a task read from
     a file or folder (`hub train --task toy --data data.jsonl` trains task "toy"; default: the file's
-    stem or the folder's name). `catalog` is where step 4 looks: an open Catalog, a URL, None for the
-    default catalog (when it exists; none is created), False for nowhere."""
-    from hubtool.data import builtin
-
+    stem or the folder's name). `catalog` is where step 4 looks: anything with list_tasks() (an open
+    Catalog), or None / False for nowhere. This module knows no catalog: for a URL or the default catalog,
+    hubtool.registry.tasks.load_task opens it (only when steps 1-3 find nothing)."""
     path = Path(name_or_file).expanduser()
     if path.is_file():
         task_name = name or path.stem
@@ -440,22 +231,16 @@ def load_task(
 
 
 def registered_tasks(catalog: Any = None) -> dict[str, Any]:
-    """The catalog's tasks table as {name: TaskRecord}. `catalog` as for load_task; {} for False or a
-    default SQLite catalog that does not exist yet. SQLAlchemy is imported only here."""
-    if catalog is False:
+    """The catalog's tasks table as {name: TaskRecord}: `catalog` is anything with list_tasks() (an open
+    Catalog); {} for None or False. For a URL or the default catalog: hubtool.registry.tasks.registered_tasks."""
+    if catalog is None or catalog is False:
         return {}
-    if hasattr(catalog, "list_tasks"):
-        return {t.name: t for t in catalog.list_tasks()}
-    from hubtool.paths import default_catalog_url
-
-    url = catalog or default_catalog_url()
-    missing = url.startswith("sqlite:///") and not Path(url.removeprefix("sqlite:///")).expanduser().is_file()
-    if catalog is None and missing:
-        return {}  # no catalog yet: don't create one only to find nothing in it
-    from hubtool.registry import Catalog
-
-    with Catalog(url) as cat:
-        return {t.name: t for t in cat.list_tasks()}
+    if not hasattr(catalog, "list_tasks"):
+        raise TypeError(
+            f"registered tasks of {catalog!r}: expected an open Catalog (hubtool.registry.tasks.load_task and "
+            "registered_tasks take a URL)"
+        )
+    return {t.name: t for t in catalog.list_tasks()}
 
 
 def _load_registered(record: Any, seed: int) -> TaskData:
@@ -486,8 +271,6 @@ def list_tasks(registered: Iterable[Any] = ()) -> list[TaskInfo]:
     """Every task a name resolves to: search-path folders first, then built-ins not shadowed by them,
     then the `registered` ones (the catalog's TaskRecords, e.g. registered_tasks().values()) not shadowed
     by either. An offline task that is also registered is marked so; a category set in the catalog wins."""
-    from hubtool.data import builtin
-
     infos: dict[str, TaskInfo] = {}
     for folder in _search_path_tasks():
         infos.setdefault(folder.name, folder_info(folder))

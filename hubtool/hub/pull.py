@@ -24,7 +24,8 @@ from typing import Any
 
 from hubtool.errors import FormatError, HubError, NotFoundError, shown
 from hubtool.hub.client import check_revision, hub_errors, make_api, quiet_client, split_repo
-from hubtool.hub.push import EXPERT_FORMAT, LIBRARY_FILE, RECORD_FILE
+from hubtool.hub.layout import EXPERT_FORMAT, LIBRARY_FILE, RECORD_FILE
+from hubtool.registry.blobs import Download, HubOrigin
 
 _SHA256 = re.compile(r"[0-9a-f]{64}")
 _SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
@@ -72,7 +73,7 @@ def pull(
     if revision is not None:
         check_revision(revision)
     wanted = parse_ref(expert) if expert is not None else None
-    cat = _catalog(catalog)
+    cat = _catalog(catalog, endpoint, token)
     api = make_api(endpoint, token)
     what = f"pulling {repo_id}" + (f"@{revision}" if revision else "")
     errors = {"endpoint": endpoint, "token": token, "repo": repo_id, "revision": revision}
@@ -370,12 +371,12 @@ def _base_warnings(cat: Any, entry: dict[str, Any]) -> list[str]:
     return out
 
 
-def _catalog(catalog: Any) -> Any:
+def _catalog(catalog: Any, endpoint: str | None = None, token: str | None = None) -> Any:
     if hasattr(catalog, "get"):
         return catalog
     from hubtool.registry import Catalog
 
-    return Catalog(catalog)
+    return Catalog(catalog, download=hub_download(endpoint, token))
 
 
 # --- one blob, for a catalog row that is not local (the Hub blob store, `hub pull NAME@VERSION`) --------------
@@ -425,10 +426,21 @@ def download_blob(
     return Path(path)
 
 
+def hub_download(endpoint: str | None = None, token: str | None = None) -> Download:
+    """What a blob store is handed to fetch a row's blob from the Hub (registry.blobs.Download): the
+    endpoint and token are huggingface_hub's, `endpoint`/`token` if given, else HF_ENDPOINT / HF_TOKEN /
+    the stored login. Nothing is imported or contacted until a blob is missing."""
+
+    def download(origin: HubOrigin, sha256: str, folder: Path) -> Path:
+        return download_blob(origin.repo, origin.commit, sha256, folder, endpoint=endpoint, token=token)
+
+    return download
+
+
 def fetch_row(ref: str, *, endpoint: str | None = None, token: str | None = None, catalog: Any = None) -> Any:
     """`hub pull NAME@VERSION`: make a catalog row's blob local, from the Hub repo the row names, and
     check it. Returns (record, fetched): fetched False when the blob was here already."""
-    cat = _catalog(catalog)
+    cat = _catalog(catalog, endpoint, token)
     rec = cat.get(ref)
     if cat.blobs.exists(rec.blob):
         return rec, False
@@ -437,12 +449,13 @@ def fetch_row(ref: str, *, endpoint: str | None = None, token: str | None = None
             f"{rec.ref}: its blob is not in {cat.blobs.root} and the row names no Hub repo to fetch it "
             "from (it was never pushed); run `hub verify`"
         )
-    from hubtool.registry.blobs import HubBlobStore, HubOrigin
+    from hubtool.paths import tmp_dir
+    from hubtool.registry.blobs import HubBlobStore
 
     store = cat.blobs
-    if endpoint is not None or token is not None or not isinstance(store, HubBlobStore):
-        from hubtool.paths import tmp_dir
-
-        store = HubBlobStore(getattr(store, "local", store), tmp_dir(), endpoint=endpoint, token=token)
+    if endpoint is not None or token is not None or getattr(store, "download", None) is None:
+        # one like the catalog's (its folder, on its catalog's list) that downloads from the endpoint asked
+        store = HubBlobStore(store.root, tmp_dir(), catalog=getattr(store, "catalog", None),
+                             download=hub_download(endpoint, token))  # fmt: skip
     store.fetch(rec.blob, rec.sha256, HubOrigin(rec.hub_repo, rec.hub_commit))
     return rec, True

@@ -38,14 +38,16 @@ from typing import Any
 from hubtool.errors import HubError, NotFoundError
 from hubtool.fileio import crash_point
 from hubtool.hub.client import check_repo_id, check_revision, hub_errors, make_api, quiet_client
+from hubtool.hub.layout import (
+    EXPERT_FORMAT,
+    HUB_FORMAT_VERSION,
+    LIBRARY_FILE,
+    LIBRARY_FOLDER,
+    LIBRARY_FORMAT,
+    PEFT_FILES,
+    RECORD_FILE,
+)
 
-RECORD_FILE = "hubtool.json"
-LIBRARY_FILE = "hubtool_library.json"
-LIBRARY_FOLDER = "experts"
-EXPERT_FORMAT = "hubtool-expert-repo"  # hubtool.json's "hub_format"
-LIBRARY_FORMAT = "hubtool-expert-library"
-HUB_FORMAT_VERSION = 1
-PEFT_FILES = ("adapter_config.json", "adapter_model.safetensors")
 # Record fields that describe this machine's catalog, not the expert: never pushed.
 _LOCAL_FIELDS = ("blob", "aliases", "hub_repo", "hub_commit")
 # Paths an expert or library push owns: what an earlier push left there and this one doesn't write goes.
@@ -160,11 +162,11 @@ def push_expert(
 
 def stage_expert(cat: Any, rec: Any, folder: Path) -> tuple[dict[str, Any], list[str]]:
     """Write an expert's repo files (all but the card) into `folder`; (its hubtool.json record, notes)."""
-    from hubtool.api import _copy_verified
+    from hubtool.registry.blobs import copy_verified
 
     file = f"{rec.name}.safetensors"
     _check_name(rec)
-    _copy_verified(cat.blob_path(rec), folder / file, rec.sha256, rec.ref)
+    copy_verified(cat.blob_path(rec), folder / file, rec.sha256, rec.ref)
     record = pushed_record(cat, rec, file)
     peft_format, sidecar, note = _peft_export(cat, rec, folder)
     notes = []
@@ -287,12 +289,12 @@ def push_library(
     records = select_experts(cat, tasks=tasks, experts=experts)
     with _staging() as stage:
         entries = []
-        from hubtool.api import _copy_verified
+        from hubtool.registry.blobs import copy_verified
 
         for rec in records:
             _check_name(rec)
             file = f"{LIBRARY_FOLDER}/{rec.name}-v{rec.version}.safetensors"
-            _copy_verified(cat.blob_path(rec), stage / file, rec.sha256, rec.ref)
+            copy_verified(cat.blob_path(rec), stage / file, rec.sha256, rec.ref)
             entries.append(pushed_record(cat, rec, file))
         _write_json(stage / LIBRARY_FILE, {"hub_format": LIBRARY_FORMAT, "hub_format_version": HUB_FORMAT_VERSION,
                                            "experts": entries})  # fmt: skip
@@ -432,9 +434,10 @@ def _check_name(rec: Any) -> None:
 def _catalog(catalog: Any) -> Any:
     if hasattr(catalog, "get"):
         return catalog
+    from hubtool.hub.pull import hub_download  # a row pushed from another machine: its blob, fetched
     from hubtool.registry import Catalog
 
-    return Catalog(catalog)
+    return Catalog(catalog, download=hub_download())
 
 
 def _staging():

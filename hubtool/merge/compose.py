@@ -102,6 +102,7 @@ def compose(
     progress: Any = None,
 ) -> ComposeResult:
     """Merge the experts a query selects into a model folder (`out`) or a merged expert (`as_expert`)."""
+    from hubtool.hub.pull import hub_download
     from hubtool.registry import Catalog
     from hubtool.registry.lookup import NAME
 
@@ -116,7 +117,7 @@ def compose(
             raise HubError(f"--out {out}: {out_path} already exists; expected a new (or empty) folder")
     if as_expert is not None and not NAME.fullmatch(as_expert):
         raise HubError(f"--as-expert {as_expert!r}: expected letters, digits, '.', '_' or '-' (at most 128)")
-    cat = catalog if hasattr(catalog, "list") else Catalog(catalog)
+    cat = catalog if hasattr(catalog, "list") else Catalog(catalog, download=hub_download())
     plan = make_plan(cat, recipe)
     result = ComposeResult(plan)
     if dry_run:

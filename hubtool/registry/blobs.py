@@ -1,11 +1,13 @@
 """Blob stores: where the packed files behind catalog rows live, named by their sha256.
 
 `BlobStorage` is the interface the catalog uses. `LocalBlobStore` is a directory,
-$HUB_HOME/blobs/ab/abcdef....safetensors. `HubBlobStore` is that directory in front of a Hub endpoint:
+$HUB_HOME/blobs/ab/abcdef....safetensors. `HubBlobStore` is that directory (a subclass) in front of a Hub:
 a row whose blob is not here but which records where it was pushed (hub_repo, hub_commit: set by `hub push`
-and `hub pull`) is downloaded from HF_ENDPOINT (the Hugging Face Hub, or a team's `hub serve`) on first
-use, checked against the row's sha256 and placed in the directory. So machines that share one catalog
-(one SQLite file, a PostgreSQL server) but not a disk can all compose, show and export every row.
+and `hub pull`) is downloaded on first use, checked against the row's sha256 and placed in the directory.
+So machines that share one catalog (one SQLite file, a PostgreSQL server) but not a disk can all compose,
+show and export every row. The catalog knows no network: whoever opens it with a Hub hands the store a
+`Download` function (hubtool.hub.pull.hub_download: HF_ENDPOINT, the Hugging Face Hub or a team's
+`hub serve`); a store without one says which `hub pull` fetches the blob.
 
 A blob file only ever appears complete: bytes go to a temp file in the store (same filesystem), are
 fsynced, and are renamed into place. Identical content is stored once. Temp files start with ".tmp-" and
@@ -28,7 +30,7 @@ import hashlib
 import json
 import os
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,6 +39,7 @@ from typing import BinaryIO, Protocol
 from hubtool.errors import HubError, NotFoundError
 from hubtool.fileio import (
     CHUNK,
+    atomic_write,
     check_writable,
     crash_point,
     file_mode,
@@ -112,6 +115,11 @@ class HubOrigin:
 
     repo: str
     commit: str
+
+
+# download(origin, sha256, folder) -> the path, inside `folder`, of the file of `origin` whose content is
+# `sha256` (unchecked: the store hashes it). The hub layer makes one (hubtool.hub.pull.hub_download).
+Download = Callable[[HubOrigin, str, Path], Path]
 
 
 class BlobStorage(Protocol):
@@ -293,67 +301,59 @@ def _write_all(fd: int, data: bytes) -> None:
         view = view[os.write(fd, view) :]
 
 
-class HubBlobStore:
+class HubBlobStore(LocalBlobStore):
     """A local store that fetches a missing blob from the Hub repo its row was pushed to (first use).
 
-    The endpoint and token are huggingface_hub's: `endpoint`/`token` if given, else HF_ENDPOINT / HF_TOKEN
-    / the stored login. The download goes to a scratch folder in `scratch` ($HUB_HOME/tmp), is hashed
-    while it is copied into the store and placed only when it matches the row's sha256."""
+    `download` is handed in by whoever opens the store with a Hub; without one, a blob that is not here is
+    a NotFoundError naming the repo and the `hub pull` that fetches it. The download goes to a scratch
+    folder in `scratch` ($HUB_HOME/tmp), is hashed while it is copied into the store and placed only when
+    it matches the row's sha256. Everything else is the local directory's."""
 
-    def __init__(self, local: LocalBlobStore, scratch: Path, *, endpoint: str | None = None,
-                 token: str | None = None) -> None:  # fmt: skip
-        self.local = local
-        self.root = local.root
-        self.scratch = scratch
-        self.endpoint = endpoint
-        self.token = token
-
-    # everything but fetch is the local directory's
-    def path(self, location: str) -> Path:
-        return self.local.path(location)
-
-    def exists(self, location: str) -> bool:
-        return self.local.exists(location)
-
-    def open(self, location: str) -> BinaryIO:
-        return self.local.open(location)
-
-    def stage(self, src: Path) -> AbstractContextManager[Staged]:
-        return self.local.stage(src)
-
-    def place(self, staged: Staged) -> str:
-        return self.local.place(staged)
-
-    def trash(self, location: str) -> Trashed | None:
-        return self.local.trash(location)
-
-    def restore(self, trashed: Trashed, location: str) -> None:
-        self.local.restore(trashed, location)
-
-    def files(self) -> Iterator[tuple[str, Path]]:
-        return self.local.files()
+    def __init__(self, root: Path, scratch: Path, *, catalog: str | None = None,
+                 download: Download | None = None) -> None:  # fmt: skip
+        super().__init__(root, catalog=catalog)
+        self.scratch = Path(scratch)
+        self.download = download
 
     def fetch(self, location: str, sha256: str, origin: HubOrigin | None) -> Path:
         """The blob's local file, downloaded from `origin` first when it is not here."""
-        path = self.local.path(check_location(location, sha256))
+        path = self.path(check_location(location, sha256))
         if path.is_file() or origin is None:
-            return self.local.fetch(location, sha256, origin)
-        from hubtool.hub.pull import download_blob
-
+            return super().fetch(location, sha256, origin)
+        if self.download is None:
+            raise NotFoundError(
+                f"blob {path} is not here; its row was pushed to {origin.repo}@{origin.commit[:12]}: "
+                f"`hub pull NAME@VERSION` fetches it"
+            )
         what = f"blob {sha256[:12]} from {origin.repo}@{origin.commit[:12]}"
-        self.local._writable()  # a read-only store fails before the download, naming the store
+        self._writable()  # a read-only store fails before the download, naming the store
         with scratch_dir(self.scratch, "fetch-") as tmp:
             crash_point("fetch-start")
-            downloaded = download_blob(origin.repo, origin.commit, sha256, tmp, endpoint=self.endpoint,
-                                       token=self.token)  # fmt: skip
+            downloaded = self.download(origin, sha256, tmp)
             crash_point("fetch-downloaded")
-            return self.local.put_verified(downloaded, sha256, what)
+            return self.put_verified(downloaded, sha256, what)
 
 
-def open_store(root: Path, scratch: Path, *, catalog: str | None = None) -> HubBlobStore:
-    """The catalog's default store: the local directory `root`, fetching from the Hub on first use.
-    `catalog`: the URL of the catalog that writes through it (it joins the store's list of catalogs)."""
-    return HubBlobStore(LocalBlobStore(root, catalog=catalog), scratch)
+def open_store(root: Path, scratch: Path, *, catalog: str | None = None,
+               download: Download | None = None) -> HubBlobStore:  # fmt: skip
+    """The catalog's store: the local directory `root`, fetching a missing blob through `download` (when
+    given) on first use. `catalog`: the URL of the catalog that writes through it (it joins the store's
+    list of catalogs)."""
+    return HubBlobStore(root, scratch, catalog=catalog, download=download)
+
+
+def copy_verified(blob: Path, out: Path, sha256: str, ref: str) -> None:
+    """Copy a blob to `out` atomically (temp file beside it, fsync, rename), hashing on the way, so a
+    corrupted blob is refused instead of exported or pushed."""
+    if not blob.is_file():
+        raise HubError(f"{ref}: blob {blob} is missing; run `hub verify`")
+    with atomic_write(out) as dst, open(blob, "rb") as src:
+        digest = hashlib.sha256()
+        while chunk := src.read(CHUNK):
+            digest.update(chunk)
+            dst.write(chunk)
+        if digest.hexdigest() != sha256:  # raising inside the block deletes the temp file
+            raise HubError(f"{ref}: blob {blob} does not match its sha256; run `hub verify`")
 
 
 # ---- the store's list of catalogs -------------------------------------------------------------------------

@@ -30,13 +30,14 @@ from sqlalchemy.exc import DBAPIError
 from hubtool import paths
 from hubtool.errors import HubError, NotFoundError
 from hubtool.fileio import crash_point, sha256_file
-from hubtool.registry import baselines, db, lookup
+from hubtool.registry import baselines, db, lookup, migrate
 from hubtool.registry import tables as t
 from hubtool.registry import tasks as task_rows
 from hubtool.registry import verify as verify_store
 from hubtool.registry import where as where_lang
 from hubtool.registry.blobs import (
     BlobStorage,
+    Download,
     HubOrigin,
     Staged,
     check_location,
@@ -91,17 +92,20 @@ def _now() -> datetime:
 class Catalog:
     """Expert versions, their blobs, metrics, tags, aliases, lineage and tasks."""
 
-    def __init__(self, url: str | None = None, *, blobs: Path | None = None) -> None:
+    def __init__(self, url: str | None = None, *, blobs: Path | None = None,
+                 download: Download | None = None) -> None:  # fmt: skip
         """Open (creating or upgrading) the catalog at `url`: any SQLAlchemy URL, default
-        HUB_CATALOG or $HUB_HOME/registry.db. Blobs go to `blobs`, default $HUB_HOME/blobs."""
+        HUB_CATALOG or $HUB_HOME/registry.db. Blobs go to `blobs`, default $HUB_HOME/blobs. `download`
+        fetches a row's blob that is not here from the Hub repo it was pushed to (the catalog knows no
+        network: whoever opens it with a Hub hands one in, hubtool.hub.pull.hub_download())."""
         self.url = url or paths.default_catalog_url()
         # the local directory, fetching a row's blob from its Hub repo on first use (blobs.HubBlobStore)
         # (it lists this catalog among those sharing the store before its first blob: `hub verify` on another
         # catalog then asks this one which blobs it uses)
         self.blobs: BlobStorage = open_store(Path(blobs or paths.blobs_dir()), paths.hub_home() / "tmp",
-                                             catalog=self.url)  # fmt: skip
+                                             catalog=self.url, download=download)  # fmt: skip
         self.engine = db.make_engine(self.url)
-        db.ensure_schema(self.engine, blobs=self.blobs.root)
+        migrate.ensure_schema(self.engine, blobs=self.blobs.root)
 
     def close(self) -> None:
         self.engine.dispose()

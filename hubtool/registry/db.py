@@ -29,14 +29,14 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import TypeVar
 
-from sqlalchemy import Engine, create_engine, event, inspect, text
+from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
 from hubtool.errors import HubError
 
 # The newest migration in migrations/versions. Checked against the scripts by tests/test_migrations.py;
-# comparing to it lets an up-to-date catalog open without importing alembic at all.
+# comparing to it lets an up-to-date catalog open without importing alembic at all (migrate.ensure_schema).
 SCHEMA_HEAD = "0006"
 
 BUSY_TIMEOUT_MS = 30_000
@@ -300,30 +300,3 @@ def stored_revision(engine: Engine) -> str | None:
             raise
 
     return retry(probe, "opening the catalog", engine.url)
-
-
-def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
-    """Bring the database to SCHEMA_HEAD. Imports alembic only when there is something to do.
-    `blobs` is the catalog's blob store, for migrations that read blob headers (default $HUB_HOME/blobs).
-    A database holding tables but no revision is someone else's: refused, never migrated into."""
-    revision = stored_revision(engine)
-    if revision == SCHEMA_HEAD:
-        return
-    if revision is None:
-        tables = sorted(retry(lambda: inspect(engine).get_table_names(), "opening the catalog", engine.url))
-        if tables:
-            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
-            raise HubError(
-                f"catalog {describe(engine.url)}: not a hubtool catalog (it has tables {shown} but no schema "
-                "revision); expected an empty database or a catalog hubtool created"
-            )
-    from hubtool.registry import migrate
-
-    if revision:
-        doing = f"upgrading the catalog schema from revision {revision} to {SCHEMA_HEAD}"
-        expected = (
-            f"the tables of revision {revision} (was the catalog edited, or restored from another version?)"
-        )
-    else:
-        doing, expected = "creating the catalog schema", None
-    retry(lambda: migrate.upgrade(engine, blobs=blobs), doing, engine.url, expected)

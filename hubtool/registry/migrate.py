@@ -1,40 +1,78 @@
-"""Run the catalog's alembic migrations programmatically (no alembic.ini, nothing to configure).
+"""Bring a catalog's schema to SCHEMA_HEAD: the alembic migrations, run programmatically (no alembic.ini,
+nothing to configure).
 
-Imported only when a catalog is not at SCHEMA_HEAD (see db.ensure_schema), since alembic is slow
-to import and `hub list` must start fast.
+`ensure_schema` runs on every catalog open, so this module is cheap to import: alembic (slow to import,
+and `hub list` must start fast) is imported only when a catalog is not at SCHEMA_HEAD. It builds on db.py
+(engines, write transactions, readable errors); db.py knows nothing of migrations.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
-from alembic import command
-from alembic.config import Config
-from alembic.script import ScriptDirectory
 from sqlalchemy import Engine, inspect
 
 from hubtool.errors import HubError
-from hubtool.registry.db import describe, stored_revision, write_transaction
+from hubtool.registry.db import SCHEMA_HEAD, describe, retry, stored_revision, write_transaction
+
+if TYPE_CHECKING:
+    from alembic.config import Config
 
 MIGRATIONS = Path(__file__).parent / "migrations"
 
 
+def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
+    """Bring the database to SCHEMA_HEAD. Imports alembic only when there is something to do.
+    `blobs` is the catalog's blob store, for migrations that read blob headers (default $HUB_HOME/blobs).
+    A database holding tables but no revision is someone else's: refused, never migrated into."""
+    revision = stored_revision(engine)
+    if revision == SCHEMA_HEAD:
+        return
+    if revision is None:
+        tables = sorted(retry(lambda: inspect(engine).get_table_names(), "opening the catalog", engine.url))
+        if tables:
+            shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
+            raise HubError(
+                f"catalog {describe(engine.url)}: not a hubtool catalog (it has tables {shown} but no schema "
+                "revision); expected an empty database or a catalog hubtool created"
+            )
+    if revision:
+        doing = f"upgrading the catalog schema from revision {revision} to {SCHEMA_HEAD}"
+        expected = (
+            f"the tables of revision {revision} (was the catalog edited, or restored from another version?)"
+        )
+    else:
+        doing, expected = "creating the catalog schema", None
+    retry(lambda: upgrade(engine, blobs=blobs), doing, engine.url, expected)
+
+
 def _config() -> Config:
+    from alembic.config import Config
+
     cfg = Config()
     cfg.set_main_option("script_location", str(MIGRATIONS))
     return cfg
 
 
+def _scripts() -> Any:
+    from alembic.script import ScriptDirectory
+
+    return ScriptDirectory.from_config(_config())
+
+
 def script_head() -> str:
     """The newest revision among the migration scripts."""
-    head = ScriptDirectory.from_config(_config()).get_current_head()
+    head = _scripts().get_current_head()
     assert head is not None
     return head
 
 
 def upgrade(engine: Engine, revision: str = "head", *, blobs: Path | None = None) -> None:
     """Migrate to `revision`; `blobs` (the blob store) is there for migrations that read blob headers."""
-    known = {s.revision for s in ScriptDirectory.from_config(_config()).walk_revisions()}
+    from alembic import command
+
+    known = {s.revision for s in _scripts().walk_revisions()}
     current = stored_revision(engine)
     if current is not None and current not in known:
         if "experts" not in inspect(engine).get_table_names():

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from sqlalchemy import Connection, text
 
-from hubtool.registry import db
+from hubtool.registry import db, migrate
 
 HEADER = (
     "-- The catalog schema (SQLite) as the migrations create it. Generated; do not edit:\n"
@@ -33,7 +33,7 @@ def dump_schema(url: str | None = None) -> str:
     if url is not None:
         engine = db.make_engine(url)
         try:
-            db.ensure_schema(engine, blobs=Path(tempfile.gettempdir()) / "hubtool-schema-dump-no-blobs")
+            migrate.ensure_schema(engine, blobs=Path(tempfile.gettempdir()) / "hubtool-schema-dump-no-blobs")
             with engine.connect() as conn:
                 return PG_HEADER + "\n" + _postgres_ddl(conn)
         finally:
@@ -41,7 +41,7 @@ def dump_schema(url: str | None = None) -> str:
     with tempfile.TemporaryDirectory() as tmp:
         engine = db.make_engine(f"sqlite:///{Path(tmp) / 'registry.db'}")
         try:
-            db.ensure_schema(engine)
+            migrate.ensure_schema(engine)
             with engine.connect() as conn:
                 # Tables first, then their indexes, each group by name: a stable order to diff.
                 rows = conn.execute(
