@@ -118,18 +118,21 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
 
         copy_verified(cat.blob_path(rec), out, rec.sha256, rec.ref)  # a rename over the old file
         return out
+    from hubtool.hub.card import export_card  # the model card, as `hub push` writes it
     from hubtool.interop.peft import export_peft
 
     _refuse_existing(out, force)
     if not force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
-        return export_peft(cat.load(rec.ref), out, base_model_name_or_path=_loadable_base(rec.base_model))
+        return export_peft(cat.load(rec.ref), out, base_model_name_or_path=_loadable_base(rec.base_model),
+                           card=export_card)
     # --force over a filled folder: write beside it, then swap, so a failed export leaves the old one.
     import shutil
 
     staging = out.with_name(f".{out.name}.new-{os.getpid()}")
     old = out.with_name(f".{out.name}.old-{os.getpid()}")
     try:
-        export_peft(cat.load(rec.ref), staging, base_model_name_or_path=_loadable_base(rec.base_model))
+        export_peft(cat.load(rec.ref), staging, base_model_name_or_path=_loadable_base(rec.base_model),
+                    card=export_card)
         os.rename(out, old)
         os.rename(staging, out)
     finally:

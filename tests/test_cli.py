@@ -370,6 +370,15 @@ def test_export_peft_and_hubtool(hub_home: Path, tmp_path: Path, tiny_base: Path
     loaded = PeftModel.from_pretrained(named_base, peft_out).eval()
     torch.testing.assert_close(_logits(loaded, TOKENS), want, atol=1e-5, rtol=1e-4)
 
+    # its card is hub/card.py's (as push writes it), and every file is as the umask makes one (not 0600)
+    from hubtool.fileio import file_mode
+
+    card = (peft_out / "README.md").read_text()
+    assert "library_name: peft" in card and "pipeline_tag: text-generation" in card and "# sp" in card
+    assert "base_model:" not in card  # a local folder is no Hub id
+    modes = {f.name: f.stat().st_mode & 0o777 for f in [*peft_out.iterdir(), file_out / "sp-v1.safetensors"]}
+    assert set(modes.values()) == {file_mode()}, modes
+
 
 # --- errors ---------------------------------------------------------------------------------------------
 
@@ -429,3 +438,24 @@ def test_errors_are_one_line_and_leave_nothing_behind(
 
     debug = hub("--debug", "show", "nope")
     assert debug.returncode != 0 and "Traceback" in debug.stderr and "NotFoundError" in debug.stderr
+
+
+def test_tasks_through_a_pipe_keeps_every_word(hub_home: Path, tmp_path: Path) -> None:
+    """Rich gives a pipe 80 columns and cuts cells that do not fit ("classifi…"); with no COLUMNS set, a
+    pipe or file gets the table at its natural width: every cell whole, one row per line."""
+    root = tmp_path / "a-task-folder-with-a-long-name-so-the-table-is-wider-than-eighty-columns"
+    (root / "summarize_long_documents").mkdir(parents=True)
+    rows = [{"input": f"text {i}", "output": f"summary {i}"} for i in range(3)]
+    (root / "summarize_long_documents" / "train.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    env = {k: v for k, v in _env(HUB_TASKS_PATH=str(root)).items() if k != "COLUMNS"}
+    run = lambda *args: subprocess.run([*HUB, "tasks", *args], env=env, capture_output=True, text=True,
+                                       timeout=300, check=True).stdout
+    infos = json.loads(run("--json"))
+    table = run()
+    assert "…" not in table
+    lines = table.splitlines()
+    assert len(lines) == len(infos) + 1  # the header, then one line per task: no row wrapped
+    assert max(map(len, lines)) > 80
+    for info in infos:
+        row = next(line for line in lines if line.split()[0] == info["name"])
+        assert info["kind"] in row and info["source"] in row, row

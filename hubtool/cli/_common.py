@@ -6,6 +6,7 @@ Nothing here imports torch or transformers: `hub --help` and `hub list` must sta
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Annotated, Any
 
@@ -14,8 +15,20 @@ from rich.console import Console
 
 from hubtool.errors import shown
 
-console = Console()
-err_console = Console(stderr=True)
+# Rich gives a pipe or a file 80 columns, and a table that does not fit cuts its cells ("classifi…"):
+# there the consoles are made wide instead, so tables keep their natural width and logs stay readable
+# and greppable. A terminal, or an explicit COLUMNS, keeps Rich's own width.
+PIPE_WIDTH = 4096
+
+
+def _console(stream: Any, *, stderr: bool = False) -> Console:
+    isatty = getattr(stream, "isatty", None)
+    wide = not (isatty is not None and isatty()) and not os.environ.get("COLUMNS")
+    return Console(stderr=stderr, width=PIPE_WIDTH if wide else None)
+
+
+console = _console(sys.stdout)
+err_console = _console(sys.stderr, stderr=True)
 
 # Shared option aliases (huggingface_hub's CLI style): one declaration, used by every command.
 CatalogOpt = Annotated[
