@@ -207,7 +207,6 @@ def profile_child(setup_file: str, shards: int, out: str, result: str) -> None:
     from safetensors import safe_open
     from safetensors.torch import save_file
 
-    from hubtool.kernels import scatter_add_
     from hubtool.merge import execute
     from hubtool.merge.compose import build_recipe
     from hubtool.merge.methods import WeightInputs, merge_weight

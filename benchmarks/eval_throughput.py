@@ -66,14 +66,14 @@ def main() -> None:
     runs: dict[tuple[str, str], list[dict]] = {(t, d): [] for t in TASKS for d in DTYPES}
     started = time.perf_counter()
     for r in range(args.rounds):
-        for task, dtype in runs:
+        for (task, dtype), results in runs.items():
             argv = [sys.executable, __file__, "--child", task, dtype, "--limit", str(args.limit),
                     "--batch-size", str(args.batch_size), "--max-new-tokens", str(args.max_new_tokens)]
-            done = subprocess.run(argv, env=env, capture_output=True, text=True)
+            done = subprocess.run(argv, env=env, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise SystemExit(f"{task} {dtype} failed:\n{done.stderr[-3000:]}")
-            runs[task, dtype].append(json.loads(done.stdout.strip().splitlines()[-1]))
-            print(f"round {r + 1}/{args.rounds} {task} {dtype}: {runs[task, dtype][-1]['examples_per_s']:.2f} ex/s",
+            results.append(json.loads(done.stdout.strip().splitlines()[-1]))
+            print(f"round {r + 1}/{args.rounds} {task} {dtype}: {results[-1]['examples_per_s']:.2f} ex/s",
                   file=sys.stderr, flush=True)
 
     first = next(iter(runs.values()))[0]

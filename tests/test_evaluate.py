@@ -211,7 +211,8 @@ def test_library_functions_stay_callable_after_their_module_is_imported():
 
     importlib.import_module("hubtool.train")
     importlib.import_module("hubtool.evaluate")
-    from hubtool import evaluate as evaluate_, train
+    from hubtool import evaluate as evaluate_
+    from hubtool import train
 
     with pytest.raises(HubError, match="--name '../x'"):
         train("t", name="../x")
