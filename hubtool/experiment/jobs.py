@@ -169,6 +169,8 @@ class Planner:
                     tuned: bool = False) -> ComposeJob:
         label = "tuned" if tuned else method
         key = {"experts": experts, "method": method, "tuned": list(self.preset.tune_weights) if tuned else None}
+        if tuned:
+            key["merge"] = "rescaled-overlap-mean"  # the weights act outside the ratio (runner.TUNED_METHOD)
         name = f"merge-{kind}-{label}-n{len(experts)}-{digest(key)}"
         if tuned:
             argv = ["hub", "experiment", "--preset", self.preset.name, *self.preset.overrides, "--stage", "tune",

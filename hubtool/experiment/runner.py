@@ -22,6 +22,10 @@ from hubtool.merge.compose import HEADLINE
 from hubtool.paths import hub_home
 
 STAGES = ("sweep", "train", "eval", "compose", "tune")
+# The tuned merge's per-task weights act outside overlap-mean's ratio: in overlap-mean itself
+# Σ w_t v_t / Σ_covering w_t is v_t wherever one expert alone covers an entry, so a weight could only
+# change the shared entries (why the quick preset's "tuned" row did nothing; issue 14).
+TUNED_METHOD = "rescaled-overlap-mean"
 
 
 def write_text(path: Path, text: str) -> None:
@@ -377,7 +381,7 @@ class Scorer:
         trace: list[dict[str, Any]] = []
 
         def objective(weights: list[float]) -> float:
-            recipe = build_recipe(experts=job.experts, method="overlap-mean", weights=weights)
+            recipe = build_recipe(experts=job.experts, method=TUNED_METHOD, weights=weights)
             self.use(None, merged_expert(make_plan(self.exp.catalog, recipe), "candidate"))
             losses = [self.val_loss(t) for t in tasks]
             trace.append({"weights": list(weights), "val_loss": losses})
@@ -397,7 +401,7 @@ class Scorer:
         from hubtool.merge.compose import compose
 
         self.use(None)
-        compose(experts=job.experts, method="overlap-mean", weights=weights, as_expert=job.key, catalog=self.exp.catalog)
+        compose(experts=job.experts, method=TUNED_METHOD, weights=weights, as_expert=job.key, catalog=self.exp.catalog)
         write_text(self.exp.root / f"tune-{job.key}.json",
                    json.dumps({"weights": weights, "objective": best, "trace": trace}, indent=1))
         return weights

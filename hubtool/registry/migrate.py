@@ -32,6 +32,12 @@ def ensure_schema(engine: Engine, *, blobs: Path | None = None) -> None:
     if revision is None:
         tables = sorted(retry(lambda: inspect(engine).get_table_names(), "opening the catalog", engine.url))
         if tables:
+            # Another process may have created the schema (tables and revision in one transaction) between
+            # the two reads: the revision, read again after the tables, tells that from a foreign database.
+            revision = stored_revision(engine)
+            if revision == SCHEMA_HEAD:
+                return
+        if tables and revision is None:
             shown = ", ".join(tables[:5]) + (", ..." if len(tables) > 5 else "")
             raise HubError(
                 f"catalog {describe(engine.url)}: not a hubtool catalog (it has tables {shown} but no schema "
