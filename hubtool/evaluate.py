@@ -313,16 +313,12 @@ def _by_length(p: Prediction) -> str:
     return options[max(range(len(per_char)), key=per_char.__getitem__)]
 
 
-def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "test", limit: int | None = None,
-             max_new_tokens: int = 64, batch_size: int = 8, predictions: list[Prediction] | None = None,
-             max_prompt_tokens: int | None = None) -> dict[str, float]:
-    """Metrics of `model` on a split of `task` (a TaskData or a name for load_task): rougeL, exact_match,
-    accuracy (tasks with options) in percent, plus n, seconds and examples_per_s. Pass a list as
-    `predictions` to receive the per-example predictions. max_prompt_tokens cuts each prompt from the
-    left as training does (an expert trained with --max-length L is scored on what it saw)."""
+def scored_examples(task: TaskData | str, *, split: str, limit: int | None, max_new_tokens: int, batch_size: int,
+                    max_prompt_tokens: int | None) -> list[Example]:
+    """The examples an evaluation scores (the first `limit` of the split), its options checked first: the
+    rules of `hub eval`'s options, for library callers too (a limit of -1 would drop one example)."""
     from hubtool import checks
 
-    # The rules of `hub eval`'s options, for library callers too (a limit of -1 would drop one example).
     checks.optional_count(limit, "--limit")
     checks.count(batch_size, "--batch-size")
     checks.count(max_new_tokens, "--max-new-tokens")
@@ -331,10 +327,21 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
         from hubtool.registry.task_loader import load_task
 
         task = load_task(task)
-    data = task
-    examples = data.split(split)[:limit]
+    examples = task.split(split)[:limit]
     if not examples:
-        raise HubError(f"task {data.name!r} has no examples in split {split!r}")
+        raise HubError(f"task {task.name!r} has no examples in split {split!r}")
+    return examples
+
+
+def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "test", limit: int | None = None,
+             max_new_tokens: int = 64, batch_size: int = 8, predictions: list[Prediction] | None = None,
+             max_prompt_tokens: int | None = None) -> dict[str, float]:
+    """Metrics of `model` on a split of `task` (a TaskData or a name for load_task): rougeL, exact_match,
+    accuracy (tasks with options) in percent, plus n, seconds and examples_per_s. Pass a list as
+    `predictions` to receive the per-example predictions. max_prompt_tokens cuts each prompt from the
+    left as training does (an expert trained with --max-length L is scored on what it saw)."""
+    examples = scored_examples(task, split=split, limit=limit, max_new_tokens=max_new_tokens,
+                               batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
     was_training = model.training
     model.eval()
     try:

@@ -296,20 +296,14 @@ def evaluate_routed(
     answered by the expert `router` chooses for it; predictions and choices in the examples' order.
     metrics are evaluate()'s plus routing_accuracy (percent routed to experts[task.name], when the task
     has an expert here). `model` holds the base weights before and after."""
-    from hubtool import checks
-    from hubtool.evaluate import predict, score
+    from hubtool.evaluate import predict, score, scored_examples
     from hubtool.registry.task_loader import load_task
 
-    checks.optional_count(limit, "--limit")
-    checks.count(batch_size, "--batch-size")
-    checks.count(max_new_tokens, "--max-new-tokens")
-    checks.optional_count(max_prompt_tokens, "--max-prompt-tokens")
     if set(router.tasks) != set(experts):
         raise HubError(f"experts: {', '.join(experts)} are not the router's tasks ({', '.join(router.tasks)})")
     data = load_task(task) if isinstance(task, str) else task
-    examples = data.split(split)[:limit]
-    if not examples:
-        raise HubError(f"task {data.name!r} has no examples in split {split!r}")
+    examples = scored_examples(data, split=split, limit=limit, max_new_tokens=max_new_tokens, batch_size=batch_size,
+                               max_prompt_tokens=max_prompt_tokens)
     was_training = model.training
     model.eval()
     try:
