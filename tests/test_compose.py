@@ -246,3 +246,16 @@ def test_cli_compose_dry_run_and_out(base, hub_home, tmp_path):
     assert (tmp_path / "m" / "model.safetensors.index.json").is_file()
     bad = subprocess.run([*hub, "compose", "--tasks", "nope", "--out", str(tmp_path / "m2")], capture_output=True, text=True, check=False)
     assert bad.returncode != 0 and len(bad.stderr.strip().splitlines()) == 1 and "nope" in bad.stderr
+
+
+def test_weights_summing_to_zero_are_refused_where_the_method_divides_by_them():
+    """issue 15 §8: --weights 1,-1 under mean, magnitude-prune and dare-linear --normalize raised
+    ZeroDivisionError; where the method does not divide by the sum, the same weights are fine."""
+    from hubtool.merge.compose import build_recipe
+
+    for method, normalize in (("mean", None), ("overlap-mean", None), ("magnitude-prune", None),
+                              ("dare-linear", True)):
+        with pytest.raises(HubError, match="weights sum to 0"):
+            build_recipe(experts=["a", "b"], method=method, weights=[1.0, -1.0], normalize=normalize)
+    for method, normalize in (("task-arithmetic", None), ("dare-linear", None), ("magnitude-prune", False)):
+        build_recipe(experts=["a", "b"], method=method, weights=[1.0, -1.0], normalize=normalize)

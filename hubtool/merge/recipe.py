@@ -69,8 +69,6 @@ class Recipe:
         for e in self.experts:
             if not math.isfinite(e.weight):
                 raise HubError(f"{where}: experts[{e.ref}].parameters.weight: expected a finite number")
-        if sum(e.weight for e in self.experts) == 0 and self.experts and self.method in ("mean", "overlap-mean"):
-            raise HubError(f"{where}: the expert weights sum to 0; {self.method} divides by them")
         if self.dtype is not None:
             if self.dtype not in OUT_DTYPES:
                 raise HubError(f"{where}: dtype {self.dtype!r}: expected bfloat16, float16 or float32")
@@ -85,6 +83,15 @@ class Recipe:
                 raise HubError(f"{where}: parameters.{name}: {self.method} takes no {name}")
         if "density" in spec.params and self.density is None:
             self.density = spec.defaults.get("density")
+        # Methods that divide by Σ w_t (mean; magnitude-prune and dare-linear when normalising): weights
+        # summing to 0 would divide by zero.
+        normalizing = {"mean": True, "overlap-mean": True, "magnitude-prune": True, "dare-linear": False}
+        divides = self.method in normalizing and (
+            normalizing[self.method] if self.normalize is None or self.method in ("mean", "overlap-mean")
+            else self.normalize)
+        if divides and self.experts and sum(e.weight for e in self.experts) == 0:
+            flag = "" if self.method in ("mean", "overlap-mean") else " (with --normalize)"
+            raise HubError(f"{where}: the expert weights sum to 0; {self.method}{flag} divides by their sum")
         return self
 
     # --- YAML ---------------------------------------------------------------------------------------
