@@ -892,3 +892,37 @@ def test_ndjson_parser_streams_and_matches_json():
     p.discard_all()
     with pytest.raises(ParseError):
         NDJSONParser(lambda: Path("/tmp/never"), max_line_bytes=100).feed(b'{"a":"' + b"x" * 200 + b'"}')
+
+
+def test_numbers_in_queries_and_headers_are_ascii_digits_or_ignored(server):
+    """issue 15 §8: '²' passes str.isdigit() but not int(), and int() refuses thousands of digits: both
+    were 500s. Each number now follows one bounded ASCII-digit rule (names.ascii_int)."""
+    from urllib.parse import quote
+
+    api = server.api()
+    api.create_repo("org/numbers")
+    big = bytes(range(256)) * 40
+    api.upload_file(path_or_fileobj=big, path_in_repo="w.bin", repo_id="org/numbers")
+    huge = "9" * 5000
+    for query in ("limit", "p"):
+        for value in ("²", "٣", huge):
+            status, _, body = server.raw("GET", f"/api/models/org/numbers/commits/main?{query}={quote(value)}")
+            assert status == 200 and isinstance(json.loads(body), list), (query, value, status)
+    for value in ("²", huge):
+        status, _, _ = server.raw("GET", f"/api/models/org/numbers/tree/main?limit={quote(value)}&cursor={quote(value)}")
+        assert status < 500, (value, status)
+    # Range: a non-ASCII digit makes the header malformed (the whole file); a start past any size is
+    # unsatisfiable; an end past the file is the file's end.
+    path = "/org/numbers/resolve/main/w.bin"
+    status, _, body = server.raw("GET", path, headers={"Range": "bytes=1²-"})
+    assert status == 200 and body == big
+    status, _, _ = server.raw("GET", path, headers={"Range": f"bytes={huge}-"})
+    assert status == 416
+    status, _, body = server.raw("GET", path, headers={"Range": f"bytes=10-{huge}"})
+    assert status == 206 and body == big[10:]
+    status, _, body = server.raw("GET", path, headers={"Range": f"bytes=-{huge}"})
+    assert status == 206 and body == big
+    from hubtool.hub.server.names import NUMBER_CAP, ascii_int
+
+    assert [ascii_int(x) for x in ("0", "007", "²", "١٢", "", None, "-1", huge)] == [0, 7, None, None, None, None,
+                                                                                   None, NUMBER_CAP]

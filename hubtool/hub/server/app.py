@@ -315,8 +315,8 @@ class HubApp:
 
     @staticmethod
     async def read_body(request: Request, limit: int = MAX_JSON_BODY) -> bytes:
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        declared = names.ascii_int(request.headers.get("content-length"))
+        if declared is not None and declared > limit:
             raise ApiError(413, "PayloadTooLarge", f"request body larger than {limit} bytes")
         chunks, size = [], 0
         async for chunk in request.stream():
@@ -855,8 +855,8 @@ class HubApp:
         extra_temps: list = []
         state: dict[str, Any] = {"header": None, "ops": []}
         limit = self.max_commit_bytes
-        declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        declared = names.ascii_int(request.headers.get("content-length"))
+        if declared is not None and declared > limit:
             raise ApiError(413, "PayloadTooLarge", f"commit body larger than the server's {limit} bytes")
         received = 0
         try:
@@ -1102,13 +1102,13 @@ class HubApp:
     async def lfs_put(self, request: Request, oid: str) -> Response:
         params = request.query_params
         size_text = params.get("size", "")
-        if not names.SHA256.fullmatch(oid) or not size_text.isdigit():
+        size = names.ascii_int(size_text)
+        if not names.SHA256.fullmatch(oid) or size is None:
             raise bad_request("InvalidOid", "invalid LFS upload URL")
         if not self.signer.check(params.get("sig"), params.get("exp"), "upload", oid, size_text):
             raise ApiError(
                 403, "InvalidSignature", "the upload URL is invalid or has expired; ask the batch API again"
             )
-        size = int(size_text)
         temp = self.storage.temp_path("lfs")
         sha = hashlib.sha256()
         git = hashlib.sha1(b"blob %d\0" % size)
@@ -1265,9 +1265,8 @@ def _split_revision(args: list[str]) -> tuple[str, list[str]]:
 
 
 def _int(value: str | None, default: int, low: int, high: int) -> int:
-    if value is None or not value.isdigit():
-        return default
-    return max(low, min(high, int(value)))
+    number = names.ascii_int(value)
+    return default if number is None else max(low, min(high, number))
 
 
 def _object_id(repo: RepoRef) -> str:
@@ -1309,17 +1308,17 @@ def _parse_range(header: str, size: int):
     if not dash:
         return None
     first, last = first.strip(), last.strip()
+    a, b = names.ascii_int(first), names.ascii_int(last)
     if first == "":
-        if not last.isdigit() or int(last) == 0:
-            return "unsatisfiable" if last == "0" else None
-        return max(0, size - int(last)), size - 1
-    if not first.isdigit() or (last and not last.isdigit()):
+        if not b:
+            return "unsatisfiable" if b == 0 else None
+        return max(0, size - b), size - 1
+    if a is None or (last and b is None):
         return None
-    start = int(first)
-    end = min(int(last), size - 1) if last else size - 1
-    if start >= size or (last and int(last) < start):
+    end = min(b, size - 1) if b is not None else size - 1
+    if a >= size or (b is not None and b < a):
         return "unsatisfiable"
-    return start, end
+    return a, end
 
 
 async def _read_range(raw, start: int, length: int):

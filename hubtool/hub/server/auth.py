@@ -27,6 +27,7 @@ import time
 from pathlib import Path
 
 from hubtool.errors import HubError
+from hubtool.hub.server.names import ascii_int
 
 _USER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
 _TOKEN = re.compile(r"[\x21-\x7e]{8,1024}")
@@ -181,6 +182,7 @@ class Signer:
         return hmac.new(self._secret, message, hashlib.sha256).hexdigest()
 
     def check(self, signature: str | None, expires: str | None, *fields: str) -> bool:
-        if not signature or not expires or not expires.isdigit() or int(expires) < time.time():
+        deadline = ascii_int(expires)
+        if not signature or deadline is None or deadline < time.time():
             return False
         return hmac.compare_digest(signature.encode(), self.sign(*fields, expires).encode())

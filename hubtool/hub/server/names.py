@@ -129,3 +129,16 @@ def check_sha256(oid: object) -> str:
     if not isinstance(oid, str) or not SHA256.fullmatch(oid):
         raise bad_request("InvalidOid", "invalid LFS oid: expected 64 lowercase hex digits (sha256)")
     return oid
+
+
+_ASCII_DIGITS = re.compile(r"[0-9]+")
+NUMBER_CAP = 10**18  # above any size, offset or time this server meets
+
+
+def ascii_int(text: str | None) -> int | None:
+    """The one rule for numbers in query parameters and headers: ASCII decimal digits only, else None.
+    str.isdigit() also passes '²' and other scripts' digits, which int() refuses (a 500); past 18 digits
+    the value is NUMBER_CAP, so thousands of digits never reach int() (Python refuses > 4300 of them)."""
+    if text is None or not _ASCII_DIGITS.fullmatch(text):
+        return None
+    return NUMBER_CAP if len(text.lstrip("0")) > 18 else int(text)
