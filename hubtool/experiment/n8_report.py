@@ -105,6 +105,8 @@ class N8Report:
                   f"Command: `{command}` (resumable; `--report-only` rebuilds this section from the files).", ""]
         lines += self.gate_lines()
         table, _ = self.table(fmt)
+        if len(table) == 2:
+            table.append("\n_No row is scored on the test split yet (the gate decides the held-in tasks first)._")
         lines += ["### Held-in and held-out scores with 95% intervals", "",
                   ("Scores in percent (accuracy for tasks with options, Rouge-L otherwise), each the mean over tasks of "
                   "the per-task mean. R = Σ merged / Σ single (retention), G = Σ (merged − base) / Σ (single − base) "
