@@ -327,6 +327,12 @@ class N8:
             self.save_state()
         if len(self.held_in) < 2:
             raise HubError(f"the pilot gate kept {len(self.held_in)} tasks; merging needs at least 2")
+        if len(self.held_in) < want:
+            note = (f"only {len(self.held_in)} of the {len(candidates)} candidate tasks passed the gate: the merges "
+                    f"are of N={len(self.held_in)} experts, not {want} (add spares, or train longer)")
+            if note not in self.state["notes"]:
+                self.state["notes"].append(note)
+            self.save_state()
 
     def experts_of(self, label: str, seed: int | None = None, **extra: Any) -> list[str]:
         seed = self.p.merge_seed if seed is None else seed
