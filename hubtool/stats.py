@@ -131,6 +131,10 @@ class Bootstrap:
                 self._observed[row, task] = float(array.mean())
                 self._drawn[row, task] = array[index].mean(axis=1)  # [draws]
 
+    def observed(self, row: str, task: str) -> float | None:
+        """The row's mean outcome on the task as observed; None where the row has no outcomes there."""
+        return self._observed.get((row, task))
+
     # ---- the statistics -------------------------------------------------------------------------
 
     def mean(self, row: str, tasks: Sequence[str] | None = None) -> Estimate:

@@ -117,3 +117,15 @@ def world(tmp_path_factory: pytest.TempPathFactory):
         mp.delenv("HUB_CATALOG", raising=False)
         mp.delenv("HUB_DEBUG", raising=False)
         yield World.build(root)
+
+
+@pytest.fixture(scope="module")
+def one_thread() -> Iterator[None]:
+    """Torch on one thread for a module of tiny models: they gain nothing from threads, and lose much to
+    them when the cores are busy. Use with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

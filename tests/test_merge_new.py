@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from test_merge_methods import ref_disjoint
 from tiny import make_tiny_llama
 
 from hubtool.delta import BlockSparseDelta, Expert, FullDelta, LoraDelta, SparseDelta
@@ -57,18 +58,6 @@ def case():
     deltas = [torch.randn(SHAPE, generator=gen) * m for m in masks]
     deltas[0][0, 2], deltas[1][0, 2], deltas[2][0, 2] = 1.0, -3.0, 0.5
     return torch.stack(deltas), torch.stack(masks)
-
-
-def ref_disjoint(D, w, normalize=True):
-    """TIES' elect + disjoint merge on dense [N, out, in] deltas (0 = absent)."""
-    wd = D * w[:, None, None]
-    sign = torch.where(wd.sum(0) >= 0, 1.0, -1.0)
-    agree = torch.sign(D) == sign
-    num = (wd * agree).sum(0)
-    if not normalize:
-        return num
-    den = (w[:, None, None] * agree).sum(0)
-    return torch.where(den > 0, num / den.clamp_min(1e-30), 0.0)
 
 
 # --- rescaled-overlap-mean --------------------------------------------------------------------------------

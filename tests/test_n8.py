@@ -5,28 +5,18 @@ alone (a second home with no catalog)."""
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-
-
-def hub(*args: str, home: Path, timeout: int = 900) -> subprocess.CompletedProcess[str]:
-    env = {**os.environ, "HUB_HOME": str(home), "COLUMNS": "200"}
-    env.pop("HUB_CATALOG", None)
-    env.pop("HUB_EXPERIMENT_CATALOG", None)
-    return subprocess.run([sys.executable, "-m", "hubtool", *args], env=env, capture_output=True, text=True,
-                          timeout=timeout, check=False)
+from test_experiment import hub
 
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:
     root = tmp_path_factory.mktemp("n8")
     home, out = root / "hub", root / "results"
-    result = hub("experiment", "--preset", "smoke-n8", "--out", str(out), home=home)
+    result = hub("experiment", "--preset", "smoke-n8", "--out", str(out), home=home, timeout=900)
     assert result.returncode == 0, result.stdout + result.stderr
     return {"home": home, "out": out, "md": out.with_suffix(".md").read_text()}
 

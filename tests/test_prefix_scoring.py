@@ -27,13 +27,7 @@ def model():
     return make_tiny_llama(vocab=128, hidden=32, heads=2, kv_heads=1)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """A model this small gains nothing from threads, and loses much to them on busy cores."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def random_examples(seed: int, n: int) -> list[Example]:

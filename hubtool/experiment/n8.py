@@ -109,7 +109,7 @@ class N8:
     def _timed(self, key: str, fn: Any) -> Any:
         start = time.perf_counter()
         result = fn()
-        self.exp.record_time(type("J", (), {"key": key})(), time.perf_counter() - start)
+        self.exp.record_time(key, time.perf_counter() - start)
         return result
 
     # --- the pieces: train, score, merge --------------------------------------------------------------
@@ -205,7 +205,7 @@ class N8:
                     "batch_size": self.p.batch_size, "max_prompt_tokens": self.p.max_length}
         start = time.perf_counter()
         metrics = evaluate(self.scorer.model, self.scorer.tokenizer, t.data, predictions=predictions, **settings)
-        self.exp.record_time(type("J", (), {"key": f"eval:{subject}:{task}:{split}"})(), time.perf_counter() - start)
+        self.exp.record_time(f"eval:{subject}:{task}:{split}", time.perf_counter() - start)
         rows = example_rows(predictions)
         self.store(subject, task, split, rows, settings, metrics)
         return rows

@@ -70,12 +70,10 @@ class N8Report:
 
     def have(self, label: str, tasks: list[str]) -> bool:
         return self.boot is not None and label in self.boot.rows and all(
-            (label, t) in self.boot._observed for t in tasks)
+            self.boot.observed(label, t) is not None for t in tasks)
 
     def cell(self, label: str, task: str) -> float | None:
-        if self.boot is None or (label, task) not in self.boot._observed:
-            return None
-        return self.boot._observed[label, task]
+        return None if self.boot is None else self.boot.observed(label, task)
 
     def est(self, fn: str, *args: Any, tasks: list[str]) -> Any:
         """A bootstrap statistic over `tasks`, or None while a row lacks one of them."""

@@ -164,9 +164,9 @@ class Experiment:
         except NotFoundError:
             return False
 
-    def record_time(self, job: Job, seconds: float) -> None:
+    def record_time(self, key: str, seconds: float) -> None:
         """Seconds and the source commit of each job run here: the report states which code made its numbers."""
-        self.timings[job.key] = {"seconds": round(seconds, 2), "commit": self._commit}
+        self.timings[key] = {"seconds": round(seconds, 2), "commit": self._commit}
         write_text(self.root / "timings.json", json.dumps(self.timings, indent=1, sort_keys=True))
 
     # --- running --------------------------------------------------------------------------------------
@@ -209,7 +209,7 @@ class Experiment:
                                     jobs=f"{counts['ran']} run, {counts['cached']} cached; to do: {todo}{note}")
                     start = time.perf_counter()
                     self.run_job(job, plan, scorer)
-                    self.record_time(job, time.perf_counter() - start)
+                    self.record_time(job.key, time.perf_counter() - start)
                     if not self.done(job):  # a bug, not a user error: never loop on it
                         raise RuntimeError(f"job {job.key} ran but its result is not in the catalog")
                     spent += job.cost
