@@ -72,3 +72,28 @@ def test_a_rerun_scores_and_trains_nothing(run: dict) -> None:
     result = hub("experiment", "--preset", "smoke-n8", "--out", str(run["out"]), home=run["home"], timeout=300)
     assert result.returncode == 0, result.stderr
     assert "train " not in result.stdout and "score " not in result.stdout and "compose " not in result.stdout
+
+
+def test_failing_tasks_fill_the_merge_when_the_spares_run_out(run: dict, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The gate set at the best gain: that task passes; the others fail, there is no spare, so they fill the
+    merge to N in order of their gain, marked as such, and the report gives R and G over the passing task."""
+    from dataclasses import replace
+
+    from hubtool.experiment.n8 import N8
+    from hubtool.experiment.presets import get_preset
+    from hubtool.experiment.runner import Experiment
+
+    gains = {t: g["gain"] for t, g in json.loads((run["out"] / "smoke-n8" / "state.json").read_text())["gate"].items()}
+    assert len(set(gains.values())) > 1, gains  # the smoke world's experts differ, or this test shows nothing
+    best = max(gains.values())
+    monkeypatch.setenv("HUB_HOME", str(run["home"]))
+    n8 = N8(Experiment.open(replace(get_preset("smoke-n8"), gate=best)), out=None)
+    try:
+        n8.gate()
+    finally:
+        n8.scorer.close()
+    passed = [t for t, g in gains.items() if g >= best]
+    failed = sorted((t for t in gains if t not in passed), key=lambda t: -gains[t])
+    assert n8.held_in == passed + failed and n8.state["passed"] == passed
+    assert all(n8.state["gate"][t]["filled"] for t in failed)
+    assert any("fill the merge to N=3" in note for note in n8.state["notes"])

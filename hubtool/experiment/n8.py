@@ -297,7 +297,10 @@ class N8:
 
     def gate(self) -> None:
         """Pick the 8 held-in tasks: each candidate's seed-0 sparse expert must beat the base by at least
-        `gate` points on validation; a failing task is replaced by the next spare."""
+        `gate` points on validation; a failing task is replaced by the next spare. When the spares run out,
+        the failing candidates that gained most fill the remaining places, marked as such: the merge is still
+        of N experts (its interference is what is measured), and the report gives R and G over the passing
+        tasks apart."""
         from hubtool.data import load_task
         from hubtool.train import data_fingerprint
 
@@ -308,7 +311,7 @@ class N8:
         candidates = [t.name for t in self.exp.tasks if not t.held_out] + list(self.p.spares)
         want = len([t for t in self.exp.tasks if not t.held_out])
         seed = self.p.merge_seed
-        self.held_in = []
+        self.held_in, failed = [], []
         for task in candidates:
             if len(self.held_in) == want:
                 break
@@ -318,21 +321,28 @@ class N8:
             passed = mine - base >= self.p.gate
             self.state["gate"][task] = {"base": base, "expert": mine, "gain": mine - base, "passed": passed,
                                         "limit": self.p.val_limit}
-            if passed:
-                self.held_in.append(task)
-            else:
-                self.state["notes"].append(
-                    f"{task} replaced: its seed-{seed} sparse expert gained {mine - base:+.1f} points on "
-                    f"validation (gate: {self.p.gate:g})")
+            (self.held_in if passed else failed).append(task)
             self.save_state()
+        fill = sorted(failed, key=lambda t: -self.state["gate"][t]["gain"])[: want - len(self.held_in)]
+        for task in failed:
+            g = self.state["gate"][task]
+            g["filled"] = task in fill
+            if task not in fill:
+                self._note(f"{task} replaced: its seed-{seed} sparse expert gained {g['gain']:+.1f} points on "
+                           f"validation (gate: {self.p.gate:g})")
+        if fill:
+            self._note(f"only {len(self.held_in)} of the {len(candidates)} candidate tasks passed the gate, so "
+                       f"{', '.join(fill)} (the failing ones that gained most) fill the merge to N={want}; R and G "
+                       f"are also given over the {len(self.held_in)} passing tasks")
+        self.state["passed"] = list(self.held_in)
+        self.held_in += fill
         if len(self.held_in) < 2:
             raise HubError(f"the pilot gate kept {len(self.held_in)} tasks; merging needs at least 2")
-        if len(self.held_in) < want:
-            note = (f"only {len(self.held_in)} of the {len(candidates)} candidate tasks passed the gate: the merges "
-                    f"are of N={len(self.held_in)} experts, not {want} (add spares, or train longer)")
-            if note not in self.state["notes"]:
-                self.state["notes"].append(note)
-            self.save_state()
+        self.save_state()
+
+    def _note(self, text: str) -> None:
+        if text not in self.state["notes"]:
+            self.state["notes"].append(text)
 
     def experts_of(self, label: str, seed: int | None = None, **extra: Any) -> list[str]:
         seed = self.p.merge_seed if seed is None else seed

@@ -135,12 +135,19 @@ class N8Report:
                "each candidate task (a task that gains less than the gate is replaced by the next spare):"), "",
                "| task | n | base | expert | gain | kept |", "|---|---|---|---|---|---|"]
         for task, g in gate.items():
-            out.append(f"| {task} | {g['limit']} | {g['base']:.1f} | {g['expert']:.1f} | {g['gain']:+.1f} | "
-                       f"{'yes' if g['passed'] else '**replaced**'} |")
+            kept = "yes" if g["passed"] else "**failed; fills the merge**" if g.get("filled") else "**replaced**"
+            out.append(f"| {task} | {g['limit']} | {g['base']:.1f} | {g['expert']:.1f} | {g['gain']:+.1f} | {kept} |")
         return [*out, ""]
 
+    def passing(self) -> list[str]:
+        """The held-in tasks that passed the gate, when failing ones fill the merge (else [])."""
+        passed = self.state.get("passed")
+        return [t for t in self.held_in if t in passed] if passed and set(passed) != set(self.held_in) else []
+
     def table(self, fmt: Any) -> tuple[list[str], bool]:
-        head = ["model", "held-in mean", "R", "G", "held-out mean",
+        passing = self.passing()
+        head = ["model", "held-in mean", "R", "G", *([f"R ({len(passing)} passing)", f"G ({len(passing)} passing)"]
+                                                     if passing else []), "held-out mean",
                 *self.held_in, *[f"{t} (held-out)" for t in self.held_out]]
         out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
         complete = True
@@ -159,12 +166,17 @@ class N8Report:
                 r = self.est("retention", label, single, tasks=self.held_in)
                 if self.have(BASE_ROW, self.held_in):
                     g = self.est("gain", label, single, BASE_ROW, tasks=self.held_in)
+            sub = []
+            if passing:
+                rp = self.est("retention", label, single, tasks=passing) if r else None
+                gp = self.est("gain", label, single, BASE_ROW, tasks=passing) if g else None
+                sub = [fmt(rp) if rp else "–", fmt(gp) if gp else "–"]
             ho = [t for t in self.held_out if t in row["subjects"]]
             held_out = self.est("mean", label, tasks=ho) if ho and self.have(label, ho) else None
             cells = [self.cell(label, t) for t in self.held_in] + [self.cell(label, t) for t in self.held_out]
             name = label + (f" ({row['note']})" if row.get("note") else "")
             mean_text = (fmt(mean) if mean else "…") + ("" if full else " (partial)")
-            out.append("| " + " | ".join([name, mean_text, fmt(r) if r else "–", fmt(g) if g else "–",
+            out.append("| " + " | ".join([name, mean_text, fmt(r) if r else "–", fmt(g) if g else "–", *sub,
                                           fmt(held_out) if held_out else "–",
                                           *["…" if c is None else f"{c:.1f}" for c in cells]]) + " |")
         return out, complete
