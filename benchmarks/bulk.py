@@ -15,7 +15,7 @@ import hashlib
 import json
 import sqlite3
 from collections.abc import Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from typing import Any
 
 from hubtool.errors import HubError
@@ -31,7 +31,7 @@ EXPERT_COLUMNS = (
     "bytes", "sha256", "blob", "created_at", "config", "description", "hub_repo", "hub_commit",
 )  # fmt: skip
 _CHUNK = 50_000  # rows per executemany on the SQLAlchemy path
-_T0 = datetime(2026, 1, 1, tzinfo=timezone.utc)
+_T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 def _name(i: int) -> tuple[str, str]:

@@ -43,7 +43,7 @@ from typing import TYPE_CHECKING, Any
 from hubtool.errors import FormatError, HubError, shown
 
 if TYPE_CHECKING:
-    from typing_extensions import Self  # typing.Self is 3.11+
+    from typing import Self  # typing.Self is 3.11+
 
 ROUTERS = ("centroid", "arrow")
 MAX_VAL = 32  # validation prompts per task for a centroid

@@ -8,7 +8,7 @@ import json
 import os
 import subprocess
 import sys
-from datetime import timezone
+from datetime import UTC
 from pathlib import Path
 
 import pytest
@@ -61,7 +61,7 @@ def test_register_takes_metadata_from_the_file(cat, hub_home, packed):
     assert cat.blob_path(rec).read_bytes() == path.read_bytes()
     assert rec.metrics == {"qa": {"rougeL": 31.5}} and rec.config == {"lr": 1e-3}
     assert rec.tags == ["demo", "v0"] and rec.description == "first try"
-    assert rec.created_at.tzinfo is not None and rec.created_at.utcoffset() == timezone.utc.utcoffset(None)
+    assert rec.created_at.tzinfo is not None and rec.created_at.utcoffset() == UTC.utcoffset(None)
     # The same record comes back from a fresh Catalog on the same database, and serialises to JSON.
     again = Catalog().get("qa@1")
     assert again.to_dict() == rec.to_dict()

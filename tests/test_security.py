@@ -443,11 +443,11 @@ def test_rm_never_follows_an_edited_blob_location(hub_home: Path, tmp_path: Path
 
 def test_blob_store_accepts_only_content_addresses(tmp_path: Path) -> None:
     from hubtool.errors import HubError
-    from hubtool.registry.blobs import BlobStore, blob_location, check_location
+    from hubtool.registry.blobs import LocalBlobStore, blob_location, check_location
 
     sha = "ab" + "0123456789abcdef" * 3 + "0123456789abcd"
     assert len(sha) == 64
-    store = BlobStore(tmp_path / "blobs")
+    store = LocalBlobStore(tmp_path / "blobs")
     assert store.path(blob_location(sha)) == tmp_path / "blobs" / "ab" / f"{sha}.safetensors"
     assert check_location(blob_location(sha), sha) == blob_location(sha)
     bad = [

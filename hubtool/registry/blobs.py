@@ -448,7 +448,3 @@ def list_started(root: Path) -> float | None:
 def forget(entry: Listed) -> None:
     """Take a catalog off its store's list (its SQLite file is gone: it references nothing)."""
     entry.path.unlink(missing_ok=True)
-
-
-# The name of the local store before there was an interface; code and tests written then keep working.
-BlobStore = LocalBlobStore

@@ -19,7 +19,7 @@ import math
 import re
 import time
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Self
 
@@ -86,7 +86,7 @@ def _metric_rows(values: Mapping[str, Any], task: str) -> dict[str, dict[str, fl
 
 
 def _now() -> datetime:
-    return datetime.now(timezone.utc)
+    return datetime.now(UTC)
 
 
 class Catalog:

@@ -40,7 +40,7 @@ import re
 import sqlite3
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from datetime import datetime, timezone
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Self
 
@@ -383,9 +383,9 @@ class Reader:
             # offset; the value comes back aware, in UTC), JSON by json.loads.
             created = datetime.fromisoformat(values["created_at"])
             values["created_at"] = (
-                created.replace(tzinfo=timezone.utc)
+                created.replace(tzinfo=UTC)
                 if created.utcoffset() is None
-                else created.astimezone(timezone.utc)
+                else created.astimezone(UTC)
             )
             config = values["config"]
             values["config"] = (json.loads(config) if config is not None else None) or {}
