@@ -20,17 +20,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtool.sparse.config import DEFAULT_MASK_INTERVAL, AdapterConfig
-
-# The paper's learning rates: 1e-4 for sparse adapters and LoRA, 3e-5 for full fine-tuning.
-DEFAULT_LR = {"sparse": 1e-4, "block-sparse": 1e-4, "lora": 1e-4, "full": 3e-5}
+from hubtool.delta.kinds import DEFAULT_LR, MASKED_EXPERT_KINDS, get_kind
+from hubtool.sparse.config import DEFAULT_MASK_INTERVAL, MAX_LR, AdapterConfig
 
 
 @dataclass
 class TrainResult:
     name: str
     task: str
-    method: str
+    kind: str
     path: Path | None  # the packed expert (None when interrupted)
     record: Any | None  # the catalog's ExpertRecord when registered
     metrics: dict[str, float] = field(default_factory=dict)
@@ -40,8 +38,8 @@ class TrainResult:
     out_dir: Path | None = None
 
 
-def expert_name(task: str, method: str, name: str | None = None) -> str:
-    """The expert's name, checked: `name`, else "<task's base name>-<method>" (a task folder's name or a
+def expert_name(task: str, kind: str, name: str | None = None) -> str:
+    """The expert's name, checked: `name`, else "<task's base name>-<kind>" (a task folder's name or a
     task file's stem, never its path). A HubError unless it is a catalog name (lookup.NAME): the name
     becomes $HUB_HOME/runs/<name>/<name>.safetensors, so "../x" or "/abs/dir" must never get that far."""
     from hubtool.errors import HubError
@@ -54,7 +52,7 @@ def expert_name(task: str, method: str, name: str | None = None) -> str:
         return name
     path = Path(task).expanduser()
     stem = path.stem if path.is_file() else (path.resolve().name if path.is_dir() else path.name)
-    default = f"{stem}-{method}"
+    default = f"{stem}-{kind}"
     if not NAME.fullmatch(default):
         raise HubError(
             f"--task {task!r}: the default expert name {default!r} is not a name ({rule}); pass --name NAME"
@@ -66,7 +64,7 @@ def train(
     task: str,
     *,
     base: str = "smollm2-135m",
-    method: str = "sparse",
+    kind: str = "sparse",
     data: str | None = None,
     category: str | None = None,
     keep_ratio: float = 0.05,
@@ -99,6 +97,7 @@ def train(
     avoid: Sequence[str] = (),
     avoid_catalog: bool = False,
     avoid_beta: float | str | None = None,
+    method: str | None = None,
 ) -> TrainResult:
     """Train, evaluate, pack and register one expert. `data` is a JSONL/CSV file or task folder that
     overrides the task's own data; `catalog` is a URL or an open Catalog; max_train / max_val cap the
@@ -108,16 +107,26 @@ def train(
 
     avoid / avoid_catalog / avoid_beta: catalog-aware masks (`hub train --avoid`, see resolve_avoid):
     every mask selection ranks score / (1 + avoid_beta * c), c = how many of those experts keep the
-    entry; avoid_beta >= 0 or inf (default 1; inf: disjoint masks while free entries last)."""
-    # Before any work: the name becomes the run folder and the packed file's name, so it must be a name.
-    name = expert_name(task, method, name)
+    entry; avoid_beta >= 0 or inf (default 1; inf: disjoint masks while free entries last).
+
+    kind: sparse | block-sparse | lora | full (hubtool.delta.kinds); `method` is its old name."""
+    option = "--kind"
+    if method is not None:
+        if kind not in ("sparse", method):
+            from hubtool.errors import HubError
+
+            raise HubError(f"--kind {kind} and --method {method}: --method is the old name of --kind; give one")
+        kind, option = method, "--method"
+    # Before any work: the kind, then the name (it becomes the run folder and the packed file's name).
+    get_kind(kind, option)
+    name = expert_name(task, kind, name)
     check_settings(locals())
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.paths import hub_home
     from hubtool.registry.task_loader import load_task
 
     adapter_cfg = AdapterConfig(
-        method=method,
+        kind=kind,
         targets=targets,
         keep_ratio=keep_ratio,
         block_size=block_size,
@@ -127,10 +136,12 @@ def train(
         rank=rank,
         alpha=alpha,
         seed=seed,
-        # [] until resolved below: checks the method and beta before anything is loaded
+        # [] until resolved below: checks the kind and beta before anything is loaded
         avoid=[] if avoid or avoid_catalog else None,
         avoid_beta=avoid_beta,
     )
+    # Before the weights load: the targets exist and --block-size / --rank fit them (the base's config).
+    check_against_base(base, adapter_cfg, trust_remote_code=trust_remote_code)
     run_dir = Path(out_dir) if out_dir is not None else hub_home() / "runs" / name
     # With `data`, `task` names that data's task; a name found nowhere offline is looked up in the
     # catalog's tasks table, where earlier training recorded its data source and category.
@@ -173,7 +184,7 @@ def train(
         epochs=epochs,
         batch_size=batch_size,
         grad_accum=grad_accum,
-        lr=lr if lr is not None else DEFAULT_LR[method],
+        lr=lr if lr is not None else DEFAULT_LR[kind],
         max_grad_norm=max_grad_norm,
         seed=seed,
         pad_id=pad_id(tokenizer),
@@ -206,7 +217,7 @@ def train(
     result = TrainResult(
         name,
         task_data.name,
-        method,
+        kind,
         None,
         None,
         config=config,
@@ -255,6 +266,7 @@ def check_settings(settings: dict[str, Any]) -> None:
     """The numeric settings of train(), by the same rules (hubtool.checks) as `hub train`'s options; the
     message names the option, e.g. "--batch-size 0: expected a whole number of at least 1"."""
     from hubtool import checks
+    from hubtool.errors import HubError, shown
 
     opt = lambda key: "--" + key.replace("_", "-")
     for key in ("batch_size", "grad_accum", "mask_interval", "block_size", "rank", "max_new_tokens"):
@@ -262,10 +274,15 @@ def check_settings(settings: dict[str, Any]) -> None:
     checks.count(settings["max_length"], opt("max_length"), low=2)
     for key in ("max_steps", "max_train"):
         checks.optional_count(settings[key], opt(key))
-    for key in ("mask_steps", "max_val", "eval_limit"):
+    checks.optional_count(settings["mask_steps"], "--mask-steps")  # 0 would freeze before any selection
+    for key in ("max_val", "eval_limit"):
         checks.optional_count(settings[key], opt(key), low=0)
-    for key in ("epochs", "lr"):
-        checks.optional_positive(settings[key], opt(key))
+    checks.optional_positive(settings["epochs"], "--epochs")
+    if settings["lr"] is not None:
+        checks.number(settings["lr"], "--lr", low=0.0, low_open=True, high=MAX_LR)
+    targets = settings["targets"]
+    if not isinstance(targets, str) or not targets.strip():  # "" is a regex that matches every module
+        raise HubError(f"--targets {shown(targets, 40)}: expected qkv, attn, mlp, all or a regex over module names")
     checks.positive(settings["alpha"], opt("alpha"))
     checks.ratio(settings["keep_ratio"], opt("keep_ratio"))
     checks.seed(settings["seed"], opt("seed"))
@@ -273,8 +290,54 @@ def check_settings(settings: dict[str, Any]) -> None:
         checks.positive(settings["max_grad_norm"], "max_grad_norm")
 
 
+def check_against_base(base: str, adapter: AdapterConfig, *, trust_remote_code: bool = False) -> dict[str, tuple[int, int]]:
+    """The target weights' [out, in] from the base's config alone (a model built on the meta device: no
+    weight is read), checked against the adapter: a HubError naming --targets when none match, --block-size
+    when a B x B tile is larger than a target weight on both sides, --rank when it exceeds min(out, in)
+    of a target weight (B @ A already spans every [out, in] matrix there). Without these bounds a typo
+    such as --block-size 100000 asks for 10^10 entries per weight before the first step."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+    from transformers.utils import logging as hf_logging
+
+    from hubtool.errors import HubError
+    from hubtool.models import resolve_base
+    from hubtool.sparse.targets import target_shapes
+
+    source, _ = resolve_base(base)
+    trust = bool(trust_remote_code)
+    verbosity = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()  # from_config's notes on a meta model are not the user's business
+    try:
+        config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+        with torch.device("meta"):
+            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+    except (OSError, ValueError) as err:
+        first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+        hint = "; pass --trust-remote-code only if you trust that code" if "trust_remote_code" in str(err) else ""
+        raise HubError(f"--base {base}: cannot read its config: {first[:300]}{hint}") from None
+    finally:
+        hf_logging.set_verbosity(verbosity)
+    try:
+        shapes = target_shapes(model, adapter.targets)
+    except HubError as err:
+        raise HubError(f"--{err}") from None
+    for name, (rows, cols) in shapes.items():
+        if adapter.kind == "block-sparse" and adapter.block_size > max(rows, cols):
+            raise HubError(
+                f"--block-size {adapter.block_size}: larger than target weight {name} [{rows}, {cols}] of "
+                f"{base} on both sides; expected at most {max(rows, cols)}"
+            )
+        if adapter.kind == "lora" and adapter.rank > min(rows, cols):
+            raise HubError(
+                f"--rank {adapter.rank}: more than min(out, in) of target weight {name} [{rows}, {cols}] of "
+                f"{base}; expected at most {min(rows, cols)}"
+            )
+    return shapes
+
+
 # Kinds whose experts keep a set of positions; LoRA and full deltas cover every entry of their weights.
-MASKED_KINDS = ("sparse", "block-sparse", "merged")
+MASKED_KINDS = MASKED_EXPERT_KINDS
 
 
 @dataclass

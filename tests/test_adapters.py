@@ -9,14 +9,14 @@ import pytest
 import torch
 from tiny import make_tiny_llama
 
-from hubtool.delta import BlockSparseDelta, FullDelta, LoraDelta, SparseDelta
+from hubtool.delta import DELTA_KINDS, KIND, BlockSparseDelta, FullDelta, LoraDelta, SparseDelta
 from hubtool.sparse import AdapterConfig
 from hubtool.sparse.adapters import Adapter
 from hubtool.sparse.layers import SparseLayer
 from hubtool.sparse.trainer import TrainConfig, Trainer
 
 KINDS = {
-    # method, adapter overrides, delta type, lr (full fine-tuning moves every entry, so a smaller lr)
+    # kind, adapter overrides, delta type, lr (full fine-tuning moves every entry, so a smaller lr)
     "sparse": ("sparse", {"keep_ratio": 0.1, "mask_interval": 2}, SparseDelta, 2e-2),
     "block-sparse": (
         "block-sparse",
@@ -28,6 +28,11 @@ KINDS = {
     "lora": ("lora", {"rank": 4, "alpha": 16}, LoraDelta, 1e-2),
     "full": ("full", {}, FullDelta, 3e-3),
 }
+
+
+def test_the_table_covers_every_kind_of_the_registry():
+    assert {kind for kind, *_ in KINDS.values()} == set(DELTA_KINDS)
+    assert all(KIND[kind].delta_type is delta_type for kind, _, delta_type, _ in KINDS.values())
 
 
 def token_data(n: int, seed: int, vocab: int = 256) -> list[tuple[list[int], list[int]]]:
@@ -59,7 +64,7 @@ def test_kind_trains_and_its_expert_reproduces_the_model(kind):
     method, overrides, delta_type, lr = KINDS[kind]
     torch.manual_seed(0)
     model = make_tiny_llama()
-    adapter = Adapter.apply(model, AdapterConfig(method=method, targets="qkv", **overrides))
+    adapter = Adapter.apply(model, AdapterConfig(kind=method, targets="qkv", **overrides))
     train, val = token_data(32, seed=1), token_data(8, seed=2)
     trainer = Trainer(model, adapter, train, val, TrainConfig(max_steps=8, batch_size=8, lr=lr, quiet=True))
     before = trainer.evaluate()
@@ -84,7 +89,7 @@ def test_kind_trains_and_its_expert_reproduces_the_model(kind):
 def test_sparse_kinds_change_nothing_outside_the_mask(kind):
     method, overrides, _, lr = KINDS[kind]
     model, base = make_tiny_llama(), make_tiny_llama()
-    adapter = Adapter.apply(model, AdapterConfig(method=method, **overrides))
+    adapter = Adapter.apply(model, AdapterConfig(kind=method, **overrides))
     Trainer(model, adapter, token_data(32, seed=1), None, TrainConfig(max_steps=6, lr=lr, quiet=True)).fit()
     base_params = dict(base.named_parameters())
     for name, layer in adapter.layers.items():
@@ -138,7 +143,7 @@ def test_gpt2_conv1d_deltas_are_stored_in_the_parameters_layout(method):
         ).eval()
 
     model = gpt2()
-    config = AdapterConfig(method=method, keep_ratio=0.2, block_size=12, mask_score="magnitude")
+    config = AdapterConfig(kind=method, keep_ratio=0.2, block_size=12, mask_score="magnitude")
     adapter = Adapter.apply(model, config)
     with torch.no_grad():  # random deltas stand in for training
         for p in adapter.parameters():

@@ -30,9 +30,9 @@ def test_train_eval_list_show(hub_home: Path, colors_task: tuple[Path, Path]) ->
     base, data = colors_task
     common = ["--base", base, "--data", data, "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2",
               "--max-length", "32", "--eval-limit", "4", "--quiet"]
-    out = ok(hub("train", "--task", "colors", "--keep-ratio", "0.1", "--mask-interval", "1", *common))
+    out = ok(hub("train", "--task", "colors", "--kind", "sparse", "--keep-ratio", "0.1", "--mask-interval", "1", *common))
     assert "Registered colors-sparse@1" in out
-    ok(hub("train", "--task", "colors", "--method", "lora", "--rank", "2", *common))
+    ok(hub("train", "--task", "colors", "--method", "lora", "--rank", "2", *common))  # --kind's old name
 
     rows = {r["ref"]: r for r in ok_json(hub("list", "--task", "colors", "--json"))}
     assert set(rows) == {"colors-sparse@1", "colors-lora@1"}
@@ -76,6 +76,42 @@ def test_train_errors_are_one_line_and_register_nothing(hub_home: Path, colors_t
     one_line_error(hub("train", "--task", "t", "--base", base, "--data", data, "--targets", "nothing_here"), "nothing_here")
     one_line_error(hub("eval", "nope", "--task", data), "nope")
     assert ok_json(hub("list", "--json")) == [] and store_files(hub_home) == []
+
+
+def test_train_refuses_bad_settings_before_the_model_loads(hub_home: Path, colors_task: tuple[Path, Path],
+                                                           tmp_path: Path) -> None:
+    """Each bad setting is one line and exit 1 from a base folder that holds a config and no weights: the
+    refusal comes before any weight is read (the last case shows such a base fails only when loading)."""
+    import shutil
+
+    base, data = colors_task
+    bare = tmp_path / "bare"
+    bare.mkdir()
+    shutil.copy(base / "config.json", bare / "config.json")  # the tiny Llama: q [64, 64], k and v [32, 64]
+    cases = {
+        ("--kind", "bogus"): ["--kind 'bogus': expected one of sparse, block-sparse, lora, full"],
+        ("--method", "bogus"): ["--method 'bogus': expected one of sparse, block-sparse, lora, full"],
+        ("--kind", "lora", "--method", "full"): ["--method is the old name of --kind"],
+        ("--mask-steps", "0"): ["--mask-steps", "at least 1"],
+        ("--targets", ""): ["--targets ''"],
+        ("--lr", "1e300"): ["--lr"],
+        ("--lr", "nan"): ["--lr"],
+        ("--lr", "2"): ["--lr"],
+        ("--kind", "block-sparse", "--block-size", "65"): ["--block-size 65", "q_proj [64, 64]", "at most 64"],
+        ("--kind", "block-sparse", "--block-size", "1000000000"): ["--block-size 1000000000"],
+        ("--kind", "lora", "--rank", "33"): ["--rank 33", "k_proj [32, 64]", "at most 32"],
+    }
+    for args, words in cases.items():
+        result = hub("train", "--task", "t", "--base", bare, "--data", data, "--max-steps", "1", *args)
+        one_line_error(result, *words)
+        assert result.returncode == 1, (args, result.stderr)
+    # in bounds (and --block-size / --rank ignored by the kinds that have none), the bare base fails at loading
+    for args in (("--kind", "lora", "--rank", "32"), ("--kind", "sparse", "--block-size", "100000", "--rank", "100000")):
+        one_line_error(hub("train", "--task", "t", "--base", bare, "--data", data, "--max-steps", "1", *args),
+                       "cannot load a base model")
+    assert ok_json(hub("list", "--json")) == [] and store_files(hub_home) == []
+    help_text = ok(hub("train", "--help"))
+    assert "--kind" in help_text and "--method" not in help_text  # the old name works, hidden
 
 
 def test_accelerate_launch_trains_data_parallel_and_registers_once(hub_home: Path, colors_task: tuple[Path, Path]) -> None:

@@ -1,9 +1,12 @@
-"""The delta data model: one battery over every delta kind, the tile grid, the lazy reader, legacy names."""
+"""The delta data model: one battery over every kind of the registry (hubtool.delta.kinds), the tile grid,
+the lazy reader, the packed headers against schema/expert.schema.json, and version-1 files."""
 
 from __future__ import annotations
 
 import json
+import re
 import struct
+from pathlib import Path
 
 import pytest
 import torch
@@ -11,6 +14,8 @@ import torch
 from hubtool.delta import (
     DELTA_KINDS,
     DELTA_TYPES,
+    EXPERT_KINDS,
+    KIND,
     BlockSparseDelta,
     Expert,
     FullDelta,
@@ -18,7 +23,8 @@ from hubtool.delta import (
     SparseDelta,
     TileGrid,
 )
-from hubtool.errors import FormatError
+from hubtool.delta.kinds import check_table, get_kind
+from hubtool.errors import FormatError, HubError
 from hubtool.format import ExpertReader, pack, read_header, unpack
 
 SHAPE = (20, 36)  # not a multiple of the tile size: edge tiles stick out
@@ -42,6 +48,38 @@ def make(kind: str, seed: int = 0, shape: tuple[int, int] = SHAPE):
 def test_every_kind_has_a_type():
     assert set(DELTA_TYPES) == set(DELTA_KINDS)
     assert all(DELTA_TYPES[k].kind == k for k in DELTA_KINDS)
+
+
+def test_every_table_keyed_by_kind_is_the_registrys():
+    """The one list: each place that varies by kind reads the registry or covers exactly its kinds."""
+    from hubtool.experiment import presets
+    from hubtool.format import header, packed
+    from hubtool.sparse.adapters import LAYER_FACTORIES
+    from hubtool.train import DEFAULT_LR, MASKED_KINDS
+
+    assert DELTA_KINDS == ("sparse", "block-sparse", "lora", "full")
+    for table in (DELTA_TYPES, packed.CODECS, header._SPECS, LAYER_FACTORIES, DEFAULT_LR):
+        assert tuple(table) == DELTA_KINDS
+    for kind, spec in KIND.items():
+        assert spec.delta_type is DELTA_TYPES[kind] and spec.delta_type.is_sparse == spec.sparse
+        assert presets.KINDS[kind].lr == spec.lr and presets.KINDS[kind].method == kind
+    assert header.DELTA_KINDS == DELTA_KINDS and header.KINDS == EXPERT_KINDS == (*DELTA_KINDS, "merged")
+    assert set(MASKED_KINDS) == {"sparse", "block-sparse", "merged"}
+    assert DEFAULT_LR == {"sparse": 1e-4, "block-sparse": 1e-4, "lora": 1e-4, "full": 3e-5}
+    # a table that misses a kind (or names one the registry lacks) refuses to load, naming both
+    with pytest.raises(RuntimeError, match=r"somewhere: no entry for kinds \['full'\]; entries for unknown kinds \['dora'\]"):
+        check_table({"sparse": 1, "block-sparse": 1, "lora": 1, "dora": 1}, "somewhere")
+    with pytest.raises(HubError, match="--kind 'dora': expected one of sparse, block-sparse, lora, full"):
+        get_kind("dora")
+
+
+def test_the_registry_imports_no_torch():
+    import subprocess
+    import sys
+
+    code = ("import sys, hubtool.delta.kinds, hubtool.format.header, hubtool.sparse.config, hubtool.cli.train; "
+            "print(sorted(m for m in ('torch', 'numpy') if m in sys.modules))")
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip() == "[]"
 
 
 @pytest.mark.parametrize("kind", DELTA_KINDS)
@@ -120,11 +158,13 @@ def _rewrite_metadata(path, edit) -> None:
 
 
 @pytest.mark.parametrize("kind,old_kind,old_delta", [("full", "full-delta", "dense"), ("block-sparse", "block-sparse", "block")])
-def test_files_with_the_old_names_still_read(tmp_path, kind, old_kind, old_delta):
+def test_version_1_files_with_the_old_names_still_read(tmp_path, kind, old_kind, old_delta):
     path = tmp_path / "old.safetensors"
     pack(_expert(kind), path)
+    assert read_header(path)["format_version"] == "2"
 
-    def edit(meta):
+    def edit(meta, version="1"):
+        meta["format_version"] = version
         meta["kind"] = old_kind
         weights = json.loads(meta["weights"])
         for info in weights.values():
@@ -133,6 +173,114 @@ def test_files_with_the_old_names_still_read(tmp_path, kind, old_kind, old_delta
 
     _rewrite_metadata(path, edit)
     header = read_header(path)
-    assert header["kind"] == kind
+    assert header["kind"] == kind and header["format_version"] == "1"
     assert {w["delta"] for w in header["weights"].values()} == {kind}
     assert all(d.kind == kind for d in unpack(path).deltas.values())
+    validate(header, SCHEMA)  # decoded, a version-1 header is a valid one
+    # a version-2 file speaks the registry's names only
+    _rewrite_metadata(path, lambda meta: edit(meta, "2"))
+    with pytest.raises(FormatError, match=r"__metadata__\.(kind|weights\[.*\]\.delta)"):
+        read_header(path)
+
+
+# --- the JSON schema (jsonschema is not a dependency: a checker for the keywords the schema uses) ---------
+
+SCHEMA = json.loads((Path(__file__).parent.parent / "schema" / "expert.schema.json").read_text())
+_TYPES = {"object": dict, "array": list, "string": str, "integer": int, "number": (int, float), "null": type(None)}
+
+
+def _errors(value, schema, at="$"):
+    """The JSON-schema violations of `value` (draft 2020-12, the keywords expert.schema.json uses)."""
+    out = []
+    if "type" in schema:
+        types = schema["type"] if isinstance(schema["type"], list) else [schema["type"]]
+        if isinstance(value, bool) or not any(isinstance(value, _TYPES[t]) for t in types):
+            return [f"{at}: {value!r} is not of type {types}"]
+    if "const" in schema and value != schema["const"]:
+        out.append(f"{at}: {value!r} != {schema['const']!r}")
+    if "enum" in schema and value not in schema["enum"]:
+        out.append(f"{at}: {value!r} not in {schema['enum']}")
+    if isinstance(value, str):
+        if len(value) < schema.get("minLength", 0):
+            out.append(f"{at}: shorter than {schema['minLength']}")
+        if "pattern" in schema and not re.search(schema["pattern"], value):
+            out.append(f"{at}: {value!r} does not match {schema['pattern']}")
+    number = isinstance(value, (int, float)) and not isinstance(value, bool)
+    if number and not schema.get("minimum", value) <= value <= schema.get("maximum", value):
+        out.append(f"{at}: {value} out of bounds")
+    if isinstance(value, list):
+        if not schema.get("minItems", 0) <= len(value) <= schema.get("maxItems", len(value)):
+            out.append(f"{at}: {len(value)} items")
+        for i, item in enumerate(value):
+            out += _errors(item, schema.get("items", {}), f"{at}[{i}]")
+    if isinstance(value, dict):
+        out += [f"{at}.{k}: missing" for k in schema.get("required", ()) if k not in value]
+        props, extra = schema.get("properties", {}), schema.get("additionalProperties", True)
+        for k, v in value.items():
+            sub = props.get(k, extra)
+            if sub is False:
+                out.append(f"{at}.{k}: not allowed")
+            elif isinstance(sub, dict):
+                out += _errors(v, sub, f"{at}.{k}")
+    if "anyOf" in schema and all(_errors(value, sub, at) for sub in schema["anyOf"]):
+        out.append(f"{at}: matches none of anyOf")
+    for sub in schema.get("allOf", ()):
+        if "if" in sub and not _errors(value, sub["if"], at):
+            out += _errors(value, sub["then"], at)
+        elif "if" not in sub:
+            out += _errors(value, sub, at)
+    return out
+
+
+def validate(value, schema) -> None:
+    problems = _errors(value, schema)
+    assert not problems, problems
+
+
+def test_the_schema_checker_can_fail():
+    good = {"format": "hubtool.expert", "format_version": "2", "name": "e", "task": "t", "kind": "lora",
+            "base_model": "b", "value_dtype": "float32", "weights": {"w": {"delta": "lora", "shape": [2, 3],
+            "nnz": 10, "fingerprint": None, "scale": 1.0}}}  # fmt: skip
+    validate(good, SCHEMA)
+    for path, bad in ((("kind",), "full-delta"), (("weights", "w", "delta"), "dense"), (("format_version",), "3"),
+                      (("weights", "w", "shape"), [2]), (("weights", "w", "fingerprint"), "XYZ")):
+        broken = json.loads(json.dumps(good))
+        node = broken
+        for key in path[:-1]:
+            node = node[key]
+        node[path[-1]] = bad
+        assert _errors(broken, SCHEMA), path
+    del good["weights"]["w"]["scale"]  # lora needs its scale
+    assert _errors(good, SCHEMA)
+
+
+def test_the_schemas_kinds_are_the_registrys():
+    props = SCHEMA["properties"]
+    assert props["kind"]["enum"] == list(EXPERT_KINDS)
+    assert props["weights"]["additionalProperties"]["properties"]["delta"]["enum"] == list(DELTA_KINDS)
+    assert "2" in props["format_version"]["enum"]
+    conditions = SCHEMA["properties"]["weights"]["additionalProperties"]["allOf"]
+    assert {c["if"]["properties"]["delta"]["const"] for c in conditions} <= set(DELTA_KINDS)
+    spec = (Path(__file__).parent.parent / "docs" / "format.md").read_text()
+    assert "# The packed expert format, version 2" in spec
+    for kind in EXPERT_KINDS:
+        assert f"`{kind}`" in spec
+    row = next(line for line in spec.splitlines() if line.startswith("| `kind`"))
+    assert re.findall(r"`([a-z-]+)`", row) == ["kind", *EXPERT_KINDS]
+
+
+@pytest.mark.parametrize("kind", EXPERT_KINDS)
+def test_written_headers_of_every_kind_fit_the_schema(tmp_path, kind):
+    if kind == "merged":  # a merge holds whatever its parents held: one weight of each kind
+        deltas = {f"model.layers.{i}.mlp.up_proj.weight": make(k, seed=i) for i, k in enumerate(DELTA_KINDS)}
+        expert = Expert(name="m", task="t", kind="merged", base_model="tiny", deltas=deltas, keep_ratio=0.1,
+                        parents=["a@1", {"ref": "b@2", "role": "avoid", "weight": None}], metrics={"t": {"acc": 1.0}})
+    else:
+        expert = _expert(kind)
+    path = tmp_path / "e.safetensors"
+    pack(expert, path)
+    header = read_header(path)
+    assert header["format_version"] == "2" and header["kind"] == kind
+    validate(header, SCHEMA)
+    raw = json.loads(path.read_bytes()[8 : 8 + struct.unpack("<Q", path.read_bytes()[:8])[0]])["__metadata__"]
+    assert raw["format_version"] == "2" and raw["kind"] == kind  # as stored, not only as decoded

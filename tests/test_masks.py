@@ -155,8 +155,13 @@ def test_unknown_targets_list_what_exists():
         find_targets(make_tiny_llama(), "attention_query")
     with pytest.raises(HubError, match="valid regex"):
         find_targets(make_tiny_llama(), "q_proj(")
-    with pytest.raises(HubError, match="adapter method"):
-        AdapterConfig(method="dora")
+    with pytest.raises(HubError, match="adapter kind 'dora': expected one of sparse, block-sparse, lora, full"):
+        AdapterConfig(kind="dora")
+    with pytest.raises(HubError, match="adapter kind 'dora'"):
+        AdapterConfig(method="dora")  # the old keyword still works
+    assert AdapterConfig(method="lora").kind == "lora" and "method" not in AdapterConfig().to_dict()
+    with pytest.raises(HubError, match="targets ''"):
+        AdapterConfig(targets="")
 
 
 def test_linear_without_bias_and_conv1d_targets_only():

@@ -183,7 +183,7 @@ def test_train_glue_packs_and_registers_an_expert(tmp_path, hub_home):
     assert record.nnz == 2 * (205 + 102 + 102)  # round(0.05 x [64x64, 32x64, 32x64]) per layer
     assert record.config["data"]["sha256"] == result.config["data"]["sha256"]
     expert = unpack(result.path)
-    assert expert.config["adapter"]["method"] == "sparse" and len(expert.deltas) == 6
+    assert expert.config["adapter"]["kind"] == "sparse" and len(expert.deltas) == 6
 
 
 def _data_parallel_worker(rank: int, port: int, out: str) -> None:

@@ -21,12 +21,14 @@ from hubtool.cli._common import (
     console,
     count_option,
     esc,
+    number_option,
     positive_option,
     print_json,
     ratio_option,
     seed_option,
 )
-from hubtool.sparse.config import DEFAULT_MASK_INTERVAL, check_avoid_beta  # stdlib-only: cheap at startup
+from hubtool.delta.kinds import DEFAULT_LR, DELTA_KINDS  # stdlib-only: cheap at startup
+from hubtool.sparse.config import DEFAULT_MASK_INTERVAL, MAX_LR, check_avoid_beta
 
 PANEL = "Train and evaluate"  # the group these commands are listed under in `hub --help`
 
@@ -52,7 +54,7 @@ def train(
     base: Annotated[
         str, typer.Option("--base", help="Base model: embedded name, HF id or local folder.")
     ] = "smollm2-135m",
-    method: Annotated[str, typer.Option("--method", help="sparse | block-sparse | lora | full")] = "sparse",
+    kind: Annotated[str, typer.Option("--kind", help=" | ".join(DELTA_KINDS) + ".")] = "sparse",
     keep_ratio: Annotated[
         float, ratio_option("--keep-ratio", help="Fraction of each target weight that is trained, in (0, 1].")
     ] = 0.05,
@@ -65,7 +67,12 @@ def train(
     epochs: Annotated[float | None, positive_option("--epochs", help="Passes over the training split.")] = None,
     batch_size: BatchSizeOpt = 8,
     grad_accum: Annotated[int, count_option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[float | None, positive_option("--lr", help="Peak learning rate (default per method).")] = None,
+    lr: Annotated[
+        float | None,
+        number_option("--lr", low=0.0, low_open=True, high=MAX_LR,
+                      help=f"Peak learning rate in (0, {MAX_LR:g}] (default per kind: " + ", ".join(
+                          f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")."),
+    ] = None,
     seed: Annotated[int, seed_option("--seed")] = 0,
     name: NameOpt = None,
     mask_score: Annotated[
@@ -75,7 +82,7 @@ def train(
         int, count_option("--mask-interval", help="Optimizer steps between mask re-selections.")
     ] = DEFAULT_MASK_INTERVAL,
     mask_steps: Annotated[
-        int | None, count_option("--mask-steps", low=0, help="Re-select during the first N steps, then freeze.")
+        int | None, count_option("--mask-steps", help="Re-select during the first N steps, then freeze.")
     ] = None,
     block_size: Annotated[int, count_option("--block-size", help="Tile size B for block-sparse.")] = 16,
     rank: Annotated[int, count_option("--rank", help="LoRA rank.")] = 4,
@@ -120,6 +127,7 @@ def train(
     ] = None,
     trust_remote_code: TrustRemoteCodeOpt = False,
     catalog: CatalogOpt = None,
+    method: Annotated[str | None, typer.Option("--method", hidden=True, help="The old name of --kind.")] = None,
 ) -> None:
     """Train one expert for a task, evaluate it, pack it and register it in the catalog."""
     from hubtool.train import train as train_expert
@@ -127,6 +135,7 @@ def train(
     result = train_expert(
         task,
         base=base,
+        kind=kind,
         method=method,
         data=data,
         category=category,

@@ -11,7 +11,8 @@ Four delta kinds, one small shape each (``kind``, ``shape``, ``nnz``, ``to_dense
                     entries of edge tiles that fall outside W are zero and ignored
   LoraDelta         A [r, in], B [out, r], scale (alpha / r): D = scale * B @ A
   FullDelta         values [out, in] (a full fine-tune's W_t - W0)
-The kind names are the same words as `hub train --method` and the expert kinds in the catalog.
+The kinds themselves are listed once, in hubtool.delta.kinds (KIND): the same words as `hub train
+--kind`, the catalog's expert kinds and the packed file's.
 """
 
 from __future__ import annotations
@@ -22,9 +23,7 @@ from typing import Any, ClassVar
 import torch
 
 from hubtool.delta.grid import TileGrid
-
-DELTA_KINDS = ("sparse", "block-sparse", "lora", "full")
-EXPERT_KINDS = (*DELTA_KINDS, "merged")  # a merged expert holds whatever its parents held
+from hubtool.delta.kinds import KIND, check_table
 
 
 @dataclass
@@ -150,9 +149,8 @@ def _all_entries(dense: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 Delta = SparseDelta | BlockSparseDelta | LoraDelta | FullDelta
-DELTA_TYPES: dict[str, type] = {
-    cls.kind: cls for cls in (SparseDelta, BlockSparseDelta, LoraDelta, FullDelta)
-}
+DELTA_TYPES: dict[str, type] = {k: globals()[spec.delta] for k, spec in KIND.items()}
+check_table(DELTA_TYPES, "hubtool.delta.deltas")
 
 
 @dataclass
@@ -161,7 +159,7 @@ class Expert:
 
     name: str
     task: str
-    kind: str  # one of EXPERT_KINDS
+    kind: str  # one of EXPERT_KINDS (hubtool.delta.kinds)
     base_model: str  # hub id, local folder, or an embedded name such as "smollm2-135m"
     deltas: dict[str, Delta]
     base_revision: str | None = None

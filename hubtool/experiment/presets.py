@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, replace
 
+from hubtool.delta.kinds import KIND
 from hubtool.errors import HubError
 
 
@@ -22,19 +23,18 @@ class Kind:
     lr: float  # the paper's learning rate for it
 
 
-# The paper's five: sparse (k=0.05 on qkv), block-sparse, LoRA r=4 alpha 16, full fine-tuning of the
-# same weights, and sparse on the MLP instead of qkv. Learning rates are the paper's (1e-4, full 3e-5).
+# The paper's five: every adapter kind of the registry on qkv (sparse k=0.05, block-sparse, LoRA r=4
+# alpha 16, full fine-tuning of the same weights), and sparse on the MLP instead of qkv. Learning rates
+# are the registry's, the paper's (1e-4, full 3e-5).
 KINDS: dict[str, Kind] = {
     k.label: k
     for k in (
-        Kind("sparse", "sparse", "qkv", 1e-4),
-        Kind("block-sparse", "block-sparse", "qkv", 1e-4),
-        Kind("lora", "lora", "qkv", 1e-4),
-        Kind("full", "full", "qkv", 3e-5),
-        Kind("sparse-mlp", "sparse", "mlp", 1e-4),
+        *(Kind(name, name, "qkv", spec.lr) for name, spec in KIND.items()),
+        Kind("sparse-mlp", "sparse", "mlp", KIND["sparse"].lr),
     )
 }
-SPARSE_KINDS = ("sparse", "block-sparse", "sparse-mlp")  # overlap-mean only differs from mean for these
+# overlap-mean only differs from mean for these
+SPARSE_KINDS = tuple(label for label, k in KINDS.items() if KIND[k.method].sparse)
 
 # Merge methods in the order the table lists them. For a dense kind (LoRA, full) every entry is
 # covered by every expert, so overlap-mean *is* mean there and is not run twice.

@@ -15,22 +15,25 @@ import struct
 from pathlib import Path
 from typing import Any
 
+from hubtool.delta import kinds as _kinds
 from hubtool.errors import FormatError, shown
 from hubtool.format import safejson
 
 FORMAT_NAME = "hubtool.expert"
-FORMAT_VERSION = "1"
-# One vocabulary (the same words as hubtool.delta and `hub train --method`): expert kinds are the
-# delta kinds plus "merged", which holds whatever its parents held.
-DELTA_KINDS = ("sparse", "block-sparse", "lora", "full")
-KINDS = (*DELTA_KINDS, "merged")
+# Version 2 (this one): kinds and per-weight deltas are the registry's names (hubtool.delta.kinds).
+# Version 1 files may also use the old names (block, dense, full-delta); they read as the new ones.
+FORMAT_VERSION = "2"
+READ_VERSIONS = ("1", "2")
+# One vocabulary, from the registry (torch-free): expert kinds are the delta kinds plus "merged", which
+# holds whatever its parents held.
+DELTA_KINDS = _kinds.DELTA_KINDS
+KINDS = _kinds.EXPERT_KINDS
 ENCODINGS = ("raw", "bitmask", "elias-fano", "golomb")
 VALUE_DTYPES = {"bfloat16": "BF16", "float16": "F16", "float32": "F32"}  # ours -> safetensors
 # kind -> the per-weight delta kinds it may hold
 DELTAS_OF_KIND = {**{k: {k} for k in DELTA_KINDS}, "merged": set(DELTA_KINDS)}
-# Names files written before the vocabulary was unified use; read as the new ones, never written.
-LEGACY_KINDS = {"full-delta": "full"}
-LEGACY_DELTAS = {"block": "block-sparse", "dense": "full"}
+# Names version-1 files written before the vocabulary was unified use; read as the new ones, never written.
+LEGACY_KINDS = LEGACY_DELTAS = _kinds.LEGACY_NAMES
 _ITEMSIZE = {"U8": 1, "BF16": 2, "F16": 2, "F32": 4}
 _MAX_HEADER = 100 * 2**20  # safetensors' own limit
 # Caps that bound what a header can make a reader allocate or walk: far above any real expert (a 70B
@@ -104,9 +107,9 @@ def _parse_checked(head: bytes, size: int) -> dict[str, Any]:
 def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
     if raw.get("format") != FORMAT_NAME:
         raise FormatError(f"__metadata__.format: expected {FORMAT_NAME!r}, got {shown(raw.get('format'), 60)}")
-    if raw.get("format_version") != FORMAT_VERSION:
+    if raw.get("format_version") not in READ_VERSIONS:
         raise FormatError(
-            f"__metadata__.format_version: this hubtool reads version {FORMAT_VERSION!r}, "
+            f"__metadata__.format_version: this hubtool reads versions {', '.join(READ_VERSIONS)}, "
             f"got {shown(raw.get('format_version'), 60)}"
         )
     for key in _REQUIRED:
@@ -140,7 +143,8 @@ def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
             raise FormatError(f"__metadata__.keep_ratio: expected a number in [0, 1], got {shown(text, 60)}")
     for key in ("base_revision", "targets"):
         meta.setdefault(key, None)
-    meta["kind"] = LEGACY_KINDS.get(meta["kind"], meta["kind"])
+    if meta["format_version"] == "1":
+        meta["kind"] = LEGACY_KINDS.get(meta["kind"], meta["kind"])
     if meta["kind"] not in KINDS:
         raise FormatError(f"__metadata__.kind: expected one of {', '.join(KINDS)}, got {shown(meta['kind'], 60)}")
     if meta["value_dtype"] not in VALUE_DTYPES:
@@ -214,11 +218,13 @@ def _check_weights(meta: dict[str, Any], table: dict[str, Any]) -> None:
         if not isinstance(info, dict):
             raise FormatError(f"{field}: expected a JSON object")
         delta = info.get("delta")
-        if isinstance(delta, str):
+        if isinstance(delta, str) and meta["format_version"] == "1":
             delta = info["delta"] = LEGACY_DELTAS.get(delta, delta)
-        if not isinstance(delta, str) or delta not in allowed:
+        if not isinstance(delta, str):
+            raise FormatError(f"{field}.delta: expected a kind name string, got {shown(delta, 60)}")
+        if delta not in allowed:
             raise FormatError(
-                f"{field}.delta: a {meta['kind']} expert holds {sorted(allowed)}, got {shown(delta, 60)}"
+                f"{field}.delta: a {meta['kind']} expert holds {' | '.join(sorted(allowed))} deltas, got {shown(delta, 60)}"
             )
         shape = info.get("shape")
         if not _ints(shape) or len(shape) != 2 or 0 in shape or max(shape) > MAX_DIM or _prod(shape) > MAX_NUMEL:
@@ -257,31 +263,46 @@ def _tensor_specs(
     name: str, info: dict[str, Any], field: str, table: dict[str, Any]
 ) -> dict[str, tuple[str, list[int] | None]]:
     """Tensor name -> (dtype, shape or None for a uint8 payload of any length) that a weight needs."""
-    (rows, cols), delta, nnz = info["shape"], info["delta"], info["nnz"]
-    if delta in ("sparse", "block-sparse") and info.get("encoding") not in ENCODINGS:
+    if _kinds.KIND[info["delta"]].sparse and info.get("encoding") not in ENCODINGS:
         raise FormatError(
             f"{field}.encoding: expected one of {', '.join(ENCODINGS)}, got {shown(info.get('encoding'), 60)}"
         )
-    if delta == "sparse":
-        if nnz > rows * cols:
-            raise FormatError(f"{field}.nnz: {nnz} is more than the {rows * cols} entries of the weight")
-        return {f"{name}.idx": ("U8", None), f"{name}.val": (_VALUE, [nnz])}
-    if delta == "block-sparse":
-        b = info.get("block_size")
-        if not _ints([b]) or b == 0:
-            raise FormatError(f"{field}.block_size: expected a positive integer, got {shown(b, 60)}")
-        n_tiles = _first_dim(table, f"{name}.val")
-        if n_tiles > -(-rows // b) * -(-cols // b):
-            raise FormatError(f"tensor {name}.val: {n_tiles} tiles, more than the weight's tile grid holds")
-        return {f"{name}.idx": ("U8", None), f"{name}.val": (_VALUE, [n_tiles, b, b])}
-    if delta == "lora":
-        scale = info.get("scale")
-        # json.loads reads NaN / Infinity literals; either would turn every weight it touches into NaN.
-        if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not _finite(scale):
-            raise FormatError(f"{field}.scale: expected a finite number, got {shown(scale, 60)}")
-        rank = _first_dim(table, f"{name}.lora_A")
-        return {f"{name}.lora_A": (_VALUE, [rank, cols]), f"{name}.lora_B": (_VALUE, [rows, rank])}
-    return {f"{name}.delta": (_VALUE, [rows, cols])}
+    return _SPECS[info["delta"]](name, info, field, table)
+
+
+def _sparse_spec(name: str, info: dict[str, Any], field: str, table: dict[str, Any]) -> dict:
+    (rows, cols), nnz = info["shape"], info["nnz"]
+    if nnz > rows * cols:
+        raise FormatError(f"{field}.nnz: {nnz} is more than the {rows * cols} entries of the weight")
+    return {f"{name}.idx": ("U8", None), f"{name}.val": (_VALUE, [nnz])}
+
+
+def _block_spec(name: str, info: dict[str, Any], field: str, table: dict[str, Any]) -> dict:
+    (rows, cols), b = info["shape"], info.get("block_size")
+    if not _ints([b]) or b == 0:
+        raise FormatError(f"{field}.block_size: expected a positive integer, got {shown(b, 60)}")
+    n_tiles = _first_dim(table, f"{name}.val")
+    if n_tiles > -(-rows // b) * -(-cols // b):
+        raise FormatError(f"tensor {name}.val: {n_tiles} tiles, more than the weight's tile grid holds")
+    return {f"{name}.idx": ("U8", None), f"{name}.val": (_VALUE, [n_tiles, b, b])}
+
+
+def _lora_spec(name: str, info: dict[str, Any], field: str, table: dict[str, Any]) -> dict:
+    (rows, cols), scale = info["shape"], info.get("scale")
+    # json.loads reads NaN / Infinity literals; either would turn every weight it touches into NaN.
+    if not isinstance(scale, (int, float)) or isinstance(scale, bool) or not _finite(scale):
+        raise FormatError(f"{field}.scale: expected a finite number, got {shown(scale, 60)}")
+    rank = _first_dim(table, f"{name}.lora_A")
+    return {f"{name}.lora_A": (_VALUE, [rank, cols]), f"{name}.lora_B": (_VALUE, [rows, rank])}
+
+
+def _full_spec(name: str, info: dict[str, Any], field: str, table: dict[str, Any]) -> dict:
+    return {f"{name}.delta": (_VALUE, list(info["shape"]))}
+
+
+# The tensors each kind stores (docs/format.md, Tensor naming); one entry per kind of the registry.
+_SPECS = {"sparse": _sparse_spec, "block-sparse": _block_spec, "lora": _lora_spec, "full": _full_spec}
+_kinds.check_table(_SPECS, "hubtool.format.header")
 
 
 def _finite(x: float) -> bool:

@@ -1,12 +1,13 @@
 """pack / unpack: an in-memory Expert <-> one self-describing .safetensors file (docs/format.md).
 
 Tensors per adapted weight W [out, in] (W is the base model's parameter name):
-  sparse   W.idx  uint8 [bytes]        encoded flat positions (hubtool.format.encodings)
-           W.val  value dtype [nnz]
-  block    W.idx  uint8 [bytes]        encoded tile positions on the ceil(out/B) x ceil(in/B) grid
-           W.val  value dtype [n_tiles, B, B]
-  lora     W.lora_A [r, in], W.lora_B [out, r]   (scale in the metadata)
-  dense    W.delta [out, in]
+  sparse        W.idx  uint8 [bytes]        encoded flat positions (hubtool.format.encodings)
+                W.val  value dtype [nnz]
+  block-sparse  W.idx  uint8 [bytes]        encoded tile positions on the ceil(out/B) x ceil(in/B) grid
+                W.val  value dtype [n_tiles, B, B]
+  lora          W.lora_A [r, in], W.lora_B [out, r]   (scale in the metadata)
+  full          W.delta [out, in]
+One (writer, reader) pair per kind of the registry (hubtool.delta.kinds), in CODECS.
 Both directions run the same checks, so a file that pack wrote always unpacks, and nothing invalid
 is ever written. The container is written with a fixed key order (_safetensors_bytes): the same
 expert always gives the same bytes, and so the same content hash in the blob store.
@@ -26,6 +27,7 @@ import safetensors.torch
 import torch
 
 from hubtool.delta import BlockSparseDelta, Delta, Expert, FullDelta, LoraDelta, SparseDelta, TileGrid
+from hubtool.delta.kinds import check_table
 from hubtool.errors import FormatError
 from hubtool.fileio import atomic_write
 from hubtool.format import encodings
@@ -175,9 +177,10 @@ def _pack_delta(
     name: str, delta: Delta, kind: str, value_dtype: str, encoding: str, tensors: dict[str, torch.Tensor]
 ) -> dict:
     """Adds the weight's tensors to `tensors` and returns its metadata entry."""
-    writer = _WRITERS.get(getattr(delta, "kind", None))
-    if writer is None or delta.kind not in DELTAS_OF_KIND[kind]:
+    codec = CODECS.get(getattr(delta, "kind", None))
+    if codec is None or delta.kind not in DELTAS_OF_KIND[kind]:
         raise FormatError(f"a {kind} expert cannot hold a {type(delta).__name__}")
+    writer = codec[0]
     shape = _check_shape(delta.shape)
     info: dict = {"delta": delta.kind, "shape": list(shape), "nnz": delta.nnz, "fingerprint": delta.fingerprint}
     writer(name, delta, shape, _TORCH_DTYPES[value_dtype], encoding, info, tensors)
@@ -240,13 +243,19 @@ def _read_full(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> FullD
     return FullDelta(tuple(info["shape"]), _finite(tensors[f"{name}.delta"], "values"), info["fingerprint"])
 
 
-_WRITERS = {"sparse": _write_sparse, "block-sparse": _write_block, "lora": _write_lora, "full": _write_full}
-_READERS = {"sparse": _read_sparse, "block-sparse": _read_block, "lora": _read_lora, "full": _read_full}
+# kind -> (writer, reader); one entry per kind of the registry, checked at import.
+CODECS = {
+    "sparse": (_write_sparse, _read_sparse),
+    "block-sparse": (_write_block, _read_block),
+    "lora": (_write_lora, _read_lora),
+    "full": (_write_full, _read_full),
+}
+check_table(CODECS, "hubtool.format.packed")
 
 
 def _unpack_delta(name: str, info: dict, tensors: dict[str, torch.Tensor]) -> Delta:
     """The weight's delta from its (header-checked) tensors; decodes and checks positions and values."""
-    delta = _READERS[info["delta"]](name, info, tensors)
+    delta = CODECS[info["delta"]][1](name, info, tensors)
     if delta.nnz != info["nnz"]:
         raise FormatError(f"nnz: metadata says {info['nnz']}, the tensors hold {delta.nnz}")
     return delta

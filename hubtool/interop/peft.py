@@ -28,6 +28,7 @@ from typing import Any
 import torch
 
 from hubtool.delta import BlockSparseDelta, Delta, Expert, LoraDelta, SparseDelta
+from hubtool.delta.kinds import SPARSE_KINDS
 from hubtool.errors import HubError
 from hubtool.fileio import atomic_folder, sha256_file
 from hubtool.format import safejson
@@ -451,7 +452,7 @@ def export_peft(
             raise HubError(
                 f"expert {expert.name}: {weight} is not a 2-D '<module>.weight'; PEFT adapts linear weights"
             )
-        expected = ("lora",) if fmt == "lora" else ("sparse", "block-sparse")
+        expected = ("lora",) if fmt == "lora" else SPARSE_KINDS
         if delta.kind not in expected:
             raise HubError(
                 f"expert {expert.name}: {weight} is a {type(delta).__name__}; format {fmt!r} takes "

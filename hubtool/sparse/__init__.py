@@ -1,6 +1,6 @@
 """Sparse adapters and the training loop (issue 3).
 
-    config.py      AdapterConfig: method, targets, keep ratio, mask score and schedule (no torch)
+    config.py      AdapterConfig: kind, targets, keep ratio, mask score and schedule (no torch)
     targets.py     find_targets: `qkv`/`attn`/`mlp`/`all`/regex -> module names of any architecture
     masks.py       scores, exact per-layer top-k, B x B tiles, the re-selection schedule
     layers.py      the layer per adapter kind (sparse/block-sparse, LoRA, full), one shape
@@ -11,6 +11,6 @@
 Only the config is imported here, so `import hubtool.sparse` stays free of torch.
 """
 
-from hubtool.sparse.config import MASK_SCORES, METHODS, AdapterConfig
+from hubtool.sparse.config import MASK_SCORES, AdapterConfig
 
-__all__ = ["MASK_SCORES", "METHODS", "AdapterConfig"]
+__all__ = ["MASK_SCORES", "AdapterConfig"]

@@ -1,6 +1,6 @@
 """Apply an adapter to a model, drive its mask through training, and turn it into an expert.
 
-    adapter = Adapter.apply(model, AdapterConfig(method="sparse", targets="qkv"))
+    adapter = Adapter.apply(model, AdapterConfig(kind="sparse", targets="qkv"))
     ... train adapter.parameters() (hubtool.sparse.trainer does, calling the hooks below) ...
     expert = adapter.to_expert("qa-sparse", task="qa", base_model="smollm2-135m")
     model = adapter.merge()          # or keep training / evaluating the wrapped model
@@ -28,6 +28,7 @@ import torch
 from torch import nn
 
 from hubtool.delta import Expert
+from hubtool.delta.kinds import check_table
 from hubtool.sparse import masks
 from hubtool.sparse.config import AdapterConfig
 from hubtool.sparse.layers import DeltaLayer, FullLayer, LoraLayer, SparseLayer
@@ -156,7 +157,7 @@ class Adapter:
 
     @property
     def _block_size(self) -> int | None:
-        return self.config.block_size if self.config.method == "block-sparse" else None
+        return self.config.block_size if self.config.kind == "block-sparse" else None
 
     def _select(self, scores: torch.Tensor, name: str) -> torch.Tensor:
         cov = self.coverage
@@ -244,14 +245,18 @@ class Adapter:
         return self.model
 
 
+# kind -> the layer that stands in for a target module; one entry per kind of hubtool.delta.kinds.
+LAYER_FACTORIES: dict[str, Callable[[nn.Module, AdapterConfig, torch.Generator], DeltaLayer]] = {
+    "sparse": lambda base, config, gen: SparseLayer(base),
+    "block-sparse": lambda base, config, gen: SparseLayer(base, block_size=config.block_size),
+    "lora": lambda base, config, gen: LoraLayer(base, config.rank, config.alpha, gen),
+    "full": lambda base, config, gen: FullLayer(base),
+}
+check_table(LAYER_FACTORIES, "hubtool.sparse.adapters")
+
+
 def _make_layer(base: nn.Module, config: AdapterConfig, gen: torch.Generator) -> DeltaLayer:
-    if config.method == "sparse":
-        return SparseLayer(base)
-    if config.method == "block-sparse":
-        return SparseLayer(base, block_size=config.block_size)
-    if config.method == "lora":
-        return LoraLayer(base, config.rank, config.alpha, gen)
-    return FullLayer(base)
+    return LAYER_FACTORIES[config.kind](base, config, gen)
 
 
 def _replace(model: nn.Module, name: str, module: nn.Module) -> None:

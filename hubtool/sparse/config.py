@@ -7,23 +7,27 @@ between them with one flag and the catalog can store one JSON shape for all of t
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import InitVar, asdict, dataclass, field, fields
 from typing import Any
 
+from hubtool.delta.kinds import KIND, get_kind
 from hubtool.errors import HubError, shown
 
-METHODS = ("sparse", "block-sparse", "lora", "full")
 MASK_SCORES = ("sensitivity", "snip", "grad", "magnitude", "random")
 
 # The paper re-selects every 100 micro-batches; at effective batch 16 that is ~6 optimizer steps.
 DEFAULT_MASK_INTERVAL = 6
+# `hub train --lr` above this diverges at once (the defaults are 1e-4 and 3e-5, hubtool.delta.kinds):
+# refused as a typo before anything loads, as is 1e300, which overflows the first update.
+MAX_LR = 1.0
 
 
 @dataclass
 class AdapterConfig:
     """How to adapt a base model.
 
-    method       sparse | block-sparse | lora | full
+    kind         sparse | block-sparse | lora | full (hubtool.delta.kinds); `method` is its old name,
+                 still accepted as a keyword (AdapterConfig(method="lora")) and in stored configs (from_dict)
     targets      qkv | attn | mlp | all | a regex searched in module names
     keep_ratio   fraction of each target weight that is trained (sparse kinds), exact per weight
     block_size   B of the B x B tiles (block-sparse)
@@ -39,7 +43,7 @@ class AdapterConfig:
                  when infinite (JSON has no infinity, and PostgreSQL's json type refuses the token)
     """
 
-    method: str = "sparse"
+    kind: str = "sparse"
     targets: str = "qkv"
     keep_ratio: float = 0.05
     block_size: int = 16
@@ -52,10 +56,14 @@ class AdapterConfig:
     extra: dict[str, Any] = field(default_factory=dict)  # room for kind-specific knobs
     avoid: list[str] | None = None
     avoid_beta: float | None = None
+    method: InitVar[str | None] = None  # the old name of `kind`, not stored
 
-    def __post_init__(self) -> None:
-        if self.method not in METHODS:
-            raise HubError(f"adapter method: expected one of {', '.join(METHODS)}, got {self.method!r}")
+    def __post_init__(self, method: str | None) -> None:
+        if method is not None:
+            self.kind = method
+        get_kind(self.kind, "adapter kind")
+        if not isinstance(self.targets, str) or not self.targets.strip():  # "" would match every module
+            raise HubError(f"targets {shown(self.targets, 40)}: expected qkv, attn, mlp, all or a regex")
         if self.mask_score not in MASK_SCORES:
             raise HubError(f"mask_score: expected one of {', '.join(MASK_SCORES)}, got {self.mask_score!r}")
         if not 0.0 < self.keep_ratio <= 1.0:
@@ -73,7 +81,7 @@ class AdapterConfig:
         if self.avoid is not None:
             if not self.is_sparse:
                 raise HubError(
-                    f"--avoid: only sparse and block-sparse experts choose a mask; --method {self.method} has none"
+                    f"--avoid: only sparse and block-sparse experts choose a mask; --kind {self.kind} has none"
                 )
             self.avoid_beta = check_avoid_beta(1.0 if self.avoid_beta is None else self.avoid_beta)
         elif self.avoid_beta is not None:
@@ -81,12 +89,32 @@ class AdapterConfig:
 
     @property
     def is_sparse(self) -> bool:
-        return self.method in ("sparse", "block-sparse")
+        return KIND[self.kind].sparse
 
     @property
     def expert_kind(self) -> str:
-        """The expert kind this adapter packs to: the method's own name (one vocabulary)."""
-        return self.method
+        """The expert kind this adapter packs to: the kind's own name (one vocabulary)."""
+        return self.kind
+
+    @classmethod
+    def from_dict(cls, stored: dict[str, Any]) -> AdapterConfig:
+        """A config as to_dict() wrote it, or as configs stored before the rename did ("method")."""
+        data = cls.normalized(stored)
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise HubError(f"adapter config: unknown field {shown(unknown[0], 60)}")
+        if data.get("avoid_beta") == "inf":
+            data["avoid_beta"] = math.inf
+        return cls(**data)
+
+    @staticmethod
+    def normalized(stored: dict[str, Any]) -> dict[str, Any]:
+        """A stored adapter config (to_dict()'s shape) with the old field name read as the new one."""
+        data = dict(stored)
+        if "method" in data:
+            data.setdefault("kind", data.pop("method"))
+        return data
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

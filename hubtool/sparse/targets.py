@@ -47,8 +47,8 @@ def find_targets(model: nn.Module, targets: str) -> list[str]:
 
     Raises HubError naming the linear modules that do exist when nothing matches.
     """
-    linear = [name for name, m in model.named_modules() if is_linear_like(m) and not _NEVER.search(name)]
     matcher = _preset(targets)
+    linear = [name for name, m in model.named_modules() if is_linear_like(m) and not _NEVER.search(name)]
     chosen = [name for name in linear if matcher(name)]
     if not chosen:
         leaves = sorted({name.rsplit(".", 1)[-1] for name in linear})
@@ -59,7 +59,20 @@ def find_targets(model: nn.Module, targets: str) -> list[str]:
     return chosen
 
 
+def target_shapes(model: nn.Module, targets: str) -> dict[str, tuple[int, int]]:
+    """Module name -> its weight's [out, in] (Conv1D's stored [in, out] read back), for find_targets'
+    choice; works on a model built on the meta device, so before any weight is loaded."""
+    out = {}
+    for name in find_targets(model, targets):
+        module = model.get_submodule(name)
+        rows, cols = module.weight.shape[:2]
+        out[name] = (int(cols), int(rows)) if type(module).__name__ == "Conv1D" else (int(rows), int(cols))
+    return out
+
+
 def _preset(targets: str):
+    if not isinstance(targets, str) or not targets.strip():  # an empty regex would match every module
+        raise HubError(f"targets {targets!r}: expected qkv, attn, mlp, all or a regex over module names")
     parents = lambda name: name.split(".")[:-1]
     if targets == "qkv":
         return lambda name: name.rsplit(".", 1)[-1] in QKV_NAMES and _inside(parents(name), _ATTN_PARENT)

@@ -31,6 +31,7 @@ from torch import nn
 from hubtool.errors import HubError
 from hubtool.sparse import checkpoint
 from hubtool.sparse.adapters import Adapter, Moved
+from hubtool.sparse.config import AdapterConfig
 from hubtool.sparse.loss import causal_lm_loss
 
 TokenizedExample = tuple[Sequence[int], Sequence[int]]  # (input_ids, labels), labels -100 = not scored
@@ -308,7 +309,8 @@ class Trainer:
         if self.ckpt_dir is None or not (self.ckpt_dir / "state.pt").exists():
             return None  # resume with nothing to resume from: start fresh
         state = checkpoint.load(self.ckpt_dir / "state.pt")
-        if state["adapter"]["config"] != self.adapter.config.to_dict():
+        # A checkpoint from before the rename stores the kind as "method": the same config.
+        if AdapterConfig.normalized(state["adapter"]["config"]) != self.adapter.config.to_dict():
             raise HubError(
                 f"{self.ckpt_dir / 'state.pt'}: saved with a different adapter config; cannot resume"
             )
