@@ -285,6 +285,12 @@ def generate(
 def check_request(prompt: str, max_new_tokens: int) -> None:
     if not isinstance(prompt, str) or not prompt.strip():
         raise HubError("PROMPT: expected some text, got an empty prompt")
+    try:
+        prompt.encode("utf-8")
+    except UnicodeEncodeError as err:  # argv bytes that are not UTF-8 arrive as lone surrogates
+        char = ord(prompt[err.start])
+        what = f"byte 0x{char - 0xDC00:02x}" if 0xDC80 <= char <= 0xDCFF else f"an unpaired surrogate U+{char:04X}"
+        raise HubError(f"PROMPT: not UTF-8 text ({what} at character {err.start}); expected UTF-8") from None
     if not isinstance(max_new_tokens, int) or isinstance(max_new_tokens, bool) or max_new_tokens < 1:
         raise HubError(f"--max-new-tokens {max_new_tokens}: expected a whole number of at least 1")
 

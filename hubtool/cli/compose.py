@@ -108,7 +108,7 @@ def compose(
         result = run(
             tasks, experts=experts, method=method, where=where, pick=pick, weights=_floats(weights, "--weights"),
             density=density, lam=lam, seed=seed, normalize=normalize, dtype=dtype, config=config, out=out, as_expert=as_expert,
-            dry_run=dry_run, catalog=cat, progress=progress,
+            dry_run=dry_run, catalog=cat, progress=progress, evaluate=eval_,
         )
     plan = result.plan
     if json_ and dry_run:

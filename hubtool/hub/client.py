@@ -65,7 +65,42 @@ def split_repo(spec: str, what: str = "repo") -> tuple[str, str | None]:
     return repo, (revision if at else None)
 
 
+def check_endpoint(endpoint: str | None) -> str:
+    """The Hub URL requests will go to (`endpoint`, else HF_ENDPOINT, else the Hub's), checked before any
+    request: an http:// or https:// URL with a host and a valid port, no spaces or control characters.
+    Else one line naming --endpoint (or HF_ENDPOINT) instead of the HTTP client's InvalidURL."""
+    import os
+    from urllib.parse import urlsplit
+
+    from hubtool.errors import shown
+
+    # HF_ENDPOINT read here, not through huggingface_hub.constants: importing that raises on a bad one.
+    url = endpoint or os.environ.get("HF_ENDPOINT")
+    what = "--endpoint" if endpoint else "HF_ENDPOINT"
+    if url is None:
+        return "https://huggingface.co"
+    why = None
+    if not isinstance(url, str) or any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in url):
+        why = "it holds spaces or control characters"
+    else:
+        try:
+            parts = urlsplit(url)
+            parts.port  # noqa: B018  (raises ValueError for a port that is not a number in 0-65535)
+        except ValueError as err:
+            why = " ".join(str(err).split())[:100]
+        else:
+            if parts.scheme.lower() not in ("http", "https"):
+                why = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
+            elif not parts.hostname:
+                why = "no host"
+    if why is not None:
+        raise HubError(f"{what} {shown(url, 100)}: expected an http:// or https:// URL with a host, "
+                       f"like https://huggingface.co ({why})")
+    return url
+
+
 def make_api(endpoint: str | None, token: str | None) -> Any:
+    check_endpoint(endpoint)  # first: huggingface_hub's import raises on a bad HF_ENDPOINT
     from huggingface_hub import HfApi
 
     from hubtool import __version__

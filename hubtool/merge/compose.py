@@ -100,8 +100,11 @@ def compose(
     catalog: Any = None,
     threads: int = 2,
     progress: Any = None,
+    evaluate: bool = False,
 ) -> ComposeResult:
-    """Merge the experts a query selects into a model folder (`out`) or a merged expert (`as_expert`)."""
+    """Merge the experts a query selects into a model folder (`out`) or a merged expert (`as_expert`).
+    With `evaluate` (evaluate_result follows), the experts' stored eval settings are checked first, so
+    a bad one stops the compose before anything is written."""
     from hubtool.hub.pull import hub_download
     from hubtool.registry import Catalog
     from hubtool.registry.lookup import NAME
@@ -119,6 +122,9 @@ def compose(
         raise HubError(f"--as-expert {as_expert!r}: expected letters, digits, '.', '_' or '-' (at most 128)")
     cat = catalog if hasattr(catalog, "list") else Catalog(catalog, download=hub_download())
     plan = make_plan(cat, recipe)
+    if evaluate:
+        for choice in plan.choices:
+            eval_settings(choice)
     result = ComposeResult(plan)
     if dry_run:
         result.overlap = overlap(plan)
@@ -229,6 +235,35 @@ def recipe_from_card(folder: str | os.PathLike) -> Recipe:
 
 # --- evaluating the result ------------------------------------------------------------------------------
 
+# The eval settings train() stores under config["eval"], and what each may hold (None: the default).
+_EVAL_KEYS = ("split", "limit", "max_new_tokens", "max_prompt_tokens")
+
+
+def eval_settings(choice: Any) -> dict[str, Any]:
+    """The settings the chosen expert was scored with (its config["eval"]), checked: a mapping of split
+    (train | validation | test), limit (a whole number >= 0, or null: all), max_new_tokens (>= 1) and
+    max_prompt_tokens (>= 1, or null). A record from elsewhere (a pull, an import) may hold anything."""
+    from hubtool.data.files import SPLITS
+    from hubtool.errors import shown
+
+    config = choice.record.config
+    raw = config.get("eval") if isinstance(config, dict) else None
+    where = f"expert {choice.ref}: config.eval"
+    if raw is None:
+        return {}
+    if not isinstance(raw, dict):
+        raise HubError(f"{where}: expected a mapping of {', '.join(_EVAL_KEYS)}, got {shown(raw, 60)}")
+    settings = {k: raw[k] for k in _EVAL_KEYS if raw.get(k) is not None}
+    split = settings.get("split")
+    if split is not None and split not in SPLITS:
+        raise HubError(f"{where}.split: expected train, validation or test, got {shown(split, 60)}")
+    for key, low in (("limit", 0), ("max_new_tokens", 1), ("max_prompt_tokens", 1)):
+        value = settings.get(key)
+        if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < low):
+            raise HubError(f"{where}.{key}: expected a whole number of at least {low}, got {shown(value, 60)}")
+    return settings
+
+
 
 def evaluate_result(
     result: ComposeResult,
@@ -256,6 +291,7 @@ def evaluate_result(
 
     cat = catalog if hasattr(catalog, "list") else Catalog(catalog)
     plan = result.plan
+    stored = {c.ref: eval_settings(c) for c in plan.choices}  # bad settings fail before the model loads
     tasks = {t: load_task(t, catalog=cat) for t in plan.tasks}  # a bad task fails before the model loads
     if result.out is not None:
         model, tokenizer = load_base(str(result.out), dtype=torch.float32)
@@ -267,9 +303,9 @@ def evaluate_result(
     rows = []
     for task, data in tasks.items():
         choice = next(c for c in plan.choices if c.task == task)
-        settings = dict((choice.record.config or {}).get("eval") or {})
-        stored = settings.get("limit", 200)  # 0: the expert was never scored; score the merge on 200
-        n = limit if limit is not None else (200 if stored == 0 else stored)
+        settings = stored[choice.ref]
+        kept = settings.get("limit", 200)  # 0: the expert was never scored; score the merge on 200
+        n = limit if limit is not None else (200 if kept == 0 else kept)
         new_tokens = max_new_tokens if max_new_tokens is not None else settings.get("max_new_tokens", 64)
         split = settings.get("split", "test")
         scores = evaluate(model, tokenizer, data, split=split, limit=n, batch_size=batch_size,

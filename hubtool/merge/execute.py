@@ -178,13 +178,14 @@ def write_model(
                                 x, fingerprints = inputs.get(name)
                                 _check_fingerprints(plan, name, t, fingerprints)
                                 merged = merge_weight(plan.recipe.method, x, params)
-                                t = add_merged(t, merged, dtype)
+                                base_bad = _not_finite(t)  # before: add_merged may add in place
+                                t = _check_finite(plan, out_dir, name, base_bad, add_merged(t, merged, dtype))
                                 del merged, x
                                 done += 1
                                 if progress:
                                     progress("weights", done, len(plan.weights))
                             elif t.dtype != dtype:
-                                t = t.to(dtype)
+                                t = _check_finite(plan, out_dir, name, _not_finite(t), t.to(dtype))
                             writer.write(name, t)
                             total_size += t.numel() * t.element_size()
                             weight_map[name] = out_name
@@ -201,6 +202,30 @@ def write_model(
     finally:
         inputs.close()
     return out_dir
+
+
+def _not_finite(t: torch.Tensor) -> int:
+    return int((~torch.isfinite(t)).sum()) if t.is_floating_point() else 0
+
+
+def _check_finite(plan: Plan, out_dir: Path, name: str, base_bad: int, after: torch.Tensor) -> torch.Tensor:
+    """`after` (the tensor to write), unless it holds more inf/NaN entries than the base's (base_bad): a huge
+    --lambda or weight, or large finite values times them, or a narrower --dtype, overflowed. As
+    --as-expert refuses such values, a model folder must not be written with them (exit 0, unusable)."""
+    bad = _not_finite(after)
+    if bad > base_bad:
+        dtype = str(after.dtype).removeprefix("torch.")
+        r = plan.recipe
+        if name not in plan.weights:  # only cast: the base's values do not fit the --dtype asked
+            why = f"the base's values do not fit {dtype} (--dtype {r.dtype})"
+        else:
+            lam = "the method's default" if r.lam is None else f"{r.lam:g}"
+            weights = ",".join(f"{c.weight:g}" for c in plan.choices)
+            why = (f"the experts' deltas times --lambda {lam} and --weights {weights} overflow {dtype}; "
+                   "use smaller values")
+        raise HubError(f"--out {out_dir}: the merged {name} would hold {bad:,} entries that are not finite "
+                       f"(inf or NaN): {why}; nothing was written")
+    return after
 
 
 _ST_TO_TORCH = {"F64": torch.float64, "F32": torch.float32, "F16": torch.float16, "BF16": torch.bfloat16,

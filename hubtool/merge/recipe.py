@@ -18,6 +18,7 @@ under `select` as provenance), so composing it again reproduces the output. Stdl
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -195,9 +196,7 @@ class Recipe:
 
         path = Path(path)
         try:
-            if path.stat().st_size > MAX_RECIPE_BYTES:
-                raise HubError(f"{path}: {path.stat().st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
-            text = path.read_bytes().decode("utf-8-sig")
+            text = _read_recipe(path).decode("utf-8-sig")
             data = yaml.safe_load(text)
         except OSError as err:
             raise HubError(f"{path}: cannot read the recipe: {err.strerror}") from None
@@ -209,8 +208,32 @@ class Recipe:
             raise HubError(f"{path}: YAML nested too deeply") from None
         except ValueError as err:  # PyYAML's int(): Python's limit on integer digits
             raise HubError(f"{path}: not a usable YAML value ({' '.join(str(err).split())[:120]})") from None
-        check_depth(data, str(path), max_depth=16, max_nodes=100_000)  # aliases: a DAG, walked as a tree
+        # aliases: a DAG, walked as a tree. The checker speaks of JSON; this file is YAML.
+        check_depth(data, str(path), max_depth=16, max_nodes=100_000,
+                    error=lambda message: HubError(message.replace(": JSON ", ": YAML ", 1)))
         return cls.from_dict(data, str(path))
+
+
+def _read_recipe(path: Path) -> bytes:
+    """The bytes of a recipe file: a regular file of at most MAX_RECIPE_BYTES. Opened without blocking
+    (a FIFO would wait for a writer) and read no further than the cap (/dev/zero never ends)."""
+    import stat
+
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise HubError(f"{path}: not a regular file (a pipe, device or folder); expected a recipe YAML file")
+        if info.st_size > MAX_RECIPE_BYTES:
+            raise HubError(f"{path}: {info.st_size} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
+        os.set_blocking(fd, True)
+        with os.fdopen(fd, "rb", closefd=False) as f:
+            data = f.read(MAX_RECIPE_BYTES + 1)
+    finally:
+        os.close(fd)
+    if len(data) > MAX_RECIPE_BYTES:  # grew while read
+        raise HubError(f"{path}: more than {MAX_RECIPE_BYTES} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
+    return data
 
 
 def _mapping(value: Any, what: str) -> dict[str, Any]:

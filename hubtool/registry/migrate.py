@@ -87,8 +87,9 @@ def upgrade(engine: Engine, revision: str = "head", *, blobs: Path | None = None
                 "experts table); expected an empty database or a catalog hubtool created"
             )
         raise HubError(
-            f"catalog {describe(engine.url)}: schema revision {current!r} is newer than this hubtool knows "
-            f"(up to {script_head()!r}); upgrade hubtool"
+            f"catalog {describe(engine.url)}: schema revision {current!r} (table alembic_version) is not one "
+            f"this hubtool knows (its newest is {script_head()!r}): a newer hubtool wrote this catalog "
+            "(upgrade hubtool), or the row was changed by hand"
         )
     cfg = _config()
     # The whole upgrade runs in one write transaction: concurrent openers of a fresh catalog queue on
