@@ -63,7 +63,7 @@ def import_expert(
         from hubtool.format.header import read_header
 
         header = read_header(path)  # torch-free: a wrong or truncated file fails in ~0.1 s, before any work
-    cat = catalog if hasattr(catalog, "register") else Catalog(catalog)
+    cat = Catalog.open(catalog)
     if path.is_file() and value_dtype in (None, header["value_dtype"]):
         return cat.register(path, name=name, task=task, tags=tags)
     from hubtool.format import unpack
@@ -100,7 +100,7 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
 
     if fmt not in ("peft", "hubtool"):
         raise HubError(f"--format {fmt!r}: expected 'peft' or 'hubtool'")
-    cat = catalog if hasattr(catalog, "get") else Catalog(catalog, download=hub_download())
+    cat = Catalog.open(catalog, download=hub_download())
     rec = cat.get(ref)
     into_folder = os.fspath(out).endswith(("/", os.sep))  # "out/" means a folder, even a new one
     out = Path(out).expanduser()
@@ -193,7 +193,7 @@ def evaluate_expert(
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.registry import Catalog
 
-    cat = catalog if hasattr(catalog, "get") else Catalog(catalog, download=hub_download())
+    cat = Catalog.open(catalog, download=hub_download())
     expert, rec = None, None
     model_path = None
     if target is not None:
@@ -272,7 +272,7 @@ def compare(
     from hubtool.registry import Catalog
     from hubtool.stats import LEVEL, Bootstrap
 
-    cat = catalog if hasattr(catalog, "get") else Catalog(catalog)
+    cat = Catalog.open(catalog)
     if a == "base" and b == "base":
         raise HubError("--compare base,base: expected at least one expert ref (base is the base model of the other)")
     records = {side: cat.get(ref) for side, ref in (("a", a), ("b", b)) if ref != "base"}

@@ -472,3 +472,12 @@ def test_fill_synthetic_makes_a_listable_catalog(tmp_path, packed, catalog_url):
     assert cat.register(packed(name), name=name).version == last + 1
     with pytest.raises(HubError, match="needs an empty catalog"):
         fill_synthetic(url, 1)
+
+
+def test_open_takes_a_catalog_or_its_url(cat, packed):
+    """Library calls take either: the same object back, or a new one on the same database."""
+    assert Catalog.open(cat) is cat
+    rec = cat.register(packed("opened"), name="opened")
+    other = Catalog.open(cat.url)
+    assert other is not cat and other.url == cat.url and other.get("opened").version == rec.version
+    other.close()

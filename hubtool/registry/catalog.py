@@ -107,6 +107,12 @@ class Catalog:
         self.engine = db.make_engine(self.url)
         migrate.ensure_schema(self.engine, blobs=self.blobs.root)
 
+    @classmethod
+    def open(cls, catalog: Catalog | str | None = None, *, download: Download | None = None) -> Catalog:
+        """The catalog handed in, or the one at that URL (None: the default). Library calls take either, so a
+        script opens one catalog once and passes it to many calls."""
+        return catalog if isinstance(catalog, Catalog) else cls(catalog, download=download)
+
     def close(self) -> None:
         self.engine.dispose()
 
