@@ -24,20 +24,18 @@ from hubtool.cli._common import (
     print_json,
     resolve_tasks,
 )
+from hubtool.data.metrics import HEADLINE
 
 RefArg = Annotated[str, typer.Argument(help="Expert reference: NAME, NAME@VERSION or NAME@ALIAS.")]
 
 PANEL = "Catalog"  # the group these commands are listed under in `hub --help`
 
 
-# Quality metrics first in the one-line summary; losses only when nothing else was measured.
-_HEADLINE = ("accuracy", "rougeL", "exact_match")
-
-
 def _metric_summary(metrics: dict) -> str:
     """{task: {metric: value}} -> "accuracy 72 · rougeL 41.2" (the primary task's first two headline metrics)."""
     for per_task in metrics.values():
-        ranked = sorted(per_task, key=lambda m: (_HEADLINE.index(m) if m in _HEADLINE else len(_HEADLINE), m))
+        # quality metrics first; losses only when nothing else was measured
+        ranked = sorted(per_task, key=lambda m: (HEADLINE.index(m) if m in HEADLINE else len(HEADLINE), m))
         return " · ".join(f"{m} {per_task[m]:.3g}" for m in ranked[:2])
     return "-"
 

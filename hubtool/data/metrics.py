@@ -14,6 +14,16 @@ from collections.abc import Sequence
 from functools import lru_cache
 from typing import Any
 
+# A task's score, in this order of preference: accuracy for tasks with options, else Rouge-L (the paper's
+# metric), else exact match. Declared once: reports, retention, `hub list` and model cards all rank by it.
+HEADLINE = ("accuracy", "rougeL", "exact_match")
+
+
+def headline(per_task: dict[str, Any]) -> str | None:
+    """The headline metric among one task's {metric: value}, or None when it has none of them."""
+    return next((m for m in HEADLINE if m in per_task), None)
+
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 

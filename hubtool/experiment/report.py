@@ -19,10 +19,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from hubtool.data.metrics import HEADLINE
 from hubtool.experiment.jobs import ComposeJob, Plan, digest
 from hubtool.experiment.presets import KINDS, TUNED
 from hubtool.fileio import atomic_write
-from hubtool.merge.compose import HEADLINE
 
 CLAIMS = (
     "Sparse adapters beat LoRA and full fine-tuning on held-in tasks (single-task).",

@@ -14,11 +14,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubtool.data.metrics import HEADLINE
 from hubtool.errors import HubError
 from hubtool.experiment.jobs import ComposeJob, EvalJob, Job, Plan, Planner, Task, TrainJob
 from hubtool.experiment.presets import Preset
 from hubtool.fileio import atomic_write
-from hubtool.merge.compose import HEADLINE
 from hubtool.paths import hub_home
 
 STAGES = ("sweep", "train", "eval", "compose", "tune")

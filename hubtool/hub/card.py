@@ -14,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+from hubtool.data.metrics import HEADLINE
 from hubtool.errors import HubError
 from hubtool.hub.client import check_repo_id
 
@@ -311,7 +312,7 @@ def _recipe_section(record: dict[str, Any]) -> list[str]:
 
 def _headline(record: dict[str, Any]) -> str:
     per_task = (record.get("metrics") or {}).get(record["task"]) or {}
-    for metric in ("accuracy", "rougeL", "exact_match", *sorted(per_task)):
+    for metric in (*HEADLINE, *sorted(per_task)):
         if metric in per_task:
             return f"{_cell(metric)} {per_task[metric]:.4g}"
     return "-"
