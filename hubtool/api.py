@@ -10,18 +10,12 @@ from hubtool.errors import HubError
 from hubtool.fileio import scratch_dir
 from hubtool.paths import models_dir, tmp_dir
 
-# --dtype spellings -> the packed format's value dtype names
-_DTYPE_SPELLINGS = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "bfloat16": "bfloat16",
-                    "float16": "float16", "float32": "float32"}  # fmt: skip
-
 
 def value_dtype_name(dtype: str | None) -> str | None:
     """"bf16" -> "bfloat16" (also fp16, fp32 and the long names); None stays None."""
-    if dtype is None:
-        return None
-    if dtype.strip().lower() not in _DTYPE_SPELLINGS:
-        raise HubError(f"--dtype {dtype!r}: expected bf16, fp16 or fp32 (or bfloat16, float16, float32)")
-    return _DTYPE_SPELLINGS[dtype.strip().lower()]
+    from hubtool import checks
+
+    return None if dtype is None else checks.dtype(dtype)
 
 
 def import_expert(

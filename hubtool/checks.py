@@ -65,3 +65,25 @@ def optional_positive(value: Any, field: str) -> float | None:
 def ratio(value: Any, field: str) -> float:
     """A fraction in (0, 1]: keep ratios, densities."""
     return number(value, field, low=0.0, low_open=True, high=1.0)
+
+
+def items(value: str | list[str] | tuple[str, ...] | None) -> list[str]:
+    """A comma list, or a list of comma lists (a repeatable option): "qa, summarize" / ["qa", "x,y"] ->
+    the stripped, non-empty names in order."""
+    if value is None:
+        return []
+    parts = value.split(",") if isinstance(value, str) else [p for v in value for p in str(v).split(",")]
+    return [p.strip() for p in parts if p.strip()]
+
+
+# dtype spellings users type (PyTorch's and the short ones) -> the names the file format and recipes store
+DTYPES = {"bf16": "bfloat16", "fp16": "float16", "fp32": "float32", "bfloat16": "bfloat16", "float16": "float16",
+          "float32": "float32"}  # fmt: skip
+
+
+def dtype(value: Any, field: str = "--dtype") -> str:
+    """"bf16" -> "bfloat16" (also fp16, fp32 and the long names, any case)."""
+    key = value.strip().lower() if isinstance(value, str) else None
+    if key not in DTYPES:
+        raise HubError(f"{field} {shown(value, 40)}: expected bf16, fp16 or fp32 (or bfloat16, float16, float32)")
+    return DTYPES[key]
