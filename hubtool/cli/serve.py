@@ -8,16 +8,17 @@ from typing import Annotated
 import typer
 
 from hubtool.cli import app
+from hubtool.hub.server import defaults  # stdlib only: neither Starlette nor uvicorn
 
 PANEL = "Share"
 
-SERVE_HELP = """Serve a Hugging Face Hub-compatible API for air-gapped teams.
+SERVE_HELP = f"""Serve a Hugging Face Hub-compatible API for air-gapped teams.
 
 The unmodified huggingface_hub client (hf, HfApi, hf_hub_download,
 snapshot_download) and transformers (from_pretrained, push_to_hub) use it
 with their default settings. Point them at it before Python starts:
 
-    export HF_ENDPOINT=http://127.0.0.1:8910
+    export HF_ENDPOINT=http://{defaults.HOST}:{defaults.PORT}
     export HF_TOKEN=<your token>     (or: HF_ENDPOINT=... hf auth login)
 
 Token file: one '<user> <token>' line per user, '#' starts a comment;
@@ -34,8 +35,8 @@ regular uploads, which it streams to disk.
 def serve(
     host: Annotated[
         str, typer.Option("--host", help="Address to listen on (0.0.0.0: every interface).")
-    ] = "127.0.0.1",
-    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = 8910,
+    ] = defaults.HOST,
+    port: Annotated[int, typer.Option("--port", help="TCP port.", min=1, max=65535)] = defaults.PORT,
     root: Annotated[
         Path | None,
         typer.Option("--root", envvar="HUB_SERVE_ROOT", help="Storage folder. Default: $HUB_HOME/serve."),
@@ -51,7 +52,9 @@ def serve(
     public_read: Annotated[
         bool, typer.Option("--public-read", help="Let anyone read public repos without a token.")
     ] = False,
-    log_level: Annotated[str, typer.Option("--log-level", help="debug | info | warning | error")] = "info",
+    log_level: Annotated[
+        str, typer.Option("--log-level", help=" | ".join(defaults.LOG_LEVELS))
+    ] = defaults.LOG_LEVEL,
     auth_burst: Annotated[
         int,
         typer.Option(
@@ -59,21 +62,21 @@ def serve(
             min=0,
             help="Failed authentications a client may make at once before 429s (0: no limit).",
         ),
-    ] = 20,
+    ] = defaults.AUTH_BURST,
     auth_rate: Annotated[
         float,
         typer.Option("--auth-rate", min=0.001, help="Failed authentications per second after the burst."),
-    ] = 0.5,
+    ] = defaults.AUTH_RATE,
     max_commit_gib: Annotated[
         float,
         typer.Option("--max-commit-gib", min=0.000001, help="Largest commit body accepted (413 above)."),
-    ] = 64.0,
+    ] = defaults.MAX_COMMIT_BODY / 2**30,
 ) -> None:
     from hubtool.errors import HubError
     from hubtool.paths import hub_home
 
-    if log_level not in ("debug", "info", "warning", "error"):
-        raise typer.BadParameter("--log-level: expected debug, info, warning or error")
+    if log_level not in defaults.LOG_LEVELS:
+        raise typer.BadParameter(f"--log-level: expected one of {', '.join(defaults.LOG_LEVELS)}")
     if token_file is not None and not token_file.is_file():
         raise HubError(f"--token-file {token_file}: no such file")
     from hubtool.hub.server import run
