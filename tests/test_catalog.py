@@ -481,3 +481,18 @@ def test_open_takes_a_catalog_or_its_url(cat, packed):
     other = Catalog.open(cat.url)
     assert other is not cat and other.url == cat.url and other.get("opened").version == rec.version
     other.close()
+
+
+def test_describe_is_what_hub_show_json_prints(cat, packed, hub_home):
+    """The CLI only renders: `hub show --json` prints Catalog.describe, which reads the header and lineage."""
+    parent = cat.register(packed("qa", "qa", metrics={"qa": {"rougeL": 30.0}}))
+    child = cat.register(packed("qa2", "qa", seed=1, metrics={"qa": {"rougeL": 35.0}}), parents=[parent.ref])
+    cat.set_base_metrics(child.base_model, "qa", {"rougeL": 20.0})
+    info = cat.describe("qa2")
+    assert info["ref"] == child.ref and info["gain"] == {"qa": {"rougeL": 15.0}}
+    assert info["base_metrics"] == {"qa": {"rougeL": 20.0}}
+    assert [p["ref"] for p in info["lineage"]["parents"]] == [parent.ref]
+    assert sum(w["nnz"] for w in info["weights"].values()) == child.nnz
+    out = subprocess.run([sys.executable, "-m", "hubtool", "show", "qa2", "--json"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "HUB_HOME": str(hub_home)})  # fmt: skip
+    assert json.loads(out.stdout) == json.loads(json.dumps(info, default=str))

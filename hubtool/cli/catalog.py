@@ -106,12 +106,6 @@ def _list_rows(catalog: str | None, tasks: str | None, query: dict) -> list:
     return cat.list(tasks=names, **query)
 
 
-def _baselines(cat, rec) -> dict[str, dict[str, float]]:
-    """{task: {metric: the base model's own score}} for the tasks the expert was measured on."""
-    found = {task: cat.base_metrics(rec.base_model, task) for task in rec.metrics}
-    return {task: values for task, values in found.items() if values}
-
-
 @app.command(rich_help_panel=PANEL)
 def show(
     ref: RefArg,
@@ -122,21 +116,10 @@ def show(
     catalog: CatalogOpt = None,
 ) -> None:
     """Show one expert: metadata, aliases, per-layer nnz, metrics (and gain over the base) and lineage."""
-    from hubtool.format.header import read_header
-
     cat = open_catalog(catalog)
     rec = cat.get(ref)
-    header = read_header(cat.blob_path(rec))
-    lineage = cat.lineage(rec.ref)
-    baselines = _baselines(cat, rec)
-    gains = cat.gains(rec.ref)
-    info = rec.to_dict() | {
-        "value_dtype": rec.value_dtype or header["value_dtype"],  # null in rows older than migration 0003
-        "weights": header["weights"],
-        "lineage": lineage,
-        "base_metrics": baselines,
-        "gain": gains,
-    }
+    info = cat.describe(rec.ref)
+    lineage, baselines, gains = info["lineage"], info["base_metrics"], info["gain"]
     if json_:
         print_json(info)
         return
@@ -183,7 +166,7 @@ def show(
         "weight", "count", "shape", "nnz", "density", "encoding")
     for col in columns:
         table.add_column(col, justify="left" if col in ("weight", "encoding") else "right")
-    for label, group in _weight_rows(header["weights"], collapse=not all_weights):
+    for label, group in _weight_rows(info["weights"], collapse=not all_weights):
         rows, cols = group[0]["shape"]
         nnz = group[0]["nnz"]
         table.add_row(

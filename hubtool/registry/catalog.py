@@ -474,6 +474,23 @@ class Catalog:
             base = baselines.fetch(conn, record.base_model, record.metrics)
         return baselines.gains(record.metrics, base)
 
+    def describe(self, ref: str) -> dict[str, Any]:
+        """Everything `hub show` shows (and prints with --json): the record, its value dtype and per-weight
+        header entries (from the blob's header: no tensor is read), lineage, the base model's scores on the
+        expert's tasks and the gain over them."""
+        from hubtool.format.header import read_header
+
+        rec = self.get(ref)
+        header = read_header(self.blob_path(rec))
+        found = {task: self.base_metrics(rec.base_model, task) for task in rec.metrics}
+        return rec.to_dict() | {
+            "value_dtype": rec.value_dtype or header["value_dtype"],  # null in rows older than migration 0003
+            "weights": header["weights"],
+            "lineage": self.lineage(rec.ref),
+            "base_metrics": {task: values for task, values in found.items() if values},
+            "gain": self.gains(rec.ref),
+        }
+
     # ---- per-example results ----------------------------------------------------------------
 
     def set_examples(
