@@ -140,8 +140,6 @@ def train(
         avoid=[] if avoid or avoid_catalog else None,
         avoid_beta=avoid_beta,
     )
-    # Before the weights load: the targets exist and --block-size / --rank fit them (the base's config).
-    check_against_base(base, adapter_cfg, trust_remote_code=trust_remote_code)
     run_dir = Path(out_dir) if out_dir is not None else hub_home() / "runs" / name
     # With `data`, `task` names that data's task; a name found nowhere offline is looked up in the
     # catalog's tasks table, where earlier training recorded its data source and category.
@@ -159,7 +157,9 @@ def train(
         cat = cat or Catalog(catalog, download=hub_download())
         avoided = resolve_avoid(cat, avoid, every=avoid_catalog, base_model=base_id(base), task=task_data.name)
         adapter_cfg.avoid = [r.ref for r in avoided.counted]
-    import torch  # the checks above stay torch-free, so a bad setting fails at once
+    # Before the weights load: the targets exist and --block-size / --rank fit them (the base's config).
+    check_against_base(base, adapter_cfg, trust_remote_code=trust_remote_code)
+    import torch  # the checks above but the last stay torch-free, so a bad setting fails at once
 
     from hubtool.data.prompts import build_training_example
     from hubtool.errors import HubError

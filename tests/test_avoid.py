@@ -255,7 +255,7 @@ def test_bad_avoid_values_are_one_line_errors_and_register_nothing(world) -> Non
     args = ["--task", "sizes", "--base", world["base"], "--data", world["sizes"], "--max-steps", "1", "--quiet"]
     one_line_error(hub("train", *args, "--avoid", "nosuch"), "--avoid nosuch", "no expert of that name")
     one_line_error(hub("train", *args, "--avoid", "colors-sparse@9"), "--avoid colors-sparse@9", "no version 9")
-    one_line_error(hub("train", *args, "--avoid", "colors", "--method", "lora"), "--avoid", "--method lora")
+    one_line_error(hub("train", *args, "--avoid", "colors", "--kind", "lora"), "--avoid", "--kind lora")
     one_line_error(hub("train", *args, "--avoid-beta", "2"), "--avoid-beta", "only with --avoid")
     one_line_error(hub("train", *args, "--avoid", "colors", "--avoid-beta", "-1"), "--avoid-beta", ">= 0 or inf")
     # the same checks in the library
