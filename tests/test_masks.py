@@ -162,6 +162,15 @@ def test_unknown_targets_list_what_exists():
     assert AdapterConfig(method="lora").kind == "lora" and "method" not in AdapterConfig().to_dict()
     with pytest.raises(HubError, match="targets ''"):
         AdapterConfig(targets="")
+    # configs stored before the rename (the catalog's train configs, checkpoints) say "method"
+    stored = {**AdapterConfig(kind="block-sparse", block_size=8).to_dict(), "avoid": [], "avoid_beta": "inf"}
+    stored["method"] = stored.pop("kind")
+    config = AdapterConfig.from_dict(stored)
+    assert config.kind == "block-sparse" and config.block_size == 8 and config.avoid_beta == float("inf")
+    normalized = AdapterConfig.normalized(stored)
+    assert normalized["kind"] == "block-sparse" and "method" not in normalized
+    with pytest.raises(HubError, match="unknown field 'colour'"):
+        AdapterConfig.from_dict({"kind": "lora", "colour": 1})
 
 
 def test_linear_without_bias_and_conv1d_targets_only():
