@@ -21,7 +21,8 @@ from fuzzing import World
 def hub(world: World, *argv: str | bytes | Path, timeout: float = 120, **env: str) -> subprocess.CompletedProcess:
     """`hub ARGV` in a subprocess with the world's HUB_HOME (bytes arguments go to argv as they are)."""
     base = {k: v for k, v in os.environ.items() if not k.startswith(("HF_", "HUB_"))}
-    base.update(HUB_HOME=str(world.home), COLUMNS="200", **env)
+    base.update({"HUB_HOME": str(world.home), "COLUMNS": "200"})
+    base.update(env)
     args = [a if isinstance(a, bytes) else str(a) for a in argv]
     return subprocess.run([sys.executable, "-m", "hubtool", *args], env=base, capture_output=True, timeout=timeout,
                           check=False)
@@ -176,3 +177,137 @@ def test_an_unknown_schema_revision_says_what_is_wrong(world: World, tmp_path: P
         dst.execute("UPDATE alembic_version SET version_num = 'zzz'")
     line = error_line(hub(world, "list", HUB_CATALOG=f"sqlite:///{db}"))
     assert "'zzz'" in line and "is newer" not in line and "not one this hubtool knows" in line, line
+
+
+# --- pull and push against a real `hub serve` ------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    pytest.importorskip("starlette")
+    from hubserver import Server, write_tokens
+
+    root = tmp_path_factory.mktemp("serve15")
+    srv = Server(root / "root", write_tokens(root / "tokens.txt"))
+    yield srv
+    srv.stop()
+
+
+def on_server(server, world: World, tmp: Path, home: Path | None = None, **extra: str) -> dict[str, str]:
+    """hub()'s environment for talking to `server` as alice (HUB_HOME: `home`, default the world's)."""
+    from hubserver import ALICE
+
+    env = {"HF_ENDPOINT": server.url, "HF_TOKEN": ALICE, "HF_HOME": str(tmp / "hf-home"),
+           "HF_HUB_CACHE": str(tmp / "hf-cache"), **extra}
+    if home is not None:
+        env["HUB_HOME"] = str(home)
+    return env
+
+
+def upload(server, repo: str, files: dict[str, bytes]) -> None:
+    from huggingface_hub import CommitOperationAdd
+
+    api = server.api()
+    api.create_repo(repo, exist_ok=True)
+    api.create_commit(repo, [CommitOperationAdd(path_in_repo=p, path_or_fileobj=data) for p, data in files.items()],
+                      commit_message="by hand")
+
+
+def pulled(home: Path) -> list[str]:
+    from hubtool.registry import Catalog
+
+    db = home / "registry.db"
+    if not db.exists():
+        return []
+    cat = Catalog(f"sqlite:///{db}", blobs=home / "blobs")
+    try:
+        return sorted(r.ref for r in cat.list())
+    finally:
+        cat.close()
+
+
+@pytest.mark.parametrize(
+    ("edit", "words"),
+    [
+        (lambda r: r.__setitem__("lineage", {"parents": 5}), ["lineage.parents", "JSON array", "5"]),
+        (lambda r: r.__setitem__("lineage", {"parents": [{"ref": "a@1", "role": 3}]}), ["lineage.parents[0].role"]),
+        (lambda r: r.__setitem__("ref", ["fz@1"]), ["ref", "a string"]),
+        (lambda r: r.__setitem__("ref", 7), ["ref", "a string"]),
+        (lambda r: r.__setitem__("description", "d" * 3_000_000), ["description", "at most 16384 characters"]),
+        (lambda r: r.__setitem__("metrics", {"colors": {"m" * 2_000_000: 1.0}}),
+         ["metrics['colors']", "2,000,000 characters", "at most 128"]),
+        (lambda r: r.__setitem__("config", {"notes": "c" * (2 << 20)}), ["config", "at most 1,048,576"]),
+        (lambda r: r.__setitem__("task_info", {"sizes": {"train": "3"}}), ["task_info.sizes['train']", "whole number"]),
+    ],
+    ids=["parents-int", "parent-role-int", "ref-list", "ref-int", "description-3MB", "metric-name-2MB", "config-2MB",
+         "sizes-text"],
+)
+def test_pull_refuses_a_record_with_wrong_types_or_sizes(server, world: World, tmp_path: Path, edit,
+                                                         words: list[str]) -> None:
+    record = json.loads(json.dumps(world.record))
+    edit(record)
+    repo = f"alice/rec-{abs(hash(tmp_path.name)) % 10**8}"
+    upload(server, repo, {"fz.safetensors": world.packed, "hubtool.json": json.dumps(record).encode()})
+    home = tmp_path / "home"
+    line = error_line(hub(world, "pull", repo, **on_server(server, world, tmp_path, home)))
+    assert repo in line and "expert 'fz'" in line and len(line) < 600, line
+    for word in words:
+        assert word in line, line
+    assert pulled(home) == []  # nothing registered
+
+
+def test_pull_of_a_library_holding_one_record_10000_times_registers_it_once(server, world: World,
+                                                                           tmp_path: Path) -> None:
+    record = {**world.record, "file": "experts/fz.safetensors"}
+    doc = {"hub_format": "hubtool-expert-library", "experts": [record] * 10_000}
+    upload(server, "alice/copies", {"experts/fz.safetensors": world.packed,
+                                    "hubtool_library.json": json.dumps(doc).encode()})
+    home = tmp_path / "home"
+    printed = ok(hub(world, "pull", "alice/copies", "--json", **on_server(server, world, tmp_path, home)))
+    assert json.loads(printed)["registered"] == ["fz@1"]
+    assert pulled(home) == ["fz@1"]
+    # one more copy than a library may list: refused, naming the file and the cap
+    doc["experts"].append(record)
+    upload(server, "alice/copies", {"hubtool_library.json": json.dumps(doc).encode()})
+    line = error_line(hub(world, "pull", "alice/copies", **on_server(server, world, tmp_path, tmp_path / "home2")))
+    assert "hubtool_library.json" in line and "10,001 experts" in line and "at most 10,000" in line, line
+
+
+def test_push_into_a_repo_with_a_users_files_refuses_without_force(server, world: World, tmp_path: Path) -> None:
+    api = server.api()
+    upload(server, "alice/mine", {"weights/model.safetensors": b"the user's own weights", "README.md": b"# mine\n"})
+    env = on_server(server, world, tmp_path)
+    line = error_line(hub(world, "push", "fz", "--repo", "alice/mine", **env))
+    assert "alice/mine" in line and "weights/model.safetensors" in line and "--force" in line, line
+    assert "weights/model.safetensors" in api.list_repo_files("alice/mine")
+    ok(hub(world, "push", "fz", "--repo", "alice/mine", "--force", **env))
+    files = api.list_repo_files("alice/mine")
+    assert "weights/model.safetensors" not in files and "fz.safetensors" in files
+
+
+def test_push_of_an_expert_onto_a_composed_model_refuses(server, world: World, tmp_path: Path) -> None:
+    api = server.api()
+    env = on_server(server, world, tmp_path)
+    out = tmp_path / "composed"
+    ok(hub(world, "compose", "--experts", "fz,fzl", "--out", out, "--push", "alice/comp", **env))
+    before = api.list_repo_files("alice/comp")
+    assert "model.safetensors.index.json" in before and "hubtool_recipe.yml" in before
+    line = error_line(hub(world, "push", "fz", "--repo", "alice/comp", **env))
+    assert "alice/comp" in line and "model-00001-of-00001.safetensors" in line and "--force" in line, line
+    assert api.list_repo_files("alice/comp") == before
+    # the same folder again: nothing foreign, nothing to do
+    assert "nothing to commit" in ok(hub(world, "push", out, "--repo", "alice/comp", **env))
+
+
+def test_push_still_deletes_what_its_own_earlier_push_wrote(server, world: World, tmp_path: Path) -> None:
+    """fz then fzl into one repo: fz.safetensors (named by the repo's hubtool.json) and the SHiRA files go,
+    no --force needed; a user's file in the same repo, unmanaged (LICENSE), stays."""
+    api = server.api()
+    env = on_server(server, world, tmp_path)
+    ok(hub(world, "push", "fz", "--repo", "alice/swap15", **env))
+    upload(server, "alice/swap15", {"LICENSE": b"mine"})
+    assert {"fz.safetensors", "adapter_model.safetensors"} <= set(api.list_repo_files("alice/swap15"))
+    result = json.loads(ok(hub(world, "push", "fzl", "--repo", "alice/swap15", "--json", **env)))
+    assert "fz.safetensors" in result["deleted"], result
+    files = set(api.list_repo_files("alice/swap15"))
+    assert "fz.safetensors" not in files and {"fzl.safetensors", "LICENSE"} <= files

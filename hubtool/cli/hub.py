@@ -61,6 +61,9 @@ def push(
         str | None, typer.Option("--revision", help="Branch to commit to (created if needed). Default: main.")
     ] = None,
     message: Annotated[str | None, typer.Option("--message", "-m", help="Commit message.")] = None,
+    force: Annotated[
+        bool, typer.Option("--force", help="Also delete the repo's files that no earlier push of this kind wrote.")
+    ] = False,
     endpoint: EndpointOpt = None,
     token: TokenOpt = None,
     json_: JsonOpt = False,
@@ -78,7 +81,7 @@ def push(
 
     result = run(
         target, repo=library or repo, library=library is not None, tasks=tasks, experts=experts, private=private,
-        revision=revision, message=message, endpoint=endpoint, token=token, catalog=catalog,
+        revision=revision, message=message, endpoint=endpoint, token=token, catalog=catalog, force=force,
     )  # fmt: skip
     if json_:
         print_json(result.to_dict())

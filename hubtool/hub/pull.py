@@ -22,12 +22,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from hubtool.errors import FormatError, HubError, NotFoundError, shown
+from hubtool.errors import FormatError, HubError, NotFoundError
 from hubtool.hub.client import check_revision, hub_errors, make_api, quiet_client, split_repo
-from hubtool.hub.layout import EXPERT_FORMAT, LIBRARY_FILE, RECORD_FILE
+from hubtool.hub.layout import LIBRARY_FILE, RECORD_FILE
 from hubtool.registry.blobs import Download, HubOrigin
 
-_SHA256 = re.compile(r"[0-9a-f]{64}")
 _SAFE_PATH = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)*")
 
 
@@ -147,6 +146,10 @@ def _entries(files: set[str], where: str, download: Any) -> list[dict[str, Any]]
             raise HubError(
                 f'{where}: {LIBRARY_FILE} lists no experts (expected {{"experts": [record, ...]}})'
             )
+        from hubtool.hub.record import MAX_LIBRARY
+
+        if len(items) > MAX_LIBRARY:
+            raise HubError(f"{where}: {LIBRARY_FILE} lists {len(items):,} experts; at most {MAX_LIBRARY:,}")
     elif RECORD_FILE in files:
         doc = _read_json(download([RECORD_FILE]) / RECORD_FILE, where)
         if not isinstance(doc, dict) or not ("sha256" in doc and "file" in doc):
@@ -159,64 +162,26 @@ def _entries(files: set[str], where: str, download: Any) -> list[dict[str, Any]]
         items = [doc]
     else:
         raise HubError(f"{where} holds no hubtool expert (no {RECORD_FILE} or {LIBRARY_FILE})")
-    return [_check_entry(item, files, where) for item in items]
+    return _dedupe([_check_entry(item, files, where) for item in items])
 
 
 def _check_entry(item: Any, files: set[str], where: str) -> dict[str, Any]:
-    from hubtool.registry.lookup import NAME
+    """One record, validated by hubtool.hub.record's model (types, sizes), its file in the repo."""
+    from hubtool.hub.record import read_record
 
-    if not isinstance(item, dict):
-        raise HubError(f"{where}: an expert record is not a JSON object")
-    name, file, sha = item.get("name"), item.get("file"), item.get("sha256")
-    label = f"{where}: expert {shown(name, 100)}"
-    if not isinstance(name, str) or not NAME.fullmatch(name):
-        raise HubError(f"{label}: expected a name of letters, digits, '.', '_' or '-'")
-    if item.get("hub_format", EXPERT_FORMAT) != EXPERT_FORMAT:
-        raise HubError(
-            f"{label}: hub_format {item.get('hub_format')!r}; this hubtool reads {EXPERT_FORMAT!r}"
-        )
-    if not isinstance(sha, str) or not _SHA256.fullmatch(sha):
-        raise HubError(f"{label}: sha256 {sha!r} is not 64 hex digits")
-    if (
-        not isinstance(file, str)
-        or len(file) > 1024
-        or not _SAFE_PATH.fullmatch(file)
-        or ".." in file.split("/")
-    ):
-        raise HubError(f"{label}: file {shown(file, 100)} is not a plain path inside the repo")
-    if file not in files:
-        raise HubError(f"{label}: its file {file} is not in the repo")
-    if not isinstance(item.get("task"), str) or not NAME.fullmatch(item["task"]):
-        raise HubError(f"{label}: task: expected a task name (letters, digits, '.', '_' or '-')")
-    for key, kind in (("tasks", list), ("tags", list), ("metrics", dict), ("config", dict), ("lineage", dict),
-                      ("task_info", dict)):
-        if item.get(key) is not None and not isinstance(item[key], kind):
-            raise HubError(f"{label}: {key}: expected a JSON {'object' if kind is dict else 'array'}")
-    for key in ("description", "base_model", "base_revision", "category"):
-        if item.get(key) is not None and not isinstance(item[key], str):
-            raise HubError(f"{label}: {key}: expected a string or null")
-    version = item.get("version")
-    if version is not None and (isinstance(version, bool) or not isinstance(version, int) or not 0 < version < 2**63):
-        raise HubError(f"{label}: version: expected a positive whole number")
-    for key in ("tasks", "tags"):
-        if not all(isinstance(v, str) and NAME.fullmatch(v) for v in item.get(key) or []):
-            raise HubError(f"{label}: {key}: expected names (letters, digits, '.', '_' or '-')")
-    _check_metrics(item.get("metrics") or {}, label)
-    item.setdefault("ref", f"{name}@{item.get('version', '?')}")
-    return item
+    entry = read_record(item, where)
+    if entry["file"] not in files:
+        raise HubError(f"{where}: expert {entry['name']!r}: its file {entry['file']} is not in the repo")
+    return entry
 
 
-
-def _check_metrics(metrics: dict[str, Any], label: str) -> None:
-    """{task: {metric: finite number}} (or a flat {metric: number}): what the catalog stores."""
-    from hubtool.format.safejson import finite
-
-    for task, value in metrics.items():
-        values = value.items() if isinstance(value, dict) else [(None, value)]
-        for metric, v in values:
-            if not finite(v):
-                field = f"metrics[{task!r}]" + (f"[{metric!r}]" if metric is not None else "")
-                raise HubError(f"{label}: {field}: expected a finite number, got {str(v)[:40]!r}")
+def _dedupe(entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """One entry per (name, sha256): a library that lists the same expert many times registers it once
+    (the first record of it wins)."""
+    seen: dict[tuple[str, str], dict[str, Any]] = {}
+    for entry in entries:
+        seen.setdefault((entry["name"], entry["sha256"]), entry)
+    return list(seen.values())
 
 
 def _pick(

@@ -20,9 +20,13 @@ A library: experts/<name>-v<version>.safetensors, hubtool_library.json ({"expert
 Everything goes up through huggingface_hub's HfApi: create_repo(exist_ok=True), then one create_commit.
 The client asks the server for the oid of every path first and leaves out unchanged files, and makes
 no commit at all when nothing changed; the files are built deterministically (sorted keys, no times of
-the push) so pushing the same expert again changes nothing. Files an earlier push wrote that this one
-does not (an old expert's file, a PEFT export that no longer applies) are deleted in the same commit.
-The repo id and the commit go into the catalog (Catalog.set_hub).
+the push) so pushing the same expert again changes nothing. Files an earlier push of the same kind wrote
+that this one does not (an old expert's file, a PEFT export that no longer applies, a library's dropped
+expert, a model's old shards) are deleted in the same commit; what that push wrote is read from the
+records it left (hubtool.json, hubtool_library.json, a model's index). Other files this push would leave
+stale (a user's own weights/model.safetensors, a composed model in the repo an expert goes to) make it
+refuse, unless force=True (`--force`) deletes them. The repo id and the commit go into the catalog
+(Catalog.set_hub).
 """
 
 from __future__ import annotations
@@ -86,16 +90,19 @@ def push(
     endpoint: str | None = None,
     token: str | None = None,
     catalog: Any = None,
+    force: bool = False,
 ) -> PushResult:
     """Push an expert ref ("qa", "qa@3"), a model folder (an existing directory), or with library=True
     the experts that `tasks` / `experts` select into `repo`. `token`/`endpoint` None: HF_TOKEN / the
-    stored login and HF_ENDPOINT, as the HF tools do."""
+    stored login and HF_ENDPOINT, as the HF tools do. `force`: also delete the repo's files that no
+    earlier push of the same kind wrote (without it such files make the push refuse)."""
     common = {
         "private": private,
         "revision": revision,
         "message": message,
         "endpoint": endpoint,
         "token": token,
+        "force": force,
     }
     if library:
         if target is not None:
@@ -127,6 +134,7 @@ def push_expert(
     endpoint: str | None = None,
     token: str | None = None,
     catalog: Any = None,
+    force: bool = False,
 ) -> PushResult:
     """Push one catalog expert; `repo` defaults to its name in the token's own namespace."""
     _check_target(repo, revision)
@@ -148,12 +156,14 @@ def push_expert(
             repo,
             card=card,
             managed=_MANAGED,
+            kind="expert",
             message=message or f"hub push {rec.ref}",
             what=f"pushing {rec.ref}",
             private=private,
             revision=revision,
             endpoint=endpoint,
             token=token,
+            force=force,
         )
     result.experts, result.notes = [rec.ref], notes
     cat.set_hub(rec.ref, result.repo_id, result.commit)
@@ -244,6 +254,7 @@ def push_folder(
     message: str | None = None,
     endpoint: str | None = None,
     token: str | None = None,
+    force: bool = False,
 ) -> PushResult:
     """Upload a model folder as it is (a composed model: its card and recipe are in it). Hidden files and
     folders (.git, .cache) stay behind."""
@@ -258,12 +269,14 @@ def push_folder(
         repo,
         card=None,
         managed=_MANAGED_MODEL,
+        kind="model",
         message=message or f"hub push {folder.name}",
         what=f"pushing {folder}",
         private=private,
         revision=revision,
         endpoint=endpoint,
         token=token,
+        force=force,
     )
 
 
@@ -281,6 +294,7 @@ def push_library(
     endpoint: str | None = None,
     token: str | None = None,
     catalog: Any = None,
+    force: bool = False,
 ) -> PushResult:
     """Publish a set of experts into one repo: `tasks` (task names or categories: the latest version of
     each expert for them) and/or `experts` (refs)."""
@@ -309,12 +323,14 @@ def push_library(
             repo,
             card=card,
             managed=_MANAGED,
+            kind="library",
             message=message or f"hub push --library: {len(records)} experts",
             what=f"pushing a library of {len(records)} experts",
             private=private,
             revision=revision,
             endpoint=endpoint,
             token=token,
+            force=force,
         )
     result.experts = [r.ref for r in records]
     for rec in records:
@@ -357,15 +373,18 @@ def _commit(
     *,
     card: Any,
     managed: tuple[str, ...],
+    kind: str,
     message: str,
     what: str,
     private: bool,
     revision: str | None,
     endpoint: str | None,
     token: str | None,
+    force: bool = False,
 ) -> PushResult:
     """create_repo(exist_ok) -> the branch -> the card (it names the final repo id) -> one create_commit of
-    every file in `folder`, deleting managed files of an earlier push that this one doesn't write."""
+    every file in `folder`, deleting the managed files this one doesn't write that an earlier push of the
+    same `kind` ("expert", "library", "model") wrote; any other such file: refused unless `force`."""
     from huggingface_hub import CommitOperationAdd, CommitOperationDelete
 
     api = make_api(endpoint, token)
@@ -383,6 +402,17 @@ def _commit(
         files = _folder_files(folder)
         remote = sorted(s.rfilename for s in (info.siblings or []))
         stale = [p for p in remote if p not in files and any(fnmatch.fnmatch(p, m) for m in managed)]
+        if stale and not force:
+            with hub_errors(what, repo=repo_id, **errors):
+                owned = written_by_push(api, repo_id, info.sha, set(remote), kind)
+            foreign = [p for p in stale if p not in owned]
+            if foreign:
+                more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+                raise HubError(
+                    f"{what}: {repo_id} holds {', '.join(foreign[:3])}{more}, which no earlier `hub push` of "
+                    f"{_KIND_WORDS[kind]} wrote there and this push would delete; push to another repo, or pass "
+                    "--force to delete them"
+                )
         operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in files]
         operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
         crash_point("push-commit")
@@ -400,6 +430,61 @@ def _commit(
         files=files,
         deleted=stale if commit.oid != info.sha else [],
     )
+
+
+_KIND_WORDS = {"expert": "an expert", "library": "a library", "model": "a model folder"}
+_MODEL_INDEX = "model.safetensors.index.json"
+_MAX_RECORD_BYTES = 64 << 20  # a record or index read back from the repo (a library of 10,000 experts fits)
+
+
+def written_by_push(api: Any, repo_id: str, commit: str, remote: set[str], kind: str) -> set[str]:
+    """The files of `repo_id` at `commit` that an earlier push of `kind` wrote, as the records it left
+    say: an expert's hubtool.json (its packed file, the PEFT files when it names a PEFT format), a
+    library's hubtool_library.json (its experts' files), a model folder's index (its shards; with a
+    composed model's hubtool.json, the recipe too). A record that is absent, unreadable or of another
+    kind owns nothing: its files are not this push's to delete."""
+    index_file, recipe_file = _MODEL_INDEX, "hubtool_recipe.yml"  # merge.execute's INDEX, RECIPE_FILE
+    def read(path: str) -> Any:
+        if path not in remote:
+            return None
+        from hubtool.format import safejson
+        from hubtool.paths import tmp_dir
+
+        try:
+            import tempfile
+
+            tmp_dir().mkdir(parents=True, exist_ok=True)
+            with tempfile.TemporaryDirectory(dir=tmp_dir(), prefix="push-record-") as folder:
+                local = Path(api.hf_hub_download(repo_id, path, revision=commit, local_dir=folder))
+                if local.stat().st_size > _MAX_RECORD_BYTES:
+                    return None
+                return safejson.loads(local.read_bytes(), f"{repo_id}/{path}")
+        except HubError:  # not JSON, too deep: a record this push cannot trust owns nothing
+            return None
+
+    def files_of(*records: Any) -> set[str]:
+        return {f for r in records if isinstance(r, dict) and isinstance(f := r.get("file"), str)}
+
+    owned: set[str] = set()
+    if kind == "expert":
+        record = read(RECORD_FILE)
+        if isinstance(record, dict) and "sha256" in record and files_of(record):
+            owned |= {RECORD_FILE, *files_of(record)}
+            if record.get("peft"):
+                owned |= set(PEFT_FILES)
+    elif kind == "library":
+        doc = read(LIBRARY_FILE)
+        if isinstance(doc, dict) and isinstance(doc.get("experts"), list):
+            owned |= {LIBRARY_FILE, *files_of(*doc["experts"])}
+    else:
+        index = read(index_file)
+        weight_map = index.get("weight_map") if isinstance(index, dict) else None
+        if isinstance(weight_map, dict):
+            owned |= {index_file, *(v for v in weight_map.values() if isinstance(v, str))}
+        record = read(RECORD_FILE)
+        if isinstance(record, dict) and record.get("hubtool") == "compose":
+            owned |= {RECORD_FILE, recipe_file}
+    return owned
 
 
 def _folder_files(folder: Path) -> list[str]:
