@@ -374,8 +374,13 @@ def _print_report(cat, report) -> None:
         line("[green]restored[/]", f"{esc(location)} (a row still needed it)")
     for error in report.errors:
         line("[red]error[/]   ", esc(error))
+    for item in report.damaged:
+        line("[red]damaged[/] ", f"{esc(item)} (the catalog file was edited or damaged: restore it from a backup, "
+             "or write valid JSON there with the sqlite3 shell)")
     if report.ok:
         console.print("[green]ok[/]")
+    elif report.damaged:
+        console.print("[red]the catalog file holds values hubtool did not write[/]")
     elif not (report.mismatched or report.missing or report.unchecked):
         console.print("[yellow]blobs ok; leftovers remain[/] (`hub verify --repair` removes them)")
     elif not (report.mismatched or report.missing):

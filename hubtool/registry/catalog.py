@@ -634,7 +634,11 @@ class Catalog:
         the default ones beside it) is asked which blobs it uses (`others`, `shared`). If one cannot be
         asked (`unchecked`), no unreferenced blob is removed (`unclaimed`); neither is one older than the
         list itself. A listed SQLite catalog whose file is gone references nothing (`gone`; repair=True
-        takes it off the list)."""
+        takes it off the list).
+
+        First the catalog file itself: scrambled pages (SQLite) are one HubError saying how to get the rows
+        back; values in its JSON columns that are not JSON are listed in `damaged`."""
+        damaged = verify_store.check_file(self.engine)
         with self.engine.connect() as conn:
             rows = conn.execute(
                 select(
@@ -642,7 +646,7 @@ class Catalog:
                     t.experts.c.hub_repo, t.experts.c.hub_commit,
                 ).order_by(t.experts.c.name, t.experts.c.version)
             ).all()  # fmt: skip
-        report = VerifyReport()
+        report = VerifyReport(damaged=damaged)
         actual: dict[str, str | None] = {}  # location -> sha256 of the file, None if missing
         for name, version, sha, location, hub_repo, hub_commit in rows:
             if location not in actual:

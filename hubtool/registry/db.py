@@ -20,6 +20,7 @@ with its password masked (catalog_error).
 
 from __future__ import annotations
 
+import json
 import random
 import re
 import sqlite3
@@ -33,7 +34,7 @@ from sqlalchemy import Engine, create_engine, event, text
 from sqlalchemy.engine import URL, Connection, make_url
 from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModuleError, OperationalError
 
-from hubtool.errors import HubError
+from hubtool.errors import HubError, shown
 
 # The newest migration in migrations/versions. Checked against the scripts by tests/test_migrations.py;
 # comparing to it lets an up-to-date catalog open without importing alembic at all (migrate.ensure_schema).
@@ -118,7 +119,7 @@ def _sqlite_engine(parsed: URL) -> Engine:
                 f"catalog {describe(parsed)}: can't create the folder {path.parent} ({err.strerror or err}); "
                 "expected a folder (or a path where one can be made)"
             ) from None
-    engine = create_engine(parsed)
+    engine = create_engine(parsed, json_deserializer=_json_loads(describe(parsed)))
     _translate_schema_drift(engine)
 
     @event.listens_for(engine, "connect")
@@ -167,9 +168,37 @@ def _postgres_engine(parsed: URL) -> Engine:
             connect_args["options"] = "-c TimeZone=UTC"  # timestamps come back in UTC, as on SQLite
     engine = create_engine(
         parsed, pool_pre_ping=True, isolation_level="REPEATABLE READ", connect_args=connect_args
-    )
+    )  # (its json columns refuse text that is not JSON: no _json_loads needed)
     _translate_schema_drift(engine)
     return engine
+
+
+def _json_loads(where: str) -> Callable[[str], object]:
+    """How the catalog's JSON columns (experts.config, tasks.tags, ...) are read: a value that is not JSON
+    (the file was edited, or damaged) is one HubError naming the catalog, not a JSONDecodeError."""
+
+    def loads(value: str) -> object:
+        try:
+            return json.loads(value)
+        except ValueError as err:
+            raise HubError(
+                f"catalog {where}: a stored value is not valid JSON ({shown(value, 60)}: {err}); expected "
+                "the JSON hubtool wrote (was the file edited or damaged?): run `hub verify` to find the rows"
+            ) from None
+
+    return loads
+
+
+def damaged(where: str, reason: str) -> HubError:
+    """A SQLite catalog whose pages are scrambled ("database disk image is malformed")."""
+    return HubError(
+        f"catalog {where}: the file is damaged ({reason}); expected an intact SQLite file: run `hub verify` "
+        "to check it, then restore it from a backup"
+    )
+
+
+def _is_damaged(err: BaseException) -> bool:
+    return "malformed" in str(getattr(err, "orig", None) or err).lower()
 
 
 # Errors that mean the tables are not the ones the stored revision promises (edited, restored from
@@ -186,6 +215,8 @@ def _translate_schema_drift(engine: Engine) -> None:
     @event.listens_for(engine, "handle_error")
     def _on_error(ctx) -> None:  # type: ignore[no-untyped-def]
         err = ctx.sqlalchemy_exception
+        if isinstance(err, DBAPIError) and engine.dialect.name == "sqlite" and _is_damaged(err):
+            raise damaged(describe(engine.url), _first_line(err))
         if not isinstance(err, DBAPIError) or "alembic_version" in (ctx.statement or ""):
             return
         if _sqlstate(err) in _PG_DRIFT or any(w in str(err.orig).lower() for w in _DRIFT_WORDS):
@@ -238,7 +269,9 @@ def catalog_error(url: str | URL, err: DBAPIError, doing: str, expected: str | N
     if parsed.password:
         reason = reason.replace(parsed.password, "***")
     low, state = reason.lower(), _sqlstate(err)
-    if parsed.get_backend_name() == "sqlite" and ("file is not a database" in low or "malformed" in low):
+    if parsed.get_backend_name() == "sqlite" and "malformed" in low:
+        return damaged(where, reason)
+    if parsed.get_backend_name() == "sqlite" and "file is not a database" in low:
         reason = "not a SQLite database (corrupt, or another kind of file); expected a catalog file"
     elif parsed.get_backend_name() == "sqlite" and ("readonly" in low or "read-only" in low):
         reason = (

@@ -174,7 +174,7 @@ class Reader:
             return []  # no steps: nothing can match
         finally:
             if self.conn.in_transaction:
-                self.conn.execute("COMMIT")
+                self._all("COMMIT")  # a damaged file can fail here too: Unavailable, the normal path reports it
 
     def plan(
         self,
@@ -388,7 +388,10 @@ class Reader:
                 else created.astimezone(UTC)
             )
             config = values["config"]
-            values["config"] = (json.loads(config) if config is not None else None) or {}
+            try:
+                values["config"] = (json.loads(config) if config is not None else None) or {}
+            except ValueError as err:  # edited or damaged: the normal path names the catalog and the row
+                raise Unavailable(f"experts.config: {err}") from None
             by_id[values["id"]] = ExpertRecord(**values, tasks=[])
         ids = list(by_id)
         for start in range(0, len(ids), _CHUNK):

@@ -124,11 +124,13 @@ class VerifyReport:
     removed: list[dict[str, str]] = field(default_factory=list)  # {"path", "kind"} that --repair removed
     restored: list[str] = field(default_factory=list)  # trashed blobs a row still needed, put back
     errors: list[str] = field(default_factory=list)  # what --repair could not remove, and why
+    # values inside the catalog file itself that are wrong ("experts.config of qa@2: not valid JSON")
+    damaged: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
         return not (self.mismatched or self.missing or self.orphans or self.recent or self.temp
-                    or self.trash or self.scratch or self.errors or self.unchecked)  # fmt: skip
+                    or self.trash or self.scratch or self.errors or self.unchecked or self.damaged)  # fmt: skip
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -151,4 +153,5 @@ class VerifyReport:
             "removed": list(self.removed),
             "restored": list(self.restored),
             "errors": list(self.errors),
+            "damaged": list(self.damaged),
         }

@@ -262,3 +262,51 @@ def _remove(path: Path, kind: str, report: Any) -> None:
         report.errors.append(f"{path}: {err.strerror or err}")
         return
     report.removed.append({"path": str(path), "kind": kind})
+
+
+# --- the catalog file itself -----------------------------------------------------------------------------
+
+# The JSON columns, and how a report names the row holding a bad value.
+_JSON_COLUMNS = (
+    ("experts", "config", "'experts.config of ' || name || '@' || version"),
+    ("tasks", "tags", "'tasks.tags of task ' || name"),
+    ("tasks", "sizes", "'tasks.sizes of task ' || name"),
+    ("evaluations", "settings", "'evaluations.settings of evaluation ' || id || ' (' || task || ')'"),
+    ("eval_examples", "metrics", "'eval_examples.metrics of evaluation ' || evaluation_id || ', example ' || idx"),
+)
+_MAX_PROBLEMS = 20
+
+
+def check_file(engine: Any) -> list[str]:
+    """What is wrong inside a SQLite catalog file: scrambled pages (PRAGMA quick_check) raise one HubError
+    naming the file and how to get the rows back; values that are not JSON in its JSON columns (edited by
+    hand, or damaged) come back as "experts.config of qa@2: not valid JSON" lines. Other databases check
+    their own pages and JSON columns (PostgreSQL refuses invalid JSON on write): []."""
+    from sqlalchemy import text
+
+    from hubtool.errors import HubError
+    from hubtool.registry import db
+
+    if engine.dialect.name != "sqlite":
+        return []
+    where = db.describe(engine.url)
+    with engine.connect() as conn:
+        try:
+            found = [str(line) for line in conn.execute(text(f"PRAGMA quick_check({_MAX_PROBLEMS})")).scalars()]
+        except HubError:  # so damaged that the check stops at once (db.damaged)
+            found = ["it stopped at once: database disk image is malformed"]
+        if found != ["ok"]:
+            raise HubError(
+                f"catalog {where}: the file is damaged: PRAGMA quick_check found {len(found)}"
+                f"{'+' if len(found) >= _MAX_PROBLEMS else ''} problem(s), the first: {found[0]!r}; expected an "
+                f"intact SQLite file: restore it from a backup, or save what can be read with "
+                f"`sqlite3 {where} .recover | sqlite3 recovered.db`"
+            )
+        problems: list[str] = []
+        for table, column, label in _JSON_COLUMNS:
+            rows = conn.execute(text(
+                f"SELECT {label} FROM {table} WHERE {column} IS NOT NULL AND NOT json_valid({column}) "
+                f"LIMIT {_MAX_PROBLEMS}"
+            )).scalars()  # fmt: skip
+            problems += [f"{name}: not valid JSON" for name in rows]
+    return problems

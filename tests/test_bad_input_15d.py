@@ -1,0 +1,86 @@
+"""Issue 15 §8, catalog files, orphans, temp files, late checks and misleading messages: each ends in one
+`Error:` line naming the file, option or field and what is wrong, exit 1 (never exit 2, a traceback or a
+hang), and nothing half-written. The real `hub` in a subprocess, real SQLite files, real blobs."""
+
+from __future__ import annotations
+
+import random
+import sqlite3
+from pathlib import Path
+
+from test_cli import hub, ok, one_line_error
+
+from hubtool.registry import Catalog
+
+
+def failed(result, *words: str) -> str:
+    """exit 1, one 'Error:' line holding `words`, no SQLAlchemy or json text leaking through."""
+    line = one_line_error(result, *words)
+    assert result.returncode == 1, line
+    for leak in ("sqlalche.me", "[SQL:", "DatabaseError", "JSONDecodeError", "Traceback"):
+        assert leak not in result.stderr + result.stdout, line
+    return line
+
+
+def a_catalog(home: Path, packed, n: int = 30) -> Path:
+    path = home / "registry.db"
+    with Catalog(f"sqlite:///{path}") as cat:
+        for i in range(n):
+            cat.register(packed("qa", seed=i), tags=[f"t{i}"])
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA wal_checkpoint(TRUNCATE)")  # every page in the file itself
+    conn.close()
+    return path
+
+
+def scramble(path: Path, table: str) -> None:
+    """Overwrite the root page of `table` with noise (its 8-byte header kept as a page type SQLite knows
+    is not enough: the cells point nowhere): what a torn write or a bad disk leaves."""
+    conn = sqlite3.connect(path)
+    page_size = conn.execute("PRAGMA page_size").fetchone()[0]
+    root = conn.execute("SELECT rootpage FROM sqlite_master WHERE name = ?", (table,)).fetchone()[0]
+    conn.close()
+    data = bytearray(path.read_bytes())
+    r = random.Random(root)
+    start = (root - 1) * page_size
+    data[start + 8 : start + page_size] = bytes(r.randrange(256) for _ in range(page_size - 8))
+    path.write_bytes(bytes(data))
+
+
+# --- catalog files -------------------------------------------------------------------------------------
+
+
+def test_a_catalog_with_scrambled_pages_names_the_file_and_points_at_verify(hub_home, packed):
+    path = a_catalog(hub_home, packed)
+    scramble(path, "experts")
+    for args in (["list"], ["list", "--json"], ["show", "qa"], ["rm", "qa@3", "--yes"]):
+        line = failed(hub(*args), str(path), "damaged", "hub verify")
+        assert "malformed" in line
+    # verify itself says what is wrong and how to get the rows back
+    line = failed(hub("verify"), str(path), "damaged", "backup", ".recover")
+    assert "quick_check" in line
+    failed(hub("verify", "--repair"), str(path), "damaged")
+
+
+def test_verify_finds_a_damaged_index_that_reads_still_pass(hub_home, packed):
+    """A scrambled index page: list and show still work, and verify used to say "ok"."""
+    path = a_catalog(hub_home, packed)
+    scramble(path, "ix_experts_sha256")
+    ok(hub("list"))
+    failed(hub("verify"), str(path), "damaged", "quick_check")
+
+
+def test_invalid_json_in_a_config_column(hub_home, packed):
+    path = a_catalog(hub_home, packed, n=3)
+    conn = sqlite3.connect(path)
+    conn.execute("UPDATE experts SET config = '{\"lr\": 1e-4, oops' WHERE version = 2")
+    conn.commit()
+    conn.close()
+    for args in (["list"], ["list", "--json"], ["show", "qa@2"], ["list", "--task", "qa"]):
+        failed(hub(*args), str(path), "not valid JSON", "hub verify")
+    ok(hub("show", "qa"))  # the other rows still read
+    report = hub("verify", "--json")
+    assert report.returncode == 1, report.stderr
+    assert '"experts.config of qa@2' in report.stdout
+    text = hub("verify")
+    assert text.returncode == 1 and "qa@2" in text.stdout and "not valid JSON" in text.stdout
