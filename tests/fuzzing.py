@@ -559,10 +559,21 @@ def _recipe_cases(r: random.Random) -> Case:
         import yaml
 
         doc = yaml.safe_load(world.recipe)
-        how = r.choice(["field", "param", "expert", "text", "select", "drop"])
+        how = r.choice(["field", "param", "expert", "text", "select", "drop", "special"])
         case.what = how
         path = world.path(".yaml")
-        if how == "text":
+        if how == "special":  # not a regular file: a FIFO (no writer: must not hang), endless devices, a folder
+            kind = r.choice(["fifo", "/dev/zero", "/dev/urandom", "folder", "deep"])
+            case.what = f"special:{kind}"
+            if kind == "fifo":
+                os.mkfifo(path)
+            elif kind == "folder":
+                path.mkdir()
+            elif kind == "deep":  # valid YAML nested past the recipe's depth cap
+                path.write_text("merge_method: ties\nexperts: [fz@1]\nselect: {tasks: " + "[" * 20 + "]" * 20 + "}\n")
+            else:
+                path = Path(kind)
+        elif how == "text":
             path.write_bytes(r.choice([_LAUGHS, b"", b"[", b"- 1\n- 2\n", b"\xff\xfe\x00", b"a: !!python/object:os.system x\n",
                                        b"&a [*a]", ("[" * 50000).encode(), b"a: " + b"9" * 5000,
                                        b"merge_method: ties\nexperts: {x: 1}\n"]))
@@ -604,9 +615,30 @@ def _record_cases(r: random.Random) -> Case:
 
     def make(world: World, case: Case) -> list[str]:
         record = json.loads(json.dumps(world.record))
-        how = r.choice(["field", "field", "drop", "nested", "text"])
+        how = r.choice(["field", "field", "drop", "nested", "text", "types", "huge", "library"])
         case.what = how
-        if how == "field":
+        if how == "types":  # issue 15: lineage parents and ref of the wrong type
+            key, value = r.choice([("lineage", {"parents": evil(r)}), ("ref", evil(r)), ("lineage", evil(r)),
+                                   ("lineage", {"parents": [{"ref": "fz@1", r.choice(["role", "weight", "x"]): evil(r)}]}),
+                                   ("task_info", {"sizes": {"train": evil(r)}}), ("version", evil(r))])
+            record[key] = value
+        elif how == "huge":  # fields of megabytes that would reach the catalog
+            size = r.choice([20_000, 2_000_000])
+            key = r.choice(["description", "metric", "task", "config", "tag", "parent"])
+            case.what = f"huge:{key}"
+            if key == "metric":
+                record["metrics"] = {"colors": {"m" * size: 1.0}}
+            elif key == "task":
+                record["metrics"] = {"t" * size: {"accuracy": 1.0}}
+            elif key == "config":
+                record["config"] = {"notes": "c" * size}
+            elif key == "tag":
+                record["tags"] = ["t"] * (size // 100)
+            elif key == "parent":
+                record["lineage"] = {"parents": [{"ref": "p" * size}]}
+            else:
+                record["description"] = "d" * size
+        elif how == "field":
             key = r.choice(["name", "task", "tasks", "tags", "metrics", "config", "version", "sha256", "file",
                             "lineage", "description", "base_model", "base_revision", "category", "task_info"])
             record[key] = evil(r)
@@ -621,6 +653,10 @@ def _record_cases(r: random.Random) -> Case:
         (path / "fz.safetensors").write_bytes(world.packed)
         if how == "text":
             (path / "hubtool.json").write_bytes(r.choice([b"", b"{", b"[]", b"\xff", b"[" * 100000, b"1" * 5000]))
+        elif how == "library":  # one record many times (registered once), or more than a library may list
+            n = r.choice([2, 1000, 10_001])
+            case.what = f"library:{n}"
+            (path / "hubtool_library.json").write_text(json.dumps({"experts": [record] * n}))
         else:
             (path / "hubtool.json").write_text(_dumps(record))
         return ["__pull_record__", str(path)]
@@ -798,6 +834,78 @@ def _markup_cases(r: random.Random) -> Case:
     return Case("markup", "", make)
 
 
+def _compose_out_cases(r: random.Random) -> Case:
+    """compose --out whose merge overflows (huge --lambda or --weights, a narrow --dtype), and --eval on an
+    expert whose stored eval settings have the wrong shape (issue 15)."""
+
+    def make(world: World, case: Case) -> list[str]:
+        out = str(world.path("-out"))
+        if r.random() < 0.3:
+            name = f"fze{world.counter}"
+            settings = r.choice([evil(r), {"limit": evil(r)}, {"split": evil(r)}, {"max_new_tokens": evil(r)},
+                                 {"max_prompt_tokens": evil(r)}])
+            case.what = f"eval-config {str(settings)[:40]}"
+            from hubtool.format import pack_bytes, unpack
+
+            expert = unpack(world.packed)
+            try:  # the settings as JSON can hold them (markers as 1; NaN refused by the writer: a string)
+                expert.name, expert.config = name, {"eval": json.loads(_MARK.sub("1", json.dumps(settings)))}
+                data = pack_bytes(expert)
+            except Exception:  # noqa: BLE001
+                expert.config = {"eval": "x"}
+                data = pack_bytes(expert)
+            path = world.path(".safetensors")
+            path.write_bytes(data)
+            run_argv(["import", str(path), "--name", name])
+            return ["compose", "--experts", name, "--out", out, "--eval", "--eval-limit", "2"]
+        lam = r.choice(["1e300", "1e38", "3e38", "1e8", "1"])
+        weights = r.choice(["1,1", "1e300,1", "1e38,1e38", "-1e38,1e38"])
+        dtype = r.choice(["float16", "bfloat16", "float32"])
+        method = r.choice(["task-arithmetic", "ties", "mean", "dare-linear"])
+        case.what = f"{method} --lambda {lam} --weights {weights} --dtype {dtype}"
+        extra = ["--lambda", lam] if method != "mean" else []
+        return ["compose", "--experts", "fz,fzl", "--method", method, *extra, "--weights", weights, "--dtype", dtype,
+                "--out", out]
+
+    return Case("compose-out", "", make)
+
+
+def _prompt_cases(r: random.Random) -> Case:
+    """generate with prompts that argv can carry but text cannot: bytes that are not UTF-8 (lone surrogates
+    once Python decodes argv), NUL, only spaces, very long."""
+
+    def make(world: World, case: Case) -> list[str]:
+        prompt = r.choice(["what \udcff color", "\udc80", "a\ud800b", "what\x00color", "   ", "what " * 5000,
+                           "[/x] what", "what color is red ?"])
+        case.what = f"{prompt[:20]!a}"
+        return ["generate", "--base", str(world.base), prompt, "--max-new-tokens", "2"]
+
+    return Case("prompt", "", make)
+
+
+_ENDPOINTS = ["http://[::1", "http://a:b:c", "http://x\x01y", "ftp://x", "nohost", "http://", "http://127.0.0.1:99999",
+              "http://exa mple.com", "https://", "http://127.0.0.1:9", "http://[::1]:9", "://x", "http://\udcff",
+              "http://127.0.0.1:" + "9" * 5000]
+
+
+def _endpoint_cases(r: random.Random) -> Case:
+    """pull and push with malformed endpoints (--endpoint and HF_ENDPOINT); the well-formed ones are loopback
+    ports where nothing listens (no case leaves this machine)."""
+
+    def make(world: World, case: Case) -> list[str]:
+        endpoint = r.choice(_ENDPOINTS)
+        malformed = endpoint not in ("http://127.0.0.1:9", "http://[::1]:9")
+        cmd = r.choice(["pull", "push"]) if malformed else "pull"
+        case.what = f"{cmd} {endpoint[:30]!a}"
+        argv = ["pull", "org/x"] if cmd == "pull" else ["push", "fz", "--repo", "org/x"]
+        if r.random() < 0.5 and "\x00" not in endpoint:
+            case.env = {"HF_ENDPOINT": endpoint}
+            return argv
+        return [*argv, "--endpoint", endpoint]
+
+    return Case("endpoint", "", make)
+
+
 GENERATORS: dict[str, Callable[[random.Random], Case]] = {
     "packed": _packed_cases,  # also yields "header" cases
     "shapes": _shape_cases,
@@ -809,6 +917,9 @@ GENERATORS: dict[str, Callable[[random.Random], Case]] = {
     "refs": _ref_cases,
     "where": _where_cases,
     "markup": _markup_cases,
+    "compose-out": _compose_out_cases,  # issue 15
+    "prompt": _prompt_cases,
+    "endpoint": _endpoint_cases,
 }
 
 

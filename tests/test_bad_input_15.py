@@ -156,7 +156,7 @@ def test_generate_prompt_with_bytes_that_are_not_utf8(world: World) -> None:
 
 
 @pytest.mark.parametrize("endpoint", ["http://[::1", "http://a:b:c", "http://x\x01y", "ftp://x", "nohost", "http://",
-                                      "http://127.0.0.1:99999", "http://exa mple.com"])
+                                      "http://127.0.0.1:99999", "http://exa mple.com", "http://\udcff"])
 def test_pull_with_a_malformed_endpoint(world: World, endpoint: str) -> None:
     line = error_line(hub(world, "pull", "org/x", "--endpoint", endpoint))
     assert "--endpoint" in line and "http://" in line, line

@@ -93,10 +93,32 @@ def check_endpoint(endpoint: str | None) -> str:
                 why = f"scheme {parts.scheme!r}" if parts.scheme else "no scheme"
             elif not parts.hostname:
                 why = "no host"
+            else:
+                why = _client_refuses(url)
     if why is not None:
         raise HubError(f"{what} {shown(url, 100)}: expected an http:// or https:// URL with a host, "
                        f"like https://huggingface.co ({why})")
     return url
+
+
+def _client_refuses(url: str) -> str | None:
+    """Why the HTTP client huggingface_hub uses (httpx2, or httpx before it) would refuse `url` (a host
+    that is not valid IDNA, a lone surrogate), or None."""
+    try:
+        url.encode("utf-8")
+    except UnicodeEncodeError:
+        return "not UTF-8 text"
+    for name in ("httpx2", "httpx"):
+        try:
+            module = __import__(name)
+        except ImportError:
+            continue
+        try:
+            module.URL(url)
+        except Exception as err:  # noqa: BLE001  (InvalidURL and whatever its parser raises)
+            return " ".join(str(err).split())[:100] or type(err).__name__
+        return None
+    return None
 
 
 def make_api(endpoint: str | None, token: str | None) -> Any:
@@ -250,6 +272,8 @@ def _classify(
         return f"{what}: HTTP {status} from {where}{_tail(detail)}"
     if isinstance(err, OfflineModeIsEnabled):
         return f"{what}: HF_HUB_OFFLINE is set, so {where} is not contacted (only a loopback endpoint is)"
+    if type(err).__name__ == "InvalidURL":  # the HTTP client's, past check_endpoint: one line all the same
+        return f"{what}: {where} is not a usable URL ({_reason(err)}); check --endpoint / HF_ENDPOINT"
     if _is_network_error(err):
         return f"{what}: cannot reach {where} ({_reason(err)}); is the server up? (check --endpoint / HF_ENDPOINT)"
     if isinstance(err, ValueError) and "huggingface_hub" in type(err).__module__:
