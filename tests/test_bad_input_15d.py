@@ -84,3 +84,26 @@ def test_invalid_json_in_a_config_column(hub_home, packed):
     assert '"experts.config of qa@2' in report.stdout
     text = hub("verify")
     assert text.returncode == 1 and "qa@2" in text.stdout and "not valid JSON" in text.stdout
+
+
+# --- orphans and temp files ------------------------------------------------------------------------------
+
+
+def blob_files(home: Path) -> list[Path]:
+    return sorted(p for p in (home / "blobs").rglob("*.safetensors")) if (home / "blobs").is_dir() else []
+
+
+def test_an_import_into_a_memory_catalog_or_a_dropped_table_leaves_no_blob(hub_home, packed):
+    src = packed("qa")
+    for url in ("sqlite:///:memory:", "sqlite://", "sqlite:///file:x?mode=memory&cache=shared&uri=true"):
+        failed(hub("import", src, "--catalog", url), "in-memory", "--catalog")
+    assert blob_files(hub_home) == []
+    path = a_catalog(hub_home / "other", packed, n=1)  # blobs in hub_home/blobs, a row for qa@1
+    before = blob_files(hub_home)
+    conn = sqlite3.connect(path)
+    conn.execute("PRAGMA foreign_keys = OFF")
+    conn.execute("DROP TABLE expert_tasks")
+    conn.commit()
+    conn.close()
+    failed(hub("import", packed("qa", seed=7), "--catalog", f"sqlite:///{path}"), str(path), "tables")
+    assert blob_files(hub_home) == before  # the new blob went with the failed registration

@@ -373,6 +373,8 @@ def catalog_key(url: str) -> str | None:
         return parsed.render_as_string(hide_password=False)
     if not parsed.database or parsed.database == ":memory:" or "mode=memory" in parsed.database:
         return None
+    if parsed.query.get("mode") == "memory":  # sqlite:///file:x?mode=memory&uri=true
+        return None
     if parsed.query.get("uri"):
         return parsed.render_as_string(hide_password=False)
     path = Path(os.path.abspath(Path(parsed.database).expanduser()))

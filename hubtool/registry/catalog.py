@@ -40,6 +40,8 @@ from hubtool.registry.blobs import (
     Download,
     HubOrigin,
     Staged,
+    blob_location,
+    catalog_key,
     check_location,
     forget,
     is_location,
@@ -147,6 +149,12 @@ class Catalog:
         from hubtool.format.header import read_header
 
         path = Path(path)
+        if catalog_key(self.url) is None:  # before anything lands in the store
+            raise HubError(
+                f"catalog {db.mask(self.url)}: an in-memory catalog ends with this process, and the blob stored "
+                f"in {self.blobs.root} would stay behind with no row; expected a catalog that lasts (--catalog "
+                f"or HUB_CATALOG: a file, {db.URL_EXAMPLES})"
+            )
         if not path.is_file():
             raise NotFoundError(f"{path}: no such file")
         unpack(path)  # full validation; raises FormatError naming the file
@@ -192,29 +200,48 @@ class Catalog:
             # one edge per parent version, even if "qa" and "qa@best" both name qa@3
             edges = list({e["parent"]: e for e in (self._edge(conn, p) for p in parents)}.values())
             # Placed under the write lock, so remove() can't delete this blob between here and commit.
+            final = self.blobs.path(blob_location(staged.sha256))
+            existed = final.exists()
             location = self.blobs.place(staged)
+            placed = None if existed else final.stat().st_mtime_ns
             crash_point("register-placed")
-            expert_id = conn.execute(
-                insert(t.experts).values(
-                    **row,
-                    version=version,
-                    bytes=staged.size,
-                    sha256=staged.sha256,
-                    blob=location,
-                    created_at=_now(),
-                )
-            ).inserted_primary_key[0]
-            conn.execute(
-                insert(t.expert_tasks), [{"expert_id": expert_id, "task": task} for task in all_tasks]
+            try:  # inside the transaction: the write lock is still held
+                return self._insert_rows(conn, location, staged, version, edges, row, all_tasks, tags, scores)
+            except BaseException:
+                # The rows roll back: a blob this registration placed goes too (unless another catalog sharing
+                # the store reused it meanwhile: place() touches what it reuses), so no orphan stays behind.
+                try:
+                    if placed is not None and final.stat().st_mtime_ns == placed:
+                        final.unlink()
+                except OSError:
+                    pass
+                raise
+
+    def _insert_rows(self, conn: Connection, location: str, staged: Staged, version: int, edges: list[dict[str, Any]],
+                     row: dict[str, Any], all_tasks: list[str], tags: set[str],
+                     scores: dict[str, dict[str, float]]) -> int:  # fmt: skip
+        """The rows of one registration whose blob is at `location`."""
+        expert_id = conn.execute(
+            insert(t.experts).values(
+                **row,
+                version=version,
+                bytes=staged.size,
+                sha256=staged.sha256,
+                blob=location,
+                created_at=_now(),
             )
-            if tags:
-                conn.execute(
-                    insert(t.expert_tags), [{"expert_id": expert_id, "tag": tag} for tag in sorted(tags)]
-                )
-            self._put_metrics(conn, expert_id, scores)
-            if edges:
-                conn.execute(insert(t.lineage), [{"child_id": expert_id, **e} for e in edges])
-            crash_point("register-commit")
+        ).inserted_primary_key[0]
+        conn.execute(
+            insert(t.expert_tasks), [{"expert_id": expert_id, "task": task} for task in all_tasks]
+        )
+        if tags:
+            conn.execute(
+                insert(t.expert_tags), [{"expert_id": expert_id, "tag": tag} for tag in sorted(tags)]
+            )
+        self._put_metrics(conn, expert_id, scores)
+        if edges:
+            conn.execute(insert(t.lineage), [{"child_id": expert_id, **e} for e in edges])
+        crash_point("register-commit")
         return expert_id
 
     def _next_version(self, conn: Connection, name: str) -> int:
