@@ -4,11 +4,13 @@ hang), and nothing half-written. The real `hub` in a subprocess, real SQLite fil
 
 from __future__ import annotations
 
+import json
 import random
 import sqlite3
 from pathlib import Path
 
 from test_cli import hub, ok, one_line_error
+from tiny import make_tiny_llama, save_word_tokenizer
 
 from hubtool.registry import Catalog
 
@@ -107,3 +109,35 @@ def test_an_import_into_a_memory_catalog_or_a_dropped_table_leaves_no_blob(hub_h
     conn.close()
     failed(hub("import", packed("qa", seed=7), "--catalog", f"sqlite:///{path}"), str(path), "tables")
     assert blob_files(hub_home) == before  # the new blob went with the failed registration
+
+
+COLORS = ["red", "blue", "green", "pink"]
+
+
+def colors(tmp_path: Path) -> tuple[Path, Path]:
+    """A tiny Llama base with a word tokenizer, and a task file for it."""
+    base, data = tmp_path / "base", tmp_path / "colors.jsonl"
+    make_tiny_llama(base)
+    things = [f"thing{i}" for i in range(12)]
+    save_word_tokenizer(base, ["what", "color", "is", "?", *COLORS, *things])
+    rows = [{"input": f"what color is {t} ?", "output": COLORS[i % 4], "options": COLORS} for i, t in enumerate(things)]
+    data.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return base, data
+
+
+def test_a_train_killed_while_it_writes_its_checkpoint_leaves_a_temp_verify_repairs(hub_home, tmp_path):
+    base, data = colors(tmp_path)
+    killed = hub("train", "--task", "colors", "--kind", "sparse", "--keep-ratio", "0.1", "--base", base, "--data", data,
+                 "--max-steps", "2", "--batch-size", "4", "--max-length", "32", "--eval-limit", "4", "--quiet",
+                 HUB_CRASH_AT="write:state.pt")
+    assert killed.returncode == -9, killed.stderr
+    temps = list((hub_home / "runs").glob("*/checkpoint/.state.pt.*.tmp"))
+    assert len(temps) == 1, list((hub_home / "runs").rglob("*"))
+    report = hub("verify", "--json")
+    assert report.returncode == 1 and str(temps[0]) in json.loads(report.stdout)["scratch"], report.stdout
+    assert str(temps[0]) in hub("verify").stdout
+    repaired = json.loads(hub("verify", "--repair", "--json").stdout)
+    assert {"path": str(temps[0]), "kind": "scratch"} in repaired["removed"] and repaired["ok"], repaired
+    assert not temps[0].exists()
+    assert list((hub_home / "runs").glob("*/checkpoint"))  # the run's own folders stay
+    ok(hub("verify"))

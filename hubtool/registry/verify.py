@@ -7,7 +7,8 @@ A kill -9 can leave, and only leave (every writer writes a temp entry, fsyncs, r
   - an unreferenced blob blobs/ab/<sha256>...    a registration killed after placing its blob, before commit
   - a scratch entry     $HUB_HOME/tmp/*         push staging, pull downloads, packed files being registered
   - a model temp entry  $HUB_HOME/models/.*.tmp* a base-model conversion killed before its rename
-  - a run's temp file   $HUB_HOME/runs/*/.*.tmp  `hub train` killed while saving a checkpoint or its expert
+  - a run's temp file   $HUB_HOME/runs/*/**/.*.tmp `hub train` killed while saving its expert or a checkpoint
+                                                (runs/*/checkpoint/.state.pt.*.tmp)
 Temp, trash and scratch entries carry a liveness lock (fileio): only those nobody holds are leftovers.
 
 An unreferenced blob is one no catalog sharing the store references: the store lists the catalogs that have
@@ -208,15 +209,31 @@ def sweep(
             else:
                 report.orphans.append(path)  # (a file that is no blob address is never ours to delete)
     runs = paths.runs_dir()
-    folders = [(paths.hub_home() / "tmp", False), (paths.models_dir(), True)]
-    folders += [(run, True) for run in sorted(runs.iterdir()) if run.is_dir()] if runs.is_dir() else []
-    for folder, temp_only in folders:
+    for folder, temp_only in [(paths.hub_home() / "tmp", False), (paths.models_dir(), True)]:
         if not folder.is_dir():
             continue
         for path in sorted(folder.iterdir()):
             if temp_only and not _is_temp_name(path.name):
                 continue
             _leftover(path, "scratch", report, repair)
+    for path in _run_temps(runs):
+        _leftover(path, "scratch", report, repair)
+
+
+def _run_temps(runs: Path) -> list[Path]:
+    """The temp entries in the runs' folders, at any depth: a run's packed expert beside it, its checkpoint
+    files in runs/NAME/checkpoint/ (each written through a temp file). A temp folder is one entry: what is
+    inside it goes with it."""
+    if not runs.is_dir():
+        return []
+    found = []
+    for top, dirs, files in os.walk(runs):
+        if Path(top) == runs:
+            files = []  # runs/ holds the runs' folders; a file there is not ours
+        temps = sorted(d for d in dirs if _is_temp_name(d))
+        dirs[:] = sorted(d for d in dirs if not _is_temp_name(d))
+        found += [Path(top) / name for name in (*temps, *sorted(files)) if _is_temp_name(name)]
+    return found
 
 
 def _is_temp_name(name: str) -> bool:
