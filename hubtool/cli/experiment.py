@@ -65,28 +65,11 @@ def experiment(
         methods=_items(methods), out=out, catalog=catalog, stages=stages, plan_only=plan,
         report_only=report_only, command=command, console=None if plan else console,
     )
-    exp, p = result["experiment"], result["plan"]
-    if plan and exp.preset.protocol == "n8":
-        from hubtool.experiment import n8
-
-        print(f"# hub experiment --preset {preset}: runs in one process, step by step, each step skipping what the "
-              "catalog holds:")
-        print("# " + " -> ".join(n8.STEPS))
-        print(n8.__doc__ or "")
-        return
     if plan:
-        pending = [j for j in p.jobs if not exp.done(j) and (stages is None or j.stage in stages)]
-        from hubtool.experiment.runner import order
+        from hubtool.experiment import plan_commands
 
-        hours = sum(j.cost for j in pending) / 3600
-        print(f"# hub experiment --preset {preset}: {len(pending)} pending jobs of {len(p.jobs)}, in dependency order"
-              f" (about {hours:.1f} h on 2 CPU cores)")
-        by_key = {j.key: j for j in pending}
-        for job in _dependency_order(order(pending, p, exp.tasks), by_key):
-            print(job.command())
-        if not p.complete:
-            print("# the lr sweep above decides the training jobs: run `hub experiment --plan` again once it is done")
-        print(f"# then: hub experiment --preset {preset} --report-only --catalog {shlex.quote(exp.catalog_url)}")
+        for line in plan_commands(result["experiment"], result["plan"], preset, stages):
+            print(line)
         return
     counts = result["counts"]
     if counts:
@@ -94,18 +77,3 @@ def experiment(
     if result["report"] is not None:
         console.print(f"Report: [bold]{esc(result['report'])}[/]", highlight=False)
 
-
-def _dependency_order(jobs, by_key):
-    """Jobs with every pending dependency printed before them (stable otherwise)."""
-    done: set[str] = set()
-    out = []
-    remaining = list(jobs)
-    while remaining:
-        ready = [j for j in remaining if all(d in done or d not in by_key for d in j.deps)]
-        if not ready:  # a cycle cannot happen (deps point at earlier stages); print the rest as they are
-            ready = remaining
-        for j in ready:
-            out.append(j)
-            done.add(j.key)
-        remaining = [j for j in remaining if j.key not in done]
-    return out

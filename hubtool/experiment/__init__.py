@@ -77,3 +77,41 @@ def experiment(
     if out is not None and (stages is None or "report" in stages or report_only):
         result["report"] = write_report(exp, out, command or f"hub experiment --preset {preset}")
     return result
+
+
+def plan_commands(exp: Any, plan: Any, preset: str, stages: tuple[str, ...] | None = None) -> list[str]:
+    """What `hub experiment --plan` prints: the pending jobs as `hub ...` command lines, every job after the
+    pending jobs it depends on, with the estimate and what to run next as `#` comments (n8: its steps)."""
+    import shlex
+
+    if exp.preset.protocol == "n8":
+        from hubtool.experiment import n8
+
+        return [(f"# hub experiment --preset {preset}: runs in one process, step by step, each step skipping what "
+                "the catalog holds:"), "# " + " -> ".join(n8.STEPS), n8.__doc__ or ""]
+    from hubtool.experiment.runner import order
+
+    pending = [j for j in plan.jobs if not exp.done(j) and (stages is None or j.stage in stages)]
+    hours = sum(j.cost for j in pending) / 3600
+    lines = [(f"# hub experiment --preset {preset}: {len(pending)} pending jobs of {len(plan.jobs)}, in dependency "
+             f"order (about {hours:.1f} h on 2 CPU cores)")]
+    lines += [job.command() for job in _dependency_order(order(pending, plan, exp.tasks))]
+    if not plan.complete:
+        lines.append("# the lr sweep above decides the training jobs: run `hub experiment --plan` again once it is done")
+    lines.append(f"# then: hub experiment --preset {preset} --report-only --catalog {shlex.quote(exp.catalog_url)}")
+    return lines
+
+
+def _dependency_order(jobs: list[Any]) -> list[Any]:
+    """Jobs with every pending dependency before them (stable otherwise)."""
+    pending = {j.key for j in jobs}
+    done: set[str] = set()
+    out, remaining = [], list(jobs)
+    while remaining:
+        ready = [j for j in remaining if all(d in done or d not in pending for d in j.deps)]
+        if not ready:  # a cycle cannot happen (deps point at earlier stages); the rest as they are
+            ready = remaining
+        out += ready
+        done |= {j.key for j in ready}
+        remaining = [j for j in remaining if j.key not in done]
+    return out
