@@ -38,7 +38,7 @@ SPARSE_KINDS = tuple(label for label, k in KINDS.items() if KIND[k.method].spars
 
 # Merge methods in the order the table lists them. For a dense kind (LoRA, full) every entry is
 # covered by every expert, so overlap-mean *is* mean there and is not run twice.
-METHODS = ("overlap-mean", "mean", "ties", "task-arithmetic", "dare-ties", "magnitude-prune")
+EXPERIMENT_METHODS = ("overlap-mean", "mean", "ties", "task-arithmetic", "dare-ties", "magnitude-prune")
 
 # Beyond the paper: overlap-mean with per-task weights chosen on validation loss (see runner.tune).
 TUNED = "overlap-mean+tuned"
@@ -151,7 +151,7 @@ PRESETS: dict[str, Preset] = {
         held_in=("sst2", "cola", "commonsenseqa", "squad", "xsum", "trec", "boolq", "siqa", "gsm8k"),
         held_out=("openbookqa", "piqa", "mmlu", "nq_open"),
         kinds=tuple(KINDS),
-        methods=METHODS,
+        methods=EXPERIMENT_METHODS,
         seeds=(0, 1, 2),
         tune_weights=(0.5, 2.0),
         description="9 held-in tasks over 5 categories, 4 held-out, all kinds and methods, 3 seeds",
@@ -246,9 +246,9 @@ def get_preset(
             raise HubError(f"--kinds: unknown kind {unknown[0]!r}; expected some of {', '.join(KINDS)}")
         changes["kinds"] = tuple(dict.fromkeys(kinds))
     if methods:
-        unknown = [m for m in methods if m not in METHODS]
+        unknown = [m for m in methods if m not in EXPERIMENT_METHODS]
         if unknown:
-            raise HubError(f"--methods: unknown method {unknown[0]!r}; expected some of {', '.join(METHODS)}")
+            raise HubError(f"--methods: unknown method {unknown[0]!r}; expected some of {', '.join(EXPERIMENT_METHODS)}")
         changes["methods"] = tuple(dict.fromkeys(methods))
     preset = replace(preset, **changes, overrides=tuple(flags))
     overlap = set(preset.held_in) & set(preset.held_out)
@@ -266,4 +266,4 @@ def subset_sizes(n: int) -> list[int]:
     return [*sizes, n]
 
 
-__all__ = ["KINDS", "METHODS", "PRESETS", "Kind", "Preset", "get_preset", "subset_sizes"]
+__all__ = ["EXPERIMENT_METHODS", "KINDS", "PRESETS", "Kind", "Preset", "get_preset", "subset_sizes"]

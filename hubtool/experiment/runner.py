@@ -248,7 +248,7 @@ def priority(job: Job, plan: Plan, tasks: list[Task]) -> tuple:
       5  the extra seeds
     Within a level a compose comes before the evals that need it; evals of one model stay together,
     so the scorer adds each expert into the base once."""
-    from hubtool.experiment.presets import KINDS, METHODS, TUNED
+    from hubtool.experiment.presets import EXPERIMENT_METHODS, KINDS, TUNED
 
     merges = {m.key: m for m in plan.merges}
     seeds = {name: seed for (_, _, seed), name in plan.experts.items()}
@@ -261,7 +261,7 @@ def priority(job: Job, plan: Plan, tasks: list[Task]) -> tuple:
         return (0, 0, job.key)
     if merge is not None:
         level = 2 if len(merge.experts) == n and merge.method != TUNED else 3 if len(merge.experts) == n else 4
-        rank = ((METHODS + (TUNED,)).index(merge.method), list(KINDS).index(merge.kind), len(merge.experts))
+        rank = ((EXPERIMENT_METHODS + (TUNED,)).index(merge.method), list(KINDS).index(merge.kind), len(merge.experts))
         return (level, rank, merge.key, 0 if isinstance(job, ComposeJob) else 1, t)
     if isinstance(job, EvalJob) and job.target is None:
         return (1, (t, -1, ""), 0)
