@@ -89,6 +89,21 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
     """Write an expert out of the catalog: `peft` (a folder PeftModel.from_pretrained loads) or `hubtool`
     (the packed file, byte for byte). Returns what was written. An existing `out` (a file, or a folder
     that is not empty) is an error unless force=True, which replaces it only once the new one is complete."""
+    target = Path(out).expanduser().absolute()
+    try:
+        return _export(ref, out, fmt=fmt, catalog=catalog, force=force)
+    except OSError as err:
+        # The file system refused `out`, its folder or the temp beside it (/proc/x, a read-only folder, a full
+        # disk): the message names --out, never the temp it was writing first.
+        failed = Path(os.fsdecode(err.filename)).absolute() if err.filename is not None else None
+        if failed is None or not (failed == target or failed.parent == target.parent or failed in target.parents
+                                  or target in failed.parents):  # fmt: skip
+            raise
+        raise HubError(f"--out {out}: can't write there ({err.strerror or err}); expected a path in a writable "
+                       "folder") from None
+
+
+def _export(ref: str, out: str | os.PathLike, *, fmt: str, catalog, force: bool) -> Path:
     from hubtool.hub.pull import hub_download
     from hubtool.registry import Catalog
 
@@ -119,23 +134,27 @@ def export_expert(ref: str, out: str | os.PathLike, *, fmt: str = "peft", catalo
     if not force or not out.exists() or (out.is_dir() and not any(out.iterdir())):
         return export_peft(cat.load(rec.ref), out, base_model_name_or_path=_loadable_base(rec.base_model),
                            card=export_card)
-    # --force over a filled folder: write beside it, then swap, so a failed export leaves the old one.
+    # --force over a filled folder: write beside it, then swap, so a failed export leaves the old one. Both
+    # live in one locked temp folder beside `out` (".NAME.tmp-XXXX", atomic_folder's name for it): after a
+    # kill it is abandoned, and the next export to `out` removes it.
     import shutil
 
-    staging = out.with_name(f".{out.name}.new-{os.getpid()}")
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
+    from hubtool.fileio import locked_mkdtemp, stale_temp_folders
+
+    out = out.absolute()
+    for stale in stale_temp_folders(out):
+        shutil.rmtree(stale, ignore_errors=True)
+    fd, work = locked_mkdtemp(out.parent, f".{out.name}.tmp-")
     try:
+        staging, old = work / "new", work / "old"
         export_peft(cat.load(rec.ref), staging, base_model_name_or_path=_loadable_base(rec.base_model),
                     card=export_card)
         os.rename(out, old)
         os.rename(staging, out)
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    if old.is_dir():
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        old.unlink(missing_ok=True)
-    return out.absolute()
+        shutil.rmtree(work, ignore_errors=True)
+        os.close(fd)
+    return out
 
 
 def _refuse_existing(out: Path, force: bool) -> None:

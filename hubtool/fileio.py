@@ -16,6 +16,7 @@ from __future__ import annotations
 import fnmatch
 import hashlib
 import os
+import re
 import shutil
 import signal
 import stat
@@ -197,6 +198,8 @@ def atomic_write(path: str | os.PathLike) -> Iterator[BinaryIO]:
     """Yield a binary file to write; on success it replaces `path` whole, on error it is deleted."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    for stale in stale_temp_files(path):  # what a killed write to the same path left
+        stale.unlink(missing_ok=True)
     # an ordinary file in the end (0644 under umask 022), not mkstemp's private 0600
     fd, tmp = locked_mkstemp(path.parent, f".{path.name}.", ".tmp", mode=file_mode())
     try:
@@ -221,6 +224,23 @@ def _ordinary_mode(path: Path) -> None:
     wanted = file_mode() | (mode & 0o111 & ~umask())
     if mode != wanted:
         path.chmod(wanted)
+
+
+def stale_temp_files(path: Path) -> list[Path]:
+    """Temp files that an atomic_write(path) killed before its rename left beside `path` (".<name>.XXXXXXXX.tmp",
+    mkstemp's eight characters: never another path's temps), that no live writer holds."""
+    pattern = re.compile(re.escape(f".{path.name}.") + r"[a-z0-9_]{8}\.tmp")
+    found = []
+    try:
+        names = sorted(os.listdir(path.parent))
+    except OSError:
+        return []
+    for name in names:
+        if pattern.fullmatch(name):
+            with claim_abandoned(path.parent / name) as abandoned:
+                if abandoned and not (path.parent / name).is_dir():
+                    found.append(path.parent / name)
+    return found
 
 
 def stale_temp_folders(dest: Path) -> list[Path]:

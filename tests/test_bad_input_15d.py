@@ -141,3 +141,34 @@ def test_a_train_killed_while_it_writes_its_checkpoint_leaves_a_temp_verify_repa
     assert not temps[0].exists()
     assert list((hub_home / "runs").glob("*/checkpoint"))  # the run's own folders stay
     ok(hub("verify"))
+
+
+def test_a_killed_export_leaves_no_temp_beside_out_after_the_next_export(hub_home, packed, tmp_path):
+    ok(hub("import", packed("qa")))
+    out = tmp_path / "exports" / "qa.safetensors"
+    killed = hub("export", "qa", "--format", "hubtool", "--out", out, HUB_CRASH_AT="write:qa.safetensors")
+    assert killed.returncode == -9, killed.stderr
+    assert [p.name[:16] for p in out.parent.iterdir()] == [".qa.safetensors."]
+    ok(hub("export", "qa", "--format", "hubtool", "--out", out))
+    assert [p.name for p in out.parent.iterdir()] == ["qa.safetensors"]
+
+    folder = tmp_path / "exports" / "qa-peft"
+    ok(hub("export", "qa", "--out", folder))
+    for crash in ("folder:new", "folder-rename:new"):  # killed while writing the new folder, with --force over the old
+        killed = hub("export", "qa", "--out", folder, "--force", HUB_CRASH_AT=crash)
+        assert killed.returncode == -9, killed.stderr
+    assert len(list(folder.parent.iterdir())) > 2
+    ok(hub("export", "qa", "--out", folder, "--force"))
+    assert sorted(p.name for p in folder.parent.iterdir()) == ["qa-peft", "qa.safetensors"]
+    assert (folder / "adapter_config.json").is_file()
+
+
+# --- messages that mislead ---------------------------------------------------------------------------------
+
+
+def test_an_unwritable_export_out_is_named_as_out_not_its_temp(hub_home, packed):
+    ok(hub("import", packed("qa")))
+    for fmt in ("peft", "hubtool"):
+        for out in ("/proc/x", "/proc/x/"):
+            line = failed(hub("export", "qa", "--format", fmt, "--out", out), f"--out {out}:", "expected")
+            assert ".tmp" not in line
