@@ -163,6 +163,31 @@ def test_a_killed_export_leaves_no_temp_beside_out_after_the_next_export(hub_hom
     assert (folder / "adapter_config.json").is_file()
 
 
+
+def test_rm_of_a_blob_replaced_by_a_folder_changes_nothing_and_verify_reports_trash_folders(hub_home, packed):
+    ok(hub("import", packed("qa")))
+    (blob,) = blob_files(hub_home)
+    blob.unlink()
+    (blob / "sub").mkdir(parents=True)
+    (blob / "sub" / "f").write_text("not a blob")
+    failed(hub("rm", "qa@1", "--yes"), str(blob), "folder", "expected")
+    assert "qa@1" in ok(hub("list"))  # the row stays, the folder stays where it was
+    assert (blob / "sub" / "f").is_file() and not list(blob.parent.glob(".trash-*"))
+    report = json.loads(hub("verify", "--json").stdout)
+    assert report["missing"] == ["qa@1"] and report["orphans"] == [], report
+
+    # A `.trash-` folder (what the old `hub rm` left) is reported as one trash entry, removed by --repair and
+    # never put back in the blob's place.
+    trash = blob.with_name(".trash-" + blob.name)
+    blob.rename(trash)
+    report = json.loads(hub("verify", "--json").stdout)
+    assert report["trash"] == [str(trash)] and report["orphans"] == [], report
+    assert str(trash) in hub("verify").stdout
+    repaired = json.loads(hub("verify", "--repair", "--json").stdout)
+    assert {"path": str(trash), "kind": "trash"} in repaired["removed"], repaired
+    assert not trash.exists() and not blob.exists()
+
+
 # --- messages that mislead ---------------------------------------------------------------------------------
 
 

@@ -346,7 +346,8 @@ def _print_report(cat, report) -> None:
         blob = _blob_of(cat, ref)
         trashed = Path(blob).with_name(".trash-" + Path(blob).name).exists()
         why = " (a killed `hub rm` left it in the trash: `hub verify --repair` puts it back)" if trashed else ""
-        line("[red]missing[/] ", f"{ref}: {esc(blob)} is gone{why}")
+        gone = "is a folder, not the blob file" if Path(blob).is_dir() else "is gone"
+        line("[red]missing[/] ", f"{ref}: {esc(blob)} {gone}{why}")
     if report.remote:
         shown = ", ".join(report.remote[:5]) + (f" and {len(report.remote) - 5} more" if len(report.remote) > 5 else "")
         line("[cyan]remote[/]  ", f"{esc(shown)}: blob on its Hub repo, fetched on first use (or `hub pull REF`)")

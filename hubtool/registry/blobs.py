@@ -231,6 +231,11 @@ class LocalBlobStore:
         and point a new row at it. None if the blob was already gone."""
         blob = self.path(location)
         trashed = blob.with_name(f"{TRASH_PREFIX}{blob.name}")
+        if blob.is_dir() and not blob.is_symlink():  # before anything moves: the caller's transaction rolls back
+            raise HubError(
+                f"blob {blob} is a folder, not a file (made by hand?); expected the blob file hubtool placed: "
+                "move the folder away, then try again (`hub verify` lists what is wrong in the store)"
+            )
         try:
             fd = os.open(blob, os.O_RDONLY)
         except FileNotFoundError:
@@ -270,12 +275,22 @@ class LocalBlobStore:
         catalogs (only its abandoned temp files, which are leftovers like any other)."""
         if not self.root.is_dir():
             return
-        for path in sorted(self.root.rglob("*")):
-            if path.is_file() or path.is_symlink():
-                location = path.relative_to(self.root).as_posix()
-                if location.startswith(f"{CATALOGS_DIR}/") and not path.name.startswith(TEMP_PREFIX):
-                    continue
-                yield location, path
+        found = []
+        for top, dirs, names in os.walk(self.root):
+            # A temp or trash entry that is a folder is one entry (a `hub rm` of a blob a folder had replaced
+            # used to leave one), as is a folder at a blob's address: what is inside goes with it, so it is
+            # never taken for blobs of its own.
+            held = [d for d in dirs if d.startswith((TEMP_PREFIX, TRASH_PREFIX))
+                    or is_location(Path(top, d).relative_to(self.root).as_posix())]  # a folder in a blob's place
+            dirs[:] = [d for d in dirs if d not in held]
+            found += [Path(top) / name for name in held]
+            found += [Path(top) / name for name in names]
+            found += [Path(top) / d for d in dirs if os.path.islink(os.path.join(top, d))]  # not walked
+        for path in sorted(found):
+            location = path.relative_to(self.root).as_posix()
+            if location.startswith(f"{CATALOGS_DIR}/") and not path.name.startswith(TEMP_PREFIX):
+                continue
+            yield location, path
 
     def fetch(self, location: str, sha256: str, origin: HubOrigin | None) -> Path:
         path = self.path(location)

@@ -201,13 +201,13 @@ def sweep(
             age = now - mtime
             if is_location(location) and mtime < unclaimed_before:
                 report.unclaimed.append(path)
-            elif repair and is_location(location):
+            elif repair and is_location(location) and not (path.is_dir() and not path.is_symlink()):
                 if age < grace:
                     report.recent.append(path)  # maybe a registration between placing and committing
                 else:
                     _remove(path, "orphan", report)
             else:
-                report.orphans.append(path)  # (a file that is no blob address is never ours to delete)
+                report.orphans.append(path)  # (a file that is no blob address, or a folder, is never ours to delete)
     runs = paths.runs_dir()
     for folder, temp_only in [(paths.hub_home() / "tmp", False), (paths.models_dir(), True)]:
         if not folder.is_dir():
@@ -259,7 +259,8 @@ def _trash(root: Path, location: str, path: Path, referenced: set[str], report: 
         if not abandoned:
             report.in_use.append(path)
             return
-        needed = is_location(target) and target in referenced and not (root / target).is_file()
+        needed = (is_location(target) and target in referenced and not (root / target).is_file()
+                  and path.is_file() and not path.is_symlink())  # never a folder in a blob's place
         if not repair:
             report.trash.append(path)
         elif needed:  # `hub rm` died before its commit: the row is still there, so is its blob again
