@@ -320,9 +320,7 @@ def _validation_prompts(choice: Any, catalog: Any, max_val: int) -> list[str]:
 
 
 def _catalog(catalog: Any) -> Any:
-    if hasattr(catalog, "list"):
-        return catalog
     from hubtool.hub.pull import hub_download
     from hubtool.registry import Catalog
 
-    return Catalog(catalog, download=hub_download())
+    return Catalog.open(catalog, download=hub_download())

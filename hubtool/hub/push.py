@@ -39,6 +39,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubtool import checks
 from hubtool.errors import HubError, NotFoundError
 from hubtool.fileio import crash_point
 from hubtool.hub.client import check_repo_id, check_revision, hub_errors, make_api, quiet_client
@@ -341,7 +342,7 @@ def push_library(
 def select_experts(cat: Any, *, tasks: str | list[str] | None, experts: str | list[str] | None) -> list[Any]:
     """The library's experts, sorted by name and version: every `experts` ref, plus the latest version of
     each expert name whose tasks include one that `tasks` means (a task or a category)."""
-    specs, refs = _split(tasks), _split(experts)
+    specs, refs = checks.items(tasks), checks.items(experts)
     if not specs and not refs:
         raise HubError(
             "push --library: select experts with --tasks TASKS (names or categories) or --experts REFS"
@@ -517,12 +518,10 @@ def _check_name(rec: Any) -> None:
 
 
 def _catalog(catalog: Any) -> Any:
-    if hasattr(catalog, "get"):
-        return catalog
     from hubtool.hub.pull import hub_download  # a row pushed from another machine: its blob, fetched
     from hubtool.registry import Catalog
 
-    return Catalog(catalog, download=hub_download())
+    return Catalog.open(catalog, download=hub_download())
 
 
 def _staging():
@@ -538,10 +537,3 @@ def _write_json(path: Path, obj: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n",
                     encoding="utf-8")  # fmt: skip
-
-
-def _split(value: str | list[str] | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
-    return [i.strip() for i in items if i.strip()]

@@ -16,12 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubtool import checks
+from hubtool.data.metrics import HEADLINE
 from hubtool.errors import HubError
 from hubtool.merge.plan import Plan, make_plan, overlap
 from hubtool.merge.recipe import ExpertSpec, Recipe
 
 # The metric retention is reported on, per task: the first the single expert has.
-HEADLINE = ("accuracy", "rougeL", "exact_match")
 
 
 @dataclass
@@ -51,8 +52,8 @@ def build_recipe(
 ) -> Recipe:
     """A recipe from a YAML file and/or arguments; arguments given override the file's values."""
     recipe = Recipe.from_yaml(config) if config is not None else Recipe()
-    tasks = _split(tasks)
-    refs = _split(experts)
+    tasks = checks.items(tasks)
+    refs = checks.items(experts)
     if tasks:
         recipe.tasks, recipe.experts = tasks, ([] if not refs else recipe.experts)
     if refs:
@@ -71,13 +72,6 @@ def build_recipe(
         if value is not None:
             setattr(recipe, key, value)
     return recipe.check("compose" if config is None else str(config))
-
-
-def _split(value: list[str] | str | None) -> list[str]:
-    if value is None:
-        return []
-    items = value.split(",") if isinstance(value, str) else [p for v in value for p in v.split(",")]
-    return [i.strip() for i in items if i.strip()]
 
 
 def compose(
@@ -120,7 +114,7 @@ def compose(
             raise HubError(f"--out {out}: {out_path} already exists; expected a new (or empty) folder")
     if as_expert is not None and not NAME.fullmatch(as_expert):
         raise HubError(f"--as-expert {as_expert!r}: expected letters, digits, '.', '_' or '-' (at most 128)")
-    cat = catalog if hasattr(catalog, "list") else Catalog(catalog, download=hub_download())
+    cat = Catalog.open(catalog, download=hub_download())
     plan = make_plan(cat, recipe)
     if evaluate:
         for choice in plan.choices:
@@ -289,7 +283,7 @@ def evaluate_result(
     from hubtool.models import load_base
     from hubtool.registry import Catalog
 
-    cat = catalog if hasattr(catalog, "list") else Catalog(catalog)
+    cat = Catalog.open(catalog)
     plan = result.plan
     stored = {c.ref: eval_settings(c) for c in plan.choices}  # bad settings fail before the model loads
     tasks = {t: load_task(t, catalog=cat) for t in plan.tasks}  # a bad task fails before the model loads

@@ -23,12 +23,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from hubtool import checks
 from hubtool.errors import HubError, shown
 
 PICKS = ("best", "latest")
 MAX_RECIPE_BYTES = 1 << 20  # a recipe names experts and a few numbers; YAML aliases make more dangerous
-OUT_DTYPES = {"bfloat16": "bfloat16", "bf16": "bfloat16", "float16": "float16", "fp16": "float16",
-              "float32": "float32", "fp32": "float32"}
 
 
 @dataclass
@@ -71,9 +70,7 @@ class Recipe:
             if not math.isfinite(e.weight):
                 raise HubError(f"{where}: experts[{e.ref}].parameters.weight: expected a finite number")
         if self.dtype is not None:
-            if self.dtype not in OUT_DTYPES:
-                raise HubError(f"{where}: dtype {self.dtype!r}: expected bfloat16, float16 or float32")
-            self.dtype = OUT_DTYPES[self.dtype]
+            self.dtype = checks.dtype(self.dtype, f"{where}: dtype")
         spec = METHODS[self.method]
         if self.normalize is not None and not isinstance(self.normalize, bool):
             raise HubError(f"{where}: parameters.normalize {self.normalize!r}: expected true or false")
