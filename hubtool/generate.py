@@ -24,6 +24,7 @@ text is returned. torch and transformers are imported inside the functions.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -266,15 +267,19 @@ def generate(
     chat_template: bool = True,
     catalog: Any = None,
     route: str | None = None,
+    on_route: Callable[[Any], None] | None = None,
 ) -> str:
     """The greedy continuation of `prompt` (new text only) by a model folder, an expert NAME[@VERSION],
     the experts `tasks`/`experts` choose (composed in memory with `method`, or with `route` the one of
-    them a router picks for the prompt), or the `base` model alone."""
+    them a router picks for the prompt; `on_route` is told which, a plan Choice), or the `base` model alone."""
     check_request(prompt, max_new_tokens)
     if route is not None:
         resolved = resolve_routed(route, target, tasks=tasks, experts=experts, method=method, where=where,
                                   base=base, catalog=catalog)
-        return run_routed(resolved, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)[1]
+        choice, text = run_routed(resolved, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
+        if on_route is not None:
+            on_route(choice)
+        return text
     resolved = resolve_target(target, tasks=tasks, experts=experts, method=method, where=where, base=base,
                               catalog=catalog)
     model, tokenizer = load_target(resolved)

@@ -162,31 +162,18 @@ def generate(
     route: RouteOpt = None,
 ) -> None:
     """Greedy text from a composed folder, an expert, experts composed in memory or routed to, or the base model."""
-    from hubtool.generate import (
-        check_request,
-        generate_ids,
-        load_target,
-        resolve_routed,
-        resolve_target,
-        run_routed,
-    )
+    from hubtool.generate import generate as run
 
     if len(args) > 2:
         fail(f"expected [TARGET] PROMPT, got {len(args)} arguments; quote the prompt")
     target, prompt = (args[0], args[1]) if len(args) == 2 else (None, args[0])
-    check_request(prompt, max_new_tokens)
-    if route is not None:
-        routed = resolve_routed(route, target, tasks=tasks, experts=experts, method=method, where=where, base=base,
-                                catalog=catalog)
-        choice, text = run_routed(routed, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
-        # The choice on stderr, so stdout stays the model's text alone.
+
+    def routed(choice) -> None:  # on stderr, so stdout stays the model's text alone
         err_console.print(f"routed ({route}) to [bold]{esc(choice.ref)}[/] (task {esc(choice.task)})")
-        sys.stdout.write(text + "\n")
-        return
+
     # The catalog is opened only when TARGET is an expert or experts are chosen (not for a folder).
-    resolved = resolve_target(target, tasks=tasks, experts=experts, method=method, where=where, base=base,
-                              catalog=catalog)
-    model, tokenizer = load_target(resolved)
-    new = generate_ids(model, tokenizer, prompt, max_new_tokens=max_new_tokens, chat_template=chat_template)
+    text = run(target, prompt, tasks=tasks, experts=experts, method=method, where=where, base=base,
+               max_new_tokens=max_new_tokens, chat_template=chat_template, catalog=catalog, route=route,
+               on_route=routed)
     # Plain stdout: the model's text is not Rich markup, and it pipes cleanly.
-    sys.stdout.write(tokenizer.decode(new, skip_special_tokens=True).strip() + "\n")
+    sys.stdout.write(text + "\n")
