@@ -18,13 +18,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from hubtool.errors import HubError
-
-# The Hub's rule for one part of a repo id (huggingface_hub.utils.validate_repo_id): letters, digits,
-# '-', '_', '.'; no leading or trailing '-' or '.', no '--' or '..', at most 96 characters, no '.git' end.
-_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
-# A branch, tag or commit: git's ref rules, roughly (no '..', no spaces or control characters, no '~^:?*[\').
-_REVISION = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+/-]{0,254}")
+from hubtool.errors import HubError, shown
+from hubtool.hub.names import MAX_NAME, repo_id_problem, revision_problem
 
 
 class HubAccessError(HubError):
@@ -32,28 +27,23 @@ class HubAccessError(HubError):
 
 
 def check_repo_id(repo_id: object, what: str = "repo") -> str:
-    """'org/name' or 'name' (the token's own namespace), checked before any work is done."""
-    parts = repo_id.split("/") if isinstance(repo_id, str) else []
-    if not 1 <= len(parts) <= 2 or not all(
-        _PART.fullmatch(p) and ".." not in p and "--" not in p and not p.endswith(".git") for p in parts
-    ):
+    """'org/name' or 'name' (the token's own namespace), checked before any work is done: the rule of
+    huggingface_hub's validate_repo_id (hubtool.hub.names)."""
+    problem = repo_id_problem(repo_id)
+    if problem:
         raise HubError(
-            f"{what} {repo_id!r}: expected ORG/NAME or NAME (letters, digits, '-', '_', '.'; no '--' or '..'; "
-            "at most 96 characters a part)"
+            f"{what} {shown(repo_id)}: expected ORG/NAME or NAME, each part 1-{MAX_NAME} letters, digits, "
+            f"'-', '_' or '.' ({problem})"
         )
     return str(repo_id)
 
 
 def check_revision(revision: object, what: str = "revision") -> str:
-    if (
-        not isinstance(revision, str)
-        or not _REVISION.fullmatch(revision)
-        or ".." in revision
-        or "//" in revision
-        or revision.endswith(("/", ".lock", "."))
-    ):
-        raise HubError(f"{what} {revision!r}: expected a branch, tag or commit id")
-    return revision
+    """A branch, tag or commit id, by git's ref-name rules over a URL-safe alphabet (hubtool.hub.names)."""
+    problem = revision_problem(revision)
+    if problem:
+        raise HubError(f"{what} {shown(revision)}: expected a branch, tag or commit id ({problem})")
+    return str(revision)
 
 
 def split_repo(spec: str, what: str = "repo") -> tuple[str, str | None]:
@@ -61,7 +51,7 @@ def split_repo(spec: str, what: str = "repo") -> tuple[str, str | None]:
     repo, at, revision = spec.partition("@")
     check_repo_id(repo, what)
     if at:
-        check_revision(revision, f"{what} {spec!r}: revision")
+        check_revision(revision, f"{what} {shown(spec)}: revision")
     return repo, (revision if at else None)
 
 

@@ -3,29 +3,34 @@
 Everything that later becomes part of a file name on disk, or a key in a commit's tree, passes through
 here first. Bad values are 400s with an `X-Error-Code` (InvalidRepoId, InvalidRevision, InvalidPath):
 no `..`, no absolute paths, no NUL or other control characters, no backslashes, bounded lengths.
+
+Repo ids and revisions follow the one rule that push and pull also use (hubtool.hub.names: the Hub's
+repo-id rule, git's ref-name rules for revisions). This server reserves a few more names on top:
+- namespaces that are its own URL space (RESERVED_NAMESPACES: `/api/...`, `/datasets/ns/name`, ...);
+- a namespace or repo name starting with '_': kept for the server's own pages and endpoints (`/_lfs`);
+- branch and tag names that look like a full commit id, start with `refs/`, or are `HEAD` (a ref by that
+  name would shadow, or be shadowed by, what resolves a revision).
 """
 
 from __future__ import annotations
 
 import re
 
+from hubtool.hub import names as shared
 from hubtool.hub.server.errors import bad_request
 
 REPO_TYPES = {"models": "model", "datasets": "dataset", "spaces": "space"}
 # URL prefix of /resolve and of repo URLs
 TYPE_PREFIX = {"model": "", "dataset": "datasets/", "space": "spaces/"}
 
-MAX_NAME = 96
-MAX_REVISION = 255
+MAX_NAME = shared.MAX_NAME
+MAX_REVISION = shared.MAX_REVISION
 MAX_PATH = 1024
 MAX_PATH_PART = 255
 
-# One namespace or repo name: the Hub's rule (letters, digits, - _ .; no leading/trailing - or .; no -- or ..).
-_PART = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]*[A-Za-z0-9_])?")
-# Namespaces that would collide with the server's own URL space.
+# Namespaces that would collide with the server's own URL space (compared lowercased).
 RESERVED_NAMESPACES = {"api", "datasets", "spaces", "models", "_lfs", "static"}
-_REV_PART = re.compile(r"[A-Za-z0-9_][A-Za-z0-9._+-]*")
-COMMIT_ID = re.compile(r"[0-9a-f]{40}")
+COMMIT_ID = shared.COMMIT_ID
 SHA256 = re.compile(r"[0-9a-f]{64}")
 
 
@@ -49,51 +54,46 @@ def body_repo_type(value: object) -> str:
 
 
 def check_name_part(part: object, what: str = "repo id") -> str:
-    if (
-        not isinstance(part, str)
-        or not 0 < len(part) <= MAX_NAME
-        or not _PART.fullmatch(part)
-        or ".." in part
-        or "--" in part
-        or part.endswith(".git")
-    ):
+    """One namespace or repo name: the shared rule, and no leading '_' (this server's pages)."""
+    problem = shared.name_part_problem(part)
+    if problem is None and part.startswith("_"):  # type: ignore[union-attr]  # a str once the rule passed
+        problem = "a name starting with '_' is reserved for the server's pages"
+    if problem:
         shown = part[:100] if isinstance(part, str) else type(part).__name__
         raise bad_request(
             "InvalidRepoId",
-            f"invalid {what} {shown!r}: expected 1-{MAX_NAME} letters, digits, '-', '_' or '.', "
-            "not starting or ending with '-' or '.', without '--', '..' or a '.git' ending",
+            f"invalid {what} {shown!r}: {problem} (expected 1-{MAX_NAME} letters, digits, '-', '_' or '.', "
+            "starting with a letter or digit and ending with a letter, digit or '_', without '--' or '..')",
         )
-    return part
+    return part  # type: ignore[return-value]
 
 
 def check_repo_id(namespace: object, name: object) -> str:
-    """`namespace/name` after checking both parts; the id as one string."""
+    """`namespace/name` after checking both parts (the shared rule plus this server's reservations)."""
     ns = check_name_part(namespace, "namespace")
     if ns.lower() in RESERVED_NAMESPACES:
         raise bad_request("InvalidRepoId", f"namespace {ns!r} is reserved")
-    return f"{ns}/{check_name_part(name, 'repo name')}"
+    name = check_name_part(name, "repo name")
+    if name.endswith(".git"):
+        raise bad_request("InvalidRepoId", f"invalid repo name {name[:100]!r}: must not end with '.git'")
+    return f"{ns}/{name}"
 
 
 def check_revision(rev: object) -> str:
-    """A branch, tag or commit id: git-ref-like parts separated by '/' (`refs/heads/x` allowed)."""
-    if not isinstance(rev, str) or not 0 < len(rev) <= MAX_REVISION:
-        raise bad_request("InvalidRevision", "invalid revision: expected 1-255 characters")
-    parts = rev.split("/")
-    if not all(_REV_PART.fullmatch(p) and not p.endswith((".lock", ".")) for p in parts) or ".." in rev:
-        raise bad_request(
-            "InvalidRevision",
-            f"invalid revision {rev[:100]!r}: expected letters, digits, '.', '_', '+', '-' in '/'-separated "
-            "parts, without '..'",
-        )
-    return rev
+    """A branch, tag or commit id (`refs/heads/x` allowed): the shared rule."""
+    problem = shared.revision_problem(rev)
+    if problem:
+        shown = rev[:100] if isinstance(rev, str) else type(rev).__name__
+        raise bad_request("InvalidRevision", f"invalid revision {shown!r}: {problem}")
+    return rev  # type: ignore[return-value]
 
 
 def check_branch_name(name: object) -> str:
-    """A new branch or tag name: a revision that is not itself a commit id and not under refs/."""
+    """A new branch or tag name: a revision that is not a commit id, not under refs/ and not HEAD."""
     name = check_revision(name)
-    if COMMIT_ID.fullmatch(name) or name.startswith("refs/"):
+    if COMMIT_ID.fullmatch(name) or name.startswith("refs/") or name == "HEAD":
         raise bad_request(
-            "InvalidRevision", f"invalid branch or tag name {name!r}: looks like a commit id or a ref"
+            "InvalidRevision", f"invalid branch or tag name {name!r}: looks like a commit id, a ref or HEAD"
         )
     return name
 
