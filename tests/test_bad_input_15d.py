@@ -188,6 +188,44 @@ def test_rm_of_a_blob_replaced_by_a_folder_changes_nothing_and_verify_reports_tr
     assert not trash.exists() and not blob.exists()
 
 
+
+# --- checks that come late or never ----------------------------------------------------------------------
+
+
+def lora_expert(path: Path) -> Path:
+    """A LoRA expert of q_proj [16, 32]: not the tiny Llama's shape ([64, 64])."""
+    import torch
+
+    from hubtool.format import Expert, LoraDelta, pack
+
+    gen = torch.Generator().manual_seed(0)
+    weight = "model.layers.0.self_attn.q_proj.weight"
+    delta = LoraDelta((16, 32), torch.randn(2, 32, generator=gen), torch.randn(16, 2, generator=gen), 2.0)
+    pack(Expert(name="lq", task="qa", kind="lora", base_model="tiny-llama", deltas={weight: delta}), path)
+    return path
+
+
+def test_a_peft_import_is_checked_against_its_base_before_it_is_registered(hub_home, packed, tmp_path):
+    base = tmp_path / "base"
+    make_tiny_llama(base)
+    ok(hub("import", packed("qa")))
+    ok(hub("import", lora_expert(tmp_path / "lq.safetensors")))
+    shira, lora, bare = tmp_path / "shira", tmp_path / "lora", tmp_path / "bare"
+    ok(hub("export", "qa", "--out", shira))
+    ok(hub("export", "lq", "--out", lora))
+    ok(hub("export", "qa", "--out", bare))
+    (bare / "hubtool.json").unlink()  # shapes come from the base alone
+    before = ok(hub("list", "--json"))
+    for folder in (shira, lora, bare):
+        if folder is not bare:  # (a SHiRA folder alone holds coordinates, no shapes: they fit the bigger base)
+            line = failed(hub("import", folder, "--base", base, "--name", "wrong"), str(base), "shape")
+            assert "_proj" in line
+        for where in ("/nonexistent/base", "./no-such-folder", str(tmp_path / "missing")):
+            failed(hub("import", folder, "--base", where, "--name", "wrong"), f"--base {where}", "no such folder")
+    assert ok(hub("list", "--json")) == before  # nothing registered, no blob left
+    assert len(blob_files(hub_home)) == 2
+
+
 # --- messages that mislead ---------------------------------------------------------------------------------
 
 
@@ -197,3 +235,17 @@ def test_an_unwritable_export_out_is_named_as_out_not_its_temp(hub_home, packed)
         for out in ("/proc/x", "/proc/x/"):
             line = failed(hub("export", "qa", "--format", fmt, "--out", out), f"--out {out}:", "expected")
             assert ".tmp" not in line
+
+
+def test_a_bert_base_leaks_no_transformers_warning_before_the_error(hub_home, packed, tmp_path):
+    from transformers import BertConfig, BertModel
+
+    bert = tmp_path / "bert"
+    BertModel(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(bert)
+    ok(hub("import", packed("qa")))
+    folder = tmp_path / "qa-peft"
+    ok(hub("export", "qa", "--out", folder))
+    failed(hub("import", folder, "--base", bert, "--name", "qb"), str(bert))  # one line: no "[transformers] ..."
+    (folder / "hubtool.json").unlink()  # the shapes come from building the base itself
+    failed(hub("import", folder, "--base", bert, "--name", "qb"), "the base model has no weight")

@@ -18,10 +18,11 @@ PEFT names tensors ``base_model.model.<module>.<tuner tensor>``; hubtool names w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -78,6 +79,8 @@ def import_peft(
     The task defaults to the exported expert's, else "unknown".
     """
     folder = Path(folder).expanduser()
+    if base is not None:
+        _check_base_arg(base)
     config, tensors = _read_adapter(folder)
     sidecar = _read_sidecar(folder)
     meta = sidecar.get("expert", {})
@@ -102,6 +105,7 @@ def import_peft(
             "expected LORA, SHIRA or SUPERTUNING"
         )
     kind = "lora" if peft_type == "LORA" else "sparse"
+    _check_against_local_base(deltas, base_model, folder)
     for weight, spec in sidecar.get("weights", {}).items():
         if weight in deltas:
             deltas[weight].fingerprint = spec.get("fingerprint")
@@ -133,7 +137,8 @@ def _sparse_deltas(
     if shapes:  # hubtool.json's shapes are checked against the base when it is on this machine
         from hubtool.apply import check_shapes, local_base_shapes
 
-        base_shapes = local_base_shapes(base_model)
+        with quiet_transformers():
+            base_shapes = local_base_shapes(base_model)
         if base_shapes is not None:
             check_shapes(shapes, base_shapes, str(folder / SIDECAR_FILE), base_model)
     else:
@@ -420,7 +425,61 @@ def _sidecar_shapes(sidecar: dict) -> dict[str, tuple[int, ...]]:
 def _base_shapes(base_model: str, trust_remote_code: bool = False) -> dict[str, tuple[int, ...]]:
     from hubtool.models import base_weight_shapes
 
-    return base_weight_shapes(base_model, trust_remote_code=trust_remote_code)
+    with quiet_transformers():
+        return base_weight_shapes(base_model, trust_remote_code=trust_remote_code)
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Building a base model only to read its shapes: transformers' own warnings ("add `is_decoder=True`" for
+    a BERT base) are not ours to print; our error, if any, is the one line the user sees."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+# A Hub model id: "name" or "org/name" (huggingface_hub's rules, loosely: the Hub itself answers the rest).
+_HUB_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,95}(/[A-Za-z0-9][A-Za-z0-9._-]{0,95})?")
+
+
+def _check_base_arg(base: str) -> None:
+    """An explicit base (`hub import FOLDER --base B`) must be something a model can come from: an embedded
+    name, a model folder here, or a Hub id; a path that is not here is refused before anything is read."""
+    from hubtool.models import EMBEDDED
+
+    if base in EMBEDDED:
+        return
+    path = Path(base).expanduser()
+    expected = f"expected a model folder (with config.json), a Hub id (org/name) or one of {', '.join(sorted(EMBEDDED))}"
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise HubError(f"--base {base}: {path} holds no config.json; {expected}")
+        return
+    if path.exists():
+        raise HubError(f"--base {base}: is a file; {expected}")
+    if base.startswith(("/", ".", "~")) or "\\" in base or ".." in base or not _HUB_ID.fullmatch(base):
+        raise HubError(f"--base {base}: no such folder; {expected}")
+
+
+def _check_against_local_base(deltas: dict[str, Delta], base_model: str, folder: Path) -> None:
+    """Every weight the adapter changes is one of its base's, with the base's shape, when the base is on this
+    machine (a Hub id is checked when it is loaded): before anything is registered, not when it is applied."""
+    from hubtool.apply import check_shapes, local_base_shapes
+
+    with quiet_transformers():
+        base_shapes = local_base_shapes(base_model)
+    if base_shapes is not None:
+        check_shapes({w: tuple(d.shape) for w, d in deltas.items()}, base_shapes, str(folder / WEIGHTS_FILE),
+                     base_model)  # fmt: skip
 
 
 # --- export ------------------------------------------------------------------------------------------
