@@ -249,3 +249,18 @@ def test_a_bert_base_leaks_no_transformers_warning_before_the_error(hub_home, pa
     failed(hub("import", folder, "--base", bert, "--name", "qb"), str(bert))  # one line: no "[transformers] ..."
     (folder / "hubtool.json").unlink()  # the shapes come from building the base itself
     failed(hub("import", folder, "--base", bert, "--name", "qb"), "the base model has no weight")
+
+
+def test_a_header_over_100_mib_is_said_to_be_too_big_not_said_not_to_fit(hub_home, tmp_path):
+    import struct
+
+    n = 100 * 2**20 + 1
+    big = tmp_path / "big.safetensors"
+    with open(big, "wb") as f:  # a sparse file: the header's bytes are all there, zeros
+        f.write(struct.pack("<Q", n))
+        f.truncate(8 + n + 16)
+    line = failed(hub("import", big), str(big), "over safetensors' limit", "100 MiB")
+    assert "does not fit" not in line
+    short = tmp_path / "short.safetensors"
+    short.write_bytes(struct.pack("<Q", 1000) + b"{}")
+    failed(hub("import", short), str(short), "does not fit the file")

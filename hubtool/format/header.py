@@ -85,6 +85,8 @@ def _parse_checked(head: bytes, size: int) -> dict[str, Any]:
     if len(head) < 8:
         raise FormatError("not a safetensors file: shorter than the 8-byte header length")
     (n,) = struct.unpack("<Q", head[:8])
+    if n > _MAX_HEADER and 8 + n <= size:
+        raise FormatError(f"header length {n} is over safetensors' limit of {_MAX_HEADER} bytes (100 MiB)")
     if n > _MAX_HEADER or 8 + n > size:
         raise FormatError(
             f"header length {n} does not fit the file ({size} bytes): truncated or not safetensors"
