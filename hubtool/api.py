@@ -178,10 +178,6 @@ def _loadable_base(base_model: str) -> str:
     return str(path.resolve()) if path.is_dir() else base_model
 
 
-# Keys of evaluate()'s result that describe the run, not the model's quality; not stored as metrics.
-RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")  # measured, not scores: never stored as metrics
-
-
 def evaluate_expert(
     target: str | None,
     task: str,
@@ -201,7 +197,7 @@ def evaluate_expert(
     A model's own code (its config's auto_map) runs only with trust_remote_code=True."""
     from hubtool.apply import apply_expert
     from hubtool.data import load_task
-    from hubtool.evaluate import evaluate, example_rows
+    from hubtool.evaluate import score
     from hubtool.hub.pull import hub_download
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.registry import Catalog
@@ -238,32 +234,15 @@ def evaluate_expert(
         raise HubError(f"base model {base_name}: no tokenizer files; evaluation needs one")
     if expert is not None:
         apply_expert(model, expert)
-    predictions: list = []
-    result = evaluate(
-        model,
-        tokenizer,
-        task_data,
-        split=split,
-        limit=limit,
-        max_new_tokens=max_new_tokens,
-        batch_size=batch_size,
-        max_prompt_tokens=max_prompt_tokens,
-        predictions=predictions,
-    )
-    metrics = {k: float(v) for k, v in result.items() if isinstance(v, (int, float)) and k not in RUN_KEYS}
+    scored = score(model, tokenizer, task_data, split=split, limit=limit, max_new_tokens=max_new_tokens,
+                   batch_size=batch_size, max_prompt_tokens=max_prompt_tokens)
     if store:
         # Per-example rows beside the aggregates: what `hub eval --compare` pairs example by example.
-        rows = example_rows(predictions)
-        settings = {"limit": limit, "max_new_tokens": max_new_tokens, "max_prompt_tokens": max_prompt_tokens}
         if rec is not None:
-            cat.set_metrics(rec.ref, task_data.name, metrics)
-            cat.set_examples(rec.ref, task_data.name, rows, split=split, settings=settings)
+            scored.store(cat, rec.ref)
         elif target is None:
-            _, revision = resolve_base(base_name)
-            cat.set_base_metrics(base_id(base_name), task_data.name, metrics, revision=revision)
-            cat.set_examples(None, task_data.name, rows, base_model=base_id(base_name), base_revision=revision,
-                             split=split, settings=settings)  # fmt: skip
-    return {**metrics, **{k: v for k, v in result.items() if k in RUN_KEYS}}
+            scored.store(cat, base_model=base_id(base_name), base_revision=resolve_base(base_name)[1])
+    return {**scored.metrics, **scored.run}
 
 
 def compare(

@@ -285,7 +285,7 @@ def predict(model: Any, tokenizer: Any, examples: Sequence[Example], *, max_new_
     return [p for p in predictions if p is not None]
 
 
-def score(predictions: Sequence[Prediction]) -> dict[str, float]:
+def metrics_of(predictions: Sequence[Prediction]) -> dict[str, float]:
     """rougeL and exact_match over all predictions, accuracy and accuracy_norm over those with options;
     in percent."""
     if not predictions:
@@ -353,7 +353,60 @@ def evaluate(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "
         model.train(was_training)
     if predictions is not None:
         predictions.extend(results)
-    return {**score(results), "n": float(len(results)), "seconds": seconds, "examples_per_s": len(results) / seconds}
+    return {**metrics_of(results), "n": float(len(results)), "seconds": seconds, "examples_per_s": len(results) / seconds}
+
+
+# Keys of evaluate()'s result that describe the run, not the model's quality: never stored as metrics.
+RUN_KEYS = ("examples", "examples_per_s", "seconds", "n")
+
+
+@dataclass
+class Scored:
+    """One evaluation of one model on one split of one task: what every caller stores (Scored.store)."""
+
+    task: str
+    split: str
+    settings: dict[str, Any]  # limit, max_new_tokens, max_prompt_tokens, batch_size: what makes it reproducible
+    metrics: dict[str, float]  # quality only: rougeL, exact_match[, accuracy, accuracy_norm], in percent
+    run: dict[str, float]  # n, seconds, examples_per_s
+    rows: list[dict[str, Any]]  # example_rows(): the per-example outcomes a paired bootstrap needs
+
+    def store(self, catalog: Any, ref: str | None = None, *, base_model: str | None = None,
+              base_revision: str | None = None) -> None:  # fmt: skip
+        """Into the catalog: the per-example rows (for an expert version `ref`, or with ref=None for
+        `base_model`), and on the test split the metrics as well: on the expert's row, or as the base
+        model's baseline. Validation scores choose settings; only test scores are the row's metrics."""
+        catalog.set_examples(ref, self.task, self.rows, base_model=None if ref else base_model,
+                             base_revision=None if ref else base_revision, split=self.split,
+                             settings=self.settings)  # fmt: skip
+        if self.split != "test":
+            return
+        if ref is not None:
+            catalog.set_metrics(ref, self.task, self.metrics)
+        elif base_model is not None:
+            catalog.set_base_metrics(base_model, self.task, self.metrics, revision=base_revision)
+
+
+def score(model: Any, tokenizer: Any, task: TaskData | str, *, split: str = "test", limit: int | None = None,
+          max_new_tokens: int = 64, batch_size: int = 8, max_prompt_tokens: int | None = None) -> Scored:
+    """The one scoring path of `hub eval`, `hub train`'s final eval, `hub compose --eval` and `hub experiment`:
+    evaluate() (the model as it is: experts applied by the caller), its metrics split from the run's facts,
+    and the per-example rows."""
+    if isinstance(task, str):  # a name: a file, folder, built-in or the default catalog's task
+        from hubtool.registry.task_loader import load_task
+
+        task = load_task(task)
+    predictions: list[Prediction] = []
+    result = evaluate(model, tokenizer, task, split=split, limit=limit, max_new_tokens=max_new_tokens,
+                      batch_size=batch_size, predictions=predictions, max_prompt_tokens=max_prompt_tokens)
+    settings = {"split": split, "limit": limit, "max_new_tokens": max_new_tokens, "batch_size": batch_size,
+                "max_prompt_tokens": max_prompt_tokens}  # fmt: skip
+    return Scored(
+        task=task.name, split=split, settings=settings,
+        metrics={k: float(v) for k, v in result.items() if k not in RUN_KEYS},
+        run={k: float(v) for k, v in result.items() if k in RUN_KEYS},
+        rows=example_rows(predictions),
+    )  # fmt: skip
 
 
 def example_key(example: Example) -> str:
@@ -370,7 +423,7 @@ def example_rows(predictions: Sequence[Prediction]) -> list[dict[str, Any]]:
     with options, else rougeL), "metrics": {rougeL, exact_match[, accuracy, accuracy_norm]} in percent,
     "gold_logprob": summed log-prob of the gold option (None without options), "text": the prediction}.
 
-    The metric functions are score()'s, so each metric's mean over the rows that have it is score()'s value;
+    The metric functions are metrics_of()'s, so each metric's mean over the rows that have it is its value;
     predictions must be evaluate()'s, in split order from its first example (idx is the position)."""
     rows = []
     for i, p in enumerate(predictions):

@@ -296,7 +296,7 @@ def evaluate_routed(
     answered by the expert `router` chooses for it; predictions and choices in the examples' order.
     metrics are evaluate()'s plus routing_accuracy (percent routed to experts[task.name], when the task
     has an expert here). `model` holds the base weights before and after."""
-    from hubtool.evaluate import predict, score, scored_examples
+    from hubtool.evaluate import metrics_of, predict, scored_examples
     from hubtool.registry.task_loader import load_task
 
     if set(router.tasks) != set(experts):
@@ -323,7 +323,7 @@ def evaluate_routed(
         seconds = time.perf_counter() - start
     finally:
         model.train(was_training)
-    metrics = {**score(predictions), "n": float(len(predictions)), "seconds": seconds,
+    metrics = {**metrics_of(predictions), "n": float(len(predictions)), "seconds": seconds,
                "examples_per_s": len(predictions) / seconds}
     if data.name in experts:
         metrics["routing_accuracy"] = 100 * sum(c == data.name for c in choices) / len(choices)

@@ -232,17 +232,16 @@ def train(
     metrics: dict[str, float] = {"train_loss": fit.train_loss or float("nan")}
     if fit.best_val_loss is not None:
         metrics["val_loss"] = fit.best_val_loss
+    scored = None
     if eval_limit != 0 and task_data.test:
-        from hubtool.evaluate import evaluate
+        from hubtool.evaluate import score
 
         # Prompts cut to the training window, as in training: the expert is scored on what it learnt from.
         # Folded (W + D in W, restored on leaving): plain matmuls instead of a fresh W + D per forward.
         with adapter.folded():
-            scores = evaluate(
-                model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size,
-                max_new_tokens=max_new_tokens, max_prompt_tokens=max_length,
-            )
-        metrics |= {k: v for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "accuracy_norm")}
+            scored = score(model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size,
+                           max_new_tokens=max_new_tokens, max_prompt_tokens=max_length)
+        metrics |= scored.metrics
     result.metrics = metrics
 
     expert = adapter.to_expert(
@@ -258,6 +257,8 @@ def train(
 
         cat = cat or Catalog(catalog)
         result.record = cat.register(result.path, metrics={task_data.name: metrics}, config=config)
+        if scored is not None:  # the per-example outcomes too: `hub eval --compare` pairs them
+            scored.store(cat, result.record.ref)
         cat.record_task(task_data, category=category)  # the task's one home: `hub eval --task` finds it
     return result
 

@@ -43,6 +43,13 @@ def test_train_eval_list_show(hub_home: Path, colors_task: tuple[Path, Path]) ->
     assert {"train_loss", "val_loss", "accuracy"} <= set(sparse["metrics"]["colors"])
     assert rows["colors-lora@1"]["kind"] == "lora"
     assert sparse["config"]["data"]["sha256"] == rows["colors-lora@1"]["config"]["data"]["sha256"]
+    # the final eval's per-example outcomes are stored beside its metrics (one scoring path: evaluate.score)
+    from hubtool.registry import Catalog
+
+    with Catalog() as cat:
+        stored = cat.examples("colors-sparse@1", "colors")
+    assert [r["idx"] for r in stored] == [0, 1, 2, 3]
+    assert sum(r["value"] for r in stored) / 4 == pytest.approx(sparse["metrics"]["colors"]["accuracy"])
 
     # the base model's score, then the expert's own: stored, and shown as a gain
     base_scores = ok_json(hub("eval", "--base", base, "--task", data, "--limit", "8", "--json"))

@@ -19,7 +19,7 @@ from tiny import make_tiny_llama, save_word_tokenizer
 
 from hubtool.data.tasks import Example, TaskData
 from hubtool.errors import HubError, NotFoundError
-from hubtool.evaluate import Prediction, evaluate, example_rows, headline_metric, score
+from hubtool.evaluate import Prediction, evaluate, example_rows, headline_metric, metrics_of
 from hubtool.registry import Catalog, db, migrate
 from hubtool.stats import Bootstrap
 
@@ -65,7 +65,7 @@ def test_example_rows_average_to_score_on_a_real_model():
     assert len(rows) == 10 and [r["key"] for r in rows] == [_key(e.input) for e in examples]
     for metric in ("rougeL", "exact_match", "accuracy", "accuracy_norm"):
         having = [r["metrics"][metric] for r in rows if metric in r["metrics"]]
-        assert sum(having) / len(having) == pytest.approx(metrics[metric]) == pytest.approx(score(predictions)[metric])
+        assert sum(having) / len(having) == pytest.approx(metrics[metric]) == pytest.approx(metrics_of(predictions)[metric])
     assert sum(r["metrics"].get("accuracy", 0) > 0 for r in rows) not in (0, 7)  # a mix of right and wrong
     for r, p in zip(rows, predictions):
         if p.option_logprobs is not None:  # the gold option's summed log-prob, as scored
@@ -257,7 +257,8 @@ def test_hub_eval_stores_rows_and_compare_prints_paired_intervals(hub_home: Path
     with Catalog() as cat:  # every example stored, averaging to the printed score
         stored = {"cx": cat.examples("cx", "colors"), "cy": cat.examples("cy", "colors"),
                   "base": cat.examples(None, "colors", base_model=str(base.resolve()))}  # fmt: skip
-        assert cat.evaluations("cx")[0]["settings"] == {"limit": 24, "max_new_tokens": 64, "max_prompt_tokens": None}
+        assert cat.evaluations("cx")[0]["settings"] == {"split": "test", "limit": 24, "max_new_tokens": 64, "batch_size": 8,
+                                                       "max_prompt_tokens": None}
     for who, got in stored.items():
         assert [r["idx"] for r in got] == list(range(24)) and got[3]["key"] == _key(rows[3]["input"])
         assert sum(r["value"] for r in got) / 24 == pytest.approx(scores[who]["accuracy"])

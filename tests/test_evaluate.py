@@ -175,11 +175,11 @@ def test_evaluate_returns_metrics_in_range(model, tok):
 
 
 def test_accuracy_norm_divides_by_option_length():
-    from hubtool.evaluate import Prediction, score
+    from hubtool.evaluate import Prediction, metrics_of
 
     # Summed log-prob prefers the short option (-3 > -10); per byte the long one wins (-1 > -3).
     example = Example("Pick:", "bbbbbbbbbb", ["a", "bbbbbbbbbb"])
-    metrics = score([Prediction(example, "a", [-3.0, -10.0])])
+    metrics = metrics_of([Prediction(example, "a", [-3.0, -10.0])])
     assert metrics["accuracy"] == 0 and metrics["accuracy_norm"] == 100
 
 

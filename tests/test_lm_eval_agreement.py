@@ -136,7 +136,7 @@ def test_multiple_choice_same_choices_and_scores(folder):
 
 def test_generation_same_text_and_exact_match(folder):
     from hubtool.data.metrics import normalize_answer
-    from hubtool.evaluate import score
+    from hubtool.evaluate import metrics_of
 
     examples = generation_examples()
     model, tokenizer, _, predictions = hub_side(folder, examples, "gen")
@@ -145,7 +145,7 @@ def test_generation_same_text_and_exact_match(folder):
     # spacing) on every other example, so exact match is neither 0 nor 100 and the normalisation is exercised.
     for i, (e, p) in enumerate(zip(examples, predictions)):
         e.answers = [f"The  {p.text.upper()}." if i % 2 == 0 else "sky", "nothing here"]
-    scores = score(predictions)  # hub's scoring of the same predictions against the new answers
+    scores = metrics_of(predictions)  # hub's scoring of the same predictions against the new answers
     metrics, samples, rendered, _ = lm_eval_side(folder, model, tokenizer, examples, "gen")
     assert [agreement.sample_text(s).strip() for s in samples] == [p.text for p in predictions]
     assert 0 < scores["exact_match"] < 100

@@ -177,7 +177,7 @@ def test_evaluate_routed_equals_each_group_scored_by_hand(base, experts):
     from transformers import AutoModelForCausalLM
 
     from hubtool.apply import apply_expert
-    from hubtool.evaluate import predict, score
+    from hubtool.evaluate import metrics_of, predict
 
     path, model, tok, _ = base
     router = Router.fit(model, tok, experts, method="arrow")
@@ -203,7 +203,7 @@ def test_evaluate_routed_equals_each_group_scored_by_hand(base, experts):
         if wrong:  # the other expert scores the options differently: the group's expert mattered
             assert [w.option_logprobs for w in wrong] != [preds[i].option_logprobs for i in idx if examples[i].options]
     assert {k: v for k, v in metrics.items() if k in ("rougeL", "exact_match", "accuracy")} == \
-        {k: v for k, v in score(preds).items() if k in ("rougeL", "exact_match", "accuracy")}
+        {k: v for k, v in metrics_of(preds).items() if k in ("rougeL", "exact_match", "accuracy")}
     # a task with an expert of its own reports the share routed to it, in percent
     own = [Example(p, "yes", options=["yes", "no"]) for p in _prompts("colors", 4, seed=5)]
     own += [Example(p, "no", options=["yes", "no"]) for p in _prompts("animals", 1, seed=5)]

@@ -191,7 +191,7 @@ class N8:
         rows = self.outcomes(subject, task, split)
         if rows is not None:
             return rows
-        from hubtool.evaluate import evaluate, example_rows
+        from hubtool.evaluate import score
 
         t = self.tasks[task]
         limit = self.p.eval_limit if split == "test" else self.p.val_limit
@@ -199,19 +199,16 @@ class N8:
             self.scorer.use(None, expert)
         else:
             self.scorer.use(None if subject == BASE or ":" in subject else self.materialize(subject))
-        predictions: list[Any] = []
         self.say(f"score {subject} on {task} ({split})")
-        settings = {"split": split, "limit": limit, "max_new_tokens": t.max_new_tokens,
-                    "batch_size": self.p.batch_size, "max_prompt_tokens": self.p.max_length}
         start = time.perf_counter()
-        metrics = evaluate(self.scorer.model, self.scorer.tokenizer, t.data, predictions=predictions, **settings)
+        scored = score(self.scorer.model, self.scorer.tokenizer, t.data, split=split, limit=limit,
+                       max_new_tokens=t.max_new_tokens, batch_size=self.p.batch_size, max_prompt_tokens=self.p.max_length)
         self.exp.record_time(f"eval:{subject}:{task}:{split}", time.perf_counter() - start)
-        rows = example_rows(predictions)
-        self.store(subject, task, split, rows, settings, metrics)
-        return rows
+        self.store(subject, task, split, scored.rows, scored.settings, scored.metrics)
+        return scored.rows
 
     def store(self, subject: str, task: str, split: str, rows: list[dict], settings: dict, metrics: dict) -> None:
-        from hubtool.api import RUN_KEYS
+        from hubtool.evaluate import RUN_KEYS
         from hubtool.models import resolve_base
 
         ref, base = self._subject(subject)

@@ -326,26 +326,18 @@ class Scorer:
         self.current = name if expert is None else _CANDIDATE
 
     def evaluate(self, job: EvalJob) -> dict[str, float]:
-        from hubtool.evaluate import evaluate, example_rows
+        from hubtool.evaluate import score
         from hubtool.models import base_id, resolve_base
 
         self.use(job.target)
-        predictions: list[Any] = []
-        result = evaluate(self.model, self.tokenizer, job.task.data, **job.settings, predictions=predictions)
-        from hubtool.api import RUN_KEYS
-
-        metrics = {k: float(v) for k, v in result.items() if k not in RUN_KEYS}
-        cat = self.exp.catalog
-        revision = resolve_base(self.exp.base)[1] if job.target is None else None
-        if job.target is None:
-            cat.set_base_metrics(base_id(self.exp.base), job.task.name, metrics, revision=revision)
-        else:
-            cat.set_metrics(job.target, job.task.name, metrics)
+        scored = score(self.model, self.tokenizer, job.task.data, **job.settings)
         # Per-example rows too: the report's paired bootstrap (hubtool/stats.py) reads them back.
-        cat.set_examples(job.target, job.task.name, example_rows(predictions),
-                         base_model=base_id(self.exp.base) if job.target is None else None, base_revision=revision,
-                         split=job.settings.get("split", "test"), settings=job.settings)  # fmt: skip
-        return metrics
+        if job.target is None:
+            scored.store(self.exp.catalog, base_model=base_id(self.exp.base),
+                         base_revision=resolve_base(self.exp.base)[1])
+        else:
+            scored.store(self.exp.catalog, job.target)
+        return scored.metrics
 
     # --- beyond the paper: per-task weights chosen on validation loss -----------------------------------
 

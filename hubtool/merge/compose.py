@@ -279,7 +279,7 @@ def evaluate_result(
 
     from hubtool.apply import apply_expert
     from hubtool.data import load_task
-    from hubtool.evaluate import evaluate
+    from hubtool.evaluate import score
     from hubtool.models import load_base
     from hubtool.registry import Catalog
 
@@ -302,9 +302,9 @@ def evaluate_result(
         n = limit if limit is not None else (200 if kept == 0 else kept)
         new_tokens = max_new_tokens if max_new_tokens is not None else settings.get("max_new_tokens", 64)
         split = settings.get("split", "test")
-        scores = evaluate(model, tokenizer, data, split=split, limit=n, batch_size=batch_size,
-                          max_new_tokens=new_tokens, max_prompt_tokens=settings.get("max_prompt_tokens"))
-        merged = {k: float(v) for k, v in scores.items() if k in ("rougeL", "exact_match", "accuracy", "accuracy_norm")}
+        scored = score(model, tokenizer, data, split=split, limit=n, batch_size=batch_size,
+                       max_new_tokens=new_tokens, max_prompt_tokens=settings.get("max_prompt_tokens"))
+        merged = scored.metrics
         single = (choice.record.metrics or {}).get(task, {})
         base = cat.base_metrics(plan.base_model, task)
         metric = next((m for m in HEADLINE if m in merged and m in single), next(iter(merged), None))
@@ -313,9 +313,9 @@ def evaluate_result(
             retention = 100.0 * merged[metric] / single[metric]
         rows.append({"task": task, "expert": choice.ref, "metric": metric, "merged": merged.get(metric),
                      "single": single.get(metric), "base": base.get(metric), "retention": retention,
-                     "scores": merged, "examples": int(scores.get("n", 0) or 0), "split": split})
-        if result.record is not None:
-            cat.set_metrics(result.record.ref, task, merged)
+                     "scores": merged, "examples": int(scored.run["n"]), "split": split})
+        if result.record is not None:  # an --as-expert merge: its metrics and per-example outcomes, as any expert's
+            scored.store(cat, result.record.ref)
     if result.out is not None:
         from hubtool.fileio import atomic_write
         from hubtool.merge.execute import PROVENANCE_FILE
