@@ -206,3 +206,22 @@ def test_untouched_entries_keep_their_exact_bits(case, method, lam):
     off = ~M.any(0)
     assert torch.equal(out[off].view(torch.int16), W[off].view(torch.int16))
     assert torch.signbit(out[off].float()).all()
+
+
+def test_compose_help_lists_the_registry_without_importing_torch() -> None:
+    """`hub compose --help` is built from METHODS (a new method shows up by itself), and reading the registry
+    costs no torch: methods.py imports it on a method's first call."""
+    import os
+    import subprocess
+    import sys
+
+    code = ("import sys; from hubtool.merge.methods import METHODS; import hubtool.cli.compose as c; "
+            "print(sorted(METHODS)); print('torch' in sys.modules)")
+    lines = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.splitlines()
+    assert lines[0] == str(sorted(METHODS)) and lines[1] == "False"
+    out = subprocess.run([sys.executable, "-m", "hubtool", "compose", "--help"], capture_output=True, text=True,
+                         check=True, env={**os.environ, "COLUMNS": "400"}).stdout  # fmt: skip
+    flat = " ".join(out.split())
+    for name in METHODS:
+        assert name in flat, name
+    assert "overlap-mean (default)" in flat

@@ -22,12 +22,16 @@ from hubtool.cli._common import (
     seed_option,
 )
 from hubtool.errors import shown
+from hubtool.merge.methods import METHODS
+from hubtool.merge.recipe import DEFAULT_METHOD
 
 PANEL = "Merge"
 # The registered merge methods (hubtool/merge/methods.py), written out: `hub --help` imports no torch.
 # tests/test_merge_new.py checks that every registered method is named here.
-METHOD_HELP = ("overlap-mean (default) | mean | task-arithmetic | ties | dare-ties | dare-linear | magnitude-prune | "
-               "rescaled-overlap-mean | sparse-ties | iso-c (docs/compose.md)")
+# Help built from the merge registry (merge/methods.py imports torch only when a method runs).
+METHOD_HELP = " | ".join(m + (" (default)" if m == DEFAULT_METHOD else "") for m in METHODS) + " (docs/compose.md)"
+TAKES_DENSITY = ", ".join(m for m, spec in METHODS.items() if "density" in spec.params)
+TAKES_NORMALIZE = ", ".join(m for m, spec in METHODS.items() if "normalize" in spec.params)
 
 ExpertsOpt = Annotated[
     str | None, typer.Option("--experts", help="Comma list of experts NAME@VERSION instead of a query.")
@@ -63,13 +67,13 @@ def compose(
         str | None, typer.Option("--weights", help="Per-expert weights, one per --tasks item or --experts entry.")
     ] = None,
     density: Annotated[
-        float | None, ratio_option("--density", help="Fraction of entries kept, in (0, 1] (ties, sparse-ties, dare-*, magnitude-prune).")
+        float | None, ratio_option("--density", help=f"Fraction of entries kept, in (0, 1] ({TAKES_DENSITY}).")
     ] = None,
     lam: Annotated[float | None, number_option("--lambda", help="Scale of the merged delta.")] = None,
     seed: Annotated[int | None, seed_option("--seed", help="Seed of the dare-* random drop.")] = None,
     normalize: Annotated[
         bool | None,
-        typer.Option("--normalize/--no-normalize", help="Divide by the experts' weights (ties: yes; dare-*: no)."),
+        typer.Option("--normalize/--no-normalize", help=f"Divide by the experts' weights ({TAKES_NORMALIZE}; default: ties yes, dare-* no)."),
     ] = None,
     dtype: Annotated[
         str | None, typer.Option("--dtype", help="Output weights: bfloat16 | float16 | float32 (default: the base's).")

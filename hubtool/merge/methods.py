@@ -25,8 +25,21 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
-import torch
+
+class _LazyTorch:
+    """`torch` for this module, imported on first use: `hub compose --help` lists the registry's methods
+    (their names, parameters and one-line docs) without paying for torch."""
+
+    def __getattr__(self, name: str) -> Any:
+        import torch as real
+
+        globals()["torch"] = real  # later calls go straight to the module
+        return getattr(real, name)
+
+
+torch: Any = _LazyTorch()
 
 
 @dataclass

@@ -27,6 +27,7 @@ from hubtool import checks
 from hubtool.errors import HubError, shown
 
 PICKS = ("best", "latest")
+DEFAULT_METHOD = "overlap-mean"  # the paper's merge for sparse experts; docs/compose.md "Which method" says why
 MAX_RECIPE_BYTES = 1 << 20  # a recipe names experts and a few numbers; YAML aliases make more dangerous
 
 
@@ -39,7 +40,7 @@ class ExpertSpec:
 
 @dataclass
 class Recipe:
-    method: str = "overlap-mean"
+    method: str = DEFAULT_METHOD
     tasks: list[str] = field(default_factory=list)  # task names or categories (the query)
     task_weights: list[float] | None = None  # one per item of `tasks`, for every task it stands for
     where: str | None = None
@@ -171,7 +172,7 @@ class Recipe:
             experts.append(ExpertSpec(item["expert"], _number(p.get("weight", 1.0), f"{where}: experts[{i}].parameters.weight"),
                                       item.get("sha256")))
         return cls(
-            method=str(data.get("merge_method", "overlap-mean")),
+            method=str(data.get("merge_method", DEFAULT_METHOD)),
             tasks=tasks,
             task_weights=task_weights,
             where=select.get("where"),
