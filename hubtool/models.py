@@ -192,6 +192,9 @@ def _gguf_path(spec: EmbeddedModel) -> Path:
 
 def _convert(spec: EmbeddedModel, gguf: Path, out: Path) -> None:
     """Dequantize the GGUF into a bf16 safetensors folder at ``out``, with tokenizer and manifest."""
+    from hubtool.extras import need
+
+    need("gguf", f"converting the embedded base model {spec.name}")
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -79,6 +79,9 @@ def serve(
         raise typer.BadParameter(f"--log-level: expected one of {', '.join(defaults.LOG_LEVELS)}")
     if token_file is not None and not token_file.is_file():
         raise HubError(f"--token-file {token_file}: no such file")
+    from hubtool.extras import need
+
+    need("server", "hub serve")
     from hubtool.hub.server import run
 
     run(

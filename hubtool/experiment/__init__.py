@@ -48,6 +48,9 @@ def experiment(
         from hubtool.experiment.report import check_out
 
         check_out(out)  # before any job runs, not after hours of them
+        from hubtool.extras import need
+
+        need("plots", "hub experiment's report (its figures)")
     exp = Experiment.open(spec, catalog)
     result: dict[str, Any] = {"experiment": exp, "counts": {}, "report": None}
     if plan_only:

@@ -100,7 +100,8 @@ def make_engine(url: str) -> Engine:
     except ImportError as err:  # the dialect is known but its driver module is not installed
         raise HubError(
             f"catalog URL {mask(parsed)!r}: the driver for {parsed.drivername!r} is not installed "
-            f"({err.name or err}); for PostgreSQL use postgresql+psycopg://... (installed with hubtool)"
+            f"({err.name or err}); for PostgreSQL use postgresql+psycopg://... with the 'postgres' extra: "
+            "pip install 'hubtool[postgres]'"
         ) from None
 
 
