@@ -19,6 +19,7 @@ from hubtool.cli._common import (
     console,
     count_option,
     esc,
+    fail,
     human_bytes,
     open_catalog,
     print_json,
@@ -322,8 +323,21 @@ def verify(
         print_json(report.to_dict())
     else:
         _print_report(cat, report)
-    if not report.ok:
-        raise typer.Exit(1)
+    if not report.ok:  # exit 1 as every user-facing failure: one `Error:` line on stderr, after the report
+        fail(_verify_summary(report, repair))
+
+
+def _verify_summary(report, repair: bool) -> str:
+    counts = [(len(report.mismatched), "mismatched"), (len(report.missing), "missing"),
+              (len(report.damaged), "damaged value(s) in the catalog file"), (len(report.orphans), "orphan(s)"),
+              (len(report.recent), "recent unreferenced blob(s)"), (len(report.temp), "temp file(s)"),
+              (len(report.trash), "trash file(s)"), (len(report.scratch), "scratch entr(ies)"),
+              (len(report.errors), "entr(ies) --repair could not remove"),
+              (len(report.unchecked), "catalog(s) sharing the store not checked")]  # fmt: skip
+    found = ", ".join(f"{n} {what}" for n, what in counts if n)
+    leftovers = report.orphans or report.temp or report.trash or report.scratch
+    hint = "; `hub verify --repair` removes the leftovers" if leftovers and not repair else ""
+    return f"hub verify found {found} (see its report){hint}"
 
 
 def _print_report(cat, report) -> None:
