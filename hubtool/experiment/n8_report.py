@@ -289,14 +289,25 @@ class N8Report:
                 best = (label, row["group"], r, g)
         if not lines:
             return []
-        out = [f"### Toward ≥ {GOAL:g}% retention at N={len(t)}", ""]
+        merged = sum(x[1] == "merged" for x in lines)
+        out = [f"### Toward ≥ {GOAL:g}% retention at N={len(t)}", "",
+               (f"The best of {merged} static merge rows is picked here by its test R, which flatters it a little (every "
+               "λ, weight and variant inside a row was chosen on validation; the choice between rows was not)."), ""]
         route = max((x for x in lines if x[1] == "routing"), key=lambda x: x[2].value, default=None)
+        passing = self.passing()
         for what, x in (("best static merge", best), ("best routing", route)):
             if x is None:
                 continue
             label, _, r, g = x
             reached = "reached" if r.low >= GOAL else ("not reached" if r.high < GOAL else "not resolved")
-            out.append(f"- {what}: {label}: R {fmt(r)}%, G {fmt(g) if g else '–'}%; ≥ {GOAL:g}%: **{reached}**.")
+            line = f"- {what}: {label}: R {fmt(r)}%, G {fmt(g) if g else '–'}%; ≥ {GOAL:g}%: **{reached}**"
+            if passing:
+                single = self.rows[label]["single"]
+                rp = self.est("retention", label, single, tasks=passing)
+                gp = self.est("gain", label, single, BASE_ROW, tasks=passing) if g else None
+                line += (f"; over the {len(passing)} tasks that passed the gate: R {fmt(rp)}%, "
+                         f"G {fmt(gp) if gp else '–'}%")
+            out.append(line + ".")
         return [*out, ""]
 
     def seed_lines(self) -> list[str]:
