@@ -15,7 +15,10 @@ PANEL = "Merge"
 
 
 def _items(text: str | None) -> list[str] | None:
-    return None if text is None else [t.strip() for t in text.split(",") if t.strip()]
+    """None (not given) stays None: a preset's own list applies; "" is an empty list."""
+    from hubtool import checks
+
+    return None if text is None else checks.items(text)
 
 
 def _ints(text: str | None, what: str) -> list[int] | None:
