@@ -16,12 +16,14 @@ import os
 import sys
 import types
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
 from hubtool.delta.kinds import DEFAULT_LR, MASKED_EXPERT_KINDS, get_kind
-from hubtool.sparse.config import DEFAULT_MASK_INTERVAL, MAX_LR, AdapterConfig
+from hubtool.sparse.config import AdapterConfig, TrainConfig, check_fields, checked
+
+__all__ = ["AdapterConfig", "TrainConfig", "TrainResult", "train"]
 
 
 @dataclass
@@ -63,31 +65,12 @@ def expert_name(task: str, kind: str, name: str | None = None) -> str:
 def train(
     task: str,
     *,
+    adapter: AdapterConfig | None = None,
+    training: TrainConfig | None = None,
+    data: str | Path | None = None,
     base: str = "smollm2-135m",
-    kind: str = "sparse",
-    data: str | None = None,
     category: str | None = None,
-    keep_ratio: float = 0.05,
-    targets: str = "qkv",
-    max_steps: int | None = None,
-    epochs: float | None = None,
-    batch_size: int = 8,
-    grad_accum: int = 1,
-    lr: float | None = None,
-    seed: int = 0,
     name: str | None = None,
-    mask_score: str = "sensitivity",
-    mask_interval: int = DEFAULT_MASK_INTERVAL,
-    mask_steps: int | None = None,
-    rank: int = 4,
-    alpha: float = 16.0,
-    block_size: int = 16,
-    max_length: int = 256,
-    max_grad_norm: float | None = 0.1,
-    max_train: int | None = None,
-    max_val: int | None = 200,
-    eval_limit: int | None = 200,
-    max_new_tokens: int = 64,
     out_dir: str | Path | None = None,
     resume: bool = False,
     catalog: Any = None,
@@ -98,19 +81,31 @@ def train(
     avoid_catalog: bool = False,
     avoid_beta: float | str | None = None,
     method: str | None = None,
+    **settings: Any,
 ) -> TrainResult:
-    """Train, evaluate, pack and register one expert. `data` is a JSONL/CSV file or task folder that
-    overrides the task's own data; `catalog` is a URL or an open Catalog; max_train / max_val cap the
-    training and validation examples (the first N of each split, so the choice is deterministic);
-    eval_limit caps the test examples scored at the end (0 skips evaluation). The base model's own code
-    (its config's auto_map) runs only with trust_remote_code=True.
+    """Train, evaluate, pack and register one expert.
+
+    adapter: what is trained (AdapterConfig: kind, targets, keep ratio, mask, rank/alpha, block size);
+    training: how (TrainConfig: steps, batch size, lr, seeds, max length, data caps, eval limit). Every
+    setting is declared once, with its default, help and rule, in hubtool.sparse.config; `hub train`'s
+    options are generated from the same fields. A setting may also be given by its field name as a
+    keyword (train("boolq", keep_ratio=0.1, max_steps=40)): it replaces that field of `adapter` or
+    `training` (seed: training's). The adapter's seed is the run's seed, TrainConfig.seed.
+
+    `data` is a JSONL/CSV file or task folder that overrides the task's own data; `catalog` is a URL or an
+    open Catalog; training.max_train / max_val cap the training and validation examples (the first N of
+    each split, so the choice is deterministic); training.eval_limit caps the test examples scored at the
+    end (0 skips evaluation). The base model's own code (its config's auto_map) runs only with
+    trust_remote_code=True.
 
     avoid / avoid_catalog / avoid_beta: catalog-aware masks (`hub train --avoid`, see resolve_avoid):
     every mask selection ranks score / (1 + avoid_beta * c), c = how many of those experts keep the
-    entry; avoid_beta >= 0 or inf (default 1; inf: disjoint masks while free entries last).
+    entry; avoid_beta >= 0 or inf (default 1; inf: disjoint masks while free entries last). They fill in
+    adapter.avoid and adapter.avoid_beta.
 
-    kind: sparse | block-sparse | lora | full (hubtool.delta.kinds); `method` is its old name."""
-    option = "--kind"
+    method: the old name of adapter.kind (`--method`), still accepted."""
+    adapter, training = _configs(adapter, training, settings)
+    kind, option = adapter.kind, "--kind"
     if method is not None:
         if kind not in ("sparse", method):
             from hubtool.errors import HubError
@@ -120,26 +115,16 @@ def train(
     # Before any work: the kind, then the name (it becomes the run folder and the packed file's name).
     get_kind(kind, option)
     name = expert_name(task, kind, name)
-    check_settings(locals())
+    # The settings by their declared rules (as `hub train` parses them), the message naming the option.
+    check_fields(adapter)
+    check_fields(training)
+    # [] until resolved below: checks the kind and beta before anything is loaded
+    adapter_cfg = replace(adapter, kind=kind, seed=training.seed, avoid=[] if avoid or avoid_catalog else None,
+                          avoid_beta=avoid_beta)
     from hubtool.models import base_id, load_base, resolve_base
     from hubtool.paths import hub_home
     from hubtool.registry.task_loader import load_task
 
-    adapter_cfg = AdapterConfig(
-        kind=kind,
-        targets=targets,
-        keep_ratio=keep_ratio,
-        block_size=block_size,
-        mask_score=mask_score,
-        mask_interval=mask_interval,
-        mask_steps=mask_steps,
-        rank=rank,
-        alpha=alpha,
-        seed=seed,
-        # [] until resolved below: checks the kind and beta before anything is loaded
-        avoid=[] if avoid or avoid_catalog else None,
-        avoid_beta=avoid_beta,
-    )
     run_dir = Path(out_dir) if out_dir is not None else hub_home() / "runs" / name
     # With `data`, `task` names that data's task; a name found nowhere offline is looked up in the
     # catalog's tasks table, where earlier training recorded its data source and category.
@@ -166,7 +151,8 @@ def train(
     from hubtool.evaluate import pad_id
     from hubtool.format import pack
     from hubtool.sparse.adapters import Adapter
-    from hubtool.sparse.trainer import TrainConfig, Trainer
+    from hubtool.sparse.trainer import TrainConfig as LoopConfig
+    from hubtool.sparse.trainer import Trainer
 
     # fp32 weights everywhere: deltas of ~lr size vanish when added to a bf16 weight. On GPU the
     # matmuls still run in bf16 under autocast.
@@ -175,18 +161,18 @@ def train(
     if tokenizer is None:
         raise HubError(f"base model {base}: no tokenizer files; training needs one to encode the task")
     _, revision = resolve_base(base)
-    encode = lambda examples: [build_training_example(tokenizer, ex, max_length) for ex in examples]
-    train_ids = encode(task_data.train[:max_train])
-    val_ids = encode(task_data.validation[:max_val])
+    encode = lambda examples: [build_training_example(tokenizer, ex, training.max_length) for ex in examples]
+    train_ids = encode(task_data.train[:training.max_train])
+    val_ids = encode(task_data.validation[:training.max_val])
 
-    train_cfg = TrainConfig(
-        max_steps=max_steps,
-        epochs=epochs,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr if lr is not None else DEFAULT_LR[kind],
-        max_grad_norm=max_grad_norm,
-        seed=seed,
+    train_cfg = LoopConfig(
+        max_steps=training.max_steps,
+        epochs=training.epochs,
+        batch_size=training.batch_size,
+        grad_accum=training.grad_accum,
+        lr=training.lr if training.lr is not None else DEFAULT_LR[kind],
+        max_grad_norm=training.max_grad_norm,
+        seed=training.seed,
         pad_id=pad_id(tokenizer),
         quiet=quiet,
     )
@@ -199,7 +185,7 @@ def train(
     fit = Trainer(model, adapter, train_ids, val_ids, train_cfg, out_dir=run_dir).fit(resume=resume)
 
     config = {
-        "training": {k: v for k, v in vars(train_cfg).items() if k != "quiet"} | {"max_length": max_length},
+        "training": {k: v for k, v in vars(train_cfg).items() if k != "quiet"} | {"max_length": training.max_length},
         "data": {
             "task": task_data.name,
             "source": task_data.source,
@@ -209,8 +195,8 @@ def train(
         "steps": fit.steps,
         "best_step": fit.best_step,
         # How the stored scores were measured: compose --eval scores a merge the same way.
-        "eval": {"split": "test", "limit": eval_limit, "max_new_tokens": max_new_tokens,
-                 "max_prompt_tokens": max_length},
+        "eval": {"split": "test", "limit": training.eval_limit, "max_new_tokens": training.max_new_tokens,
+                 "max_prompt_tokens": training.max_length},
     }
     if avoided is not None:
         config["avoid"] = avoided.summary(adapter_cfg.to_dict()["avoid_beta"], coverage)
@@ -233,14 +219,15 @@ def train(
     if fit.best_val_loss is not None:
         metrics["val_loss"] = fit.best_val_loss
     scored = None
-    if eval_limit != 0 and task_data.test:
+    if training.eval_limit != 0 and task_data.test:
         from hubtool.evaluate import score
 
         # Prompts cut to the training window, as in training: the expert is scored on what it learnt from.
         # Folded (W + D in W, restored on leaving): plain matmuls instead of a fresh W + D per forward.
         with adapter.folded():
-            scored = score(model, tokenizer, task_data, split="test", limit=eval_limit, batch_size=batch_size,
-                           max_new_tokens=max_new_tokens, max_prompt_tokens=max_length)
+            scored = score(model, tokenizer, task_data, split="test", limit=training.eval_limit,
+                           batch_size=training.batch_size, max_new_tokens=training.max_new_tokens,
+                           max_prompt_tokens=training.max_length)
         metrics |= scored.metrics
     result.metrics = metrics
 
@@ -263,32 +250,27 @@ def train(
     return result
 
 
-def check_settings(settings: dict[str, Any]) -> None:
-    """The numeric settings of train(), by the same rules (hubtool.checks) as `hub train`'s options; the
-    message names the option, e.g. "--batch-size 0: expected a whole number of at least 1"."""
-    from hubtool import checks
-    from hubtool.errors import HubError, shown
+def _configs(adapter: AdapterConfig | None, training: TrainConfig | None,
+             settings: dict[str, Any]) -> tuple[AdapterConfig, TrainConfig]:
+    """train()'s adapter and training configs with the settings given by field name put in, each checked
+    by its field's rule first (so a bad one names its option); a name that is neither's: a TypeError."""
+    adapter = AdapterConfig() if adapter is None else adapter
+    training = TrainConfig() if training is None else training
+    if not isinstance(adapter, AdapterConfig) or not isinstance(training, TrainConfig):
+        raise TypeError("train(): adapter= takes an AdapterConfig and training= a TrainConfig")
+    ours = {f.name for f in fields(TrainConfig)}
+    theirs = {f.name for f in fields(AdapterConfig)} - ours - {"avoid", "avoid_beta", "extra"}
+    unknown = sorted(set(settings) - ours - theirs)
+    if unknown:
+        raise TypeError(f"train() got an unexpected keyword argument {unknown[0]!r}")
+    training = checked(TrainConfig, {k: v for k, v in settings.items() if k in ours}, training)
+    adapter = checked(AdapterConfig, {k: v for k, v in settings.items() if k in theirs}, adapter)
+    if adapter.seed not in (0, training.seed):
+        from hubtool.errors import HubError
 
-    opt = lambda key: "--" + key.replace("_", "-")
-    for key in ("batch_size", "grad_accum", "mask_interval", "block_size", "rank", "max_new_tokens"):
-        checks.count(settings[key], opt(key))
-    checks.count(settings["max_length"], opt("max_length"), low=2)
-    for key in ("max_steps", "max_train"):
-        checks.optional_count(settings[key], opt(key))
-    checks.optional_count(settings["mask_steps"], "--mask-steps")  # 0 would freeze before any selection
-    for key in ("max_val", "eval_limit"):
-        checks.optional_count(settings[key], opt(key), low=0)
-    checks.optional_positive(settings["epochs"], "--epochs")
-    if settings["lr"] is not None:
-        checks.number(settings["lr"], "--lr", low=0.0, low_open=True, high=MAX_LR)
-    targets = settings["targets"]
-    if not isinstance(targets, str) or not targets.strip():  # "" is a regex that matches every module
-        raise HubError(f"--targets {shown(targets, 40)}: expected qkv, attn, mlp, all or a regex over module names")
-    checks.positive(settings["alpha"], opt("alpha"))
-    checks.ratio(settings["keep_ratio"], opt("keep_ratio"))
-    checks.seed(settings["seed"], opt("seed"))
-    if settings["max_grad_norm"] is not None:
-        checks.positive(settings["max_grad_norm"], "max_grad_norm")
+        raise HubError(f"adapter seed {adapter.seed} and training seed {training.seed}: the run has one seed, "
+                       "TrainConfig.seed (--seed)")
+    return adapter, training
 
 
 def check_against_base(base: str, adapter: AdapterConfig, *, trust_remote_code: bool = False) -> dict[str, tuple[int, int]]:

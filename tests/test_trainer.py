@@ -151,7 +151,7 @@ def test_train_glue_packs_and_registers_an_expert(tmp_path, hub_home):
     import json
 
     from hubtool.format import unpack
-    from hubtool.train import train
+    from hubtool.train import AdapterConfig, TrainConfig, train
 
     colors = ["red", "blue", "green", "pink"]
     things = [f"thing{i}" for i in range(80)]
@@ -164,15 +164,10 @@ def test_train_glue_packs_and_registers_an_expert(tmp_path, hub_home):
 
     result = train(
         "colors",
+        adapter=AdapterConfig(keep_ratio=0.05, mask_interval=2),
+        training=TrainConfig(max_steps=4, batch_size=8, lr=1e-2, eval_limit=4, max_length=32),
         data=str(data),
         base=str(base),
-        max_steps=4,
-        batch_size=8,
-        lr=1e-2,
-        keep_ratio=0.05,
-        mask_interval=2,
-        eval_limit=4,
-        max_length=32,
         out_dir=tmp_path / "run",
         quiet=True,
     )
@@ -184,6 +179,8 @@ def test_train_glue_packs_and_registers_an_expert(tmp_path, hub_home):
     assert record.config["data"]["sha256"] == result.config["data"]["sha256"]
     expert = unpack(result.path)
     assert expert.config["adapter"]["kind"] == "sparse" and len(expert.deltas) == 6
+    assert expert.config["adapter"]["mask_interval"] == 2 and record.config["training"]["max_length"] == 32
+    assert record.config["training"]["lr"] == 1e-2 and record.config["eval"]["limit"] == 4
 
 
 def _data_parallel_worker(rank: int, port: int, out: str) -> None:

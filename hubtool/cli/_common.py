@@ -174,3 +174,72 @@ def fail(message: str) -> None:
     from hubtool.errors import HubError
 
     raise HubError(message)
+
+
+# --- options generated from settings dataclasses (hubtool.sparse.config.setting) ------------------------
+
+
+def setting_option(f: Any, annotation: Any) -> Any:
+    """The Typer option of one setting field: its flag and help; numbers parsed and checked at parse time
+    by the field's own rule (a usage error naming the option), text checked when the config is built."""
+    import types
+    import typing
+
+    meta = f.metadata
+    inner = [a for a in typing.get_args(annotation) if a is not type(None)] if isinstance(
+        annotation, types.UnionType) else [annotation]  # fmt: skip
+    kind = inner[0] if len(inner) == 1 else None
+    if kind in (int, float) and meta.get("check") is not None:
+        return typer.Option(meta["flag"], parser=_parser(kind, meta["check"]), metavar=kind.__name__.upper(),
+                            help=meta["help"])  # fmt: skip
+    return typer.Option(meta["flag"], help=meta["help"])
+
+
+def setting_options(**groups: type) -> Any:
+    """Decorator of a Typer command: each parameter named in `groups` (e.g. adapter=AdapterConfig) is
+    replaced, in the command's signature, by one option per field of that dataclass that declares a flag
+    (its default, help and rule: hubtool.sparse.config.setting); on a call those options are gathered,
+    checked by their rules and built into the dataclass, passed to the command as that parameter. A field
+    without a flag keeps its default. The other parameters stay declared by hand."""
+    import dataclasses
+    import functools
+    import inspect
+    import typing
+
+    def decorate(func: Any) -> Any:
+        signature = inspect.signature(func, eval_str=True)
+        params: list[inspect.Parameter] = []
+        owner: dict[str, tuple[str, Any]] = {}  # option parameter -> (group, field)
+        for param in signature.parameters.values():
+            cls = groups.get(param.name)
+            if cls is None:
+                params.append(param.replace(kind=inspect.Parameter.KEYWORD_ONLY))
+                continue
+            hints = typing.get_type_hints(cls)
+            for f in dataclasses.fields(cls):
+                if not f.metadata.get("flag"):
+                    continue
+                if f.name in owner or f.name in signature.parameters:
+                    raise TypeError(f"setting_options: two options named {f.name!r}")
+                annotation = Annotated[hints[f.name], setting_option(f, hints[f.name])]
+                params.append(inspect.Parameter(f.name, inspect.Parameter.KEYWORD_ONLY, default=f.default,
+                                                annotation=annotation))  # fmt: skip
+                owner[f.name] = (param.name, f)
+
+        @functools.wraps(func)
+        def command(**kwargs: Any) -> Any:
+            from hubtool.sparse.config import checked
+
+            values: dict[str, dict[str, Any]] = {group: {} for group in groups}
+            for name, (group, f) in owner.items():
+                values[group][f.name] = kwargs.pop(name)
+            for group, cls in groups.items():
+                kwargs[group] = checked(cls, values[group])
+            return func(**kwargs)
+
+        command.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
+        command.__annotations__ = {p.name: p.annotation for p in params if p.annotation is not inspect.Parameter.empty}
+        del command.__wrapped__  # Typer reads the generated signature, not the function's own
+        return command
+
+    return decorate

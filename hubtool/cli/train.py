@@ -21,20 +21,23 @@ from hubtool.cli._common import (
     console,
     count_option,
     esc,
-    number_option,
-    positive_option,
     print_json,
-    ratio_option,
     seed_option,
+    setting_options,
 )
-from hubtool.delta.kinds import DEFAULT_LR, DELTA_KINDS  # stdlib-only: cheap at startup
-from hubtool.sparse.config import DEFAULT_MASK_INTERVAL, MAX_LR, check_avoid_beta
+from hubtool.sparse.config import (  # stdlib-only: cheap at startup
+    AdapterConfig,
+    TrainConfig,
+    check_avoid_beta,
+)
 
 PANEL = "Train and evaluate"  # the group these commands are listed under in `hub --help`
 
 
 @app.command(rich_help_panel=PANEL)
+@setting_options(adapter=AdapterConfig, training=TrainConfig)
 def train(
+    *,
     task: Annotated[
         str,
         typer.Option("--task", help="Built-in task name, a task folder, or (with --data) a new task's name."),
@@ -54,52 +57,11 @@ def train(
     base: Annotated[
         str, typer.Option("--base", help="Base model: embedded name, HF id or local folder.")
     ] = "smollm2-135m",
-    kind: Annotated[str, typer.Option("--kind", help=" | ".join(DELTA_KINDS) + ".")] = "sparse",
-    keep_ratio: Annotated[
-        float, ratio_option("--keep-ratio", help="Fraction of each target weight that is trained, in (0, 1].")
-    ] = 0.05,
-    targets: Annotated[
-        str, typer.Option("--targets", help="qkv | attn | mlp | all | REGEX over module names.")
-    ] = "qkv",
-    max_steps: Annotated[
-        int | None, count_option("--max-steps", help="Optimizer steps (overrides --epochs).")
-    ] = None,
-    epochs: Annotated[float | None, positive_option("--epochs", help="Passes over the training split.")] = None,
-    batch_size: BatchSizeOpt = 8,
-    grad_accum: Annotated[int, count_option("--grad-accum", help="Micro-batches per optimizer step.")] = 1,
-    lr: Annotated[
-        float | None,
-        number_option("--lr", low=0.0, low_open=True, high=MAX_LR,
-                      help=f"Peak learning rate in (0, {MAX_LR:g}] (default per kind: " + ", ".join(
-                          f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ")."),
-    ] = None,
-    seed: Annotated[int, seed_option("--seed")] = 0,
+    # The settings: one option per field of AdapterConfig and TrainConfig that declares a flag
+    # (hubtool.sparse.config), generated with its default, help and rule by setting_options.
+    adapter: AdapterConfig,
+    training: TrainConfig,
     name: NameOpt = None,
-    mask_score: Annotated[
-        str, typer.Option("--mask-score", help="sensitivity | snip | grad | magnitude | random")
-    ] = "sensitivity",
-    mask_interval: Annotated[
-        int, count_option("--mask-interval", help="Optimizer steps between mask re-selections.")
-    ] = DEFAULT_MASK_INTERVAL,
-    mask_steps: Annotated[
-        int | None, count_option("--mask-steps", help="Re-select during the first N steps, then freeze.")
-    ] = None,
-    block_size: Annotated[int, count_option("--block-size", help="Tile size B for block-sparse.")] = 16,
-    rank: Annotated[int, count_option("--rank", help="LoRA rank.")] = 4,
-    alpha: Annotated[float, positive_option("--alpha", help="LoRA alpha.")] = 16.0,
-    max_length: Annotated[
-        int, count_option("--max-length", low=2, help="Tokens per example (prompt + answer), at least 2.")
-    ] = 256,
-    max_train: Annotated[
-        int | None, count_option("--max-train", help="Use at most N training examples.")
-    ] = None,
-    max_val: Annotated[
-        int | None, count_option("--max-val", low=0, help="Use at most N validation examples (0: none).")
-    ] = 200,
-    eval_limit: Annotated[
-        int | None, count_option("--eval-limit", low=0, help="Evaluate on at most N test examples (0: skip).")
-    ] = 200,
-    max_new_tokens: MaxNewTokensOpt = 64,
     resume: Annotated[
         bool, typer.Option("--resume", help="Continue an interrupted run of the same name.")
     ] = False,
@@ -134,31 +96,13 @@ def train(
 
     result = train_expert(
         task,
+        adapter=adapter,
+        training=training,
         base=base,
-        kind=kind,
         method=method,
         data=data,
         category=category,
-        keep_ratio=keep_ratio,
-        targets=targets,
-        max_steps=max_steps,
-        epochs=epochs,
-        batch_size=batch_size,
-        grad_accum=grad_accum,
-        lr=lr,
-        seed=seed,
         name=name,
-        mask_score=mask_score,
-        mask_interval=mask_interval,
-        mask_steps=mask_steps,
-        block_size=block_size,
-        rank=rank,
-        alpha=alpha,
-        max_length=max_length,
-        max_train=max_train,
-        max_val=max_val,
-        eval_limit=eval_limit,
-        max_new_tokens=max_new_tokens,
         resume=resume,
         quiet=quiet,
         catalog=catalog,
@@ -190,6 +134,21 @@ def train(
         )
         if avoided["skipped"]:
             console.print(f"  not counted: {esc('; '.join(avoided['skipped']))}", highlight=False)
+
+
+def options_table() -> str:
+    """The markdown table of `hub train`'s generated options (docs/training.md holds it; a test checks it
+    is current): flag, default, the library's field, help."""
+    from dataclasses import MISSING, fields
+
+    rows = ["| option | default | library | what |", "|---|---|---|---|"]
+    for group, cls in (("adapter", AdapterConfig), ("training", TrainConfig)):
+        for f in fields(cls):
+            if f.metadata.get("flag"):
+                default = "-" if f.default is None or f.default is MISSING else f"`{f.default}`"
+                text = f.metadata["help"].replace("|", "\\|")
+                rows.append(f"| `{f.metadata['flag']}` | {default} | `{cls.__name__}.{f.name}` | {text} |")
+    return "\n".join(rows) + "\n"
 
 
 @app.command("eval", rich_help_panel=PANEL)

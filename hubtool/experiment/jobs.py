@@ -82,7 +82,7 @@ class TrainJob(Job):
     kind: Kind | None = None
     seed: int = 0
     lr: float = 0.0
-    settings: dict[str, Any] = field(default_factory=dict)  # the train() keyword arguments
+    settings: dict[str, Any] = field(default_factory=dict)  # train()'s: base, adapter, training
 
 
 @dataclass
@@ -124,13 +124,23 @@ class Planner:
 
     def train_job(self, task: Task, kind: Kind, seed: int, lr: float, stage: str = "train") -> TrainJob:
         p = self.preset
-        settings = {
-            "base": self.base, "method": kind.method, "targets": kind.targets, "keep_ratio": p.keep_ratio,
+        from hubtool.sparse.config import AdapterConfig, TrainConfig
+
+        adapter = AdapterConfig(kind=kind.method, targets=kind.targets, keep_ratio=p.keep_ratio, rank=p.rank,
+                                alpha=p.alpha, block_size=p.block_size, mask_interval=p.mask_interval,
+                                mask_steps=p.mask_steps, seed=seed)
+        training = TrainConfig(max_steps=p.steps, batch_size=p.batch_size, lr=lr, seed=seed,
+                               max_length=p.max_length, max_train=p.max_train, max_val=p.max_val, eval_limit=0)
+        settings = {"base": self.base, "adapter": adapter, "training": training}
+        # The cache key: these names and values exactly (a change would retrain every cached expert;
+        # tests/test_train_options.py pins one).
+        key = {
+            "base": self.base_key, "method": kind.method, "targets": kind.targets, "keep_ratio": p.keep_ratio,
             "max_steps": p.steps, "batch_size": p.batch_size, "lr": lr, "seed": seed, "max_length": p.max_length,
             "max_train": p.max_train, "max_val": p.max_val, "rank": p.rank, "alpha": p.alpha,
             "block_size": p.block_size, "mask_interval": p.mask_interval, "mask_steps": p.mask_steps,
+            "task": task.name, "data": task.sha256,
         }  # fmt: skip
-        key = {**settings, "base": self.base_key, "task": task.name, "data": task.sha256}
         if kind.method in ("lora", "full"):  # settings that do not change these kinds' training
             for unused in ("keep_ratio", "block_size", "mask_interval", "mask_steps"):
                 key.pop(unused)

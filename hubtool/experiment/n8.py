@@ -135,8 +135,8 @@ class N8:
             for other in settings.get("avoid", ()):
                 self.materialize(other)
             self.say(f"train {name}")
-            self._timed(name, lambda: train(self.tasks[task].ref, name=name, eval_limit=0, catalog=self.cat,
-                                            quiet=True, **settings))
+            self._timed(name, lambda: train(self.tasks[task].ref, name=name, catalog=self.cat, quiet=True,
+                                            **settings))
 
         self.makers.setdefault(name, make)
         return name

@@ -7,10 +7,12 @@ between them with one flag and the catalog can store one JSON shape for all of t
 from __future__ import annotations
 
 import math
-from dataclasses import InitVar, asdict, dataclass, field, fields
+from collections.abc import Callable
+from dataclasses import MISSING, InitVar, asdict, dataclass, field, fields, replace
 from typing import Any
 
-from hubtool.delta.kinds import KIND, get_kind
+from hubtool import checks
+from hubtool.delta.kinds import DEFAULT_LR, DELTA_KINDS, KIND, get_kind
 from hubtool.errors import HubError, shown
 
 MASK_SCORES = ("sensitivity", "snip", "grad", "magnitude", "random")
@@ -20,6 +22,81 @@ DEFAULT_MASK_INTERVAL = 6
 # `hub train --lr` above this diverges at once (the defaults are 1e-4 and 3e-5, hubtool.delta.kinds):
 # refused as a typo before anything loads, as is 1e300, which overflows the first update.
 MAX_LR = 1.0
+
+
+# --- settings declared once: default, one-line help, `hub train` flag and rule, per dataclass field ------
+#
+# A field made by setting() carries metadata {"help", "flag", "check"}: `hub train`'s options are
+# generated from it (hubtool.cli._common.setting_options), and train() checks a config by the same rules
+# (check_fields), so `--batch-size 0` and TrainConfig(batch_size=0) fail with one message naming
+# --batch-size. A field without a flag is a setting of the library alone (no option).
+
+
+def setting(default: Any = MISSING, *, help: str, flag: str | None = None,
+            check: Callable[[Any, str], Any] | None = None, default_factory: Any = MISSING) -> Any:
+    """A dataclass field with its help, its `hub train` flag and its rule: check(value, name) raises a
+    HubError naming `name` (the flag) unless the value is good. None passes when the default is None."""
+    meta = {"help": help, "flag": flag, "check": check}
+    if default_factory is not MISSING:
+        return field(default_factory=default_factory, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
+def check_fields(config: Any, names: Any = None) -> None:
+    """Each setting of `config` (the fields in `names`, default all) by its declared rule; the message
+    names the field's flag ("--keep-ratio 0: expected a number in (0, 1]"), else its name."""
+    for f in fields(config):
+        if names is None or f.name in names:
+            check_value(f, getattr(config, f.name))
+
+
+def check_value(f: Any, value: Any) -> Any:
+    """One field's value by its rule (None passes where the field's type allows it: "not set", or off)."""
+    check = f.metadata.get("check")
+    if check is None or (value is None and (f.default is None or "None" in str(f.type))):
+        return value
+    return check(value, f.metadata.get("flag") or f.name)
+
+
+def checked(cls: type, values: dict[str, Any], base: Any = None) -> Any:
+    """cls(**values) (or `base` with `values` replaced), each value (and each of `base`'s) checked by its
+    field's rule first, so the error names the flag. Unknown names: a TypeError, as for any keyword."""
+    known = {f.name: f for f in fields(cls)}
+    unknown = sorted(set(values) - set(known))
+    if unknown:
+        raise TypeError(f"{cls.__name__} has no setting {unknown[0]!r}")
+    merged = values if base is None else {name: getattr(base, name) for name in known} | values
+    for key, value in merged.items():
+        check_value(known[key], value)
+    if base is None:
+        return cls(**values)
+    return replace(base, **values) if values else base
+
+
+def _kind(value: Any, flag: str) -> str:
+    get_kind(value, flag)
+    return value
+
+
+def _targets(value: Any, flag: str) -> str:
+    if not isinstance(value, str) or not value.strip():  # "" is a regex that matches every module
+        raise HubError(f"{flag} {shown(value, 40)}: expected qkv, attn, mlp, all or a regex over module names")
+    return value
+
+
+def _mask_score(value: Any, flag: str) -> str:
+    if value not in MASK_SCORES:
+        raise HubError(f"{flag} {shown(value, 40)}: expected one of {', '.join(MASK_SCORES)}")
+    return value
+
+
+def _at_least(low: int) -> Callable[[Any, str], int]:
+    rule = lambda value, flag: checks.count(value, flag, low=low)
+    return rule
+
+
+def _lr(value: Any, flag: str) -> float:
+    return checks.number(value, flag, low=0.0, low_open=True, high=MAX_LR)
 
 
 @dataclass
@@ -43,17 +120,23 @@ class AdapterConfig:
                  when infinite (JSON has no infinity, and PostgreSQL's json type refuses the token)
     """
 
-    kind: str = "sparse"
-    targets: str = "qkv"
-    keep_ratio: float = 0.05
-    block_size: int = 16
-    mask_score: str = "sensitivity"
-    mask_interval: int = DEFAULT_MASK_INTERVAL
-    mask_steps: int | None = None
-    rank: int = 4
-    alpha: float = 16.0
-    seed: int = 0
+    kind: str = setting("sparse", flag="--kind", check=_kind, help=" | ".join(DELTA_KINDS) + ".")
+    targets: str = setting("qkv", flag="--targets", check=_targets, help="qkv | attn | mlp | all | REGEX over module names.")
+    keep_ratio: float = setting(0.05, flag="--keep-ratio", check=checks.ratio,
+                                help="Fraction of each target weight that is trained, in (0, 1].")
+    block_size: int = setting(16, flag="--block-size", check=checks.count, help="Tile size B for block-sparse.")
+    mask_score: str = setting("sensitivity", flag="--mask-score", check=_mask_score, help=" | ".join(MASK_SCORES))
+    mask_interval: int = setting(DEFAULT_MASK_INTERVAL, flag="--mask-interval", check=checks.count,
+                                 help="Optimizer steps between mask re-selections.")
+    # 0 would freeze the mask before any selection
+    mask_steps: int | None = setting(None, flag="--mask-steps", check=checks.count,
+                                     help="Re-select during the first N steps, then freeze.")
+    rank: int = setting(4, flag="--rank", check=checks.count, help="LoRA rank.")
+    alpha: float = setting(16.0, flag="--alpha", check=checks.positive, help="LoRA alpha.")
+    # No flag: train() sets it from TrainConfig.seed (--seed), the one seed of a run.
+    seed: int = setting(0, check=checks.seed, help="Seeds the random mask and the LoRA initialisation.")
     extra: dict[str, Any] = field(default_factory=dict)  # room for kind-specific knobs
+    # Filled in by train() from its avoid / avoid_catalog / avoid_beta (--avoid..., declared by hand).
     avoid: list[str] | None = None
     avoid_beta: float | None = None
     method: InitVar[str | None] = None  # the old name of `kind`, not stored
@@ -136,3 +219,33 @@ def check_avoid_beta(value: Any, field: str = "--avoid-beta") -> float:
     if isinstance(x, bool) or not isinstance(x, (int, float)) or math.isnan(x) or x < 0:
         raise HubError(f"{field} {shown(value, 40)}: expected a number >= 0 or inf")
     return float(x)
+
+
+@dataclass
+class TrainConfig:
+    """How to train, evaluate and record an adapter (train(training=TrainConfig(...)), `hub train`'s
+    options). Checked at construction by each field's rule, so TrainConfig(batch_size=0) fails with the
+    message `hub train --batch-size 0` gives. (hubtool.sparse.trainer.TrainConfig is the training loop's
+    own, internal, settings; train() builds it from this one.)"""
+
+    max_steps: int | None = setting(None, flag="--max-steps", check=checks.count,
+                                    help="Optimizer steps (overrides --epochs).")
+    epochs: float | None = setting(None, flag="--epochs", check=checks.positive, help="Passes over the training split.")
+    batch_size: int = setting(8, flag="--batch-size", check=checks.count, help="Examples per forward pass.")
+    grad_accum: int = setting(1, flag="--grad-accum", check=checks.count, help="Micro-batches per optimizer step.")
+    lr: float | None = setting(None, flag="--lr", check=_lr, help=f"Peak learning rate in (0, {MAX_LR:g}] (default per "
+                               "kind: " + ", ".join(f"{k} {v:g}" for k, v in DEFAULT_LR.items()) + ").")
+    seed: int = setting(0, flag="--seed", check=checks.seed,
+                        help="Seeds the data order, the random mask and the LoRA initialisation.")
+    max_length: int = setting(256, flag="--max-length", check=_at_least(2),
+                              help="Tokens per example (prompt + answer), at least 2.")
+    max_grad_norm: float | None = setting(0.1, check=checks.positive, help="Gradient clipping norm (None: no clipping).")
+    max_train: int | None = setting(None, flag="--max-train", check=checks.count, help="Use at most N training examples.")
+    max_val: int | None = setting(200, flag="--max-val", check=_at_least(0),
+                                  help="Use at most N validation examples (0: none).")
+    eval_limit: int | None = setting(200, flag="--eval-limit", check=_at_least(0),
+                                     help="Evaluate on at most N test examples (0: skip).")
+    max_new_tokens: int = setting(64, flag="--max-new-tokens", check=checks.count, help="Longest generated answer.")
+
+    def __post_init__(self) -> None:
+        check_fields(self)
