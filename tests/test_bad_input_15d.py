@@ -264,3 +264,17 @@ def test_a_header_over_100_mib_is_said_to_be_too_big_not_said_not_to_fit(hub_hom
     short = tmp_path / "short.safetensors"
     short.write_bytes(struct.pack("<Q", 1000) + b"{}")
     failed(hub("import", short), str(short), "does not fit the file")
+
+
+def test_a_postgres_catalog_whose_table_was_dropped_leaves_no_blob(hub_home, pg_server, packed):
+    from sqlalchemy import create_engine, text
+
+    url = pg_server.create_database(migrated=True)
+    ok(hub("import", packed("qa"), "--catalog", url))
+    before = blob_files(hub_home)
+    engine = create_engine(url)
+    with engine.begin() as conn:
+        conn.execute(text("DROP TABLE expert_tags CASCADE"))
+    engine.dispose()
+    failed(hub("import", packed("qa", seed=3), "--catalog", url, "--tag", "x"), "tables")
+    assert blob_files(hub_home) == before
