@@ -1,7 +1,7 @@
 """Optional parts of hubtool and the packages each needs (pyproject.toml's extras), checked before the work
 that needs them starts: a missing one is one line naming the extra to install, not a traceback.
 
-    pip install 'hubtool[server]'    # hub serve
+    pip install 'hubtool[server]'    # hub serve, hub ui
     pip install 'hubtool[all]'       # everything (`make install` does this)
 
 Stdlib only: the CLI calls need() before it imports anything heavy.
@@ -15,7 +15,7 @@ from hubtool.errors import HubError
 
 # extra -> the modules it installs (keep in step with [project.optional-dependencies]; a test checks)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "server": ("starlette", "uvicorn"),  # hub serve
+    "server": ("starlette", "uvicorn", "jinja2", "markdown_it"),  # hub serve, hub ui
     "postgres": ("psycopg",),  # postgresql+psycopg:// catalogs
     "plots": ("matplotlib",),  # the experiment report's figures
     "gguf": ("gguf",),  # converting the embedded base model (smollm2-135m) from its GGUF file

@@ -35,6 +35,7 @@ from hubtool.cli import train as _train  # noqa: F401, I001
 from hubtool.cli import compose as _compose  # noqa: F401
 from hubtool.cli import explore as _explore  # noqa: F401
 from hubtool.cli import catalog as _catalog  # noqa: F401
+from hubtool.cli import ui as _ui  # noqa: F401
 from hubtool.cli import serve as _serve  # noqa: F401
 from hubtool.cli import hub as _hub  # noqa: F401
 from hubtool.cli import experiment as _experiment  # noqa: F401

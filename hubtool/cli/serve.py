@@ -28,6 +28,9 @@ without --public-read, reads need a token too.
 Storage under --root: content-addressed blobs plus commits and refs per
 repo (docs/hub.md). Uploads never use Xet: the server asks clients for
 regular uploads, which it streams to disk.
+
+Web pages for the catalog (--catalog) are under /_/ (docs/ui.md); without a
+token file's login in the browser they need --public-read.
 """
 
 
@@ -71,6 +74,14 @@ def serve(
         float,
         typer.Option("--max-commit-gib", min=0.000001, help="Largest commit body accepted (413 above)."),
     ] = defaults.MAX_COMMIT_BODY / 2**30,
+    catalog: Annotated[
+        str | None,
+        typer.Option(
+            "--catalog",
+            envvar="HUB_CATALOG",
+            help="Catalog whose pages /_/ shows (read-only). Default: $HUB_HOME/registry.db.",
+        ),
+    ] = None,
 ) -> None:
     from hubtool.errors import HubError
     from hubtool.paths import hub_home
@@ -83,6 +94,8 @@ def serve(
 
     need("server", "hub serve")
     from hubtool.hub.server import run
+    from hubtool.ui.pages import CatalogPages
+    from hubtool.ui.view import CatalogView
 
     run(
         root=root or hub_home() / "serve",
@@ -94,4 +107,6 @@ def serve(
         auth_burst=auth_burst,
         auth_rate=auth_rate,
         max_commit_bytes=int(max_commit_gib * 2**30),
+        # the catalog is opened on the first page asked for: a server nobody browses never touches it
+        extra_routes=CatalogPages(CatalogView(catalog)).routes(),
     )

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Sequence
 
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
@@ -35,8 +36,10 @@ class HubApp:
         auth_burst: int = defaults.AUTH_BURST,
         auth_rate: float = defaults.AUTH_RATE,
         max_commit_bytes: int = defaults.MAX_COMMIT_BODY,
+        extra_routes: Sequence[routes.Route] = (),
     ) -> None:
         self.storage = Storage(root)
+        self.extra_routes = tuple(extra_routes)  # tried before routes.ROUTES (routes.py: "Rows from outside")
         self.tokens = TokenStore(token_file)
         self.limiter = FailedAuthLimiter(auth_burst, auth_rate)
         self.max_commit_bytes = max_commit_bytes
@@ -196,8 +199,8 @@ class AccessLog:
             )
 
 
-def make_app(root, token_file=None, *, public_read: bool = False, **limits):
-    hub = HubApp(root, token_file, public_read=public_read, **limits)
+def make_app(root, token_file=None, *, public_read: bool = False, extra_routes=(), **limits):
+    hub = HubApp(root, token_file, public_read=public_read, extra_routes=extra_routes, **limits)
     return AccessLog(hub.asgi()), hub
 
 
@@ -212,6 +215,7 @@ def serve(
     auth_burst: int = defaults.AUTH_BURST,
     auth_rate: float = defaults.AUTH_RATE,
     max_commit_bytes: int = defaults.MAX_COMMIT_BODY,
+    extra_routes=(),
 ) -> None:
     import fcntl
     import os
@@ -238,6 +242,7 @@ def serve(
         auth_burst=auth_burst,
         auth_rate=auth_rate,
         max_commit_bytes=max_commit_bytes,
+        extra_routes=extra_routes,
     )
     logging.basicConfig(
         level=getattr(logging, log_level.upper(), logging.INFO),

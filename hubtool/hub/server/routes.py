@@ -37,12 +37,18 @@ literal or a `{parameter}`; what each parameter matches and passes to the handle
 A path that matches no row, or matches a row but not its methods, is a 404 JSON error (the client maps
 404s; a 405 it would not read). Checks of the parameters (a bad repo id: 400) run once a row is chosen;
 the `no_such_endpoint` rows make any other path under a repo check its id first, then answer 404.
+
+Rows from outside
+-----------------
+The server knows no catalog; whoever starts it may hand it more rows (`HubApp(extra_routes=[...])`, the
+catalog pages of hubtool/ui under `hub serve --catalog`). They are tried before ROUTES, so they must keep
+to `/_/...` paths: no API route or repo id starts with a `_` segment of its own.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
@@ -232,10 +238,10 @@ def path_segments(raw: bytes) -> list[str]:
     return [] if segments == [""] else segments
 
 
-def find(method: str, segments: list[str]) -> tuple[Route, dict[str, Any]]:
-    """The first row that serves `method` on the path, and the handler's keyword arguments (parameters
-    checked: ApiError if one is invalid); a 404 ApiError if no row does."""
-    for route in ROUTES:
+def find(method: str, segments: list[str], extra: Sequence[Route] = ()) -> tuple[Route, dict[str, Any]]:
+    """The first row (of `extra`, then ROUTES) that serves `method` on the path, and the handler's keyword
+    arguments (parameters checked: ApiError if one is invalid); a 404 ApiError if no row does."""
+    for route in (*extra, *ROUTES):
         found = route.match(segments)
         if found is None or not route.allows(method):
             continue
@@ -250,6 +256,6 @@ def find(method: str, segments: list[str]) -> tuple[Route, dict[str, Any]]:
 
 async def call(hub: HubApp, request: Request, segments: list[str]) -> Response:
     """Run the handler that serves the request."""
-    route, kwargs = find(request.method, segments)
+    route, kwargs = find(request.method, segments, hub.extra_routes)
     result = route.handler(hub, request, **kwargs)
     return await result if inspect.isawaitable(result) else result

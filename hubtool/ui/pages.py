@@ -1,0 +1,154 @@
+"""The catalog pages: handlers, as rows for hub serve's route table (hubtool/hub/server/routes.py).
+
+    /_/                          the catalog list (filters and where/sort in the query string)
+    /_/experts/NAME[@VERSION]    one expert: all of `hub show`, versions, provenance, density map
+    /_/tasks                     tasks by category, a leaderboard per task with the base model's score
+    /_/static/FILE               the stylesheet (package data; nothing is fetched from anywhere else)
+
+Handlers take (hub, request, **params) like the server's own. `hub` is the HubApp under `hub serve
+--catalog` (its auth decides who may read: the pages need --public-read or a token until the login form
+arrives), None under `hub ui` (local, read-only, no auth). Catalog reads run in a worker thread. Every
+answer is HTML (or the CSS file) and carries the Content-Security-Policy; errors are pages too, never the
+API's JSON.
+"""
+
+from __future__ import annotations
+
+import logging
+from functools import cache
+from importlib import resources
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlencode
+
+from starlette.concurrency import run_in_threadpool
+from starlette.responses import HTMLResponse, Response
+
+from hubtool.errors import HubError, NotFoundError
+from hubtool.hub.server.errors import ApiError
+from hubtool.hub.server.routes import ANY, Route
+from hubtool.ui.view import CatalogView, ListQuery
+
+if TYPE_CHECKING:
+    from starlette.requests import Request
+
+log = logging.getLogger("hubtool.ui")
+CSP = "default-src 'self'"
+HEADERS = {
+    "Content-Security-Policy": CSP,
+    "X-Content-Type-Options": "nosniff",
+    "Referrer-Policy": "same-origin",
+    "X-Frame-Options": "DENY",
+}
+STATIC = {"hub.css": "text/css; charset=utf-8"}  # the only files /_/static serves
+
+
+@cache
+def _env() -> Any:
+    import jinja2
+
+    env = jinja2.Environment(
+        loader=jinja2.PackageLoader("hubtool.ui", "templates"),
+        autoescape=True,  # every value is text; nothing from the catalog becomes markup
+        undefined=jinja2.StrictUndefined,
+        trim_blocks=True,
+        lstrip_blocks=True,
+    )
+    env.filters["qs"] = lambda params: urlencode(params)
+    return env
+
+
+@cache
+def _static(name: str) -> bytes:
+    return resources.files("hubtool.ui").joinpath("static", name).read_bytes()
+
+
+def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
+    html = _env().get_template(template).render(**context)
+    return HTMLResponse(html, status_code=status, headers=HEADERS)
+
+
+def error_page(status: int, title: str, message: str) -> HTMLResponse:
+    return page("error.html", status, title=title, message=" ".join(message.split()), nav=None)
+
+
+class CatalogPages:
+    """The pages of one catalog. `routes()` gives the rows for `hub serve`; hubtool.ui.app serves them alone."""
+
+    def __init__(self, view: CatalogView, *, read_only: bool = True) -> None:
+        self.view = view
+        self.read_only = read_only
+
+    def routes(self) -> list[Route]:
+        return [
+            Route("GET HEAD", "/_", self._guarded(self.catalog_list)),
+            Route("GET HEAD", "/_/tasks", self._guarded(self.tasks)),
+            Route("GET HEAD", "/_/experts/{oid}", self._guarded(self.expert)),
+            Route("GET HEAD", "/_/static/{oid}", self.static),  # the stylesheet needs no login
+            Route(ANY, "/_/{rest}", self._guarded(self.not_found)),
+        ]
+
+    def _guarded(self, handler: Any) -> Any:
+        """The handler, behind the server's read check and turning any failure into an HTML page."""
+
+        async def run(hub: Any, request: Request, **params: Any) -> Response:
+            try:
+                if hub is not None and hub.user(request) is None and not hub.public_read:
+                    return error_page(401, "Not allowed", "the catalog pages need a token; until they have a "
+                                      "login form, start hub serve with --public-read to show them")  # fmt: skip
+                return await handler(request, **params)
+            except ApiError as err:
+                return error_page(err.status, "Not allowed" if err.status in (401, 403) else "Error", err.message)
+            except NotFoundError as err:
+                return error_page(404, "Not found", str(err))
+            except HubError as err:
+                return error_page(400, "Bad request", str(err))
+            except Exception:  # a bug: logged (no headers), a plain 500 page
+                log.exception("internal error on %s %s", request.method, request.scope.get("path", "")[:300])
+                return error_page(500, "Internal error", "internal error (the server's log has the details)")
+
+        run.__name__ = handler.__name__
+        return run
+
+    # -- pages -------------------------------------------------------------------------------------------
+
+    async def catalog_list(self, request: Request) -> Response:
+        try:
+            query = ListQuery.from_params(request.query_params)
+        except HubError as err:
+            query = ListQuery()
+            return await self._list_page(query, 400, str(err))
+        try:
+            found = await run_in_threadpool(self.view.list_page, query)
+        except NotFoundError as err:  # an unknown category or task in --tasks: a bad filter, not a 404
+            return await self._list_page(query, 400, str(err))
+        except HubError as err:  # a bad --where or --sort: the line `hub list` prints
+            return await self._list_page(query, 400, str(err))
+        choices = await run_in_threadpool(self.view.choices, query)
+        more = query.params(limit=query.limit * 2) if len(found["rows"]) >= query.limit else None
+        return page("list.html", nav="catalog", title="Experts", query=query, command=query.command(),
+                    choices=choices, error=None, more=more, **found)  # fmt: skip
+
+    async def _list_page(self, query: ListQuery, status: int, message: str) -> Response:
+        choices = await run_in_threadpool(self.view.choices, query)
+        return page("list.html", status, nav="catalog", title="Experts", query=query, command=query.command(),
+                    choices=choices, error=" ".join(message.split()), more=None, rows=[], one_base=None)  # fmt: skip
+
+    async def expert(self, request: Request, oid: str) -> Response:
+        try:
+            found = await run_in_threadpool(self.view.expert_page, oid)
+        except HubError as err:  # no such expert, or a name no expert can have: either way nothing is here
+            return error_page(404, "Not found", str(err))
+        return page("expert.html", nav="catalog", **found)
+
+    async def tasks(self, request: Request) -> Response:
+        found = await run_in_threadpool(self.view.tasks_page)
+        return page("tasks.html", nav="tasks", title="Tasks", **found)
+
+    async def not_found(self, request: Request, **_: Any) -> Response:
+        return error_page(404, "Not found", f"no page at {request.url.path[:200]}")
+
+    async def static(self, hub: Any, request: Request, oid: str) -> Response:
+        if oid not in STATIC:
+            return error_page(404, "Not found", f"no static file {oid[:100]!r}")
+        return Response(_static(oid), media_type=STATIC[oid],
+                        headers=HEADERS | {"Cache-Control": "public, max-age=3600"})  # fmt: skip

@@ -1,0 +1,430 @@
+"""What the catalog pages show, read from the catalog: plain dicts and lists for the templates.
+
+Everything here is synchronous (SQLite, SQLAlchemy): pages.py runs it in a worker thread, off the event
+loop. The catalog list reads the way `hub list` does (registry/fastlist.py on a plain SQLite file, else
+Catalog.list), so the page and the command give the same rows for the same filters.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+import shlex
+import threading
+from dataclasses import dataclass, fields
+from typing import Any
+
+from hubtool.data.metrics import HEADLINE
+from hubtool.errors import HubError, NotFoundError, shown
+
+DEFAULT_LIMIT = 25  # hub list's --limit default
+MAX_LIMIT = 10_000  # a page longer than this is a mistake in the URL, not a search
+MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
+_DTYPE_BITS = {"bfloat16": 16, "float16": 16, "float32": 32}
+
+
+@dataclass(frozen=True)
+class ListQuery:
+    """The catalog page's state, all of it in the query string (a search is a bookmark)."""
+
+    task: str | None = None
+    category: str | None = None
+    kind: str | None = None
+    base: str | None = None
+    tag: str | None = None
+    where: str | None = None
+    sort: str | None = None
+    limit: int = DEFAULT_LIMIT
+
+    @classmethod
+    def from_params(cls, params: Any) -> ListQuery:
+        """From a query string's parameters (blank values mean "any"); HubError naming a bad `limit`."""
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = params.get(f.name)
+            if raw is None or not raw.strip():
+                continue
+            values[f.name] = raw.strip()
+        if "limit" in values:
+            text = values["limit"]
+            if not re.fullmatch(r"[0-9]{1,6}", text) or not 1 <= int(text) <= MAX_LIMIT:
+                raise HubError(f"limit {shown(text, 40)}: expected a whole number in [1, {MAX_LIMIT}]")
+            values["limit"] = int(text)
+        return cls(**values)
+
+    def command(self) -> str:
+        """The `hub list` command that lists the same rows."""
+        args = ["hub", "list"]
+        for option, value in (("--task", self.task), ("--tasks", self.category), ("--kind", self.kind),
+                              ("--base", self.base), ("--tag", self.tag), ("--where", self.where),
+                              ("--sort", self.sort)):  # fmt: skip
+            if value is not None:
+                args += [option, value]
+        if self.limit != DEFAULT_LIMIT:
+            args += ["--limit", str(self.limit)]
+        return shlex.join(args)
+
+    def params(self, **changes: Any) -> dict[str, str]:
+        """The query string's parameters (defaults left out), with `changes` applied."""
+        out = {f.name: getattr(self, f.name) for f in fields(self)} | changes
+        return {k: str(v) for k, v in out.items() if v is not None and not (k == "limit" and v == DEFAULT_LIMIT)}
+
+
+class CatalogView:
+    """One catalog, opened once (on first use), read by every page."""
+
+    def __init__(self, url: str | None = None) -> None:
+        from hubtool.paths import default_catalog_url
+
+        self.url = url or default_catalog_url()
+        self._catalog: Any = None
+        self._lock = threading.Lock()
+
+    def catalog(self) -> Any:
+        """The Catalog (opened, and created or upgraded as any command does, on first use). Blobs that live
+        only on a Hub are not fetched: a page never downloads."""
+        with self._lock:
+            if self._catalog is None:
+                from hubtool.registry import Catalog
+
+                self._catalog = Catalog(self.url)
+            return self._catalog
+
+    def safe_url(self) -> str:
+        """The catalog URL with any password hidden (it is printed, and may be shown)."""
+        from sqlalchemy.engine import make_url
+        from sqlalchemy.exc import ArgumentError
+
+        try:
+            return make_url(self.url).render_as_string(hide_password=True)
+        except (ArgumentError, ValueError):  # not a URL SQLAlchemy reads: opening it says what is wrong
+            return self.url
+
+    def close(self) -> None:
+        with self._lock:
+            if self._catalog is not None:
+                self._catalog.close()
+                self._catalog = None
+
+    # -- the catalog list ------------------------------------------------------------------------------
+
+    def list_page(self, query: ListQuery) -> dict[str, Any]:
+        """{"rows", "one_base", "choices"}; HubError (the message `hub list` prints) for a bad filter."""
+        records = self._list(query)
+        bases = {r.base_model for r in records}
+        rows = [
+            {
+                "ref": r.ref,
+                "name": r.name,
+                "task": r.task,
+                "kind": r.kind,
+                "keep": "-" if r.keep_ratio is None else f"{r.keep_ratio:.3g}",
+                "size": human_bytes(r.bytes),
+                "base": r.base_model,
+                "metrics": metric_summary(r.metrics),
+                "tags": list(r.tags),
+            }
+            for r in records
+        ]
+        return {"rows": rows, "one_base": next(iter(bases)) if len(bases) == 1 else None}
+
+    def _list(self, query: ListQuery) -> list[Any]:
+        from hubtool.registry import fastlist
+
+        args = {"task": query.task, "base": query.base, "kind": query.kind, "tag": query.tag,
+                "where": query.where, "sort": query.sort, "limit": query.limit}  # fmt: skip
+        reader = fastlist.open_reader(self.url)
+        if reader is not None:
+            try:
+                with reader:
+                    tasks = None if query.category is None else _tasks_of(reader, query.category)
+                    return reader.list(tasks=tasks, **args)
+            except fastlist.Unavailable:
+                pass  # e.g. a damaged file: the normal path reports it
+        cat = self.catalog()
+        tasks = None if query.category is None else _tasks_of(cat, query.category)
+        return cat.list(tasks=tasks, **args)
+
+    def choices(self, query: ListQuery) -> dict[str, list[str]]:
+        """The values each filter of the list can take (a bookmarked value the catalog no longer has is kept,
+        so the form shows what the URL asks)."""
+        from sqlalchemy import distinct, select
+
+        from hubtool.registry.tables import expert_tags, expert_tasks, experts
+
+        cat = self.catalog()
+        with cat.engine.connect() as conn:
+            found = {
+                "task": conn.execute(select(distinct(expert_tasks.c.task))).scalars().all(),
+                "kind": conn.execute(select(distinct(experts.c.kind))).scalars().all(),
+                "base": conn.execute(select(distinct(experts.c.base_model))).scalars().all(),
+                "tag": conn.execute(select(distinct(expert_tags.c.tag))).scalars().all(),
+            }
+        found["category"] = sorted({c for c in (cat.category_of(t) for t in found["task"]) if c})
+        for key, values in found.items():
+            asked = getattr(query, key)
+            found[key] = sorted(set(values) | ({asked} if asked else set()))
+        return found
+
+    # -- one expert --------------------------------------------------------------------------------------
+
+    def expert_page(self, ref: str) -> dict[str, Any]:
+        """Everything `hub show` shows, and more: versions, metrics across them, provenance, density map."""
+        cat = self.catalog()
+        rec = cat.get(ref)  # NotFoundError: the 404 page; HubError: not a ref at all (also a 404)
+        info = _describe(cat, rec)
+        weights = info["weights"]
+        versions = cat.list(where=f"name={rec.name}", sort="version")
+        version_columns = sorted({(t, m) for v in versions for t, per in v.metrics.items() for m in per})
+        metric_rows = []
+        for task_name, per_task in rec.metrics.items():
+            for metric, value in per_task.items():
+                base = info["base_metrics"].get(task_name, {}).get(metric)
+                gain = info["gain"].get(task_name, {}).get(metric)
+                metric_rows.append({"task": task_name, "metric": metric, "value": fmt(value),
+                                    "base": fmt(base), "gain": "-" if gain is None else f"{gain:+.4g}"})  # fmt: skip
+        data_sources = []
+        for task_name in rec.tasks:
+            try:
+                source = cat.get_task(task_name).data_source
+            except NotFoundError:
+                source = None
+            data_sources.append({"task": task_name, "source": source or "-"})
+        return {
+            "rec": info,
+            "title": rec.ref,
+            "metric_rows": metric_rows,
+            "versions": [
+                {"ref": v.ref, "version": v.version, "aliases": list(v.aliases), "created": v.to_dict()["created_at"],
+                 "sha256": v.sha256, "current": v.version == rec.version,
+                 "metrics": [fmt(v.metrics.get(t, {}).get(m)) for t, m in version_columns]}
+                for v in versions
+            ],
+            "version_columns": [f"{t} {m}" for t, m in version_columns],
+            "config": [{"key": k, "value": _config_value(v)} for k, v in sorted((rec.config or {}).items())],
+            "data_sources": data_sources,
+            "parents": info["lineage"].get("parents", []),
+            "children": info["lineage"].get("children", []),
+            "density": density_map(weights) if weights else None,
+            "weights": weight_rows(weights) if weights else [],
+            "blob_missing": info.get("blob_missing"),
+            "encodings": sorted({w.get("encoding") or "-" for w in weights.values()}) if weights else [],
+            "size": human_bytes(rec.bytes),
+            "bits": bits_per_entry(rec.bytes, rec.nnz, weights, info.get("value_dtype")),
+            "snippets": snippets(rec),
+        }
+
+    # -- tasks -------------------------------------------------------------------------------------------
+
+    def tasks_page(self, board_size: int = 10) -> dict[str, Any]:
+        """Tasks grouped by category, each with a leaderboard (the base models' scores among its rows)."""
+        from sqlalchemy import distinct, select
+
+        from hubtool.data import list_tasks
+        from hubtool.registry.tables import expert_tasks, metrics
+
+        cat = self.catalog()
+        infos = {i.name: i for i in list_tasks(cat.list_tasks())}
+        with cat.engine.connect() as conn:
+            with_experts = set(conn.execute(select(distinct(expert_tasks.c.task))).scalars().all())
+        groups: dict[str, list[dict[str, Any]]] = {}
+        for name in sorted(set(infos) | with_experts):
+            info = infos.get(name)
+            category = (info.category if info else None) or cat.category_of(name) or "uncategorised"
+            entry: dict[str, Any] = {"name": name, "description": info.description if info else "",
+                                     "metric": None, "board": [], "experts": name in with_experts}  # fmt: skip
+            if name in with_experts:
+                with cat.engine.connect() as conn:
+                    names = set(conn.execute(select(distinct(metrics.c.metric)).where(metrics.c.task == name))
+                                .scalars().all())  # fmt: skip
+                metric = next((m for m in HEADLINE if m in names), min(names) if names else None)
+                entry["metric"] = metric
+                entry["board"] = _leaderboard(cat, name, metric, board_size)
+            groups.setdefault(category, []).append(entry)
+        for entries in groups.values():  # tasks with experts first, then by name
+            entries.sort(key=lambda entry: (not entry["experts"], entry["name"]))
+        return {"groups": sorted(groups.items(), key=lambda kv: (kv[0] == "uncategorised", kv[0]))}
+
+
+def _leaderboard(cat: Any, task: str, metric: str | None, size: int) -> list[dict[str, Any]]:
+    """The task's best experts by `metric` on this task (higher is better; a loss ranks lowest first), and
+    their base models' own scores on the task, as rows marked "base"."""
+    from sqlalchemy import select
+
+    from hubtool.registry.tables import experts, metrics
+
+    lower_better = metric is not None and "loss" in metric
+    if metric is None:
+        rows = [{"ref": r.ref, "base": r.base_model, "value": None, "is_base": False}
+                for r in cat.list(task=task, limit=size)]  # fmt: skip
+    else:
+        order = metrics.c.value.asc() if lower_better else metrics.c.value.desc()
+        q = (select(experts.c.name, experts.c.version, experts.c.base_model, metrics.c.value)
+             .join(metrics, metrics.c.expert_id == experts.c.id)
+             .where(metrics.c.task == task, metrics.c.metric == metric)
+             .order_by(order, experts.c.name, experts.c.version).limit(size))  # fmt: skip
+        with cat.engine.connect() as conn:
+            rows = [{"ref": f"{r.name}@{r.version}", "base": r.base_model, "value": r.value, "is_base": False}
+                    for r in conn.execute(q)]  # fmt: skip
+    base_scores = {}
+    for base in sorted({row["base"] for row in rows}):
+        value = cat.base_metrics(base, task).get(metric) if metric else None
+        if value is not None:
+            base_scores[base] = value
+    for row in rows:
+        base = base_scores.get(row["base"])
+        row["gain"] = "" if base is None or row["value"] is None else f"{row['value'] - base:+.4g}"
+    rows += [{"ref": None, "base": base, "value": value, "is_base": True, "gain": ""}
+             for base, value in base_scores.items()]  # fmt: skip
+    rows.sort(key=lambda row: (row["value"] is None, 0 if row["value"] is None else
+                               (row["value"] if lower_better else -row["value"])))  # fmt: skip
+    return [row | {"shown": fmt(row["value"])} for row in rows]
+
+
+def _tasks_of(reader: Any, category: str) -> list[str]:
+    """A category (or a task) as `hub list --tasks` reads it (cli/_common.resolve_tasks)."""
+    specs = [spec.strip() for spec in category.split(",") if spec.strip()]
+    if not specs:
+        raise HubError(f"--tasks {category!r}: expected task names or categories, comma-separated")
+    return sorted({task for spec in specs for task in reader.tasks_for(spec)})
+
+
+def _describe(cat: Any, rec: Any) -> dict[str, Any]:
+    """Catalog.describe; when the blob is not on this disk (pushed elsewhere, or lost), the same without its
+    per-weight entries, saying so."""
+    try:
+        return cat.describe(rec.ref)
+    except (HubError, OSError) as err:
+        found = {task: cat.base_metrics(rec.base_model, task) for task in rec.metrics}
+        return rec.to_dict() | {
+            "value_dtype": rec.value_dtype,
+            "weights": {},
+            "lineage": cat.lineage(rec.ref),
+            "base_metrics": {task: values for task, values in found.items() if values},
+            "gain": cat.gains(rec.ref),
+            "blob_missing": " ".join(str(err).split()) or type(err).__name__,
+        }
+
+
+# -- formatting ----------------------------------------------------------------------------------------
+
+
+def fmt(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
+
+
+def human_bytes(n: int | None) -> str:
+    """As `hub list` shows sizes (cli/_common.human_bytes)."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def metric_summary(metrics: dict[str, dict[str, float]]) -> str:
+    """As `hub list`'s metrics column: the primary task's first two headline metrics."""
+    for per_task in metrics.values():
+        ranked = sorted(per_task, key=lambda m: (HEADLINE.index(m) if m in HEADLINE else len(HEADLINE), m))
+        return " · ".join(f"{m} {per_task[m]:.3g}" for m in ranked[:2])
+    return "-"
+
+
+def _config_value(value: Any) -> str:
+    import json
+
+    return value if isinstance(value, str) else json.dumps(value, sort_keys=True, default=str)
+
+
+def _natural(name: str) -> list[Any]:
+    return [int(part) if part.isdigit() else part for part in re.split(r"(\d+)", name)]
+
+
+def _layer_and_module(name: str) -> tuple[str, str]:
+    """"model.layers.3.self_attn.q_proj.weight" -> ("3", "q_proj"); no layer number -> ("-", the name)."""
+    parts = name.removesuffix(".weight").split(".")
+    layer = next((p for p in parts if p.isdigit()), None)
+    return (layer, parts[-1]) if layer is not None else ("-", ".".join(parts))
+
+
+def density_map(weights: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Layer x module (q_proj, k_proj, v_proj, ...) densities, each cell a number and a shade class
+    (d0..d5, relative to the densest cell: the number says it too, never the colour alone)."""
+    cells: dict[tuple[str, str], float] = {}
+    for name, info in weights.items():
+        rows, cols = info["shape"][0], info["shape"][-1] if len(info["shape"]) > 1 else 1
+        total = max(rows * cols, 1)
+        cells[_layer_and_module(name)] = info["nnz"] / total
+    modules = sorted({m for _, m in cells}, key=lambda m: (MODULE_ORDER.index(m) if m in MODULE_ORDER else 99, m))
+    layers = sorted({layer for layer, _ in cells}, key=lambda x: (x == "-", int(x) if x.isdigit() else 0, x))
+    top = max(cells.values(), default=0.0) or 1.0
+    return {
+        "modules": modules,
+        "rows": [
+            {"layer": layer,
+             "cells": [None if (layer, m) not in cells else
+                       {"text": f"{cells[(layer, m)]:.4f}", "shade": f"d{min(5, math.ceil(5 * cells[(layer, m)] / top))}"}
+                       for m in modules]}
+            for layer in layers
+        ],
+    }  # fmt: skip
+
+
+def weight_rows(weights: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    out = []
+    for name in sorted(weights, key=_natural):
+        info = weights[name]
+        shape = info["shape"]
+        total = 1
+        for n in shape:
+            total *= n
+        out.append({"name": name.removesuffix(".weight"), "shape": "×".join(map(str, shape)),
+                    "nnz": f"{info['nnz']:,}", "density": f"{info['nnz'] / max(total, 1):.4f}",
+                    "encoding": info.get("encoding") or "-"})  # fmt: skip
+    return out
+
+
+def bits_per_entry(size: int, nnz: int, weights: dict[str, dict[str, Any]], dtype: str | None,
+                   ) -> dict[str, str | None] | None:
+    """Bits the blob spends per kept entry, against the information bound of a sparse expert: choosing its
+    positions (log2 C(n, k) per weight) plus the values at their dtype's width. None when it doesn't apply."""
+    if not nnz:
+        return None
+    out = {"actual": f"{size * 8 / nnz:.2f}", "bound": None, "ratio": None}
+    if weights and dtype in _DTYPE_BITS and all(w.get("delta") == "sparse" for w in weights.values()):
+        position_bits = 0.0
+        for w in weights.values():
+            n = 1
+            for d in w["shape"]:
+                n *= d
+            k = w["nnz"]
+            position_bits += (math.lgamma(n + 1) - math.lgamma(k + 1) - math.lgamma(n - k + 1)) / math.log(2)
+        bound = position_bits / nnz + _DTYPE_BITS[dtype]
+        out["bound"] = f"{bound:.2f}"
+        out["ratio"] = f"{size * 8 / nnz / bound:.2f}"
+    return out
+
+
+def snippets(rec: Any) -> list[dict[str, str]]:
+    """Copyable commands and code that get this expert (texts: the template escapes them)."""
+    folder = f"{rec.name}-{rec.version}-peft"
+    if rec.hub_repo:
+        pull = f"hub pull {shlex.quote(rec.hub_repo + '@' + rec.hub_commit) if rec.hub_commit else rec.hub_repo}"
+        pull_note = "From the Hub repo it was pushed to (HF_ENDPOINT, HF_TOKEN)."
+    else:
+        pull = f"hub push {rec.ref}\nhub pull YOUR_ORG/{rec.name}"
+        pull_note = "Not pushed yet: push it, then pull it on another machine."
+    return [
+        {"title": "hub pull", "note": pull_note, "code": pull},
+        {"title": "PeftModel.from_pretrained", "note": "Export a PEFT adapter folder, then load it with PEFT.",
+         "code": f"hub export {rec.ref} --out {folder}\n\n"
+                 "from peft import PeftModel\n"
+                 "from transformers import AutoModelForCausalLM\n\n"
+                 f"base = AutoModelForCausalLM.from_pretrained({rec.base_model!r})\n"
+                 f"model = PeftModel.from_pretrained(base, {folder!r})"},
+        {"title": "hubtool.Catalog().load", "note": "The packed expert, from Python.",
+         "code": f"import hubtool\n\nexpert = hubtool.Catalog().load({rec.ref!r})"},
+    ]  # fmt: skip
