@@ -36,9 +36,9 @@ from sqlalchemy.exc import ArgumentError, DBAPIError, IntegrityError, NoSuchModu
 
 from hubtool.errors import HubError, shown
 
-# The newest migration in migrations/versions. Checked against the scripts by tests/test_migrations.py;
-# comparing to it lets an up-to-date catalog open without importing alembic at all (migrate.ensure_schema).
-SCHEMA_HEAD = "0006"
+# The newest migration (declared in migrations/__init__.py; tests/test_migrations.py checks alembic agrees):
+# comparing to it lets an up-to-date catalog open without importing alembic (migrate.ensure_schema).
+from hubtool.registry.migrations import SCHEMA_HEAD  # noqa: F401  (read as db.SCHEMA_HEAD)
 
 BUSY_TIMEOUT_MS = 30_000
 RETRIES = 8

@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import re
 import sqlite3
 from collections.abc import Sequence
@@ -69,7 +68,6 @@ WALK_STEPS_PER_MATCH = 10
 _TICK = 1000  # instructions between budget checks
 COUNT_MAX = 20_000  # counting a filter's matches stops here (~1 ms per 10,000 index entries)
 _SQL_OPS = {">=": ">=", "<=": "<=", "!=": "!=", "==": "=", "=": "=", ">": ">", "<": "<"}
-_MIGRATIONS = Path(__file__).parent / "migrations" / "versions"
 # sqlite:///relative/path or sqlite:////absolute/path, nothing else (no query string, no escapes,
 # no "~", which SQLAlchemy would not expand either): anything unusual takes the normal path.
 _URL = re.compile(r"sqlite(?:\+pysqlite)?:///(?P<path>[^?#%~]+)")
@@ -80,10 +78,10 @@ class Unavailable(Exception):
 
 
 def schema_head() -> str:
-    """The newest migration, from the scripts' file names ("0005_list_indexes.py" -> "0005"), without
-    importing db.py (SQLAlchemy). tests/test_list_fast.py checks it equals db.SCHEMA_HEAD."""
-    revisions = [n[:4] for n in os.listdir(_MIGRATIONS) if re.fullmatch(r"\d{4}_\w+\.py", n)]
-    return max(revisions)
+    """The newest migration (migrations.SCHEMA_HEAD): the revision a catalog must be at to be read here."""
+    from hubtool.registry.migrations import SCHEMA_HEAD
+
+    return SCHEMA_HEAD
 
 
 def sqlite_path(url: str) -> Path | None:
