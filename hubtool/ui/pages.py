@@ -59,7 +59,8 @@ def _env() -> Any:
 
 @cache
 def _static(name: str) -> bytes:
-    return resources.files("hubtool.ui").joinpath("static", name).read_bytes()
+    # the one stylesheet lives with hub serve's own pages (hubtool/hub/server/static), which use it too
+    return resources.files("hubtool.hub.server").joinpath("static", name).read_bytes()
 
 
 def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -93,8 +94,8 @@ class CatalogPages:
         async def run(hub: Any, request: Request, **params: Any) -> Response:
             try:
                 if hub is not None and hub.user(request) is None and not hub.public_read:
-                    return error_page(401, "Not allowed", "the catalog pages need a token; until they have a "
-                                      "login form, start hub serve with --public-read to show them")  # fmt: skip
+                    return error_page(401, "Not allowed", "the catalog pages need a login: log in at /_/login "
+                                      "(or start hub serve with --public-read to show them to anyone)")  # fmt: skip
                 return await handler(request, **params)
             except ApiError as err:
                 return error_page(err.status, "Not allowed" if err.status in (401, 403) else "Error", err.message)

@@ -18,12 +18,20 @@ from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
 from hubtool.hub.server import defaults, routes
-from hubtool.hub.server.auth import FailedAuthLimiter, Signer, TokenStore, bearer_token
+from hubtool.hub.server.auth import SESSION_COOKIE, FailedAuthLimiter, Signer, TokenStore, bearer_token
 from hubtool.hub.server.errors import ApiError, bad_request, repo_not_found
 from hubtool.hub.server.http import base_url, error_response, header_safe
 from hubtool.hub.server.storage import Commit, RepoRef, Storage
 
 log = logging.getLogger("hubtool.hub.server")
+SAFE_METHODS = ("GET", "HEAD", "OPTIONS")
+
+
+def same_origin(request: Request) -> bool:
+    """No Origin header (API clients send none), or this server's own: a browser's POST, PUT or DELETE
+    from another site's page is refused before any handler runs."""
+    origin = request.headers.get("origin")
+    return origin is None or origin.lower().rstrip("/") == base_url(request).lower()
 
 
 class HubApp:
@@ -72,6 +80,8 @@ class HubApp:
     async def dispatch(self, request: Request) -> Response:
         head = request.method == "HEAD"
         try:
+            if request.method not in SAFE_METHODS and not same_origin(request):
+                raise ApiError(403, "Forbidden", "a request from another origin (its Origin header) is refused")
             raw = request.scope.get("raw_path") or request.scope["path"].encode()
             return await routes.call(self, request, routes.path_segments(raw))
         except ApiError as err:
@@ -90,7 +100,7 @@ class HubApp:
         """The authenticated user; None without credentials; 401 for credentials that match no one."""
         header = request.headers.get("authorization")
         if not header:
-            return None
+            return self._cookie_user(request)
         client = request.client.host if request.client else "-"
         wait = self.limiter.retry_after(client)
         if wait:
@@ -105,6 +115,28 @@ class HubApp:
             self.limiter.failed(client)
             log.warning("failed authentication from %s", client)
             raise ApiError(401, "Unauthorized", "Invalid credentials in Authorization header")
+        return user
+
+    def _cookie_user(self, request: Request) -> str | None:
+        """The user of the login form's cookie (pages.py), for GET and HEAD only: a write needs the
+        Authorization header, so no cross-site form can act with a browser's login. A cookie whose token
+        no longer matches anyone counts as a failed authentication and reads as no login."""
+        token = request.cookies.get(SESSION_COOKIE) if request.method in ("GET", "HEAD") else None
+        if not token:
+            return None
+        client = request.client.host if request.client else "-"
+        wait = self.limiter.retry_after(client)
+        if wait:
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                f"too many failed authentications from {client}: retry in {wait} s",
+                headers={"Retry-After": str(wait)},
+            )
+        user = self.tokens.user_for(token)
+        if user is None:
+            self.limiter.failed(client)
+            log.warning("failed authentication (login cookie) from %s", client)
         return user
 
     def require_user(self, request: Request, *, what: str = "this operation") -> str:

@@ -29,6 +29,8 @@ from pathlib import Path
 from hubtool.errors import HubError
 from hubtool.hub.server.names import ascii_int
 
+# The login form's cookie (pages.py): the token itself, HttpOnly, SameSite=Strict; read for GET/HEAD only
+SESSION_COOKIE = "hub_session"
 _USER = re.compile(r"[A-Za-z0-9](?:[A-Za-z0-9._-]{0,94}[A-Za-z0-9_])?")
 _TOKEN = re.compile(r"[\x21-\x7e]{8,1024}")
 

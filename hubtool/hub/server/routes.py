@@ -53,7 +53,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 from urllib.parse import unquote
 
-from hubtool.hub.server import account, commits, downloads, lfs, names, refs, repos, xet
+from hubtool.hub.server import account, commits, downloads, lfs, names, pages, refs, repos, xet
 from hubtool.hub.server.errors import ApiError
 from hubtool.hub.server.storage import RepoRef
 
@@ -71,6 +71,7 @@ class Route:
     methods: str  # space-separated ("GET HEAD"), or "*" for any method
     pattern: str
     handler: Callable[..., Any]
+    html: bool = False  # a page row: only for requests that accept text/html (pages.wants_html)
     tokens: tuple[str, ...] = field(init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -224,8 +225,23 @@ ROUTES: list[Route] = [
     Route("POST", "/{prefix}/{repo_git}/info/lfs/objects/batch", lfs.batch),
     Route("POST", "/{prefix}/{repo_git}/info/lfs/objects/verify", lfs.verify),
     Route(ANY, "/{prefix}/{repo_git}/info/lfs/{rest}", no_such_endpoint),
-    # -- downloads (last: its pattern starts with a repo id) ---------------------------------------
+    # -- downloads (its pattern starts with a repo id) ----------------------------------------------
     Route("GET HEAD", "/{prefix}/{repo}/resolve/{revision_file}", downloads.resolve),
+    # -- repo pages, for browsers only (pages.py): any other client gets the 404 it got before ----------
+    Route("GET HEAD", "/{prefix}/{repo}", pages.repo_page, html=True),
+    Route("GET HEAD", "/{prefix}/{repo}/tree/{revision_path}", pages.files_page, html=True),
+    Route("GET HEAD", "/{prefix}/{repo}/commits/{revision}", pages.commits_page, html=True),
+]
+
+# The server's own pages under /_/ (pages.py): tried first, before the rows from outside (whose catch-all
+# `/_/{rest}` would answer these paths otherwise). The stylesheet is the catalog pages' too.
+PAGE_ROUTES: list[Route] = [
+    Route("GET HEAD", "/_/static/{oid}", pages.static),
+    Route("GET HEAD", "/_/login", pages.login_form),
+    Route("POST", "/_/login", pages.login),
+    Route("POST", "/_/logout", pages.logout),
+    Route("GET HEAD", "/_/repos", pages.repos_page),
+    Route("GET HEAD", "/_/tree/{revision}", pages.tree_page),
 ]
 
 
@@ -238,16 +254,25 @@ def path_segments(raw: bytes) -> list[str]:
     return [] if segments == [""] else segments
 
 
-def find(method: str, segments: list[str], extra: Sequence[Route] = ()) -> tuple[Route, dict[str, Any]]:
-    """The first row (of `extra`, then ROUTES) that serves `method` on the path, and the handler's keyword
-    arguments (parameters checked: ApiError if one is invalid); a 404 ApiError if no row does."""
-    for route in (*extra, *ROUTES):
+def find(
+    method: str, segments: list[str], extra: Sequence[Route] = (), *, html: bool = False
+) -> tuple[Route, dict[str, Any]]:
+    """The first row (of PAGE_ROUTES, `extra`, then ROUTES) that serves `method` on the path, and the
+    handler's keyword arguments (parameters checked: ApiError if one is invalid); a 404 ApiError if no row
+    does. `html` rows are skipped unless `html` (the request accepts text/html), and a page row whose
+    parameters are invalid is skipped too, so they never change what an API client gets."""
+    for route in (*PAGE_ROUTES, *extra, *ROUTES):
         found = route.match(segments)
-        if found is None or not route.allows(method):
+        if found is None or not route.allows(method) or (route.html and not html):
             continue
         kwargs: dict[str, Any] = {}
-        for name, parts in found:
-            PARAMS[name].bind(parts, kwargs)
+        try:
+            for name, parts in found:
+                PARAMS[name].bind(parts, kwargs)
+        except ApiError:
+            if route.html:
+                continue
+            raise
         if route.handler is no_such_endpoint:
             break
         return route, kwargs
@@ -256,6 +281,6 @@ def find(method: str, segments: list[str], extra: Sequence[Route] = ()) -> tuple
 
 async def call(hub: HubApp, request: Request, segments: list[str]) -> Response:
     """Run the handler that serves the request."""
-    route, kwargs = find(request.method, segments, hub.extra_routes)
+    route, kwargs = find(request.method, segments, hub.extra_routes, html=pages.wants_html(request))
     result = route.handler(hub, request, **kwargs)
     return await result if inspect.isawaitable(result) else result
