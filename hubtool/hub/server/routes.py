@@ -42,7 +42,8 @@ Rows from outside
 -----------------
 The server knows no catalog; whoever starts it may hand it more rows (`HubApp(extra_routes=[...])`, the
 catalog pages of hubtool/ui under `hub serve --catalog`). They are tried before ROUTES, so they must keep
-to `/_/...` paths: no API route or repo id starts with a `_` segment of its own.
+to `/_/...` paths: no API route or repo id starts with a `_` segment of its own. The server's own pages
+(PAGE_ROUTES: login, repo list, model tree, the stylesheet; pages.py) are tried before them.
 """
 
 from __future__ import annotations
