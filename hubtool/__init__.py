@@ -19,6 +19,8 @@ _LAZY = {
     "unpack": "hubtool.format",
     "apply_expert": "hubtool.apply",
     "train": "hubtool.train",
+    "AdapterConfig": "hubtool.sparse.config",  # train(task, adapter=AdapterConfig(...), training=TrainConfig(...))
+    "TrainConfig": "hubtool.sparse.config",
     "compose": "hubtool.merge.compose",
     "evaluate": "hubtool.evaluate",
     "load_base": "hubtool.models",

@@ -224,7 +224,7 @@ class Experiment:
         if isinstance(job, TrainJob):
             from hubtool.train import train
 
-            train(job.task.ref, name=job.key, eval_limit=0, catalog=self.catalog, quiet=True, **job.settings)
+            train(job.task.ref, name=job.key, catalog=self.catalog, quiet=True, **job.settings)  # its TrainConfig: eval_limit=0
         elif isinstance(job, EvalJob):
             scorer.evaluate(job)
         elif isinstance(job, ComposeJob) and job.stage == "tune":
