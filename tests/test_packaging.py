@@ -61,3 +61,19 @@ def test_no_benchmark_fixture_in_the_package():
     assert not (PACKAGE / "registry" / "bulk.py").exists()
     offenders = [str(p.relative_to(ROOT)) for p in PACKAGE.rglob("*.py") if "registry.bulk" in p.read_text()]
     assert not offenders, offenders
+
+
+def test_the_readme_library_example_compiles_and_names_the_public_api() -> None:
+    """The README's "As a library" block: valid Python, and every name it imports from hubtool is exported."""
+    import ast
+
+    import hubtool
+
+    text = (ROOT / "README.md").read_text()
+    block = text.split("## As a library", 1)[1].split("```python", 1)[1].split("```", 1)[0]
+    tree = ast.parse(block)
+    names = [a.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module == "hubtool"
+             for a in node.names]  # fmt: skip
+    assert "train" in names and "TrainConfig" in names
+    for name in names:
+        assert getattr(hubtool, name) is not None, name
