@@ -1,7 +1,8 @@
 """The catalog's web pages (hubtool/ui): a real `hub ui` and a real `hub serve --catalog` in subprocesses on
 free ports, over a real SQLite catalog of packed experts, read over real HTTP; the list page against the
 real `hub list --json` for the same filters (run as the command the page shows); hostile text rendered as
-text; and a real headless chromium (selenium) filtering the list and following a link to an expert.
+text; and a real headless chromium (Playwright) filtering the list and following a link to an expert, and
+clicking through from the catalog to a pushed repo and a download (screenshots into $HUB_SCREENSHOTS).
 
 The browser test is marked `browser` (`pytest -m browser` runs it alone); it is skipped only where
 chromium is missing and CI is not set.
@@ -370,65 +371,154 @@ def test_hub_serve_adds_the_pages_beside_the_api(home: Path, tmp_path: Path) -> 
 # -- a real browser -------------------------------------------------------------------------------------------
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-CHROMEDRIVER = shutil.which("chromedriver")
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+                 "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage"]  # fmt: skip
+SHOTS = os.environ.get("HUB_SCREENSHOTS")  # a folder: the browser tests save the main pages there (docs/web)
 
 
 @pytest.fixture
-def browser(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
-    if not (CHROMIUM and CHROMEDRIVER):
+def browser() -> Iterator[Any]:
+    """A Playwright page in Debian's headless chromium (executable_path: no `playwright install`)."""
+    if not CHROMIUM:
         if os.environ.get("CI"):
-            pytest.fail("chromium and chromedriver are needed under CI (.ci/run installs them)")
-        pytest.skip("chromium or chromedriver not installed (apt-get install chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
-
-    monkeypatch.setenv("SE_OFFLINE", "true")  # Selenium Manager: never look anything up
-    options = webdriver.ChromeOptions()
-    options.binary_location = CHROMIUM
-    for arg in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                "--disable-dev-shm-usage", f"--user-data-dir={tmp_path / 'chromium-profile'}",
-                "--window-size=1280,1000"):  # fmt: skip
-        options.add_argument(arg)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=CHROMEDRIVER))
-    driver.set_page_load_timeout(30)
+            pytest.fail("chromium is needed under CI (.ci/run installs it)")
+        pytest.skip("chromium not installed (apt-get install chromium)")
     try:
-        yield driver
-    finally:
-        driver.quit()
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        if os.environ.get("CI"):
+            raise
+        pytest.skip("playwright not installed (pip install -e '.[dev]')")
+    with sync_playwright() as pw:
+        chromium = pw.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        context = chromium.new_context(viewport={"width": 1200, "height": 800}, accept_downloads=True)
+        context.set_default_timeout(30_000)
+        try:
+            yield context.new_page()
+        finally:
+            context.close()
+            chromium.close()
+
+
+def shot(page: Any, name: str) -> None:
+    """Save what the browser shows as $HUB_SCREENSHOTS/<name>.png (when that is set)."""
+    if SHOTS:
+        from PIL import Image
+
+        path = Path(SHOTS) / f"{name}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        size = page.viewport_size
+        page.set_viewport_size({"width": size["width"], "height": 300})  # full_page: the page's height, no blank
+        page.screenshot(path=str(path), full_page=True)
+        page.set_viewport_size(size)
+        with Image.open(path) as image:  # 256 colours: a page of text stays sharp at a third of the bytes
+            small = image.convert("RGB").quantize(256, method=Image.Quantize.MEDIANCUT)
+        small.save(path, optimize=True)
+
+
+def style(page: Any, selector: str, prop: str) -> str:
+    return page.eval_on_selector(selector, f"e => getComputedStyle(e).getPropertyValue({prop!r})")
+
+
+def words(text: str) -> str:
+    return " ".join(text.split())
 
 
 @pytest.mark.browser
 def test_in_a_browser_filter_the_list_then_open_an_expert(ui: str, browser: Any) -> None:
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support.ui import Select
-
-    browser.get(ui)
-    assert browser.title == "Experts · hubtool"
-    rows = browser.find_elements(By.CSS_SELECTOR, "#experts tbody tr")
-    assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == ["cls@1", "qa@1", "qa@2", "sum@1"]
+    page = browser
+    page.goto(ui)
+    assert page.title() == "Experts · hubtool"
+    assert page.locator("#experts tbody tr td:first-child a").all_inner_texts() == ["cls@1", "qa@1", "qa@2", "sum@1"]
     # the stylesheet loaded under the CSP (its rules apply), and no script ran from the hostile tag
-    assert browser.find_element(By.CSS_SELECTOR, "#experts th.num").value_of_css_property("text-align") == "right"
-    assert HOSTILE in browser.find_element(By.ID, "f-tag").text
+    assert style(page, "#experts th.num", "text-align") == "right"
+    assert HOSTILE in page.inner_text("#f-tag")
 
-    Select(browser.find_element(By.ID, "f-task")).select_by_visible_text("squad")
-    where = browser.find_element(By.ID, "f-where")
-    where.clear()
-    where.send_keys("exact_match>=50")
-    browser.find_element(By.ID, "f-submit").click()
-    assert "task=squad" in browser.current_url and "where=exact_match" in browser.current_url
-    rows = browser.find_elements(By.CSS_SELECTOR, "#experts tbody tr")
-    assert [r.find_element(By.TAG_NAME, "a").text for r in rows] == ["qa@2"]
-    assert browser.find_element(By.ID, "command").text == "hub list --task squad --where 'exact_match>=50'"
+    page.select_option("#f-task", label="squad")
+    page.fill("#f-where", "exact_match>=50")
+    page.click("#f-submit")
+    page.wait_for_url(re.compile(r"task=squad.*where=exact_match"))
+    assert page.locator("#experts tbody tr td:first-child a").all_inner_texts() == ["qa@2"]
+    assert page.inner_text("#command") == "hub list --task squad --where 'exact_match>=50'"
 
-    rows[0].find_element(By.LINK_TEXT, "qa@2").click()
-    assert browser.find_element(By.ID, "expert-ref").text == "qa@2"
-    assert "sparse expert for task squad" in browser.find_element(By.TAG_NAME, "h1").text
-    metrics = browser.find_element(By.ID, "metrics").text
-    assert "exact_match 55.5 30 +25.5" in " ".join(metrics.split())
-    versions = browser.find_element(By.ID, "versions").text
+    page.click("#experts >> text=qa@2")
+    page.wait_for_url(re.compile(r"/_/experts/"))
+    assert page.inner_text("#expert-ref") == "qa@2"
+    assert "sparse expert for task squad" in page.inner_text("h1")
+    assert "exact_match 55.5 30 +25.5" in words(page.inner_text("#metrics"))
+    versions = page.inner_text("#versions")
     assert "qa@2 (this one)" in versions and "best" in versions
 
     # a bad where, typed into the form: the one-line error, on the page
-    browser.get(ui + "?where=" + urllib.parse.quote("exact_match>="))
-    assert browser.find_element(By.ID, "list-error").text.startswith("Error: --where 'exact_match>=':")
+    page.goto(ui + "?where=" + urllib.parse.quote("exact_match>="))
+    assert page.inner_text("#list-error").startswith("Error: --where 'exact_match>=':")
+
+
+@pytest.mark.browser
+def test_click_through_catalog_expert_parent_pushed_repo_download(home: Path, browser: Any, tmp_path: Path) -> None:
+    """A person's path, in a browser, on one `hub serve --catalog`: filter the list, open an expert, follow
+    its lineage to a parent, open the repo that parent was pushed to (`hub push` to this server), download a
+    file. A copy of the catalog, so the pushes (they record the repo) leave the module's catalog as it was."""
+    from hubserver import ALICE, Server, write_tokens
+
+    mine = tmp_path / "hub-home"  # the server's HUB_HOME too (Server: root's parent / "hub-home"): blobs there
+    shutil.copytree(home, mine)
+    srv = Server(tmp_path / "root", write_tokens(tmp_path / "tokens.txt"), "--public-read", "--catalog",
+                 f"sqlite:///{mine / 'registry.db'}")  # fmt: skip
+    try:
+        for ref, repo in (("qa@1", "org/qa"), ("sum@1", "org/sum")):
+            pushed = hub("push", ref, "--repo", repo, "--endpoint", srv.url, "--token", ALICE, home=mine)
+            assert pushed.returncode == 0, pushed.stderr
+        page = browser
+        page.goto(srv.url + "/_/")
+        assert page.locator("#experts tbody tr td:first-child a").all_inner_texts() == ["cls@1", "qa@1", "qa@2", "sum@1"]
+        shot(page, "catalog")
+
+        page.select_option("#f-task", label="xsum")  # filter: the summarize expert
+        page.click("#f-submit")
+        page.wait_for_url(re.compile(r"task=xsum"))
+        assert page.locator("#experts tbody tr td:first-child a").all_inner_texts() == ["sum@1"]
+        assert page.inner_text("#command") == "hub list --task xsum"
+
+        page.click("#experts >> text=sum@1")  # open the expert
+        page.wait_for_url(srv.url + "/_/experts/sum%401")
+        assert page.inner_text("#expert-ref") == "sum@1"
+        assert "xsum rougeL 31.25" in words(page.inner_text("#metrics"))
+        assert "parent: qa@1" in words(page.inner_text("#lineage"))
+
+        page.click("#lineage >> text=qa@1")  # its lineage, to the parent
+        page.wait_for_url(srv.url + "/_/experts/qa%401")
+        assert page.inner_text("#expert-ref") == "qa@1"
+        assert "child: sum@1" in words(page.inner_text("#lineage"))
+        assert page.locator("#density").is_visible()  # the blob is on this server's disk: the density map
+        facts = words(page.inner_text("#h-facts + dl"))
+        found = re.search(r"hub (org/qa)@([0-9a-f]{40})", facts)
+        assert found, facts  # the repo it was pushed to, at the commit
+        assert "hub pull org/qa@" in page.inner_text("body")
+        shot(page, "expert")
+
+        page.goto(srv.url + "/" + found.group(1))  # open that repo, as the page names it
+        assert page.inner_text("h1") == "model org/qa"
+        card = words(page.inner_text("#card"))
+        assert "A hubtool sparse expert for the task squad (category qa), a sparse delta over tiny-llama" in card
+        assert "expert qa@1" in card and "hub pull org/qa" in card
+        assert "squad exact_match 40.0" in words(page.inner_text("#evals"))  # the model-index, in the sidebar
+        shot(page, "repo")
+
+        page.get_by_role("link", name="Files", exact=True).click()
+        page.wait_for_url(re.compile(r"/org/qa/tree/"))
+        names = page.locator("#files tbody td:first-child").all_inner_texts()
+        assert "hubtool.json" in names and "adapter_config.json" in names
+        shot(page, "files")
+        with page.expect_download() as download:  # the download, through /resolve
+            page.locator("xpath=//tr[td/code='hubtool.json']//a[@class='download']").click()
+        assert download.value.url.startswith(srv.url + "/org/qa/resolve/")
+        record = json.loads(Path(download.value.path()).read_text())
+        assert record["name"] == "qa" and record["version"] == 1
+
+        page.get_by_role("link", name="Tasks", exact=True).click()
+        page.wait_for_url(srv.url + "/_/tasks")
+        assert "1 qa@2 tiny-llama 55.5 +25.5" in words(page.inner_text("#task-squad"))
+        shot(page, "tasks")
+    finally:
+        srv.stop()

@@ -3,7 +3,7 @@ metadata sidebar, files with sizes and LFS badges, commits with their changed pa
 the model tree of a base model, and the login form.
 
 Everything runs against a real `hub serve` (tests/hubserver.py) holding repos pushed by the real
-huggingface_hub client, over real HTTP; the browser test drives a real headless chromium (selenium), as
+huggingface_hub client, over real HTTP; the browser test drives a real headless chromium (Playwright), as
 tests/test_ui.py does: `pytest tests/test_ui_repos.py -m browser` runs it alone.
 """
 
@@ -13,7 +13,6 @@ import html
 import json
 import re
 import shutil
-import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from hubserver import ALICE, Server, write_tokens
-from test_ui import CHROMEDRIVER, CHROMIUM, browser  # noqa: F401  (the browser fixture)
+from test_ui import browser, shot, style  # noqa: F401  (the browser fixture)
 
 HOSTILE = "<script>alert('x')</script>"
 NOTE = "notes/<script>alert('x').txt"  # a file name can't hold the closing tag's "/"
@@ -320,43 +319,45 @@ def test_model_tree_groups_adapters_and_merges_and_hides_private_repos(hub: Any)
 
 
 @pytest.mark.browser
-def test_in_a_browser_log_in_open_a_repo_switch_branch_download(hub: Any, browser: Any, tmp_path: Path) -> None:  # noqa: F811
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as expected
-    from selenium.webdriver.support.ui import Select, WebDriverWait
-
+def test_in_a_browser_log_in_open_a_repo_switch_branch_download(hub: Any, browser: Any) -> None:  # noqa: F811
     srv, _, pushed = hub
-    browser.get(srv.url + "/org/model")
-    assert "Log in" in browser.find_element(By.TAG_NAME, "h1").text  # the 401 page
-    browser.find_element(By.PARTIAL_LINK_TEXT, "Log in").click()
-    browser.find_element(By.ID, "token").send_keys(ALICE)
-    browser.find_element(By.ID, "login-submit").click()
-    WebDriverWait(browser, 10).until(expected.url_to_be(srv.url + "/org/model"))
-    assert browser.find_element(By.ID, "user").text == "Logged in as alice"
-    assert browser.find_element(By.CSS_SELECTOR, "#card h1").text == "Sparse expert for squad"
-    assert HOSTILE in browser.find_element(By.ID, "card").text  # shown as text, never run
-    assert browser.find_element(By.ID, "base-models").find_element(By.TAG_NAME, "a").text == "org/base"
+    page = browser
+    page.goto(srv.url + "/org/model")
+    assert "Log in" in page.inner_text("h1")  # the 401 page
+    page.locator("main a", has_text="Log in").first.click()
+    page.fill("#token", ALICE)
+    page.click("#login-submit")
+    page.wait_for_url(srv.url + "/org/model")
+    assert page.inner_text("#user") == "Logged in as alice"
+    assert page.inner_text("#card h1") == "Sparse expert for squad"
+    assert HOSTILE in page.inner_text("#card")  # shown as text, never run
+    assert page.locator("#base-models a").first.inner_text() == "org/base"
     # the stylesheet applies under the CSP
-    assert browser.find_element(By.CSS_SELECTOR, "#evals th.num").value_of_css_property("text-align") == "right"
-    assert browser.get_cookie("hub_session")["httpOnly"] is True
+    assert style(page, "#evals th.num", "text-align") == "right"
+    (cookie,) = [c for c in page.context.cookies() if c["name"] == "hub_session"]
+    assert cookie["httpOnly"] is True and cookie["sameSite"] == "Strict"
 
-    browser.find_element(By.LINK_TEXT, "Files").click()
-    Select(browser.find_element(By.ID, "rev")).select_by_visible_text("dev")
-    browser.find_element(By.ID, "rev-submit").click()
-    WebDriverWait(browser, 10).until(expected.url_to_be(srv.url + "/org/model/tree/dev"))
-    names = [e.text for e in browser.find_elements(By.CSS_SELECTOR, "#files tbody td:first-child")]
+    page.get_by_role("link", name="Files", exact=True).click()
+    page.select_option("#rev", label="dev")
+    page.click("#rev-submit")
+    page.wait_for_url(srv.url + "/org/model/tree/dev")
+    names = page.locator("#files tbody td:first-child").all_inner_texts()
     assert "DEV.txt" in names and "CHANGES.txt" not in names
-    link = browser.find_element(By.XPATH, "//tr[td/code='adapter_config.json']//a[@class='download']")
-    href = link.get_attribute("href")
-    assert href.startswith(srv.url + "/org/model/resolve/")
-    downloads = tmp_path / "downloads"
-    downloads.mkdir()
-    browser.execute_cdp_cmd("Page.setDownloadBehavior", {"behavior": "allow", "downloadPath": str(downloads)})
-    link.click()  # the browser downloads it with its login cookie, through /resolve
-    target = downloads / "adapter_config.json"
-    deadline = time.monotonic() + 20
-    while not target.is_file() and time.monotonic() < deadline:
-        time.sleep(0.05)
-    assert json.loads(target.read_text()) == {"peft_type": "LORA", "r": 4}
-    assert browser.current_url == srv.url + "/org/model/tree/dev" and pushed
+    link = page.locator("xpath=//tr[td/code='adapter_config.json']//a[@class='download']")
+    assert link.get_attribute("href").startswith("/org/model/resolve/")
+    with page.expect_download() as download:  # the browser downloads it with its login cookie, via /resolve
+        link.click()
+    assert download.value.suggested_filename == "adapter_config.json"
+    assert json.loads(Path(download.value.path()).read_text()) == {"peft_type": "LORA", "r": 4}
+    assert page.url == srv.url + "/org/model/tree/dev" and pushed
 
+    # the model tree of the base: its adapter and its merge, each a link; the private one for alice too
+    page.get_by_role("link", name="Model card", exact=True).click()
+    page.locator("#base-models a", has_text="org/base").first.click()  # the card's base model, then its tree
+    page.wait_for_url(srv.url + "/org/base")
+    page.click("#tree-link")
+    page.wait_for_url(srv.url + "/_/tree/org/base")
+    assert page.inner_text("#base") == "org/base"
+    assert "org/model" in page.inner_text("#rel-adapter") and "org/merged" in page.inner_text("#rel-merge")
+    assert "org/secret" in page.inner_text("#rel-finetune")
+    shot(page, "tree")
