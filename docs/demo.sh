@@ -82,3 +82,9 @@ $HUB push "$QA"-sparse --repo demo/"$QA"-sparse          # the same content agai
 HUB_HOME="$PWD/second-home" $HUB pull demo/"$QA"-sparse
 HUB_HOME="$PWD/second-home" $HUB list
 kill $SERVER && wait $SERVER 2>/dev/null || true
+
+say "Browse it in a web browser (docs/web.md): the catalog, and the pushed repo's page"
+# The demo's server is stopped now; the second command starts it again, its pages readable without a login.
+printf '  %s\n' "${HUB_HOME:+HUB_HOME=$HUB_HOME }$HUB ui          # the catalog's pages: http://127.0.0.1:8920/_/" \
+  "${HUB_HOME:+HUB_HOME=$HUB_HOME }$HUB serve --port $PORT --root $PWD/hub-root --token-file $PWD/tokens.txt --public-read"
+echo "The pushed repo's page: http://127.0.0.1:$PORT/demo/merged"
