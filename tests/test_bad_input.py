@@ -246,8 +246,14 @@ def test_peft_folder(world: World, case: str) -> None:
         (b"\xff\xfe", ["not UTF-8"]),
         (b"[" * 50_000, ["YAML"]),
         (b"merge_method: ties\nexperts: [fz@99999999999999999999999]\n", ["fz@99999999999999999999999", "version"]),
+        # the recipe's pydantic model: extra keys are refused at any depth, each field names its place
+        (b"merge_method: ties\nexperts: [{expert: fz@1, weight: 2}]\n", ["experts[0].weight", "unknown key"]),
+        (b"merge_method: ties\nexperts: [fz@1, 7]\n", ["experts[1]", "NAME@VERSION"]),
+        (b"select: {tasks: [a, b], weights: [1, yes]}\n", ["select.weights[1]", "finite number"]),
+        (b"parameters: {lambda: .inf}\nexperts: [fz@1]\n", ["parameters.lambda", "finite number"]),
     ],
-    ids=["density-list", "method-list", "where-list", "bigint", "billion-laughs", "not-utf8", "deep", "version"],
+    ids=["density-list", "method-list", "where-list", "bigint", "billion-laughs", "not-utf8", "deep", "version",
+         "nested-extra-key", "expert-not-a-name", "weights-bool", "lambda-inf"],
 )
 def test_recipe(world: World, text: bytes, words: list[str]) -> None:
     path = world.path(".yaml")

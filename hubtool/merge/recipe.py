@@ -17,6 +17,7 @@ under `select` as provenance), so composing it again reproduces the output. Stdl
 
 from __future__ import annotations
 
+import functools
 import math
 import os
 from dataclasses import dataclass, field
@@ -130,28 +131,12 @@ class Recipe:
     def from_dict(cls, data: Any, where: str = "recipe") -> Recipe:
         if not isinstance(data, dict):
             raise HubError(f"{where}: expected a YAML mapping with merge_method, select and/or experts")
-        known = {"merge_method", "base_model", "parameters", "dtype", "select", "experts"}
-        extra = sorted(str(k) for k in set(data) - known)
-        if extra:
-            raise HubError(f"{where}: unknown key {extra[0]!r}; expected {', '.join(sorted(known))}")
-        params = _mapping(data.get("parameters"), f"{where}: parameters")
-        unknown = sorted(str(k) for k in set(params) - {"density", "lambda", "seed", "normalize"})
-        if unknown:
-            raise HubError(f"{where}: parameters.{unknown[0]}: unknown; expected density, lambda, normalize or seed")
-        select = _mapping(data.get("select"), f"{where}: select")
+        _validate(data, where)  # the shape and types, by pydantic models (extra keys forbidden): one line
+        params = data.get("parameters") or {}
+        select = data.get("select") or {}
         tasks = select.get("tasks", [])
         if isinstance(tasks, str):
-            tasks = [t.strip() for t in tasks.split(",") if t.strip()]
-        if not isinstance(tasks, list) or not all(isinstance(t, str) for t in tasks):
-            raise HubError(f"{where}: select.tasks: expected a list of task names or categories")
-        for key in ("where", "pick"):
-            if select.get(key) is not None and not isinstance(select[key], str):
-                raise HubError(f"{where}: select.{key}: expected a string, got {shown(select[key], 60)}")
-        for key in ("merge_method", "dtype", "base_model"):
-            if data.get(key) is not None and not isinstance(data[key], str):
-                raise HubError(f"{where}: {key}: expected a string, got {shown(data[key], 60)}")
-        if params.get("normalize") is not None and not isinstance(params["normalize"], bool):
-            raise HubError(f"{where}: parameters.normalize {shown(params['normalize'], 60)}: expected true or false")
+            tasks = checks.items(tasks)
         task_weights = select.get("weights")
         if task_weights is not None:
             if not isinstance(task_weights, list) or len(task_weights) != len(tasks):
@@ -159,16 +144,10 @@ class Recipe:
             task_weights = [_number(w, f"{where}: select.weights") for w in task_weights]
         experts = []
         raw_experts = data.get("experts") or []
-        if not isinstance(raw_experts, list):
-            raise HubError(f"{where}: experts: expected a list of {{expert: NAME@VERSION}} entries")
         for i, item in enumerate(raw_experts):
             if isinstance(item, str):
                 item = {"expert": item}
-            if not isinstance(item, dict) or not isinstance(item.get("expert"), str):
-                raise HubError(f"{where}: experts[{i}]: expected {{expert: NAME@VERSION, parameters: {{weight: W}}}}")
-            if item.get("sha256") is not None and not isinstance(item["sha256"], str):
-                raise HubError(f"{where}: experts[{i}].sha256: expected a string, got {shown(item['sha256'], 60)}")
-            p = _mapping(item.get("parameters"), f"{where}: experts[{i}].parameters")
+            p = item.get("parameters") or {}
             experts.append(ExpertSpec(item["expert"], _number(p.get("weight", 1.0), f"{where}: experts[{i}].parameters.weight"),
                                       item.get("sha256")))
         return cls(
@@ -212,6 +191,88 @@ class Recipe:
         return cls.from_dict(data, str(path))
 
 
+@functools.cache
+def _models() -> Any:
+    """The recipe's pydantic model (built on first use: pydantic stays out of `hub --help`). Strict types
+    (a string is never a number, 1 never true), finite numbers, and no key the recipe does not know."""
+    from typing import Annotated
+
+    from pydantic import BaseModel, ConfigDict, Field
+
+    strict = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
+    Number = float | int  # YAML writes 1 for 1.0
+
+    class Parameters(BaseModel):
+        model_config = strict
+        density: Number | None = None
+        lambda_: Annotated[Number | None, Field(alias="lambda")] = None
+        seed: Any = 0  # checks.seed's rule, with its own message
+        normalize: bool | None = None
+
+    class Select(BaseModel):
+        model_config = strict
+        tasks: str | list[str] = []
+        pick: str | None = None
+        where: str | None = None
+        weights: list[Number] | None = None
+
+    class ExpertParameters(BaseModel):
+        model_config = strict
+        weight: Number = 1.0
+
+    class ExpertEntry(BaseModel):
+        model_config = strict
+        expert: str
+        sha256: str | None = None
+        parameters: ExpertParameters | None = None
+
+    class RecipeModel(BaseModel):
+        model_config = strict
+        merge_method: str | None = None
+        base_model: str | None = None
+        dtype: str | None = None
+        parameters: Parameters | None = None
+        select: Select | None = None
+        experts: list[str | ExpertEntry] | None = None
+
+    return RecipeModel
+
+
+# pydantic's error types -> what the recipe's author reads
+_EXPECTED = {"string_type": "expected a string", "bool_type": "expected true or false",
+             "float_type": "expected a finite number", "int_type": "expected a finite number",
+             "finite_number": "expected a finite number", "list_type": "expected a list",
+             "model_type": "expected a mapping", "dict_type": "expected a mapping", "missing": "missing"}  # fmt: skip
+
+
+def _validate(data: dict[str, Any], where: str) -> None:
+    """One line for the first thing wrong in the recipe's shape: `<file>: parameters.density: expected a
+    finite number, got [0.5]`."""
+    from pydantic import ValidationError
+
+    try:
+        _models().model_validate(data)
+    except ValidationError as err:
+        # A union (an expert: a name or an entry) reports each branch; the deepest error is the branch the
+        # author meant (a mapping's field, not "expected a string").
+        first = max(err.errors(), key=lambda e: len(e["loc"]))
+        loc = ""
+        for part in first["loc"]:
+            if isinstance(part, int):
+                loc += f"[{part}]"
+            elif part not in _UNION_TAGS:
+                loc += ("." if loc else "") + ("lambda" if part == "lambda_" else str(part))
+        if first["type"] == "extra_forbidden":
+            raise HubError(f"{where}: {loc}: unknown key") from None
+        what = _EXPECTED.get(first["type"], first["msg"])
+        if loc.startswith("experts[") and loc.endswith("]") and first["type"] in ("model_type", "string_type"):
+            what = "expected NAME@VERSION or {expert: NAME@VERSION, parameters: {weight: W}}"
+        raise HubError(f"{where}: {loc}: {what}, got {shown(first.get('input'), 60)}") from None
+
+
+_UNION_TAGS = {"str", "int", "float", "list[str]", "ExpertEntry"}  # pydantic's names of union branches in a loc
+
+
 def _read_recipe(path: Path) -> bytes:
     """The bytes of a recipe file: a regular file of at most MAX_RECIPE_BYTES. Opened without blocking
     (a FIFO would wait for a writer) and read no further than the cap (/dev/zero never ends)."""
@@ -232,15 +293,6 @@ def _read_recipe(path: Path) -> bytes:
     if len(data) > MAX_RECIPE_BYTES:  # grew while read
         raise HubError(f"{path}: more than {MAX_RECIPE_BYTES} bytes; a recipe is at most {MAX_RECIPE_BYTES}")
     return data
-
-
-def _mapping(value: Any, what: str) -> dict[str, Any]:
-    if value is None:
-        return {}
-    if not isinstance(value, dict):
-        raise HubError(f"{what}: expected a mapping")
-    return value
-
 
 
 def _number(value: Any, what: str) -> float:
