@@ -98,9 +98,9 @@ def _client_refuses(url: str) -> str | None:
         url.encode("utf-8")
     except UnicodeEncodeError:
         return "not UTF-8 text"
-    for name in ("httpx2", "httpx"):
+    for load in (_httpx2, _httpx):
         try:
-            module = __import__(name)
+            module = load()
         except ImportError:
             continue
         try:
@@ -109,6 +109,18 @@ def _client_refuses(url: str) -> str | None:
             return " ".join(str(err).split())[:100] or type(err).__name__
         return None
     return None
+
+
+def _httpx2() -> Any:
+    import httpx2
+
+    return httpx2
+
+
+def _httpx() -> Any:
+    import httpx
+
+    return httpx
 
 
 def make_api(endpoint: str | None, token: str | None) -> Any:
