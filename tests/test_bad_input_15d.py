@@ -216,12 +216,12 @@ def test_a_peft_import_is_checked_against_its_base_before_it_is_registered(hub_h
     ok(hub("export", "qa", "--out", bare))
     (bare / "hubtool.json").unlink()  # shapes come from the base alone
     before = ok(hub("list", "--json"))
-    for folder in (shira, lora, bare):
-        if folder is not bare:  # (a SHiRA folder alone holds coordinates, no shapes: they fit the bigger base)
-            line = failed(hub("import", folder, "--base", base, "--name", "wrong"), str(base), "shape")
-            assert "_proj" in line
-        for where in ("/nonexistent/base", "./no-such-folder", str(tmp_path / "missing")):
-            failed(hub("import", folder, "--base", where, "--name", "wrong"), f"--base {where}", "no such folder")
+    for folder in (shira, lora):  # (a SHiRA folder alone holds coordinates, no shapes: they fit the bigger base)
+        line = failed(hub("import", folder, "--base", base, "--name", "wrong"), str(base), "shape")
+        assert "_proj" in line
+    # each spelling of a missing base once, each folder kind once (the check runs before the folder is read)
+    for folder, where in zip((shira, lora, bare), ("/nonexistent/base", "./no-such-folder", str(tmp_path / "missing"))):
+        failed(hub("import", folder, "--base", where, "--name", "wrong"), f"--base {where}", "no such folder")
     assert ok(hub("list", "--json")) == before  # nothing registered, no blob left
     assert len(blob_files(hub_home)) == 2
 
