@@ -324,3 +324,14 @@ def _notify(label: str) -> None:
     except (OSError, ValueError):
         _NOTIFY_BROKEN = True  # the harness is gone; carry on
 
+
+def human_bytes(n: int | None) -> str:
+    """A size as `hub list` and the pages show it: "2.2 MB"; "-" for None."""
+    if n is None:
+        return "-"
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"

@@ -14,6 +14,7 @@ import typer
 from rich.console import Console
 
 from hubtool.errors import shown
+from hubtool.fileio import human_bytes  # noqa: F401  (the CLI modules import it from here)
 
 # Rich gives a pipe or a file 80 columns, and a table that does not fit cuts its cells ("classifi…"):
 # there the consoles are made wide instead, so tables keep their natural width and logs stay readable
@@ -148,17 +149,6 @@ def resolve_tasks(cat: Any, value: str, *, with_experts: bool = True) -> list[st
 def print_json(obj: Any) -> None:
     # Plain stdout (not Rich) so the output pipes cleanly into jq.
     sys.stdout.write(json.dumps(obj, indent=2, default=str) + "\n")
-
-
-def human_bytes(n: int | None) -> str:
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
 
 
 def esc(value: object) -> str:

@@ -25,20 +25,11 @@ from hubtool.cli._common import (
     print_json,
     resolve_tasks,
 )
-from hubtool.data.metrics import HEADLINE
+from hubtool.data.metrics import metric_summary
 
 RefArg = Annotated[str, typer.Argument(help="Expert reference: NAME, NAME@VERSION or NAME@ALIAS.")]
 
 PANEL = "Catalog"  # the group these commands are listed under in `hub --help`
-
-
-def _metric_summary(metrics: dict) -> str:
-    """{task: {metric: value}} -> "accuracy 72 · rougeL 41.2" (the primary task's first two headline metrics)."""
-    for per_task in metrics.values():
-        # quality metrics first; losses only when nothing else was measured
-        ranked = sorted(per_task, key=lambda m: (HEADLINE.index(m) if m in HEADLINE else len(HEADLINE), m))
-        return " · ".join(f"{m} {per_task[m]:.3g}" for m in ranked[:2])
-    return "-"
 
 
 @app.command("list", rich_help_panel=PANEL)
@@ -85,7 +76,7 @@ def list_(
         cells = [r.ref, esc(r.task), esc(r.kind), "-" if r.keep_ratio is None else f"{r.keep_ratio:.3g}",
                  human_bytes(r.bytes)]
         cells += [] if one_base else [esc(r.base_model)]
-        table.add_row(*cells, esc(_metric_summary(r.metrics)))
+        table.add_row(*cells, esc(metric_summary(r.metrics)))
     console.print(table)
 
 

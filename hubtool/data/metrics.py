@@ -24,6 +24,15 @@ def headline(per_task: dict[str, Any]) -> str | None:
     return next((m for m in HEADLINE if m in per_task), None)
 
 
+def metric_summary(metrics: dict[str, dict[str, float]]) -> str:
+    """{task: {metric: value}} -> "accuracy 72 · rougeL 41.2": the primary task's first two metrics, headline
+    ones first (losses only when nothing else was measured), as `hub list` and the catalog page show them."""
+    for per_task in metrics.values():
+        ranked = sorted(per_task, key=lambda m: (HEADLINE.index(m) if m in HEADLINE else len(HEADLINE), m))
+        return " · ".join(f"{m} {per_task[m]:.3g}" for m in ranked[:2])
+    return "-"
+
+
 _ARTICLES = re.compile(r"\b(a|an|the)\b")
 _PUNCTUATION = str.maketrans("", "", string.punctuation)
 

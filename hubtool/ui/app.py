@@ -12,6 +12,7 @@ from typing import Any
 
 from hubtool.errors import HubError
 from hubtool.hub.server import routes as server_routes
+from hubtool.hub.server.http import lifespan
 from hubtool.ui.pages import CatalogPages, error_page
 from hubtool.ui.view import CatalogView
 
@@ -46,14 +47,7 @@ def make_app(view: CatalogView) -> Any:
 
     async def app(scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] == "lifespan":
-            while True:
-                message = await receive()
-                if message["type"] == "lifespan.startup":
-                    await send({"type": "lifespan.startup.complete"})
-                elif message["type"] == "lifespan.shutdown":
-                    view.close()
-                    await send({"type": "lifespan.shutdown.complete"})
-                    return
+            return await lifespan(receive, send, on_shutdown=view.close)
         if scope["type"] != "http":
             return
         request = Request(scope, receive)

@@ -14,8 +14,9 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hubtool.data.metrics import HEADLINE
+from hubtool.data.metrics import HEADLINE, metric_summary
 from hubtool.errors import HubError, NotFoundError, shown
+from hubtool.fileio import human_bytes
 
 DEFAULT_LIMIT = 25  # hub list's --limit default
 MAX_LIMIT = 10_000  # a page longer than this is a mistake in the URL, not a search
@@ -311,26 +312,6 @@ def _describe(cat: Any, rec: Any) -> dict[str, Any]:
 
 def fmt(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
-
-
-def human_bytes(n: int | None) -> str:
-    """As `hub list` shows sizes (cli/_common.human_bytes)."""
-    if n is None:
-        return "-"
-    size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def metric_summary(metrics: dict[str, dict[str, float]]) -> str:
-    """As `hub list`'s metrics column: the primary task's first two headline metrics."""
-    for per_task in metrics.values():
-        ranked = sorted(per_task, key=lambda m: (HEADLINE.index(m) if m in HEADLINE else len(HEADLINE), m))
-        return " · ".join(f"{m} {per_task[m]:.3g}" for m in ranked[:2])
-    return "-"
 
 
 def _config_value(value: Any) -> str:

@@ -20,7 +20,7 @@ from starlette.responses import Response
 from hubtool.hub.server import defaults, routes
 from hubtool.hub.server.auth import SESSION_COOKIE, FailedAuthLimiter, Signer, TokenStore, bearer_token
 from hubtool.hub.server.errors import ApiError, bad_request, repo_not_found
-from hubtool.hub.server.http import base_url, error_response, header_safe
+from hubtool.hub.server.http import base_url, error_response, header_safe, lifespan
 from hubtool.hub.server.storage import Commit, RepoRef, Storage
 
 log = logging.getLogger("hubtool.hub.server")
@@ -63,13 +63,7 @@ class HubApp:
 
         async def app(scope, receive, send) -> None:
             if scope["type"] == "lifespan":
-                while True:
-                    message = await receive()
-                    if message["type"] == "lifespan.startup":
-                        await send({"type": "lifespan.startup.complete"})
-                    elif message["type"] == "lifespan.shutdown":
-                        await send({"type": "lifespan.shutdown.complete"})
-                        return
+                return await lifespan(receive, send)
             if scope["type"] != "http":
                 return
             response = await self.dispatch(Request(scope, receive))
@@ -101,21 +95,22 @@ class HubApp:
         header = request.headers.get("authorization")
         if not header:
             return self._cookie_user(request)
-        client = request.client.host if request.client else "-"
-        wait = self.limiter.retry_after(client)
-        if wait:
-            raise ApiError(
-                429,
-                "TooManyRequests",
-                f"too many failed authentications from {client}: retry in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
+        client = self._not_throttled(request)
         user = self.tokens.user_for(bearer_token(header))
         if user is None:
             self.limiter.failed(client)
             log.warning("failed authentication from %s", client)
             raise ApiError(401, "Unauthorized", "Invalid credentials in Authorization header")
         return user
+
+    def _not_throttled(self, request: Request) -> str:
+        """The client's address; a 429 while it is paying for failed authentications (token or cookie)."""
+        client = request.client.host if request.client else "-"
+        wait = self.limiter.retry_after(client)
+        if wait:
+            raise ApiError(429, "TooManyRequests", f"too many failed authentications from {client}: retry in {wait} s",
+                           headers={"Retry-After": str(wait)})  # fmt: skip
+        return client
 
     def _cookie_user(self, request: Request) -> str | None:
         """The user of the login form's cookie (pages.py), for GET and HEAD only: a write needs the
@@ -124,15 +119,7 @@ class HubApp:
         token = request.cookies.get(SESSION_COOKIE) if request.method in ("GET", "HEAD") else None
         if not token:
             return None
-        client = request.client.host if request.client else "-"
-        wait = self.limiter.retry_after(client)
-        if wait:
-            raise ApiError(
-                429,
-                "TooManyRequests",
-                f"too many failed authentications from {client}: retry in {wait} s",
-                headers={"Retry-After": str(wait)},
-            )
+        client = self._not_throttled(request)
         user = self.tokens.user_for(token)
         if user is None:
             self.limiter.failed(client)

@@ -27,6 +27,20 @@ log = logging.getLogger("hubtool.hub.server")
 # -- responses ----------------------------------------------------------------------------------------
 
 
+async def lifespan(receive: Any, send: Any, on_shutdown: Any = None) -> None:
+    """The ASGI lifespan protocol for an app with nothing to start: acknowledge startup, and on shutdown
+    call `on_shutdown` (if any) before acknowledging it."""
+    while True:
+        message = await receive()
+        if message["type"] == "lifespan.startup":
+            await send({"type": "lifespan.startup.complete"})
+        elif message["type"] == "lifespan.shutdown":
+            if on_shutdown is not None:
+                on_shutdown()
+            await send({"type": "lifespan.shutdown.complete"})
+            return
+
+
 def header_safe(text: str, limit: int = 400) -> str:
     text = text.encode("ascii", "backslashreplace").decode("ascii")
     # h11 refuses a header value with leading or trailing whitespace (a message ending in a space would
