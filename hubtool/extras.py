@@ -15,7 +15,7 @@ from hubtool.errors import HubError
 
 # extra -> the modules it installs (keep in step with [project.optional-dependencies]; a test checks)
 EXTRAS: dict[str, tuple[str, ...]] = {
-    "server": ("starlette", "uvicorn", "jinja2", "markdown_it"),  # hub serve, hub ui
+    "server": ("starlette", "uvicorn", "jinja2", "markdown_it", "blake3", "lz4"),  # hub serve, hub ui; Xet
     "postgres": ("psycopg",),  # postgresql+psycopg:// catalogs
     "plots": ("matplotlib",),  # the experiment report's figures
     "gguf": ("gguf",),  # converting the embedded base model (smollm2-135m) from its GGUF file

@@ -16,7 +16,8 @@ from hubtool.extras import EXTRAS
 ROOT = Path(__file__).resolve().parents[1]
 # distribution name -> the module it installs, for the packages the extras list
 MODULE = {"starlette": "starlette", "uvicorn": "uvicorn", "psycopg": "psycopg", "matplotlib": "matplotlib",
-          "gguf": "gguf", "lm-eval": "lm_eval", "jinja2": "jinja2", "markdown-it-py": "markdown_it"}  # fmt: skip
+          "gguf": "gguf", "lm-eval": "lm_eval", "jinja2": "jinja2", "markdown-it-py": "markdown_it",
+          "blake3": "blake3", "lz4": "lz4"}  # fmt: skip
 
 
 def test_extras_match_pyproject() -> None:
