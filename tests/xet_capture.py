@@ -15,6 +15,7 @@ from __future__ import annotations
 import socket
 import threading
 import time
+import warnings
 from typing import Self
 
 
@@ -94,6 +95,9 @@ class CaptureCas:
         import hf_xet
 
         token = ("capture-token", int(time.time()) + 3600)
-        return hf_xet.upload_files(
-            [str(p) for p in paths], self.url, token, lambda: token, None, "model", sha256s=sha256s
-        )
+        # upload_files is deprecated in hf_xet 1.8 in favour of XetSession; it still speaks the same CAS protocol
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", DeprecationWarning)
+            return hf_xet.upload_files(
+                [str(p) for p in paths], self.url, token, lambda: token, None, "model", sha256s=sha256s
+            )

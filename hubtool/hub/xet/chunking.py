@@ -22,7 +22,7 @@ MIN_CHUNK = TARGET_CHUNK // 8
 MAX_CHUNK = TARGET_CHUNK * 2
 MASK_SHIFT = 48  # MASK = 0xFFFF000000000000: (TARGET_CHUNK - 1) shifted to the top of the word
 WINDOW = 64
-BLOCK = 1 << 20  # bytes hashed per numpy pass (about 3 arrays of 8 MiB each)
+BLOCK = 1 << 20  # bytes hashed per numpy pass (two uint64 arrays of 8 MiB each)
 
 # the gear table of the gearhash crate (DEFAULT_TABLE), which the spec names
 _TABLE_HEX = """
@@ -79,9 +79,7 @@ def window_hashes(data: np.ndarray) -> np.ndarray:
     h = TABLE[data]
     w = 1
     while w < WINDOW:
-        shifted = np.zeros_like(h)
-        np.left_shift(h[:-w], np.uint64(w), out=shifted[w:])
-        h += shifted
+        h[w:] += h[:-w] << np.uint64(w)  # the right side is a new array, computed before the add
         w *= 2
     return h
 
