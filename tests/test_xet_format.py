@@ -118,7 +118,8 @@ def test_captured_upload_parses_and_verifies(files, oracle_hashes, capture) -> N
         parsed_xorbs[raw] = info
         decoded[raw] = [data for _, data in xorb.iter_xorb(io.BytesIO(body))]
         schemes |= {c.scheme for c in info.chunks}
-    assert {xorb.SCHEME_NONE, xorb.SCHEME_LZ4} <= schemes, schemes
+    # the float32 weights take bg4-lz4, the text lz4, the random bytes none
+    assert schemes == set(xorb.SCHEMES), schemes
     # the shard(s): files, segments, verification, sha256, xorb chunk lists; and a byte-exact rewrite
     entries: dict[str, shard.FileEntry] = {}
     for body in cas.shards:
