@@ -455,6 +455,40 @@ def test_in_a_browser_filter_the_list_then_open_an_expert(ui: str, browser: Any)
 
 
 @pytest.mark.browser
+def test_with_the_keyboard_alone_filter_the_list_and_submit_with_enter(ui: str, browser: Any) -> None:
+    """Tab from the top of the page: the skip link first (visible when focused), then the header's links,
+    then the filter form's controls in reading order, each with a visible focus outline; type into them and
+    submit the search with Enter, no mouse."""
+    page = browser
+    page.goto(ui)
+    focus = "() => document.activeElement.id || document.activeElement.textContent.trim()"
+    page.keyboard.press("Tab")
+    assert page.evaluate(focus) == "Skip to content"
+    assert page.eval_on_selector("a.skip", "e => e.getBoundingClientRect().left") >= 0  # on screen
+    order = []
+    for _ in range(20):
+        page.keyboard.press("Tab")
+        order.append(page.evaluate(focus))
+        if order[-1] == "f-submit":
+            break
+    assert order == ["hubtool", "Experts", "Tasks", "f-task", "f-category", "f-kind", "f-base", "f-tag",
+                     "f-where", "f-sort", "f-limit", "f-submit"]  # fmt: skip
+    page.focus("#f-task")
+    assert style(page, "#f-task", "outline-style") == "solid"  # where the focus is, is visible
+    page.keyboard.type("sq")  # a closed select's type-ahead picks "squad"
+    assert page.eval_on_selector("#f-task", "e => e.value") == "squad"
+    page.keyboard.press("Tab")
+    for _ in range(4):  # category, kind, base, tag: left at "any"
+        page.keyboard.press("Tab")
+    assert page.evaluate(focus) == "f-where"
+    page.keyboard.type("exact_match>=50")
+    page.keyboard.press("Enter")  # submits the form
+    page.wait_for_url(re.compile(r"task=squad.*where=exact_match"))
+    assert page.locator("#experts tbody tr td:first-child a").all_inner_texts() == ["qa@2"]
+    assert page.inner_text("#command") == "hub list --task squad --where 'exact_match>=50'"
+
+
+@pytest.mark.browser
 def test_click_through_catalog_expert_parent_pushed_repo_download(home: Path, browser: Any, tmp_path: Path) -> None:
     """A person's path, in a browser, on one `hub serve --catalog`: filter the list, open an expert, follow
     its lineage to a parent, open the repo that parent was pushed to (`hub push` to this server), download a
@@ -502,7 +536,7 @@ def test_click_through_catalog_expert_parent_pushed_repo_download(home: Path, br
         card = words(page.inner_text("#card"))
         assert "A hubtool sparse expert for the task squad (category qa), a sparse delta over tiny-llama" in card
         assert "expert qa@1" in card and "hub pull org/qa" in card
-        assert "squad exact_match 40.0" in words(page.inner_text("#evals"))  # the model-index, in the sidebar
+        assert "squad exact_match 40" in words(page.inner_text("#evals"))  # the model-index, in the sidebar
         shot(page, "repo")
 
         page.get_by_role("link", name="Files", exact=True).click()

@@ -24,12 +24,20 @@ def headline(per_task: dict[str, Any]) -> str | None:
     return next((m for m in HEADLINE if m in per_task), None)
 
 
+def format_metric(value: float | None, *, gain: bool = False) -> str:
+    """A metric value as `hub list`, `hub show` and every page show it: 4 significant digits ("41.25",
+    "0.1234"), a sign in front of a gain ("+2.5", "-0.75"); "-" for None."""
+    if value is None:
+        return "-"
+    return f"{value:+.4g}" if gain else f"{value:.4g}"
+
+
 def metric_summary(metrics: dict[str, dict[str, float]]) -> str:
-    """{task: {metric: value}} -> "accuracy 72 · rougeL 41.2": the primary task's first two metrics, headline
+    """{task: {metric: value}} -> "accuracy 72 · rougeL 41.25": the primary task's first two metrics, headline
     ones first (losses only when nothing else was measured), as `hub list` and the catalog page show them."""
     for per_task in metrics.values():
         ranked = sorted(per_task, key=lambda m: (HEADLINE.index(m) if m in HEADLINE else len(HEADLINE), m))
-        return " · ".join(f"{m} {per_task[m]:.3g}" for m in ranked[:2])
+        return " · ".join(f"{m} {format_metric(per_task[m])}" for m in ranked[:2])
     return "-"
 
 

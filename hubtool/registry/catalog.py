@@ -309,15 +309,19 @@ class Catalog:
         sort: str | None = None,
         limit: int | None = None,
         tasks: Sequence[str] | None = None,
+        offset: int = 0,
     ) -> list[ExpertRecord]:
         """Expert versions matching every given filter, sorted by `sort` (default name, version).
-        `tasks`: experts for any of these tasks (tasks_for() turns a category into its tasks)."""
+        `tasks`: experts for any of these tasks (tasks_for() turns a category into its tasks); `offset`:
+        skip that many first (the catalog pages page with it)."""
         q = select(t.experts).where(*lookup.filters(task, base, kind, tag, where, tasks=tasks))
         if sort:
             q = q.order_by(*where_lang.order_by(sort))
         q = q.order_by(t.experts.c.name, t.experts.c.version)  # ties, and the default order
         if limit is not None:
             q = q.limit(limit)
+        if offset:
+            q = q.offset(offset)
         with self.engine.connect() as conn:
             return lookup.records(conn, conn.execute(q).all())
 

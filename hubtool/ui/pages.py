@@ -15,10 +15,12 @@ API's JSON.
 from __future__ import annotations
 
 import logging
+from contextvars import ContextVar
+from dataclasses import replace
 from functools import cache
 from importlib import resources
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import quote, urlencode
 
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, Response
@@ -40,6 +42,11 @@ HEADERS = {
     "X-Frame-Options": "DENY",
 }
 STATIC = {"hub.css": "text/css; charset=utf-8"}  # the only files /_/static serves
+# The header's state for the page being answered (who is logged in, where to come back after logging in),
+# set by `_guarded` under hub serve; under hub ui (or for a page answered outside it) the defaults: no
+# Repos link, no Log in.
+HEADER: ContextVar[dict[str, Any] | None] = ContextVar("hubtool_ui_header", default=None)
+_NO_SERVER = {"server": False, "user": None, "here": "/_/", "public_read": False}
 
 
 @cache
@@ -47,13 +54,19 @@ def _env() -> Any:
     import jinja2
 
     env = jinja2.Environment(
-        loader=jinja2.PackageLoader("hubtool.ui", "templates"),
+        # the catalog pages' own templates; "hub/..." are hub serve's (base.html: the one page frame)
+        loader=jinja2.ChoiceLoader([
+            jinja2.PackageLoader("hubtool.ui", "templates"),
+            jinja2.PrefixLoader({"hub": jinja2.PackageLoader("hubtool.hub.server", "templates")}),
+        ]),
         autoescape=True,  # every value is text; nothing from the catalog becomes markup
         undefined=jinja2.StrictUndefined,
         trim_blocks=True,
         lstrip_blocks=True,
     )
     env.filters["qs"] = lambda params: urlencode(params)
+    env.filters["q"] = lambda value: quote(str(value), safe="")
+    env.filters["qpath"] = lambda value: quote(str(value), safe="/")
     return env
 
 
@@ -64,12 +77,20 @@ def _static(name: str) -> bytes:
 
 
 def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
-    html = _env().get_template(template).render(**context)
+    header = {"catalog": True} | (HEADER.get() or _NO_SERVER)
+    html = _env().get_template(template).render(**(header | context))
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
 def error_page(status: int, title: str, message: str) -> HTMLResponse:
     return page("error.html", status, title=title, message=" ".join(message.split()), nav=None)
+
+
+def _header(hub: Any, request: Request, user: str | None) -> dict[str, Any]:
+    """The header's state under hub serve: the Repos link, and who is logged in (else a Log in link back here)."""
+    raw = (request.scope.get("raw_path") or request.scope["path"].encode()).decode("utf-8", "replace")
+    here = raw + ("?" + request.url.query if request.url.query else "")
+    return {"server": True, "user": user, "here": here, "public_read": bool(hub.public_read)}
 
 
 class CatalogPages:
@@ -92,8 +113,17 @@ class CatalogPages:
         """The handler, behind the server's read check and turning any failure into an HTML page."""
 
         async def run(hub: Any, request: Request, **params: Any) -> Response:
+            user, refused, reset = None, None, None
+            if hub is not None:
+                try:
+                    user = hub.user(request)  # once: a bad token counts once against the client
+                except ApiError as err:
+                    refused = err
+                reset = HEADER.set(_header(hub, request, user))
             try:
-                if hub is not None and hub.user(request) is None and not hub.public_read:
+                if refused is not None:
+                    raise refused
+                if hub is not None and user is None and not hub.public_read:
                     return error_page(401, "Not allowed", "the catalog pages need a login: log in at /_/login "
                                       "(or start hub serve with --public-read to show them to anyone)")  # fmt: skip
                 return await handler(request, **params)
@@ -106,6 +136,9 @@ class CatalogPages:
             except Exception:  # a bug: logged (no headers), a plain 500 page
                 log.exception("internal error on %s %s", request.method, request.scope.get("path", "")[:300])
                 return error_page(500, "Internal error", "internal error (the server's log has the details)")
+            finally:
+                if reset is not None:
+                    HEADER.reset(reset)
 
         run.__name__ = handler.__name__
         return run
@@ -118,21 +151,25 @@ class CatalogPages:
         except HubError as err:
             query = ListQuery()
             return await self._list_page(query, 400, str(err))
-        try:
-            found = await run_in_threadpool(self.view.list_page, query)
+        try:  # one row more than the page shows: whether there is a next page
+            found = await run_in_threadpool(self.view.list_page, replace(query, limit=query.limit + 1))
         except NotFoundError as err:  # an unknown category or task in --tasks: a bad filter, not a 404
             return await self._list_page(query, 400, str(err))
         except HubError as err:  # a bad --where or --sort: the line `hub list` prints
             return await self._list_page(query, 400, str(err))
         choices = await run_in_threadpool(self.view.choices, query)
-        more = query.params(limit=query.limit * 2) if len(found["rows"]) >= query.limit else None
+        # pages of a bounded size (at 100,000 experts no page grows): the next and the previous one
+        more = query.params(offset=query.offset + query.limit) if len(found["rows"]) > query.limit else None
+        found["rows"] = found["rows"][: query.limit]
+        back = query.params(offset=max(0, query.offset - query.limit)) if query.offset else None
         return page("list.html", nav="catalog", title="Experts", query=query, command=query.command(),
-                    choices=choices, error=None, more=more, **found)  # fmt: skip
+                    choices=choices, error=None, more=more, back=back, **found)  # fmt: skip
 
     async def _list_page(self, query: ListQuery, status: int, message: str) -> Response:
         choices = await run_in_threadpool(self.view.choices, query)
         return page("list.html", status, nav="catalog", title="Experts", query=query, command=query.command(),
-                    choices=choices, error=" ".join(message.split()), more=None, rows=[], one_base=None)  # fmt: skip
+                    choices=choices, error=" ".join(message.split()), more=None, back=None, rows=[],
+                    one_base=None)  # fmt: skip
 
     async def expert(self, request: Request, oid: str) -> Response:
         try:

@@ -14,12 +14,13 @@ import threading
 from dataclasses import dataclass, fields
 from typing import Any
 
-from hubtool.data.metrics import HEADLINE, metric_summary
+from hubtool.data.metrics import HEADLINE, format_metric, metric_summary
 from hubtool.errors import HubError, NotFoundError, shown
 from hubtool.fileio import human_bytes
 
 DEFAULT_LIMIT = 25  # hub list's --limit default
 MAX_LIMIT = 10_000  # a page longer than this is a mistake in the URL, not a search
+MAX_OFFSET = 100_000_000
 MODULE_ORDER = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 _DTYPE_BITS = {"bfloat16": 16, "float16": 16, "float32": 32}
 
@@ -36,6 +37,7 @@ class ListQuery:
     where: str | None = None
     sort: str | None = None
     limit: int = DEFAULT_LIMIT
+    offset: int = 0  # the page: rows offset+1 .. offset+limit (the list pages with a bounded page size)
 
     @classmethod
     def from_params(cls, params: Any) -> ListQuery:
@@ -51,6 +53,11 @@ class ListQuery:
             if not re.fullmatch(r"[0-9]{1,6}", text) or not 1 <= int(text) <= MAX_LIMIT:
                 raise HubError(f"limit {shown(text, 40)}: expected a whole number in [1, {MAX_LIMIT}]")
             values["limit"] = int(text)
+        if "offset" in values:
+            text = values["offset"]
+            if not re.fullmatch(r"[0-9]{1,9}", text) or int(text) > MAX_OFFSET:
+                raise HubError(f"offset {shown(text, 40)}: expected a whole number in [0, {MAX_OFFSET}]")
+            values["offset"] = int(text)
         return cls(**values)
 
     def command(self) -> str:
@@ -61,14 +68,15 @@ class ListQuery:
                               ("--sort", self.sort)):  # fmt: skip
             if value is not None:
                 args += [option, value]
-        if self.limit != DEFAULT_LIMIT:
-            args += ["--limit", str(self.limit)]
+        if self.limit != DEFAULT_LIMIT or self.offset:  # a later page: the rows after the first `offset`
+            args += ["--limit", str(self.offset + self.limit)]
         return shlex.join(args)
 
     def params(self, **changes: Any) -> dict[str, str]:
         """The query string's parameters (defaults left out), with `changes` applied."""
         out = {f.name: getattr(self, f.name) for f in fields(self)} | changes
-        return {k: str(v) for k, v in out.items() if v is not None and not (k == "limit" and v == DEFAULT_LIMIT)}
+        return {k: str(v) for k, v in out.items()
+                if v is not None and not (k == "limit" and v == DEFAULT_LIMIT) and not (k == "offset" and not v)}
 
 
 class CatalogView:
@@ -134,6 +142,10 @@ class CatalogView:
 
         args = {"task": query.task, "base": query.base, "kind": query.kind, "tag": query.tag,
                 "where": query.where, "sort": query.sort, "limit": query.limit}  # fmt: skip
+        if query.offset:  # a later page: SQL's OFFSET (fastlist reads first pages only); same order
+            cat = self.catalog()
+            tasks = None if query.category is None else _tasks_of(cat, query.category)
+            return cat.list(tasks=tasks, offset=query.offset, **args)
         reader = fastlist.open_reader(self.url)
         if reader is not None:
             try:
@@ -183,7 +195,7 @@ class CatalogView:
                 base = info["base_metrics"].get(task_name, {}).get(metric)
                 gain = info["gain"].get(task_name, {}).get(metric)
                 metric_rows.append({"task": task_name, "metric": metric, "value": fmt(value),
-                                    "base": fmt(base), "gain": "-" if gain is None else f"{gain:+.4g}"})  # fmt: skip
+                                    "base": fmt(base), "gain": format_metric(gain, gain=True)})  # fmt: skip
         data_sources = []
         for task_name in rec.tasks:
             try:
@@ -274,7 +286,7 @@ def _leaderboard(cat: Any, task: str, metric: str | None, size: int) -> list[dic
             base_scores[base] = value
     for row in rows:
         base = base_scores.get(row["base"])
-        row["gain"] = "" if base is None or row["value"] is None else f"{row['value'] - base:+.4g}"
+        row["gain"] = "" if base is None or row["value"] is None else format_metric(row["value"] - base, gain=True)
     rows += [{"ref": None, "base": base, "value": value, "is_base": True, "gain": ""}
              for base, value in base_scores.items()]  # fmt: skip
     rows.sort(key=lambda row: (row["value"] is None, 0 if row["value"] is None else
@@ -311,7 +323,8 @@ def _describe(cat: Any, rec: Any) -> dict[str, Any]:
 
 
 def fmt(value: float | None) -> str:
-    return "-" if value is None else f"{value:.4g}"
+    """A metric value, as `hub list` and every page round it (hubtool.data.metrics.format_metric)."""
+    return format_metric(value)
 
 
 def _config_value(value: Any) -> str:

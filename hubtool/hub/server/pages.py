@@ -33,8 +33,10 @@ from urllib.parse import parse_qs, quote, urlsplit
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import HTMLResponse, RedirectResponse, Response
 
+from hubtool.data.metrics import format_metric
+from hubtool.fileio import human_bytes
 from hubtool.hub.server import auth, http, names
-from hubtool.hub.server.errors import ApiError
+from hubtool.hub.server.errors import ApiError, repo_not_found
 from hubtool.hub.server.storage import Commit, RepoRef
 
 if TYPE_CHECKING:
@@ -77,7 +79,7 @@ def _env() -> Any:
     )
     env.filters["q"] = lambda value: quote(str(value), safe="")
     env.filters["qpath"] = lambda value: quote(str(value), safe="/")
-    env.filters["size"] = human_size
+    env.filters["size"] = human_bytes  # the units of `hub list` and the catalog pages
     return env
 
 
@@ -89,18 +91,20 @@ def _markdown() -> Any:
     return MarkdownIt("commonmark", {"html": False, "linkify": False}).enable("table")
 
 
+def render_card(body: str) -> str:
+    """The card's markdown as HTML, its headings one level down (the card's "# Title" is an <h2>: a page has
+    one <h1>, the repo's name)."""
+    md = _markdown()
+    tokens = md.parse(body)
+    for token in tokens:
+        if token.type in ("heading_open", "heading_close"):
+            token.tag = f"h{min(6, int(token.tag[1]) + 1)}"
+    return md.renderer.render(tokens, md.options, {})
+
+
 @cache
 def static_file(name: str) -> bytes:
     return resources.files("hubtool.hub.server").joinpath("static", name).read_bytes()
-
-
-def human_size(size: int) -> str:
-    value = float(size)
-    for unit in ("B", "kB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{int(value)} {unit}" if unit == "B" else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"
 
 
 def page(hub: HubApp | None, request: Request, template: str, status: int = 200, **context: Any) -> HTMLResponse:
@@ -114,6 +118,7 @@ def page(hub: HubApp | None, request: Request, template: str, status: int = 200,
     html = _env().get_template(template).render(
         user=user,
         catalog=bool(hub and hub.extra_routes),
+        server=True,  # base.html: the Repos link and Log in/out
         public_read=bool(hub and hub.public_read),
         here=_here(request),
         **context,
@@ -217,9 +222,16 @@ def eval_rows(meta: dict) -> list[dict[str, str]]:
                     "task": _text(task.get("name") or task.get("type") or ""),
                     "dataset": _text(data.get("name") or data.get("type") or ""),
                     "metric": _text(metric.get("name") or metric.get("type") or ""),
-                    "value": _text(metric.get("value", "")),
+                    "value": _metric_value(metric.get("value", "")),
                 })  # fmt: skip
     return rows
+
+
+def _metric_value(value: Any) -> str:
+    """A model-index value: a number rounded as every page rounds metrics; anything else as text."""
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        return format_metric(float(value))
+    return _text(value)
 
 
 def relation(meta: dict, tree: dict) -> str:
@@ -250,8 +262,15 @@ def repo_path(repo: RepoRef) -> str:
 
 
 def _readable(hub: HubApp, request: Request, repo: RepoRef) -> dict:
-    meta = hub.require_read(request, repo)
-    return meta
+    """The repo's metadata if this caller may read it. Under --public-read the API answers a private repo
+    with 401 and a missing one with 404; a page answers both with the same 404, so that it tells nobody who
+    can't read a private repo that it exists."""
+    try:
+        return hub.require_read(request, repo)
+    except ApiError as err:
+        if err.status == 401 and err.code == "RepoNotFound" and hub.public_read:
+            raise repo_not_found(repo.label) from None
+        raise
 
 
 def _default_branch(refs: dict) -> str:
@@ -293,7 +312,7 @@ async def repo_page(hub: HubApp, request: Request, repo: RepoRef) -> Response:
     commit = await run_in_threadpool(hub.commit_of, repo, revision)
     text = await run_in_threadpool(read_card, hub, commit)
     card_meta, body, problem = split_card(text) if text is not None else ({}, "", None)
-    card_html = _markdown().render(body) if text is not None else None
+    card_html = render_card(body) if text is not None else None
     bases = []
     for base in base_models(card_meta):
         here = _local_repo(hub, base)
