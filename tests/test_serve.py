@@ -105,7 +105,8 @@ def test_client_round_trip(server, tmp_path):
     assert tree["sub/deep"].last_commit.title == "add folder"
     assert tree["notes/hello.txt"].last_commit.title.startswith("Upload notes/hello.txt")
     st = tree["model.safetensors"]
-    assert st.lfs is not None and st.lfs.sha256 == hashlib.sha256(weights).hexdigest() and st.xet_hash is None
+    assert st.lfs is not None and st.lfs.sha256 == hashlib.sha256(weights).hexdigest()
+    assert st.xet_hash is not None and len(st.xet_hash) == 64  # uploaded through Xet (docs/hub.md, "Xet")
     readme = (folder / "README.md").read_bytes()
     assert tree["README.md"].lfs is None
     assert tree["README.md"].blob_id == hashlib.sha1(b"blob %d\0" % len(readme) + readme).hexdigest()
@@ -315,7 +316,9 @@ def test_resolve_headers_ranges_and_errors(server):
         "many/2.txt",
         "w.bin",
     ]
-    assert all("xetHash" not in e and "oid" in e and "size" in e for e in listed)
+    assert all("oid" in e and "size" in e for e in listed)
+    # xetHash only on the file stored as Xet (the default client sent w.bin through Xet)
+    assert [e["path"] for e in listed if "xetHash" in e] == ["w.bin"]
     commits = list(paginate(f"{server.url}/api/models/org/headers/commits/main", {"limit": 2}, auth))
     assert [c["id"] for c in commits] == [c.commit_id for c in api.list_repo_commits("org/headers")]
     assert len(commits) == 6
@@ -323,9 +326,11 @@ def test_resolve_headers_ranges_and_errors(server):
     assert h.get("x-error-code") == "RevisionNotFound"
     status, _, body = server.raw("GET", "/api/models/org/headers/tree/main/many%2F..%2Fa.txt")
     assert status == 400
-    # Xet is refused in words, never half-implemented.
+    # Xet tokens (tests/test_xet_serve.py has the CAS): only for a caller who may read the repo.
     status, h, _ = server.raw("GET", "/api/models/org/headers/xet-read-token/main")
-    assert status == 501 and not any(k.startswith("x-xet") for k in h)
+    assert status == 200 and h["x-xet-cas-url"] == f"{server.url}/_xet"
+    status, h, _ = server.raw("GET", "/api/models/org/headers/xet-write-token/main", token=None)
+    assert status == 401 and not any(k.startswith("x-xet") for k in h)
 
 
 def test_auth(server, tmp_path, token_file):

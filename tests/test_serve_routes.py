@@ -35,6 +35,7 @@ def _kwargs_of(route: routes.Route) -> set[str]:
             "revision_path": {"revision", "path"},
             "revision_file": {"revision", "path"},
             "rest": set(),
+            "cas_path": {"cas_path"},
         }[name]
     return out
 
@@ -91,7 +92,7 @@ def test_every_row_calls_its_handler_with_what_it_takes():
         (
             "PUT",
             b"/api/models/org/x/xet-write-token/main",
-            xet.not_supported,
+            xet.write_token,
             {"repo": RepoRef("model", "org/x")},
         ),
         (

@@ -26,8 +26,8 @@ re-read when it changes. Every token may read and write every repo;
 without --public-read, reads need a token too.
 
 Storage under --root: content-addressed blobs plus commits and refs per
-repo (docs/hub.md). Uploads never use Xet: the server asks clients for
-regular uploads, which it streams to disk.
+repo (docs/hub.md). Large files from huggingface_hub clients travel through
+Xet (the server's own CAS under /_xet) or, with Xet disabled, streamed LFS.
 
 Web pages for the catalog (--catalog) are under /_/ (docs/ui.md); without a
 token file's login in the browser they need --public-read.

@@ -11,7 +11,8 @@ Starlette (imported only when the server starts):
 - `app`: the ASGI entry, `HubApp` (state and auth checks) and dispatch; `serve` runs uvicorn.
 - `routes`: the route table, every endpoint in one place (its docstring says how to add one).
 - handlers per concern: `account`, `repos`, `refs` (tree, paths-info, refs, commits list, branches, tags),
-  `downloads` (resolve), `commits` (preupload, the NDJSON commit), `lfs`, `xet` (a 501 for now).
+  `downloads` (resolve), `commits` (preupload, the NDJSON commit), `lfs`, `xet` (the Xet
+  tokens, the CAS under /_xet and its store: a package).
 - `http`: the handlers' shared helpers (errors, JSON bodies within limits, Range, card front matter).
 
 `run(...)` starts uvicorn; see docs/hub.md for the protocol and the storage layout.

@@ -17,7 +17,7 @@ from collections.abc import Sequence
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import Response
 
-from hubtool.hub.server import defaults, routes
+from hubtool.hub.server import defaults, routes, xet
 from hubtool.hub.server.auth import SESSION_COOKIE, FailedAuthLimiter, Signer, TokenStore, bearer_token
 from hubtool.hub.server.errors import ApiError, bad_request, repo_not_found
 from hubtool.hub.server.http import base_url, error_response, header_safe, lifespan
@@ -53,6 +53,7 @@ class HubApp:
         self.max_commit_bytes = max_commit_bytes
         self.public_read = public_read
         self.signer = Signer.from_file(self.storage.root / ".secret")
+        xet.store_of(self)  # the Xet store (server/xet): its folders, and small Xet files for read_small
 
     # -- the ASGI app -------------------------------------------------------------------------------
 

@@ -1,9 +1,10 @@
 """Upload handlers: preupload (how each file should travel) and commit (the NDJSON body, streamed).
 
-Preupload answers `regular` for every file to current clients (huggingface_hub >= 1.20 goes to Xet
-unconditionally for `lfs` files, and this server does not speak Xet), so file bytes arrive base64 inline in
-the NDJSON commit body, which `ndjson.NDJSONParser` streams to temp files. Older clients get `lfs` for large
-files and use the LFS batch API (lfs.py).
+Preupload answers `lfs` for large files (the repo's .gitattributes rules) to huggingface_hub clients, which
+all have a streamed path for them: huggingface_hub >= 1.20 with hf_xet goes to Xet (this server's CAS,
+xet/), without hf_xet or with HF_HUB_DISABLE_XET=1 to the LFS batch API (lfs.py), as older clients do. Any
+other client (no `hf_hub/` in its user-agent: nothing says what it does with `lfs`) gets `regular`: the file
+bytes arrive base64 inline in the NDJSON commit body, which `ndjson.NDJSONParser` streams to temp files.
 """
 
 from __future__ import annotations
@@ -17,17 +18,27 @@ from starlette.concurrency import run_in_threadpool
 from starlette.requests import ClientDisconnect
 from starlette.responses import JSONResponse, Response
 
-from hubtool.hub.server import http, names, patterns
+from hubtool.hub.server import http, names, patterns, xet
 from hubtool.hub.server.defaults import CHUNK, EARLY_SYNC, MAX_BATCH, MAX_COMMIT_OPS, MAX_FILE_SIZE
 from hubtool.hub.server.errors import ApiError, bad_request
 from hubtool.hub.server.ndjson import NDJSONParser, ParseError, Spilled
-from hubtool.hub.server.storage import AddOp, CopyOp, DeleteOp, Storage, Upload, git_oid_of_file
+from hubtool.hub.server.storage import (
+    AddOp,
+    CopyOp,
+    DeleteOp,
+    Storage,
+    Upload,
+    git_blob_prefix,
+    git_oid_of_file,
+    lfs_pointer,
+)
 
 if TYPE_CHECKING:
     from starlette.requests import Request
 
     from hubtool.hub.server.app import HubApp
     from hubtool.hub.server.storage import RepoRef
+    from hubtool.hub.server.xet.store import XetStore
 
 log = logging.getLogger("hubtool.hub.server")
 
@@ -36,9 +47,15 @@ _HF_HUB_UA = re.compile(r"(?:^|[;\s])hf_hub/(\d+)\.(\d+)")
 
 
 def legacy_lfs_client(user_agent: str) -> bool:
-    """huggingface_hub < 1.20 never goes to Xet by itself (it asks the server), so it may get `lfs`."""
+    """huggingface_hub < 1.20 never goes to Xet by itself (it asks the server, which answers LFS)."""
     m = _HF_HUB_UA.search(user_agent or "")
     return m is not None and (int(m.group(1)), int(m.group(2))) < (1, 20)
+
+
+def takes_lfs(user_agent: str) -> bool:
+    """Whether preupload may answer `lfs`: any huggingface_hub (< 1.20: LFS batch; >= 1.20: Xet when hf_xet
+    is importable and HF_HUB_DISABLE_XET is unset, else the LFS batch), never an unknown client."""
+    return _HF_HUB_UA.search(user_agent or "") is not None
 
 
 async def preupload(hub: HubApp, request: Request, repo: RepoRef, revision: str) -> Response:
@@ -50,7 +67,7 @@ async def preupload(hub: HubApp, request: Request, repo: RepoRef, revision: str)
             "InvalidJson", f"expected 'files': a list of at most {MAX_BATCH} {{path, size, sample}}"
         )
     commit = await run_in_threadpool(hub.commit_of, repo, revision)
-    legacy = legacy_lfs_client(request.headers.get("user-agent", ""))
+    legacy = takes_lfs(request.headers.get("user-agent", ""))
     rules = await run_in_threadpool(hub.storage.lfs_rules, commit.tree) if legacy else []
     ignore_text = body.get("gitIgnore")
     if not isinstance(ignore_text, str):
@@ -101,7 +118,7 @@ async def commit(hub: HubApp, request: Request, repo: RepoRef, revision: str) ->
         if names.COMMIT_ID.fullmatch(branch) or branch in storage.refs(repo)["tags"]:
             raise bad_request("InvalidRevision", f"can only commit to a branch, not {branch}")
         raise ApiError(404, "RevisionNotFound", f"Invalid rev id: {branch} (repository {repo.label})")
-    body = CommitBody(storage)
+    body = CommitBody(storage, repo, xet.store_of(hub))
     limit = hub.max_commit_bytes
     declared = names.ascii_int(request.headers.get("content-length"))
     if declared is not None and declared > limit:
@@ -159,8 +176,9 @@ class CommitBody:
     then file / lfsFile / deletedFile / deletedFolder / copyFile lines. File contents go to temp files as
     they arrive; `discard` removes those that did not make it into the blob store."""
 
-    def __init__(self, storage: Storage) -> None:
+    def __init__(self, storage: Storage, repo: RepoRef | None = None, xet: XetStore | None = None) -> None:
         self.storage = storage
+        self.repo, self.xet = repo, xet  # lfsFile lines may name this repo's Xet files
         self.parser = NDJSONParser(storage.temp_path, max_file_size=MAX_FILE_SIZE)
         self.header: dict | None = None
         self.ops: list = []
@@ -206,6 +224,9 @@ class CommitBody:
             if value.get("algo", "sha256") != "sha256":
                 raise ParseError(f"lfsFile {path}: only algo sha256 is supported")
             info = self.storage.blob_info(oid)
+            if info is None and self.xet is not None:
+                self._xet_file(path, oid, value.get("size"))
+                return
             if info is None:
                 raise ApiError(
                     400,
@@ -226,6 +247,20 @@ class CommitBody:
             self.ops.append(CopyOp(path, src, src_rev))
         else:
             raise ParseError(f"unknown line key {str(key)[:50]!r}")
+
+    def _xet_file(self, path: str, oid: str, size: Any) -> None:
+        """An lfsFile whose sha256 this repo's Xet uploads claimed (per repo: xet/store.py)."""
+        found = self.xet.file_for_sha256(self.repo, oid)
+        if found is None:
+            raise ApiError(
+                400, "LfsObjectNotFound", f"lfsFile {path}: object {oid} was not uploaded to this server"
+            )
+        xet_hash, stored = found
+        if size is not None and size != stored:
+            raise ParseError(f"lfsFile {path}: size {size} does not match the stored Xet file ({stored})")
+        pointer = lfs_pointer(oid, stored)
+        pointer_oid = hashlib.sha1(git_blob_prefix(len(pointer)) + pointer).hexdigest()
+        self.ops.append(AddOp(path, Upload(None, oid, stored, pointer_oid, xet=xet_hash), via_lfs=True))
 
     def _inline_upload(self, value: dict, path: str) -> Upload:
         content = value.get("content")

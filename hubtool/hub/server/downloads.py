@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 from starlette.concurrency import run_in_threadpool
 from starlette.responses import Response
 
-from hubtool.hub.server import http, names
+from hubtool.hub.server import http, names, xet
 from hubtool.hub.server.errors import entry_not_found
 
 if TYPE_CHECKING:
@@ -36,7 +36,11 @@ async def resolve(hub: HubApp, request: Request, repo: RepoRef, revision: str, p
     if entry.lfs:
         headers["X-Linked-Etag"] = f'"{entry.sha256}"'
         headers["X-Linked-Size"] = str(entry.size)
+    if entry.xet is not None:  # stored as Xet: a Xet client downloads it through the CAS
+        headers.update(xet.resolve_headers(request, repo, commit.id, entry))
     inm = request.headers.get("if-none-match")
     if inm and entry.etag in [v.strip().lstrip("W/").strip('"') for v in inm.split(",")]:
         return Response(status_code=304, headers=headers)
+    if entry.xet is not None:
+        return xet.file_response(hub, request, entry, headers)
     return http.file_response(request, hub.storage.blob_path(entry.sha256), entry.size, headers)

@@ -29,7 +29,7 @@ MAX_PATH = 1024
 MAX_PATH_PART = 255
 
 # Namespaces that would collide with the server's own URL space (compared lowercased).
-RESERVED_NAMESPACES = {"api", "datasets", "spaces", "models", "_lfs", "static"}
+RESERVED_NAMESPACES = {"api", "datasets", "spaces", "models", "_lfs", "_xet", "static"}
 COMMIT_ID = shared.COMMIT_ID
 SHA256 = re.compile(r"[0-9a-f]{64}")
 

@@ -38,6 +38,8 @@ def file_json(path: str, entry: Entry) -> dict:
     item: dict[str, Any] = {"type": "file", "oid": entry.tree_oid, "size": entry.size, "path": path}
     if entry.lfs:
         item["lfs"] = {"oid": entry.sha256, "size": entry.size, "pointerSize": pointer_size(entry)}
+    if entry.xet is not None:  # only where the CAS can serve it (shared/hub-protocol.md §5)
+        item["xetHash"] = entry.xet
     return item
 
 

@@ -3,7 +3,7 @@
 Adding a route
 --------------
 1. Write the handler in the module of its concern, or in a new module for a new concern (web pages:
-   `ui.py`; the Xet CAS: `xet.py`, which today only answers 501):
+   `ui.py`; the Xet CAS: the `xet/` package):
 
        async def handler(hub: HubApp, request: Request, **params) -> Response
 
@@ -33,6 +33,7 @@ literal or a `{parameter}`; what each parameter matches and passes to the handle
     {revision_path} the rest: revision then path (`refs/heads/x` spans three segments): `revision=, path=`
     {revision_file} the same, with a file path required (two segments or more)
     {rest}          the rest, zero segments or more, dropped
+    {cas_path}      the rest, one segment or more, joined with "/": `cas_path=` (the Xet CAS routes itself)
 
 A path that matches no row, or matches a row but not its methods, is a 404 JSON error (the client maps
 404s; a 405 it would not read). Checks of the parameters (a bad repo id: 400) run once a row is chosen;
@@ -175,6 +176,7 @@ PARAMS: dict[str, Param] = {
     "revision_path": Param(_rest(1), _bind_revision_path, rest=True),
     "revision_file": Param(_rest(2), _bind_revision_path, rest=True),
     "rest": Param(_rest(0), lambda parts, kw: None, rest=True),
+    "cas_path": Param(_rest(1), _bind_joined("cas_path"), rest=True),
 }
 
 
@@ -217,8 +219,8 @@ ROUTES: list[Route] = [
     Route("POST DELETE", "/api/{type}/{repo}/tag/{revision}", refs.tag),
     Route("POST", "/api/{type}/{repo}/preupload/{revision}", commits.preupload),
     Route("POST", "/api/{type}/{repo}/commit/{revision}", commits.commit),
-    Route(ANY, "/api/{type}/{repo}/xet-write-token/{rest}", xet.not_supported),
-    Route(ANY, "/api/{type}/{repo}/xet-read-token/{rest}", xet.not_supported),
+    Route(ANY, "/api/{type}/{repo}/xet-write-token/{rest}", xet.write_token),
+    Route(ANY, "/api/{type}/{repo}/xet-read-token/{rest}", xet.read_token),
     Route(ANY, "/api/{type}/{repo}/{rest}", no_such_endpoint),  # any other: the repo id is checked first
     # -- git LFS: the batch API and the signed URLs it hands out -----------------------------------
     Route("PUT", "/_lfs/upload/{oid}", lfs.upload),
@@ -226,6 +228,8 @@ ROUTES: list[Route] = [
     Route("POST", "/{prefix}/{repo_git}/info/lfs/objects/batch", lfs.batch),
     Route("POST", "/{prefix}/{repo_git}/info/lfs/objects/verify", lfs.verify),
     Route(ANY, "/{prefix}/{repo_git}/info/lfs/{rest}", no_such_endpoint),
+    # -- the Xet CAS (xet/cas.py): casUrl is <server>/_xet ----------------------------------------------
+    Route(ANY, "/_xet/{cas_path}", xet.cas),
     # -- downloads (its pattern starts with a repo id) ----------------------------------------------
     Route("GET HEAD", "/{prefix}/{repo}/resolve/{revision_file}", downloads.resolve),
     # -- repo pages, for browsers only (pages.py): any other client gets the 404 it got before ----------

@@ -9,8 +9,10 @@ Layout under the root (see docs/hub.md):
         refs.json                     {"heads": {branch: commit}, "tags": {tag: commit}}
         commits/<id>.json             one commit: parents, the full tree, title, message, author, date
         lock                          flock target for writers
+        xet/                          what this repo may read of the Xet store (server/xet/store.py)
     .tmp/                             uploads in flight; emptied at start
-    .secret                           key of the signed LFS upload URLs
+    .secret                           key of the signed LFS upload URLs and the Xet tokens
+    xet/                              Xet storage (xorbs, file reconstructions): server/xet/store.py
 
 A commit becomes visible when refs.json is swapped (atomic rename, under the repo lock) after its blobs
 and its commit object are on disk; a crash before that leaves at most unreferenced files, never a half
@@ -64,15 +66,17 @@ class Entry:
 
     sha256: str
     size: int
-    oid: str  # git blob sha1 of the content
+    oid: str  # git blob sha1 of the content (a Xet-stored file: the git oid of its LFS pointer)
     lfs: bool
+    xet: str | None = None  # the Xet file hash of a file stored as Xet (server/xet), not in blobs/
 
     def to_json(self) -> list:
-        return [self.sha256, self.size, self.oid, self.lfs]
+        base = [self.sha256, self.size, self.oid, self.lfs]
+        return base if self.xet is None else [*base, self.xet]
 
     @classmethod
     def from_json(cls, value: list) -> Entry:
-        return cls(value[0], int(value[1]), value[2], bool(value[3]))
+        return cls(value[0], int(value[1]), value[2], bool(value[3]), value[4] if len(value) > 4 else None)
 
     @property
     def tree_oid(self) -> str:
@@ -108,6 +112,7 @@ class Upload:
     oid: str
     synced: bool = False  # the temp file's data has been fsynced (done before taking the repo lock)
     syncing: Any = None  # a Future of that fsync, when it was started early (Storage.start_sync)
+    xet: str | None = None  # a Xet-stored file (temp is None): its Xet file hash
 
 
 @dataclass
@@ -164,6 +169,7 @@ class Storage:
         self._locks = _RepoLocks()
         self._commits: OrderedDict[str, Commit] = OrderedDict()
         self._commits_lock = threading.Lock()
+        self.read_xet: Any = None  # (xet hash, size) -> bytes: set by the Xet store (server/xet)
 
     # -- temp files and blobs ------------------------------------------------------------------------
 
@@ -478,6 +484,8 @@ class Storage:
     def read_small(self, entry: Entry) -> bytes | None:
         if entry.size > MAX_SMALL_READ:
             return None
+        if entry.xet is not None:
+            return self.read_xet(entry.xet, entry.size) if self.read_xet is not None else None
         try:
             return self.blob_path(entry.sha256).read_bytes()
         except OSError:
@@ -525,7 +533,7 @@ class Storage:
                 if isinstance(op, AddOp):
                     _check_no_conflict(tree, op.path)
                     up = op.upload
-                    tree[op.path] = Entry(up.sha256, up.size, up.oid, False)
+                    tree[op.path] = Entry(up.sha256, up.size, up.oid, False, up.xet)
                     if op.via_lfs:
                         lfs_via_upload.add(op.path)
                     else:
@@ -554,7 +562,7 @@ class Storage:
                         raise entry_not_found(op.src_path, message=f"Cannot copy {op.src_path}: no such file")
                     _check_no_conflict(tree, op.path)
                     src = source_tree[op.src_path]
-                    tree[op.path] = Entry(src.sha256, src.size, src.oid, src.lfs)
+                    tree[op.path] = Entry(src.sha256, src.size, src.oid, src.lfs, src.xet)
             # Blobs go into the store first (a crash now leaves unreferenced blobs, never a half commit).
             self.store_uploads([op.upload for op in ops if isinstance(op, AddOp)])
             # Files this commit wrote get their LFS flag now (from the new .gitattributes); the others keep
