@@ -220,3 +220,183 @@ def test_tokens_scope_and_poisoning(server):
     assert commit("org/a") == 200
     got = httpx.get(f"{server.url}/org/a/resolve/main/raw.bin", headers={"authorization": f"Bearer {ALICE}"})
     assert got.content == b"x" * 9000 + b"y" * 9000
+
+
+def _hub(*args: str, cwd: Path | None = None):
+    import subprocess
+    import sys
+
+    cmd = [sys.executable, "-m", "hubtool", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, cwd=cwd, check=False)
+
+
+def _xorb_path(root: Path, xorb: str) -> Path:
+    return root / "xet" / "xorbs" / xorb[:2] / xorb
+
+
+def _put_file(server: Server, repo: str, chunks: list[bytes]) -> tuple[str, str]:
+    """One xorb of `chunks` and a shard naming one file over it, through the raw CAS: (xorb, file hash)."""
+    write = _token(server, repo, "write")["accessToken"]
+    body, info = write_xorb(chunks)
+    assert _cas(server, "POST", f"/v1/xorbs/default/{info.hex}", write, body)[0] == 200
+    leaves = [(c.hash, c.size) for c in info.chunks]
+    fhash = file_hash(leaves)
+    seg = Segment(info.hash, 0, len(chunks), sum(len(c) for c in chunks))
+    shard = write_shard(Shard([FileEntry(fhash, [seg], [range_hash([h for h, _ in leaves])])], [], footer=False))
+    assert _cas(server, "POST", "/v1/shards", write, shard)[0] == 200
+    return info.hex, hex_of(fhash)
+
+
+def test_delete_frees_what_only_it_used_and_check_root(server, tmp_path):
+    api = server.api()
+    for name in ("org/keep", "org/gone"):
+        api.create_repo(name)
+    shared = [os.urandom(9000), os.urandom(9000)]
+    shared_xorb, shared_file = _put_file(server, "org/keep", shared)
+    _put_file(server, "org/gone", shared)  # the same xorb: stored once, two owners
+    only_xorb, only_file = _put_file(server, "org/gone", [os.urandom(12000)])
+    big = _data(1 << 20, 13)
+    api.upload_file(path_or_fileobj=big, path_in_repo="k.bin", repo_id="org/keep")
+    api.upload_file(path_or_fileobj=big, path_in_repo="k.bin", repo_id="org/gone")  # dedups against keep
+    root = server.root
+    assert _xorb_path(root, only_xorb).is_file()
+    api.delete_repo("org/gone")
+    # What only org/gone held is gone: the xorb, its index, its dedup entries, its file record.
+    assert not _xorb_path(root, only_xorb).exists()
+    assert not _xorb_path(root, only_xorb).with_suffix(".idx").exists()
+    assert not (root / "xet" / "files" / only_file[:2] / f"{only_file}.json").exists()
+    assert not any(p.name == only_xorb for p in (root / "xet" / "chunks").rglob("*"))
+    # What org/keep also holds stays, and reads back.
+    assert _xorb_path(root, shared_xorb).is_file()
+    assert (root / "xet" / "files" / shared_file[:2] / f"{shared_file}.json").is_file()
+    r = httpx.get(f"{server.url}/org/keep/resolve/main/k.bin", headers={"authorization": f"Bearer {ALICE}"})
+    assert r.content == big
+
+    # The full check of a copy of the root (the module's server keeps running on the original).
+    import shutil
+
+    copy = tmp_path / "root"
+    shutil.copytree(root, copy)
+    done = _hub("serve", "--check-root", "--root", str(copy))
+    assert done.returncode == 0 and "ok" in done.stdout, done.stdout + done.stderr
+    # Damage: a orphan xorb (no repo holds it), a temp file a killed write left, a flipped byte in a xorb.
+    from hubtool.hub.server.storage import Storage
+    from hubtool.hub.server.xet.store import XetStore
+
+    orphan_body, orphan_info = write_xorb([os.urandom(5000)])
+    (copy / "orphan").write_bytes(orphan_body)
+    XetStore(Storage(copy, clean_tmp=False)).store_xorb(copy / "orphan", orphan_info)  # no repo holds it
+    orphan = _xorb_path(copy, orphan_info.hex)
+    (copy / ".tmp" / "xorb-killed").write_bytes(b"half")
+    old = 1_000_000_000
+    for p in (orphan, copy / ".tmp" / "xorb-killed"):
+        os.utime(p, (old, old))
+    done = _hub("serve", "--check-root", "--root", str(copy))
+    assert done.returncode == 1 and "orphan" in done.stdout and "xorb-killed" in done.stdout, done.stdout
+    assert "Error:" in done.stderr and "--repair" in done.stderr
+    done = _hub("serve", "--check-root", "--repair", "--root", str(copy))
+    assert done.returncode == 0 and not orphan.exists() and not (copy / ".tmp" / "xorb-killed").exists()
+    assert _hub("serve", "--check-root", "--root", str(copy)).returncode == 0
+    victim = _xorb_path(copy, shared_xorb)
+    data = bytearray(victim.read_bytes())
+    data[-1] ^= 0xFF
+    victim.write_bytes(bytes(data))
+    done = _hub("serve", "--check-root", "--repair", "--root", str(copy))
+    assert done.returncode == 1 and f"bad      xorb {shared_xorb}" in done.stdout, done.stdout
+    assert victim.exists()  # a damaged xorb is reported, never removed
+    done = _hub("serve", "--repair", "--root", str(copy))
+    assert done.returncode == 1 and "--repair: only with --check-root" in done.stderr
+
+
+def _partial_post(server: Server, path: str, token: str, declared: int, sent: bytes):
+    import socket
+
+    sock = socket.create_connection(("127.0.0.1", server.port))
+    head = (f"POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {token}\r\n"
+            f"Content-Length: {declared}\r\nContent-Type: application/octet-stream\r\n\r\n")  # fmt: skip
+    sock.sendall(head.encode() + sent)
+    return sock
+
+
+def _wait(predicate, what: str, timeout: float = 10.0) -> None:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.05)
+
+
+def test_killed_uploads_leave_nothing_and_uploads_are_bounded(tmp_path):
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(TOKENS)
+    root = tmp_path / "root"
+    srv = Server(root, tokens)
+    try:
+        api = srv.api()
+        api.create_repo("org/k")
+        head = api.repo_info("org/k").sha
+        write = _token(srv, "org/k", "write")["accessToken"]
+        body, info = write_xorb([os.urandom(60000) for _ in range(40)])
+        path = f"/_xet/v1/xorbs/default/{info.hex}"
+        temps = lambda: [p for p in (root / ".tmp").iterdir() if p.name.startswith("xorb-")]
+
+        # A client killed mid-body: the server drops its temp file, stores nothing.
+        sock = _partial_post(srv, path, write, len(body), body[: len(body) // 2])
+        _wait(lambda: temps(), "the upload's temp file")
+        sock.close()
+        _wait(lambda: not temps(), "the temp file of a killed upload was not removed")
+        assert not _xorb_path(root, info.hex).exists()
+
+        # Per client, MAX_CONCURRENT_UPLOADS (8) at once: the 9th gets 429 with Retry-After.
+        socks = [_partial_post(srv, path, write, len(body), body[:1000]) for _ in range(8)]
+        _wait(lambda: len(temps()) == 8, "8 uploads in flight")
+        status, headers, _ = _cas(srv, "POST", path.removeprefix("/_xet"), write, body)
+        assert status == 429 and headers["retry-after"] == "1"
+        for s in socks:
+            s.close()
+        _wait(lambda: not temps(), "temp files of closed uploads")
+        assert _cas(srv, "POST", path.removeprefix("/_xet"), write, body)[0] == 200
+
+        # The server killed mid-upload: a restart empties .tmp; no xorb, no commit appeared.
+        body2, info2 = write_xorb([os.urandom(60000) for _ in range(20)])
+        sock = _partial_post(srv, f"/_xet/v1/xorbs/default/{info2.hex}", write, len(body2), body2[:500_000])
+        _wait(lambda: temps(), "the second upload's temp file")
+        srv.stop(kill=True)
+        sock.close()
+        assert temps()
+    finally:
+        srv.stop()
+    srv = Server(root, tokens)
+    try:
+        assert not list((root / ".tmp").iterdir())
+        assert not _xorb_path(root, info2.hex).exists()
+        assert srv.api().repo_info("org/k").sha == head
+        done = _hub("serve", "--check-root", "--root", str(root))
+        assert done.returncode == 0, done.stdout
+    finally:
+        srv.stop()
+
+
+def test_lfs_batch_download_of_a_xet_file(server):
+    api = server.api()
+    api.create_repo("org/lfsx")
+    data = _data(1 << 20, 17)
+    api.upload_file(path_or_fileobj=data, path_in_repo="x.bin", repo_id="org/lfsx")
+    sha = hashlib.sha256(data).hexdigest()
+    request = {"operation": "download", "transfers": ["basic"], "objects": [{"oid": sha, "size": len(data)}]}
+    status, _, body = server.raw("POST", "/org/lfsx.git/info/lfs/objects/batch", body=json.dumps(request).encode(),
+                                 headers={"content-type": "application/vnd.git-lfs+json"})  # fmt: skip
+    assert status == 200, body
+    obj = json.loads(body)["objects"][0]
+    href = obj["actions"]["download"]["href"]
+    assert obj["size"] == len(data) and "/_xet/file/" in href
+    assert httpx.get(href).content == data  # no Authorization: the URL is signed
+    r = httpx.get(href, headers={"range": "bytes=1000-1999"})
+    assert r.status_code == 206 and r.content == data[1000:2000]
+    assert httpx.get(href.replace("size=", "size=1")).status_code == 403
+    # Another repo's batch does not hand it out.
+    api.create_repo("org/other")
+    status, _, body = server.raw("POST", "/org/other.git/info/lfs/objects/batch", body=json.dumps(request).encode(),
+                                 headers={"content-type": "application/vnd.git-lfs+json"})  # fmt: skip
+    assert json.loads(body)["objects"][0]["error"]["code"] == 404

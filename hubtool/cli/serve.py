@@ -82,9 +82,35 @@ def serve(
             help="Catalog whose pages /_/ shows (read-only). Default: $HUB_HOME/registry.db.",
         ),
     ] = None,
+    check_root: Annotated[
+        bool,
+        typer.Option(
+            "--check-root",
+            help="Check the root's Xet store instead of serving (every xorb re-hashed, every file resolved, "
+            "orphans and temp files listed), then exit: 1 if a problem remains.",
+        ),
+    ] = False,
+    repair: Annotated[
+        bool,
+        typer.Option("--repair", help="With --check-root: remove the orphans and temp files it lists."),
+    ] = False,
+    grace: Annotated[
+        float,
+        typer.Option(
+            "--grace",
+            min=0,
+            help="With --check-root: seconds an orphan or temp file is spared "
+            "(an upload to a running server may be in flight).",
+        ),
+    ] = 600.0,
 ) -> None:
     from hubtool.errors import HubError
     from hubtool.paths import hub_home
+
+    if repair and not check_root:
+        raise typer.BadParameter("--repair: only with --check-root")
+    if check_root:
+        return _check_root(root or hub_home() / "serve", repair=repair, grace=grace)
 
     if log_level not in defaults.LOG_LEVELS:
         raise typer.BadParameter(f"--log-level: expected one of {', '.join(defaults.LOG_LEVELS)}")
@@ -110,3 +136,30 @@ def serve(
         # the catalog is opened on the first page asked for: a server nobody browses never touches it
         extra_routes=CatalogPages(CatalogView(catalog)).routes(),
     )
+
+
+def _check_root(root: Path, *, repair: bool, grace: float) -> None:
+    """`hub serve --check-root`: the Xet store's full check (server/xet/store.py, XetStore.check)."""
+    from hubtool.cli._common import console, fail
+    from hubtool.errors import HubError
+    from hubtool.extras import need
+
+    if not (root / "repos").is_dir():
+        raise HubError(f"--root {root}: not a `hub serve` root (no repos/ folder)")
+    need("server", "hub serve --check-root")
+    from hubtool.hub.server.storage import Storage
+    from hubtool.hub.server.xet.store import XetStore
+
+    report = XetStore(Storage(root, clean_tmp=False)).check(repair=repair, grace=grace)
+    console.print(f"checked {report.xorbs} xorbs, {report.files} Xet files", highlight=False)
+    for kind, items in (("bad", report.bad), ("dangling", report.dangling), ("orphan", report.orphans),
+                        ("temp", report.temp), ("index", report.stale_index), ("recent", report.recent),
+                        ("removed", report.removed)):  # fmt: skip
+        for item in items:
+            console.print(f"  {kind:<8} {item}", highlight=False, markup=False, soft_wrap=True)
+    if report.freed_bytes:
+        console.print(f"freed {report.freed_bytes} bytes of xorbs", highlight=False)
+    if not report.ok:
+        fix = "" if repair or report.bad or report.dangling else "; --repair removes the leftovers"
+        fail(f"the Xet store of {root} has problems (see the list above){fix}")
+    console.print("ok")

@@ -82,7 +82,15 @@ async def batch(hub: HubApp, request: Request, repo: RepoRef) -> Response:
                 }
             )
         else:
-            if info is None or not _referenced(hub, repo, oid):
+            entry = _referenced(hub, repo, oid)
+            if entry is not None and entry.xet is not None and info is None:  # Xet-stored: reconstructed
+                from hubtool.hub.server.xet.cas import signed_file_url
+
+                href = signed_file_url(hub, request, entry.xet, entry.size)
+                out.append({"oid": oid, "size": entry.size, "authenticated": True,
+                            "actions": {"download": {"href": href, "expires_in": LFS_URL_TTL}}})  # fmt: skip
+                continue
+            if info is None or entry is None:
                 out.append({"oid": oid, "size": size, "error": {"code": 404, "message": "object not found"}})
                 continue
             sig = hub.signer.sign("download", oid, expires)
@@ -102,13 +110,15 @@ async def batch(hub: HubApp, request: Request, repo: RepoRef) -> Response:
     return JSONResponse({"transfer": "basic", "objects": out, "hash_algo": "sha256"}, media_type=LFS_JSON)
 
 
-def _referenced(hub: HubApp, repo: RepoRef, oid: str) -> bool:
-    """Whether a branch or tag of `repo` holds the object: a download URL is only given for those."""
+def _referenced(hub: HubApp, repo: RepoRef, oid: str):
+    """The entry of a branch or tag of `repo` that holds the object (a download URL is only given for
+    those), or None."""
     refs = hub.storage.refs(repo)
     for cid in list(refs["heads"].values()) + list(refs["tags"].values()):
-        if any(e.sha256 == oid for e in hub.storage.commit(repo, cid).tree.values()):
-            return True
-    return False
+        for e in hub.storage.commit(repo, cid).tree.values():
+            if e.sha256 == oid:
+                return e
+    return None
 
 
 async def upload(hub: HubApp, request: Request, oid: str) -> Response:

@@ -156,20 +156,23 @@ class _RepoLocks:
 
 
 class Storage:
-    def __init__(self, root: str | os.PathLike) -> None:
+    def __init__(self, root: str | os.PathLike, *, clean_tmp: bool = True) -> None:
         self.root = Path(root).expanduser().absolute()
         self.blobs = self.root / "blobs"
         self.repos = self.root / "repos"
         self.tmp = self.root / ".tmp"
         for folder in (self.blobs, self.repos):
             folder.mkdir(parents=True, exist_ok=True)
-        # Whatever an earlier run left in flight (a killed upload, a half-deleted repo) goes now.
-        shutil.rmtree(self.tmp, ignore_errors=True)
+        # Whatever an earlier run left in flight (a killed upload, a half-deleted repo) goes now (not for
+        # `hub serve --check-root`, which reports it).
+        if clean_tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
         self.tmp.mkdir(parents=True, exist_ok=True)
         self._locks = _RepoLocks()
         self._commits: OrderedDict[str, Commit] = OrderedDict()
         self._commits_lock = threading.Lock()
         self.read_xet: Any = None  # (xet hash, size) -> bytes: set by the Xet store (server/xet)
+        self.on_delete: Any = None  # (repo, its moved-away folder) -> None: the Xet store's release
 
     # -- temp files and blobs ------------------------------------------------------------------------
 
@@ -313,6 +316,8 @@ class Storage:
             trash = self.temp_path("deleted")
             os.rename(self.repo_dir(repo), trash)
             fsync_path(self.repo_dir(repo).parent)
+        if self.on_delete is not None:  # a crash before this leaves unreferenced Xet data: --check-root
+            self.on_delete(repo, trash)
         shutil.rmtree(trash, ignore_errors=True)
 
     def move_repo(self, src: RepoRef, dst: RepoRef) -> None:

@@ -8,8 +8,14 @@ CAS routes (casUrl = <server>/_xet; `_xet` is no namespace a repo can take, name
     POST /_xet/v1/shards                       a shard, checked file by file, recorded for the repo: {"result"}
     GET  /_xet/v1/reconstructions/{file}       terms + fetch_info (signed URLs), with Range
     GET  /_xet/fetch/{xorb}?exp=&sig=          a signed xorb URL (no Authorization), with Range
+    GET  /_xet/file/{file}?size=&exp=&sig=     a signed URL of a whole Xet file, reconstructed on the server
+                                               (the LFS batch API's download href for a Xet-stored file)
     POST /_xet/v1/telemetry                    200, dropped
 Anything else (xorb-grants, /v2/shards, /v2/reconstructions: today's client falls back) is logged and 404.
+
+Limits: a xorb body <= 64 MiB (+ 1 MiB of footer), a shard <= 64 MiB with at most MAX_SHARD_FILES files and
+MAX_SHARD_SEGMENTS segments in all, and MAX_CONCURRENT_UPLOADS xorb/shard uploads at once per client (its
+token's user, else its repo): 429 with Retry-After beyond, which hf_xet retries.
 """
 
 from __future__ import annotations
@@ -24,6 +30,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 
 from hubtool.hub.server import http, names
 from hubtool.hub.server.errors import ApiError, bad_request
+from hubtool.hub.server.storage import Entry
 from hubtool.hub.server.xet import tokens
 from hubtool.hub.server.xet.store import ShardRejected, XetStore, is_hex64
 from hubtool.hub.xet.errors import XetFormatError
@@ -43,13 +50,16 @@ if TYPE_CHECKING:
     from starlette.requests import Request
 
     from hubtool.hub.server.app import HubApp
-    from hubtool.hub.server.storage import Entry, RepoRef
+    from hubtool.hub.server.storage import RepoRef
 
 log = logging.getLogger("hubtool.hub.server")
 CAS_PREFIX = "/_xet"
 FETCH_TTL = 3600
 MAX_XORB_UPLOAD = MAX_XORB_BYTES + (1 << 20)  # a storage footer, if a client sends one
 DEDUP_SHARD_TTL = 7 * 24 * 3600
+MAX_CONCURRENT_UPLOADS = 8
+MAX_SHARD_FILES = 100_000
+MAX_SHARD_SEGMENTS = 1_000_000
 
 
 def store_of(hub: HubApp) -> XetStore:
@@ -138,6 +148,8 @@ async def cas(hub: HubApp, request: Request, cas_path: str) -> Response:
         return await _reconstruction(hub, store, request, parts[2])
     if parts[0] == "fetch" and len(parts) == 2 and method in ("GET", "HEAD"):
         return _fetch(hub, store, request, parts[1])
+    if parts[0] == "file" and len(parts) == 2 and method in ("GET", "HEAD"):
+        return _signed_file(hub, store, request, parts[1])
     if parts == ["v1", "telemetry"] and method == "POST":
         await http.drain(request, 1 << 20)
         return Response(status_code=200)
@@ -205,10 +217,40 @@ async def _read_bounded(request: Request, limit: int, what: str):
         yield piece
 
 
+class _UploadSlot:
+    """One of a client's MAX_CONCURRENT_UPLOADS upload slots (429 when it has none left)."""
+
+    def __init__(self, hub: HubApp, grant: tokens.Grant) -> None:
+        self.counts: dict[str, int] = hub.__dict__.setdefault("_xet_uploads", {})
+        self.key = grant.user or f"repo:{grant.repo.label}"
+
+    def __enter__(self) -> None:
+        if self.counts.get(self.key, 0) >= MAX_CONCURRENT_UPLOADS:
+            raise ApiError(
+                429,
+                "TooManyRequests",
+                f"more than {MAX_CONCURRENT_UPLOADS} Xet uploads at once from one client; retry",
+                headers={"Retry-After": "1"},
+            )
+        self.counts[self.key] = self.counts.get(self.key, 0) + 1
+
+    def __exit__(self, *exc) -> None:
+        left = self.counts.get(self.key, 1) - 1
+        if left > 0:
+            self.counts[self.key] = left
+        else:
+            self.counts.pop(self.key, None)
+
+
 async def _upload_xorb(hub: HubApp, store: XetStore, request: Request, xorb: str) -> Response:
     grant = tokens.check(hub.signer, request.headers.get("authorization"), write=True)
     xorb = _hash_param(xorb, "xorb")
     _repo_alive(hub, grant)
+    with _UploadSlot(hub, grant):
+        return await _receive_xorb(hub, store, request, xorb, grant)
+
+
+async def _receive_xorb(hub: HubApp, store: XetStore, request: Request, xorb: str, grant) -> Response:
     temp = hub.storage.temp_path("xorb")
     try:
         f = await run_in_threadpool(open, temp, "wb")
@@ -226,7 +268,7 @@ async def _upload_xorb(hub: HubApp, store: XetStore, request: Request, xorb: str
         def check_and_store() -> bool:
             with open(temp, "rb") as f:
                 info = read_xorb(f, from_hex(xorb))
-            return store.store_xorb(temp, info)
+            return store.store_xorb(temp, info, grant.repo)
 
         try:
             inserted = await run_in_threadpool(check_and_store)
@@ -234,25 +276,35 @@ async def _upload_xorb(hub: HubApp, store: XetStore, request: Request, xorb: str
             raise bad_request("InvalidXorb", f"xorb {xorb}: {err}") from None
     finally:
         temp.unlink(missing_ok=True)
-    store.grant_xorb(grant.repo, xorb)
     return JSONResponse({"was_inserted": inserted})
 
 
 async def _upload_shard(hub: HubApp, store: XetStore, request: Request) -> Response:
     grant = tokens.check(hub.signer, request.headers.get("authorization"), write=True)
     _repo_alive(hub, grant)
+    with _UploadSlot(hub, grant):
+        return await _receive_shard(hub, store, request, grant)
+
+
+async def _receive_shard(hub: HubApp, store: XetStore, request: Request, grant) -> Response:
     body = bytearray()
     async for piece in _read_bounded(request, MAX_SHARD_BYTES, "a shard"):
         body += piece
 
     def record() -> int:
         shard = parse_shard(bytes(body))
+        if len(shard.files) > MAX_SHARD_FILES:
+            raise ShardRejected(f"{len(shard.files)} files, more than {MAX_SHARD_FILES}")
+        segments = sum(len(entry.segments) for entry in shard.files)
+        if segments > MAX_SHARD_SEGMENTS:
+            raise ShardRejected(f"{segments} segments, more than {MAX_SHARD_SEGMENTS}")
         readable = _readable(hub, grant)
-        checked = [(entry, store.check_file(grant.repo, entry, readable)) for entry in shard.files]
-        for entry, terms in checked:  # all files checked before any is recorded
-            store.add_file(
-                grant.repo, hex_of(entry.hash), terms, hex_of(entry.sha256) if entry.sha256 else None
-            )
+        with store.lock:  # a repo deleted meanwhile frees nothing this shard is being granted
+            checked = [(entry, store.check_file(grant.repo, entry, readable)) for entry in shard.files]
+            for entry, terms in checked:  # all files checked before any is recorded
+                store.add_file(
+                    grant.repo, hex_of(entry.hash), terms, hex_of(entry.sha256) if entry.sha256 else None
+                )
         return len(checked)
 
     try:
@@ -315,3 +367,27 @@ def _fetch(hub: HubApp, store: XetStore, request: Request, xorb: str) -> Respons
         raise ApiError(404, None, "no such xorb")
     headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
     return http.file_response(request, path, path.stat().st_size, headers)
+
+
+def signed_file_url(hub: HubApp, request: Request, fhash: str, size: int) -> str:
+    """A URL that serves a whole Xet file without Authorization (the LFS batch API hands it out)."""
+    exp = str(int(time.time()) + FETCH_TTL)
+    sig = hub.signer.sign("xet-file", fhash, str(size), exp)
+    return f"{http.base_url(request)}{CAS_PREFIX}/file/{fhash}?size={size}&exp={exp}&sig={sig}"
+
+
+def _signed_file(hub: HubApp, store: XetStore, request: Request, fhash: str) -> Response:
+    params = request.query_params
+    size_text = params.get("size", "")
+    size = names.ascii_int(size_text)
+    if (
+        not is_hex64(fhash)
+        or size is None
+        or not hub.signer.check(params.get("sig"), params.get("exp"), "xet-file", fhash, size_text)
+    ):
+        raise ApiError(403, "InvalidSignature", "the file URL is invalid or has expired; ask for a new one")
+    if not store.has_file(fhash):
+        raise ApiError(404, None, "no such Xet file")
+    entry = Entry("", size, "", True, fhash)
+    headers = {"Accept-Ranges": "bytes", "Content-Type": "application/octet-stream"}
+    return file_response(hub, request, entry, headers)
