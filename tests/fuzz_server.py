@@ -16,7 +16,9 @@ Each case starts from a valid request of one kind and mutates it:
   (.., absolute, NUL, %2e%2e, backslashes, very long, unicode, invalid UTF-8);
 - header: oversized or odd headers and Authorization values;
 - card: model card front matter (deep nesting, alias bombs, python tags, huge values) through
-  validate-yaml, or committed as README.md and then read back through repo_info (its cardData).
+  validate-yaml, or committed as README.md and then read back through repo_info (its cardData);
+- xet: the Xet token endpoints and the CAS under /_xet: mutated xorb bodies and hashes, shards, token
+  strings, dedup chunk hashes, reconstruction ranges, signed xorb and file URLs (their exp and sig).
 Mutations work on JSON values (evil paths, deep nesting, 5000-digit numbers, wrong types, huge strings)
 and on bytes (truncation, flipped and inserted bytes, dropped or repeated lines).
 
@@ -156,6 +158,7 @@ class Fuzzer:
 
         self.srv, self.rng, self.token, self.timeout = srv, random.Random(seed), token or ALICE, timeout
         self.oids: list[str] = []
+        self.xet: dict = {}
 
     # -- the target repo ----------------------------------------------------------------------------
 
@@ -167,6 +170,33 @@ class Fuzzer:
         ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=c) for p, c in FILES.items()]
         api.create_commit(REPO, operations=ops, commit_message="fuzz target")
         self.oids = [hashlib.sha256(c).hexdigest() for c in FILES.values()]
+        self.setup_xet()
+
+    def setup_xet(self) -> None:
+        """A xorb and a shard of one file over it, stored through the CAS: what the xet cases mutate."""
+        from hubtool.hub.xet.hashing import file_hash, hex_of, range_hash
+        from hubtool.hub.xet.shard import FileEntry, Segment, Shard, write_shard
+        from hubtool.hub.xet.xorb import write_xorb
+
+        status, _, body = self.srv.raw("GET", f"/api/models/{REPO}/xet-write-token/main", token=self.token)
+        assert status == 200, body
+        token = json.loads(body)["accessToken"]
+        rnd = random.Random(7)
+        chunks = [rnd.randbytes(3000) + bytes(5000), bytes(range(256)) * 40, rnd.randbytes(9000)]
+        xorb, info = write_xorb(chunks)
+        hashes = [c.hash for c in info.chunks]
+        fhash = file_hash((c.hash, c.size) for c in info.chunks)
+        entry = FileEntry(fhash, [Segment(info.hash, 0, 3, sum(map(len, chunks)))], [range_hash(hashes)])
+        shard = write_shard(Shard([entry], [], footer=False))
+        auth = {"authorization": f"Bearer {token}"}
+        for path, data in ((f"/_xet/v1/xorbs/default/{info.hex}", xorb), ("/_xet/v1/shards", shard)):
+            status, _, body = self.srv.raw("POST", path, token=None, body=data, headers=auth)
+            assert status == 200, body
+        status, _, body = self.srv.raw("GET", f"/_xet/v1/reconstructions/{hex_of(fhash)}", token=None, headers=auth)
+        assert status == 200, body
+        fetch = next(iter(json.loads(body)["fetch_info"].values()))[0]["url"]
+        self.xet = {"token": token, "xorb": xorb, "xorb_hash": info.hex, "shard": shard,
+                    "file": hex_of(fhash), "chunk": hex_of(hashes[0]), "fetch": fetch}  # fmt: skip
 
     # -- valid requests -----------------------------------------------------------------------------
 
@@ -600,9 +630,81 @@ class Fuzzer:
             then=("GET", f"/api/models/{REPO}"),
         )
 
+    def evil_hash(self) -> str:
+        rng, good = self.rng, self.xet["xorb_hash"]
+        return rng.choice([
+            good.upper(), good[:-1], good + "0", "0" * 64, "g" * 64, self.quote_evil(str(self.evil_value())),
+            good[:10] + "%2f" + good[13:], "../" + good, hashlib.sha256(rng.randbytes(8)).hexdigest(),
+        ])  # fmt: skip
+
+    @staticmethod
+    def header_safe(text: str) -> str:
+        """A valid header value (no control characters; the header cases send those)."""
+        return "".join(c for c in text if (" " <= c != "\x7f") or c == "\t")[:8000]
+
+    def evil_token(self) -> str:
+        rng, token = self.rng, self.xet["token"]
+        head, body, sig = token.split(".")
+        forged = base64.urlsafe_b64encode(str(self.evil_value()).encode("utf-8", "surrogatepass")).decode()
+        return rng.choice([
+            token[:-3] + "AAA", token[: rng.randrange(len(token))], f"{head}.{forged}.{sig}",
+            f"{head}.{body}", f"{head}.{'A' * 5000}.{sig}", token + "." + token, "xet1..", f"xet2.{body}.{sig}",
+            self.mutate_bytes(token.encode()).decode("latin-1"),
+        ])  # fmt: skip
+
+    def case_xet(self) -> Case:
+        rng, x = self.rng, self.xet
+        auth = {"Authorization": f"Bearer {x['token']}"}
+        octet = {**auth, "Content-Type": "application/octet-stream"}
+        r = rng.random()
+        if r < 0.25:  # a xorb: mutated body under its own hash, or the valid body under a wrong hash
+            if rng.random() < 0.7:
+                return Case("xet", "POST", f"/_xet/v1/xorbs/default/{x['xorb_hash']}",
+                            self.mutate_bytes(x["xorb"]), octet)  # fmt: skip
+            return Case("xet", "POST", f"/_xet/v1/xorbs/{rng.choice(['default', '..', ''])}/{self.evil_hash()}",
+                        x["xorb"], octet)  # fmt: skip
+        if r < 0.45:
+            return Case("xet", "POST", "/_xet/v1/shards", self.mutate_bytes(x["shard"]), octet)
+        if r < 0.55:  # token strings on every CAS route and the Hub's token endpoints
+            path = rng.choice([f"/_xet/v1/reconstructions/{x['file']}", f"/_xet/v1/chunks/default/{x['chunk']}",
+                               "/_xet/v1/shards", f"/api/models/{REPO}/xet-read-token/main"])  # fmt: skip
+            method = "POST" if path.endswith("shards") else "GET"
+            body = x["shard"] if method == "POST" else None
+            return Case("xet", method, path, body, {"Authorization": self.header_safe(f"Bearer {self.evil_token()}")},
+                        note="token")  # fmt: skip
+        if r < 0.75:  # reconstruction ranges
+            first, last = rng.choice([0, 1, 8000, 16999, 17000, 19239, 19240, -1, 10**30]), rng.choice(
+                [0, 7999, 19239, 19240, 10**30, -5, ""]
+            )
+            header = rng.choice([f"bytes={first}-{last}", f"bytes=-{last}", f"bytes={first}-", "bytes=0-1,5-9",
+                                 "bytes=" + "9" * 5000, "items=0-5", str(self.evil_value())])  # fmt: skip
+            return Case("xet", "GET", f"/_xet/v1/reconstructions/{x['file']}", None,
+                        {**auth, "Range": self.header_safe(header)})  # fmt: skip
+        if r < 0.85:  # signed xorb URLs: exp, sig, name
+            base, _, query = x["fetch"].partition("?")
+            path = "/" + base.split("/", 3)[3]
+            params = dict(p.split("=", 1) for p in query.split("&"))
+            key = rng.choice(list(params))
+            params[key] = rng.choice(["", "0", "9" * 40, params[key][:-1], self.quote_evil(str(self.evil_value()))])
+            if rng.random() < 0.3:
+                path = path.replace(x["xorb_hash"], self.evil_hash())
+            if rng.random() < 0.2:
+                path = path.replace("/fetch/", "/file/")
+            query = "&".join(f"{k}={v}" for k, v in params.items())
+            return Case("xet", rng.choice(["GET", "HEAD"]), f"{path}?{query}", None,
+                        {"Range": rng.choice(["bytes=0-10", "bytes=999999-", "bytes=5-2"])})  # fmt: skip
+        if r < 0.92:  # dedup queries
+            return Case("xet", "GET", f"/_xet/v1/chunks/{rng.choice(['default', 'default-merkledb', 'x'])}/"
+                        f"{rng.choice([x['chunk'], self.evil_hash()])}", None, auth)  # fmt: skip
+        # the Hub side: token endpoints with odd revisions and methods; unknown CAS routes
+        path = rng.choice([f"/api/models/{REPO}/xet-write-token/{self.quote_evil(str(self.evil_value()))}",
+                           f"/api/models/{REPO}/xet-read-token/main/extra", "/_xet/v2/shards",
+                           f"/_xet/v1/xorb-grants/default/{x['xorb_hash']}", "/_xet/", "/_xet/v1/telemetry"])  # fmt: skip
+        return Case("xet", rng.choice(["GET", "POST", "PUT", "DELETE"]), path, self.mutate_bytes(b"{}"), auth)
+
     def case(self) -> Case:
         kind = self.rng.choices(
-            ["commit", "preupload", "lfs", "path", "header", "card"], [30, 20, 15, 25, 10, 8]
+            ["commit", "preupload", "lfs", "path", "header", "card", "xet"], [30, 20, 15, 25, 10, 8, 20]
         )[0]
         return getattr(self, f"case_{kind}")()
 

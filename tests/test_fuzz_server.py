@@ -44,9 +44,10 @@ def test_fuzzed_requests_get_clean_answers(fuzz_server):
     report = fuzz.run(CASES)
     assert not report.failures, "\n".join(map(repr, report.failures[:10]))
     # The mix really exercised every kind, with both refusals and accepts.
-    assert set(report.by_kind) == {"commit", "preupload", "lfs", "path", "header", "card"}
+    assert set(report.by_kind) == {"commit", "preupload", "lfs", "path", "header", "card", "xet"}
     assert sum(n for s, n in report.by_status.items() if 400 <= s < 500) > CASES // 2
     assert report.accepted["commit"] > 0 and report.accepted["preupload"] > 0
+    assert report.by_kind["xet"] > 20 and report.accepted["xet"] > 0  # the CAS refused and accepted
     assert 413 in report.by_status  # the commit cap answered
     assert not fuzz.log_problems(), fuzz.log_problems()[:5]
     assert fuzz_server.proc.poll() is None
