@@ -18,6 +18,9 @@ One expert's repo holds:
 A library: experts/<name>-v<version>.safetensors, hubtool_library.json ({"experts": [record, ...]}), a card.
 
 Everything goes up through huggingface_hub's HfApi: create_repo(exist_ok=True), then one create_commit.
+Large files never travel base64 inside the commit body: they are uploaded first (preupload_lfs_files:
+through Xet where the Hub offers it and hf_xet is installed, else streamed LFS), and a Hub that asks for a
+file over MAX_INLINE_BYTES inline ("regular" upload mode) is refused before anything is committed.
 The client asks the server for the oid of every path first and leaves out unchanged files, and makes
 no commit at all when nothing changed; the files are built deterministically (sorted keys, no times of
 the push) so pushing the same expert again changes nothing. Files an earlier push of the same kind wrote
@@ -60,6 +63,8 @@ _MANAGED = ("*.safetensors", "*.safetensors.index.json", f"{LIBRARY_FOLDER}/*", 
             RECORD_FILE, LIBRARY_FILE, "hubtool_recipe.yml")  # fmt: skip
 # A model folder push replaces weights and hubtool files; other files of the repo (a LICENSE) stay.
 _MANAGED_MODEL = (*_MANAGED, "*.bin", "*.pt", "*.pth", "*.gguf")
+# The largest file a push lets a Hub take inline (base64 in the commit body): the Hub's own LFS threshold.
+MAX_INLINE_BYTES = 10 * 1024 * 1024
 
 
 @dataclass
@@ -414,8 +419,12 @@ def _commit(
                     f"{_KIND_WORDS[kind]} wrote there and this push would delete; push to another repo, or pass "
                     "--force to delete them"
                 )
-        operations = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in files]
-        operations += [CommitOperationDelete(path_in_repo=p) for p in stale]
+        additions = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(folder / p)) for p in files]
+        operations = [*additions, *[CommitOperationDelete(path_in_repo=p) for p in stale]]
+        with hub_errors(what, repo=repo_id, **errors):
+            # Large files up first, streamed (Xet or LFS); create_commit then skips them.
+            api.preupload_lfs_files(repo_id, additions=additions, revision=revision, free_memory=False)
+        _refuse_inline(additions, what, api.endpoint)
         crash_point("push-commit")
         with hub_errors(what, repo=repo_id, **errors):
             commit = api.create_commit(
@@ -431,6 +440,18 @@ def _commit(
         files=files,
         deleted=stale if commit.oid != info.sha else [],
     )
+
+
+def _refuse_inline(additions: list[Any], what: str, endpoint: str) -> None:
+    """HubError if the Hub wants a changed file over MAX_INLINE_BYTES base64-encoded in the commit body."""
+    for op in additions:
+        size = op.upload_info.size
+        if op._upload_mode == "regular" and size > MAX_INLINE_BYTES and op._remote_oid != op._local_oid:
+            raise HubError(
+                f"{what}: the Hub at {endpoint} asks for {op.path_in_repo} ({size} bytes) inline in the commit "
+                f"(base64), not through Xet or LFS; hub push sends no file over {MAX_INLINE_BYTES} bytes that "
+                "way: push to a Hub that takes large files through Xet or LFS (hub serve does)"
+            )
 
 
 _KIND_WORDS = {"expert": "an expert", "library": "a library", "model": "a model folder"}

@@ -11,6 +11,8 @@ CAS routes (casUrl = <server>/_xet; `_xet` is no namespace a repo can take, name
     GET  /_xet/file/{file}?size=&exp=&sig=     a signed URL of a whole Xet file, reconstructed on the server
                                                (the LFS batch API's download href for a Xet-stored file)
     POST /_xet/v1/telemetry                    200, dropped
+    GET  /_xet/stats                           (a Hub user's token) what the store holds and what xorb
+                                               uploads sent since the server started, in bytes
 Anything else (xorb-grants, /v2/shards, /v2/reconstructions: today's client falls back) is logged and 404.
 
 Limits: a xorb body <= 64 MiB (+ 1 MiB of footer), a shard <= 64 MiB with at most MAX_SHARD_FILES files and
@@ -150,6 +152,12 @@ async def cas(hub: HubApp, request: Request, cas_path: str) -> Response:
         return _fetch(hub, store, request, parts[1])
     if parts[0] == "file" and len(parts) == 2 and method in ("GET", "HEAD"):
         return _signed_file(hub, store, request, parts[1])
+    if parts == ["stats"] and method == "GET":
+        hub.require_user(request, what="the Xet store's stats")
+        counts = hub.__dict__.setdefault("_xet_received", {"xorbs": 0, "bytes": 0, "data_bytes": 0})
+        held = await run_in_threadpool(store.stats)
+        return JSONResponse({**held, "received_xorbs": counts["xorbs"], "received_bytes": counts["bytes"],
+                             "received_data_bytes": counts["data_bytes"]})  # fmt: skip
     if parts == ["v1", "telemetry"] and method == "POST":
         await http.drain(request, 1 << 20)
         return Response(status_code=200)
@@ -265,15 +273,20 @@ async def _receive_xorb(hub: HubApp, store: XetStore, request: Request, xorb: st
         finally:
             f.close()
 
-        def check_and_store() -> bool:
+        def check_and_store() -> tuple[bool, int, int]:
             with open(temp, "rb") as f:
                 info = read_xorb(f, from_hex(xorb))
-            return store.store_xorb(temp, info, grant.repo)
+            size = temp.stat().st_size
+            return store.store_xorb(temp, info, grant.repo), size, sum(c.size for c in info.chunks)
 
         try:
-            inserted = await run_in_threadpool(check_and_store)
+            inserted, size, data = await run_in_threadpool(check_and_store)
         except XetFormatError as err:
             raise bad_request("InvalidXorb", f"xorb {xorb}: {err}") from None
+        counts = hub.__dict__.setdefault("_xet_received", {"xorbs": 0, "bytes": 0, "data_bytes": 0})
+        counts["xorbs"] += 1
+        counts["bytes"] += size
+        counts["data_bytes"] += data
     finally:
         temp.unlink(missing_ok=True)
     return JSONResponse({"was_inserted": inserted})

@@ -412,14 +412,19 @@ class XetStore:
         return freed, freed_bytes
 
     def stats(self) -> dict[str, int]:
-        """Stored xorbs and their bytes (the bytes the store holds for Xet)."""
-        count = size = 0
+        """Stored xorbs, their bytes on disk and the data bytes (uncompressed) they hold."""
+        count = size = data = 0
         for folder in _dirs(self.root / "xorbs"):
             for entry in os.scandir(folder):
-                if is_hex64(entry.name):
+                if entry.name.endswith(".idx") and is_hex64(entry.name[:-4]):
+                    try:
+                        size += os.stat(entry.path[:-4]).st_size
+                        index = Path(entry.path).read_bytes()
+                    except OSError:
+                        continue  # freed meanwhile
                     count += 1
-                    size += entry.stat().st_size
-        return {"xorbs": count, "xorb_bytes": size}
+                    data += sum(t[2] for t in IDX.iter_unpack(index))
+        return {"xorbs": count, "stored_bytes": size, "data_bytes": data}
 
     def check(self, *, repair: bool = False, grace: float = 600.0) -> CheckReport:
         """The full check of the Xet store (`hub serve --check-root`): every xorb re-hashes to its name and
