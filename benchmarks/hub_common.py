@@ -307,6 +307,19 @@ def _worker(argv: list[str]) -> None:
         data = b"".join(json_.dumps(item).encode() + b"\n" for item in payload)
         seconds = time.perf_counter() - t0
         result = {"seconds": seconds, "body_bytes": len(data)}
+    elif kind == "hash-files":  # hash-files FILE...: hf_xet's own chunking + hashing, no upload (its ceiling)
+        import hf_xet
+
+        t0 = time.perf_counter()
+        hf_xet.hash_files(list(argv[1:]))
+        result = {"seconds": time.perf_counter() - t0}
+    elif kind == "push-folder":  # push-folder REPO DIR: HfApi.upload_folder, default settings
+        from huggingface_hub import HfApi
+
+        repo, folder = argv[1:3]
+        t0 = time.perf_counter()
+        info = HfApi().upload_folder(folder_path=folder, repo_id=repo)
+        result = {"seconds": time.perf_counter() - t0, "commit": info.oid}
     elif kind == "get-socket":  # get-socket PATH: GET into memory over a plain socket (no HTTP library)
         import socket as socket_
         from urllib.parse import urlsplit
