@@ -4,8 +4,8 @@
 # of "yes" / "no", so 200 test examples are cheap) and a summarize task (xsum, scored by generation),
 # scores them and the base model, browses the catalog, exports one expert for PEFT, composes the two
 # into one model, scores it per task (retention) and generates from it with transformers; then starts
-# a local Hub (`hub serve`), pushes the merged model and one expert, and pulls the expert into a
-# second catalog. Nothing leaves the machine: it runs with HF_HUB_OFFLINE=1 too (its Hub is loopback).
+# a local Hub (`hub serve`), pushes the base model and then the merged model through Xet (printing the
+# bytes the dedup saved) and one expert, and pulls the expert into a second catalog. Nothing leaves the machine: it runs with HF_HUB_OFFLINE=1 too (its Hub is loopback).
 # Set HUB_HOME to keep the demo's catalog apart from yours; DEMO_STEPS / DEMO_EVAL_LIMIT /
 # DEMO_QA_EVAL_LIMIT shorten it, DEMO_QA_TASK picks another qa task.
 set -euo pipefail
@@ -67,7 +67,7 @@ print(repr(tok.decode(out[0, ids["input_ids"].shape[1]:], skip_special_tokens=Tr
 EOF
 $HUB generate merged "Summarize in one sentence: The city council voted on Tuesday to build a new bridge over the river. It will open in 2028." --max-new-tokens 24
 
-say "A local Hub: serve, push the merged model and one expert, pull the expert into a second catalog"
+say "A local Hub: serve, push the base and the merged model (Xet dedup), one expert, pull it into a second catalog"
 PORT=${DEMO_PORT:-8910}
 TOKEN=demo-$RANDOM$RANDOM
 printf 'demo %s\n' "$TOKEN" > tokens.txt && chmod 600 tokens.txt
@@ -76,7 +76,28 @@ SERVER=$!
 trap 'kill $SERVER 2>/dev/null || true' EXIT
 for _ in $(seq 100); do $PY -c "import socket; socket.create_connection(('127.0.0.1', $PORT), 0.2)" 2>/dev/null && break; sleep 0.2; done
 export HF_ENDPOINT=http://127.0.0.1:$PORT HF_TOKEN=$TOKEN
+# The base model first, then the merged model: large files go through Xet (the server's CAS), so the
+# merged model's unchanged tensors are not sent again. The server counts the xorb data it received
+# (GET /_xet/stats); what the merged push did not have to send is what the dedup saved.
+BASE_DIR=$($PY -c "from hubtool.models import resolve_base; print(resolve_base('smollm2-135m')[0])")
+xet_received() {
+  $PY -c "import json, sys, urllib.request as u
+r = u.Request(sys.argv[1] + '/_xet/stats', headers={'Authorization': 'Bearer ' + sys.argv[2]})
+print(json.load(u.urlopen(r))['received_data_bytes'])" "$HF_ENDPOINT" "$HF_TOKEN"
+}
+$HUB push "$BASE_DIR" --repo demo/smollm2-135m
+BEFORE=$(xet_received)
 $HUB push merged --repo demo/merged
+AFTER=$(xet_received)
+$PY - merged "$BEFORE" "$AFTER" <<'EOF'
+import sys
+from pathlib import Path
+
+weights = sum(p.stat().st_size for p in Path(sys.argv[1]).glob("*.safetensors"))
+sent = int(sys.argv[3]) - int(sys.argv[2])
+print(f"merged model: {weights / 1e6:.1f} MB of weights, {sent / 1e6:.1f} MB sent through Xet; the dedup "
+      f"against the base saved {(weights - sent) / 1e6:.1f} MB ({(weights - sent) / max(weights, 1):.0%})")
+EOF
 $HUB push "$QA"-sparse --repo demo/"$QA"-sparse
 $HUB push "$QA"-sparse --repo demo/"$QA"-sparse          # the same content again: no new commit
 HUB_HOME="$PWD/second-home" $HUB pull demo/"$QA"-sparse
