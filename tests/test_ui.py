@@ -67,7 +67,7 @@ class Page:
                     state[a["name"] or ""] = ""
                 elif tag == "option" and "selected" in a and self.select:
                     state[self.select] = a["value"] or ""
-                elif tag == "input":
+                elif tag == "input" and a.get("type") != "checkbox":  # not the compare boxes
                     state[a["name"] or ""] = a.get("value") or ""
 
         Form().feed(self.body)

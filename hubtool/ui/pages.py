@@ -2,6 +2,7 @@
 
     /_/                          the catalog list (filters and where/sort in the query string)
     /_/experts/NAME[@VERSION]    one expert: all of `hub show`, versions, provenance, density map
+    /_/lineage?base=B[&task=T]   the base model's experts and merges as a graph (SVG, at most 200 nodes)
     /_/tasks                     tasks by category, a leaderboard per task with the base model's score
     /_/static/FILE               the stylesheet (package data; nothing is fetched from anywhere else)
 
@@ -105,6 +106,10 @@ class CatalogPages:
             Route("GET HEAD", "/_", self._guarded(self.catalog_list)),
             Route("GET HEAD", "/_/tasks", self._guarded(self.tasks)),
             Route("GET HEAD", "/_/experts/{oid}", self._guarded(self.expert)),
+            Route("GET HEAD", "/_/lineage", self._guarded(self.lineage)),
+            Route("GET HEAD", "/_/overlap", self._guarded(self.overlap)),  # analysis.py: overlap, compare, compose
+            Route("GET HEAD", "/_/compare", self._guarded(self.compare)),
+            Route("GET HEAD", "/_/compose", self._guarded(self.compose)),
             Route("GET HEAD", "/_/static/{oid}", self.static),  # the stylesheet needs no login
             Route(ANY, "/_/{rest}", self._guarded(self.not_found)),
         ]
@@ -178,9 +183,70 @@ class CatalogPages:
             return error_page(404, "Not found", str(err))
         return page("expert.html", nav="catalog", **found)
 
+    async def lineage(self, request: Request) -> Response:
+        """/_/lineage?base=BASE[&task=TASK]: the base's experts and merges as a graph (no base: the bases)."""
+        base, task = ((request.query_params.get(k) or "").strip()[:1000] or None for k in ("base", "task"))
+        try:
+            found = await run_in_threadpool(self.view.lineage_page, base, task)
+        except NotFoundError as err:
+            return error_page(404, "Not found", str(err))
+        return page("lineage.html", nav="lineage", title=f"Lineage of {base}" if base else "Lineage", **found)
+
     async def tasks(self, request: Request) -> Response:
         found = await run_in_threadpool(self.view.tasks_page)
         return page("tasks.html", nav="tasks", title="Tasks", **found)
+
+    # -- analysis (hubtool/ui/analysis.py): bad input is the same page, a 400 with one line -----------------
+
+    async def _analysis(self, template: str, title: str, form: dict[str, Any], build: Any, **context: Any) -> Response:
+        """build(catalog) -> the page's data, in a worker thread; a HubError (NotFoundError too: a name in
+        the query string that is not here) answers the page with its form, 400 and the one line."""
+        try:
+            found = await run_in_threadpool(lambda: build(self.view.catalog()))
+        except HubError as err:
+            return page(template, 400, nav=None, title=title, form=form, error=" ".join(str(err).split()), **context)
+        return page(template, nav=None, title=title, error=None, **({"form": form} | context | found))
+
+    async def overlap(self, request: Request) -> Response:
+        from hubtool.ui import analysis
+
+        params = request.query_params
+        form = {k: params.get(k, "")[: analysis.MAX_FIELD] for k in ("experts", "tasks", "base", "where", "pick", "with")}
+        context = {"low": analysis.MIN_OVERLAP, "high": analysis.MAX_OVERLAP, "report": None, "with": None,
+                   "command": None}  # fmt: skip
+
+        def build(cat: Any) -> dict[str, Any]:
+            query = analysis.OverlapQuery.from_params(params)
+            return {"command": query.command(), "form": query.form()} | analysis.overlap_page(cat, query)
+
+        return await self._analysis("overlap.html", "Overlap", form, build, **context)
+
+    async def compare(self, request: Request) -> Response:
+        from hubtool.ui import analysis
+
+        params = request.query_params
+        asked = ", ".join(v for v in [params.get("experts", ""), *params.getlist("expert")] if v.strip())
+        context = {"low": analysis.MIN_COMPARE, "high": analysis.MAX_COMPARE, "asked": asked[: analysis.MAX_FIELD],
+                   "columns": []}  # fmt: skip
+        if not asked:
+            return page("compare.html", nav=None, title="Compare", form={}, error=None, **context)
+        return await self._analysis("compare.html", "Compare", {},
+                                    lambda cat: analysis.compare_page(cat, analysis.compare_refs(params)), **context)
+
+    async def compose(self, request: Request) -> Response:
+        from hubtool.ui import analysis
+
+        params = request.query_params
+        form = {k: params.get(k, "")[: analysis.MAX_FIELD] for k in ("tasks", "experts", "method", "where", "pick",
+                "weights", "density", "lambda", "seed", "normalize", "output", "name")}  # fmt: skip
+        context = {"methods": analysis.methods(), "plan": None, "command": None}
+
+        def build(cat: Any) -> dict[str, Any]:
+            query = analysis.ComposeQuery.from_params(params)
+            found = {"form": query.form(), "command": query.command() if query.asked else None}
+            return found | analysis.compose_page(cat, query)
+
+        return await self._analysis("compose.html", "Compose", form, build, **context)
 
     async def not_found(self, request: Request, **_: Any) -> Response:
         return error_page(404, "Not found", f"no page at {request.url.path[:200]}")

@@ -13,6 +13,7 @@ import shlex
 import threading
 from dataclasses import dataclass, fields
 from typing import Any
+from urllib.parse import urlencode
 
 from hubtool.data.metrics import HEADLINE, format_metric, metric_summary
 from hubtool.errors import HubError, NotFoundError, shown
@@ -225,7 +226,19 @@ class CatalogView:
             "size": human_bytes(rec.bytes),
             "bits": bits_per_entry(rec.bytes, rec.nnz, weights, info.get("value_dtype")),
             "snippets": snippets(rec),
+            # the expert-side extras (docs/ui.md): its neighbourhood as a graph, its compose recipe (a merge),
+            # the merges it went into with their retention, and where its kept entries went
+            "graph": neighbourhood_graph(cat, rec, info["lineage"].get("parents", []),
+                                         info["lineage"].get("children", [])),
+            "lineage_href": "/_/lineage?" + urlencode({"base": rec.base_model}),
+            "recipe": recipe_view(rec, info["lineage"].get("parents", [])),
+            "composes": composes_with(cat, rec, info["lineage"].get("children", [])),
+            "budget": budget(weights) if weights else None,
         }
+
+    def lineage_page(self, base: str | None, task: str | None = None) -> dict[str, Any]:
+        """The lineage graph of one base model (lineage_page below)."""
+        return lineage_page(self.catalog(), base, task)
 
     # -- tasks -------------------------------------------------------------------------------------------
 
@@ -422,3 +435,210 @@ def snippets(rec: Any) -> list[dict[str, str]]:
         {"title": "hubtool.Catalog().load", "note": "The packed expert, from Python.",
          "code": f"import hubtool\n\nexpert = hubtool.Catalog().load({rec.ref!r})"},
     ]  # fmt: skip
+
+
+# -- the expert-side extras: lineage graph, recipe, "composes well with", budget ------------------------
+
+LINEAGE_READ_CAP = 2_000  # experts with parents read for one base's graph (the layout draws at most 200)
+MAX_MERGES_SHOWN = 50  # "composes well with": the merges of one expert shown
+
+
+def lineage_page(cat: Any, base: str | None, task: str | None, max_nodes: int = 200) -> dict[str, Any]:
+    """The lineage graph of one base model (optionally only experts covering `task`); without a base, the
+    bases to choose from. NotFoundError when no expert has that base (and task)."""
+    from sqlalchemy import distinct, func, select
+
+    from hubtool.registry.tables import expert_tasks, experts
+    from hubtool.registry.tables import lineage as edges
+    from hubtool.ui import lineage
+
+    with cat.engine.connect() as conn:
+        bases = sorted(conn.execute(select(distinct(experts.c.base_model))).scalars().all())
+        tasks = sorted(conn.execute(select(distinct(expert_tasks.c.task))).scalars().all())
+        out: dict[str, Any] = {"base": base, "task": task, "bases": bases, "tasks": tasks, "graph": None}
+        if base is None:
+            return out
+        cond = [experts.c.base_model == base]
+        if task is not None:
+            cond.append(experts.c.id.in_(select(expert_tasks.c.expert_id).where(expert_tasks.c.task == task)))
+        total = conn.execute(select(func.count()).select_from(experts).where(*cond)).scalar_one()
+        if not total:
+            raise NotFoundError(f"no expert has base model {shown(base, 200)}"
+                                + (f" and task {shown(task, 100)}" if task is not None else ""))  # fmt: skip
+        columns = (experts.c.id, experts.c.name, experts.c.version, experts.c.kind, experts.c.task)
+        has_parents = experts.c.id.in_(select(edges.c.child_id))
+        derived = conn.execute(select(*columns).where(*cond, has_parents)
+                               .order_by(experts.c.name, experts.c.version).limit(LINEAGE_READ_CAP)).all()  # fmt: skip
+        plain = conn.execute(select(*columns).where(*cond, ~has_parents)
+                             .order_by(experts.c.name, experts.c.version).limit(max_nodes)).all()  # fmt: skip
+        parents: dict[int, list[str]] = {}
+        ids = [r.id for r in derived]
+        for start in range(0, len(ids), 500):
+            for row in conn.execute(select(edges.c.child_id, edges.c.parent)
+                                    .where(edges.c.child_id.in_(ids[start:start + 500]))
+                                    .order_by(edges.c.child_id, edges.c.parent)):  # fmt: skip
+                parents.setdefault(row.child_id, []).append(row.parent)
+        items = {f"{r.name}@{r.version}": lineage.Item(f"{r.name}@{r.version}", tuple(parents.get(r.id, ())), r.kind,
+                                                       title=f"task {r.task}")
+                 for r in (*derived, *plain)}  # fmt: skip
+        outside = {p for item in items.values() for p in item.parents} - set(items)
+        names = {p.partition("@")[0] for p in outside}
+        found = {}
+        for start in range(0, len(names), 500):
+            chunk = sorted(names)[start:start + 500]
+            for r in conn.execute(select(experts.c.name, experts.c.version, experts.c.kind, experts.c.task,
+                                         experts.c.base_model).where(experts.c.name.in_(chunk))):  # fmt: skip
+                found[f"{r.name}@{r.version}"] = r
+    for ref in outside:  # parents the filter left out (another task or base), or removed
+        r = found.get(ref)
+        items[ref] = (lineage.Item(ref, present=False, kind="missing") if r is None else
+                      lineage.Item(ref, (), r.kind, title=f"task {r.task}" + ("" if r.base_model == base else
+                                                                             f", base {r.base_model}"),
+                                   own_base=r.base_model == base))  # fmt: skip
+    graph = lineage.lineage_graph(base, list(items.values()), max_nodes)
+    drawn = {n.key for n in graph.nodes}
+    matching = {f"{r.name}@{r.version}" for r in (*derived, *plain)}
+    graph.left_out = total - len(drawn & matching)
+    out["graph"] = graph
+    out["nodes"] = [{"ref": n.key, "title": n.title, "href": n.href, "column": graph.columns[n.column]["title"]}
+                    for n in graph.nodes if n.role != "base"]  # fmt: skip
+    return out
+
+
+def neighbourhood_graph(cat: Any, rec: Any, parents: list[dict[str, Any]], children: list[dict[str, Any]]) -> Any:
+    """The expert's own neighbourhood: parents (or its base model), itself, its children."""
+    from hubtool.ui import lineage
+
+    def item(entry: dict[str, Any]) -> Any:
+        present = entry.get("present", True)
+        role = f"{entry['role']}" if entry.get("role") else ""
+        weight = "" if entry.get("weight") is None else f"weight {entry['weight']:g}"
+        return lineage.Item(entry["ref"], present=present, kind="merged" if "merge" in role else "sparse",
+                            title=" ".join(x for x in (role, weight) if x))  # fmt: skip
+
+    me = lineage.Item(rec.ref, kind=rec.kind, title=f"task {rec.task}")
+    return lineage.neighbourhood(me, rec.base_model, [item(p) for p in parents], [item(c) for c in children])
+
+
+def recipe_view(rec: Any, parents: list[dict[str, Any]]) -> dict[str, Any] | None:
+    """A merged expert's compose recipe (stored by hub compose --as-expert in its config, as "merge"): the
+    method and its parameters, the parents pinned (ref, sha256, weight, task), the `hub compose` command
+    that makes it again, and the recipe YAML (which also pins each parent's sha256). None if not a merge."""
+    import yaml
+
+    merge = (rec.config or {}).get("merge")
+    if not isinstance(merge, dict) or not isinstance(merge.get("recipe"), dict):
+        return None
+    recipe = merge["recipe"]
+    params = recipe.get("parameters") if isinstance(recipe.get("parameters"), dict) else {}
+    present = {p["ref"]: p.get("present", True) for p in parents}
+    pinned = []
+    for i, p in enumerate(merge.get("parents") or []):
+        if not isinstance(p, dict) or "ref" not in p:
+            continue
+        pinned.append({"ref": str(p["ref"]), "present": present.get(str(p["ref"]), False), "task": p.get("task") or "-",
+                       "weight": _number(p.get("weight")), "sha256": p.get("sha256") or "-",
+                       "kind": p.get("kind") or "-", "chosen": p.get("chosen") or "-"})  # fmt: skip
+    method = str(recipe.get("merge_method") or merge.get("method") or "-")
+    settings = [{"key": k, "value": _config_value(v)} for k, v in params.items()]
+    if recipe.get("dtype"):
+        settings.append({"key": "dtype", "value": str(recipe["dtype"])})
+    select = recipe.get("select") if isinstance(recipe.get("select"), dict) else None
+    return {
+        "method": method,
+        "settings": settings,
+        "parents": pinned,
+        "select": None if not select else _config_value(select),
+        "command": compose_command(rec.name, recipe),
+        "yaml": yaml.safe_dump(recipe, sort_keys=False, default_flow_style=False, allow_unicode=True),
+        "config_command": shlex.join(["hub", "compose", "--config", "recipe.yml", "--as-expert", rec.name]),
+    }
+
+
+def compose_command(name: str, recipe: dict[str, Any]) -> str:
+    """The `hub compose` command that merges the recipe's pinned experts again, as a new version of `name`."""
+    experts = [e for e in recipe.get("experts") or [] if isinstance(e, dict) and e.get("expert")]
+    args = ["hub", "compose", "--experts", ",".join(str(e["expert"]) for e in experts)]
+    args += ["--method", str(recipe.get("merge_method", "overlap-mean"))]
+    weights = [float((e.get("parameters") or {}).get("weight", 1.0)) for e in experts]
+    if any(w != 1.0 for w in weights):
+        args += ["--weights", ",".join(repr(w) for w in weights)]
+    params = recipe.get("parameters") or {}
+    for key, option in (("density", "--density"), ("lambda", "--lambda")):
+        if params.get(key) is not None:
+            args += [option, repr(float(params[key]))]
+    if params.get("normalize") is not None:
+        args.append("--normalize" if params["normalize"] else "--no-normalize")
+    if params.get("seed") not in (None, 0):
+        args += ["--seed", str(params["seed"])]
+    if recipe.get("dtype"):
+        args += ["--dtype", str(recipe["dtype"])]
+    return shlex.join([*args, "--as-expert", name])
+
+
+def retention_rows(single: dict[str, dict[str, float]], merged: dict[str, dict[str, float]]) -> list[dict[str, Any]]:
+    """Per task both have a metric on: merged / single, in percent, on the task's headline metric (the first
+    of HEADLINE both have, else the first metric by name both have), as hub compose --eval reports it."""
+    rows = []
+    for task in sorted(set(single) & set(merged)):
+        common = set(single[task]) & set(merged[task])
+        metric = next((m for m in HEADLINE if m in common), min(common) if common else None)
+        if metric is None or not single[task][metric]:
+            continue
+        value = 100.0 * merged[task][metric] / single[task][metric]
+        rows.append({"task": task, "metric": metric, "single": fmt(single[task][metric]),
+                     "merged": fmt(merged[task][metric]), "retention": f"{value:.1f}%", "value": value})  # fmt: skip
+    return rows
+
+
+def composes_with(cat: Any, rec: Any, children: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The merges this expert went into (its children made by a merge), best mean retention first: each with
+    its retention per task, the merge's method and this expert's weight in it, and the other parents."""
+    out = []
+    for child in children[: MAX_MERGES_SHOWN * 2]:
+        if len(out) >= MAX_MERGES_SHOWN:
+            break
+        try:
+            merge = cat.get(child["ref"])
+        except NotFoundError:
+            continue
+        role = child.get("role") or ""
+        if merge.kind != "merged" and not role.startswith("merge"):
+            continue
+        rows = retention_rows(rec.metrics, merge.metrics)
+        others = [p for p in cat.lineage(merge.ref)["parents"] if p["ref"] != rec.ref]
+        mean = sum(r["value"] for r in rows) / len(rows) if rows else None
+        out.append({"ref": merge.ref, "method": role.removeprefix("merge:") if role.startswith("merge") else merge.kind,
+                    "weight": _number(child.get("weight")), "others": others, "rows": rows, "mean": mean,
+                    "mean_text": "-" if mean is None else f"{mean:.1f}%"})  # fmt: skip
+    out.sort(key=lambda m: (m["mean"] is None, -(m["mean"] or 0.0), m["ref"]))
+    return out
+
+
+def budget(weights: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """Where the expert spent its kept entries: each layer's and each module's share of all of them, with a
+    bar class (w0, w5, ... w100: the share against the largest row's, in steps of 5; the number says it too)."""
+    from collections import Counter
+
+    total = sum(int(w.get("nnz") or 0) for w in weights.values())
+    if not total:
+        return None
+    layers: Counter[str] = Counter()
+    modules: Counter[str] = Counter()
+    for name, info in weights.items():
+        layer, module = _layer_and_module(name)
+        layers[layer] += int(info.get("nnz") or 0)
+        modules[module] += int(info.get("nnz") or 0)
+
+    def rows(counts: Counter[str], order: list[str]) -> list[dict[str, Any]]:
+        top = max(counts.values()) or 1
+        return [{"name": key, "kept": f"{counts[key]:,}", "share": f"{100.0 * counts[key] / total:.1f}%",
+                 "bar": f"w{5 * round(20 * counts[key] / top)}"} for key in order]  # fmt: skip
+
+    layer_order = sorted(layers, key=lambda x: (x == "-", int(x) if x.isdigit() else 0, x))
+    module_order = sorted(modules, key=lambda m: (MODULE_ORDER.index(m) if m in MODULE_ORDER else 99, m))
+    return {"total": f"{total:,}", "layers": rows(layers, layer_order), "modules": rows(modules, module_order)}
+
+
+def _number(value: Any) -> str:
+    return "-" if not isinstance(value, (int, float)) or isinstance(value, bool) else f"{value:g}"
