@@ -16,6 +16,7 @@ import base64
 import html
 import json
 import re
+import urllib.parse
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -179,36 +180,44 @@ def accessible(page: Page) -> None:
 
 
 @pytest.fixture(scope="module")
-def catalog(tmp_path_factory: pytest.TempPathFactory) -> str:
+def catalog(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     """A catalog with hostile text everywhere a person can write it: qa@1 (config values: a script, a very
     long one; pushed to org/model), qa@2 (alias best), sum@1 (a child of qa@1; hostile description and tag),
-    cls@1 on another base; the base model's scores; a task whose description is a script."""
+    cls@1 on another base; qa-sum@1, a real `hub compose --as-expert` merge of qa@2 and sum@1 (its recipe,
+    the merges an expert went into); the base model's scores; a task whose description is a script.
+    HUB_HOME is this catalog's home for the module, so the pages find its blobs (overlap, compose, density)."""
     from conftest import write_sparse_expert
 
+    from hubtool.merge.compose import compose
     from hubtool.registry import Catalog
 
     home = tmp_path_factory.mktemp("pages") / "hub"
     files = home.parent / "packed"
     files.mkdir()
     url = f"sqlite:///{home / 'registry.db'}"
-    with Catalog(url, blobs=home / "blobs") as cat:
+    with pytest.MonkeyPatch.context() as env:
+        env.setenv("HUB_HOME", str(home))
+        env.delenv("HUB_CATALOG", raising=False)
+        with Catalog(url, blobs=home / "blobs") as cat:
 
-        def packed(name: str, task: str, seed: int, **meta: Any) -> Path:
-            return write_sparse_expert(files / f"{name}-{seed}.safetensors", name=name, task=task, seed=seed,
-                                       **meta)  # fmt: skip
+            def packed(name: str, task: str, seed: int, **meta: Any) -> Path:
+                return write_sparse_expert(files / f"{name}-{seed}.safetensors", name=name, task=task, seed=seed,
+                                           **meta)  # fmt: skip
 
-        cat.register(packed("qa", "squad", 1, metrics={"squad": {"exact_match": 40.0, "rougeL": 41.23456}}),
-                     config={"note": HOSTILE, "long": LONG, "lr": 0.001}, tags=["demo"])  # fmt: skip
-        cat.register(packed("qa", "squad", 2, metrics={"squad": {"exact_match": 55.5}}), tags=["demo"])
-        cat.alias("qa", "best", 2)
-        cat.register(packed("sum", "xsum", 3, metrics={"xsum": {"rougeL": 31.25}}), parents=["qa@1"],
-                     tags=[HOSTILE], description=HOSTILE + " " + LONG)  # fmt: skip
-        cat.register(packed("cls", "sst2", 4, base_model="other-base", kind="merged", keep_ratio=None,
-                            metrics={"sst2": {"accuracy": 81.0}}))  # fmt: skip
-        cat.set_base_metrics("tiny-llama", "squad", {"exact_match": 30.0})
-        cat.add_task("evil", description=HOSTILE, category="qa")
-        cat.set_hub("qa@1", "org/model", "0" * 40)
-    return url
+            cat.register(packed("qa", "squad", 1, metrics={"squad": {"exact_match": 40.0, "rougeL": 41.23456}}),
+                         config={"note": HOSTILE, "long": LONG, "lr": 0.001}, tags=["demo"])  # fmt: skip
+            cat.register(packed("qa", "squad", 2, metrics={"squad": {"exact_match": 55.5}}), tags=["demo"])
+            cat.alias("qa", "best", 2)
+            cat.register(packed("sum", "xsum", 3, metrics={"xsum": {"rougeL": 31.25}}), parents=["qa@1"],
+                         tags=[HOSTILE], description=HOSTILE + " " + LONG)  # fmt: skip
+            cat.register(packed("cls", "sst2", 4, base_model="other-base", kind="merged", keep_ratio=None,
+                                metrics={"sst2": {"accuracy": 81.0}}))  # fmt: skip
+            cat.set_base_metrics("tiny-llama", "squad", {"exact_match": 30.0})
+            cat.add_task("evil", description=HOSTILE, category="qa")
+            cat.set_hub("qa@1", "org/model", "0" * 40)
+            compose(experts="qa@2,sum@1", method="ties", density=0.5, weights=[1.0, 0.5], as_expert="qa-sum",
+                    catalog=cat)  # fmt: skip
+        yield url
 
 
 def _commit(client: Any, repo: str, files: dict[str, bytes], message: str, branch: str = "main") -> str:
@@ -306,6 +315,62 @@ def test_every_catalog_page(apps: dict, app: str, path: str, status: int, text: 
     check(get(apps[app], path), status, text=text)
 
 
+# the lineage graph, the overlap heatmap, the compare view and the compose dry run (hubtool/ui/analysis.py), and
+# the expert-page sections they feed (recipe, composes well with, budget), each filled and empty
+ANALYSIS_PAGES = [
+    ("/_/lineage", 200, "Choose a base model: other-base tiny-llama"),
+    ("/_/lineage?base=tiny-llama", 200, "The graph as a list (4 experts)"),
+    ("/_/lineage?base=tiny-llama&task=xsum", 200, "Lineage of base model tiny-llama , task xsum"),
+    ("/_/lineage?base=nope", 404, "no expert has base model 'nope'"),
+    ("/_/overlap", 200, "Name 2 to 16 experts, or tasks"),
+    ("/_/overlap?experts=qa@1,qa@2,sum@1", 200, "qa@1 × sum@1 9 143"),
+    ("/_/overlap?tasks=squad,xsum", 200, "Same numbers as: hub overlap --tasks squad,xsum"),
+    ("/_/overlap?with=qa@1", 200, "Overlap of qa@1 with the other experts of tiny-llama"),
+    ("/_/overlap?with=cls@1", 200, "No other expert of this base model."),
+    ("/_/overlap?experts=qa@1", 400, "Error: experts: 1 expert given; expected 2 to 16"),
+    ("/_/overlap?experts=qa@1,nope", 400, "Error:"),
+    ("/_/compare", 200, "Experts (2 to 4, comma-separated)"),
+    ("/_/compare?experts=qa@1,sum@1", 200, "Overlap between them"),
+    ("/_/compare?expert=qa@1&expert=qa@2&expert=qa-sum@1", 200, "parents - - qa@2 (merge:ties) sum@1 (merge:ties)"),
+    ("/_/compare?experts=qa@1", 400, "Error: experts: 1 expert given; expected 2 to 4"),
+    ("/_/compose", 200, "Methods and their parameters"),
+    ("/_/compose?tasks=squad,xsum", 200, "Nothing was written (dry run)."),
+    ("/_/compose?experts=qa@1,sum@1&method=ties&density=0.5&output=model", 200, "Plan: ties on tiny-llama"),
+    ("/_/compose?tasks=nope", 400, "Error:"),
+    ("/_/compose?experts=qa@1,sum@1&density=2", 400, "Error:"),
+    ("/_/experts/qa-sum@1", 200, "hub compose --experts qa@2,sum@1 --method ties --weights 1.0,0.5 --density 0.5"),
+    ("/_/experts/qa@2", 200, "Composes well with"),
+    ("/_/experts/cls@1", 200, "merged expert for task sst2"),
+]
+
+
+@pytest.mark.parametrize(("path", "status", "text"), ANALYSIS_PAGES)
+@pytest.mark.parametrize("app", ["ui", "public", "alice"])
+def test_every_analysis_page(apps: dict, app: str, path: str, status: int, text: str) -> None:
+    check(get(apps[app], path), status, text=text)
+
+
+def test_the_analysis_pages_need_a_login_without_public_read(apps: dict) -> None:
+    for path in ("/_/lineage?base=tiny-llama", "/_/overlap?with=qa@1", "/_/compare?experts=qa@1,qa@2",
+                 "/_/compose?tasks=squad"):  # fmt: skip
+        page = check(get(apps["private"], path), 401, text="the catalog pages need a login")
+        assert "qa@" not in page.text().replace("/_/login", "")
+
+
+def test_hostile_text_on_the_analysis_pages_is_text(apps: dict) -> None:
+    """A hostile tag and description (sum@1), and a script typed into every box of the forms: text."""
+    quoted = urllib.parse.quote(HOSTILE)
+    compare = check(get(apps["public"], "/_/compare?experts=qa@1,sum@1"))
+    assert HOSTILE in compare.part("compare")  # sum@1's tag
+    for path in (f"/_/overlap?experts={quoted},qa@1", f"/_/overlap?with={quoted}", f"/_/compare?experts={quoted},qa@1",
+                 f"/_/compose?experts=qa@1,sum@1&name={quoted}", f"/_/compose?tasks={quoted}",
+                 f"/_/compose?tasks=squad&where={quoted}", f"/_/compose?tasks=squad&method={quoted}"):  # fmt: skip
+        page = check(get(apps["public"], path), 400)
+        assert HOSTILE in page.part("analysis-error"), (path, page.part("analysis-error"))
+    for path in (f"/_/lineage?base={quoted}", f"/_/lineage?base=tiny-llama&task={quoted}"):
+        assert HOSTILE in check(get(apps["public"], path), 404).text()
+
+
 def test_the_list_pages_through_every_expert_with_a_bounded_page(apps: dict) -> None:
     seen, path = [], "/_/?limit=1"
     for _ in range(10):
@@ -316,7 +381,7 @@ def test_the_list_pages_through_every_expert_with_a_bounded_page(apps: dict) -> 
             break
         path = html.unescape(found.group(1))
         assert "limit=1" in path  # the page size stays; only the offset moves
-    assert seen == ["cls@1", "qa@1", "qa@2", "sum@1"]
+    assert seen == ["cls@1", "qa@1", "qa@2", "qa-sum@1", "sum@1"]
     back = check(get(apps["ui"], "/_/?limit=1&offset=2"))
     assert 'href="/_/?limit=1&amp;offset=1" rel="prev"' in back.body
     assert back.part("command") == "hub list --limit 3"  # the command that lists these rows among its first
@@ -355,13 +420,34 @@ def test_one_header_on_the_catalog_and_the_repo_pages(apps: dict) -> None:
                                                   "/org/model/tree/main", "/_/login", "/_/nope")}  # fmt: skip
     assert len(headers) == 2, headers  # the login page alone drops its own "Log in" link
     catalog = get(public, "/_/")
-    assert [a.get("href") for a in catalog.tags().of("a")][:5] == ["#main", "/_/", "/_/", "/_/tasks", "/_/repos"]
+    assert [a.get("href") for a in catalog.tags().of("a")][:8] == ["#main", "/_/", "/_/", "/_/tasks", "/_/lineage",
+                                                                   "/_/overlap", "/_/compose", "/_/repos"]  # fmt: skip
     assert 'id="login-link" href="/_/login?next=/_/"' in catalog.body.replace("%2F", "/")
     logged = get(apps["alice"], "/_/tasks")
     assert "Logged in as alice" in logged.part("user") and 'id="logout"' in logged.body
     ui = get(apps["ui"], "/_/")
     hrefs = [a.get("href") for a in ui.tags().of("a")]
     assert "/_/repos" not in hrefs and "Log in" not in ui.text() and "/_/tasks" in hrefs
+    assert {"/_/lineage", "/_/overlap", "/_/compose"} <= set(hrefs)
+
+
+@pytest.mark.parametrize(("path", "current"), [("/_/", "Experts"), ("/_/tasks", "Tasks"),
+                                               ("/_/lineage?base=tiny-llama", "Lineage"), ("/_/overlap", "Overlap"),
+                                               ("/_/overlap?experts=qa@1", "Overlap"), ("/_/compose", "Compose"),
+                                               ("/_/compare", None), ("/_/repos", "Repos")])  # fmt: skip
+def test_the_header_links_every_page_and_marks_the_current_one(apps: dict, path: str, current: str | None) -> None:
+    """A person finds the lineage graph, the overlap heatmap and the compose form from any page's header (the
+    compare view is reached from the list's checkboxes); the link of the page shown is marked."""
+    page = get(apps["public"], path)
+    found = re.search(r"<header.*?</header>", page.body, re.DOTALL)
+    assert found
+    marked = re.findall(r'<a href="[^"]+" aria-current="page">([^<]+)</a>', found.group(0))
+    assert marked == ([current] if current else []), marked
+
+
+def test_the_list_of_one_base_links_its_lineage(apps: dict) -> None:
+    one_base = check(get(apps["public"], "/_/?base=tiny-llama"))
+    assert '<a href="/_/lineage?base=tiny-llama" id="base-lineage">its lineage</a>' in one_base.body
 
 
 def test_the_expert_links_the_repo_it_was_pushed_to(apps: dict) -> None:

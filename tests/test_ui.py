@@ -471,8 +471,8 @@ def test_with_the_keyboard_alone_filter_the_list_and_submit_with_enter(ui: str, 
         order.append(page.evaluate(focus))
         if order[-1] == "f-submit":
             break
-    assert order == ["hubtool", "Experts", "Tasks", "f-task", "f-category", "f-kind", "f-base", "f-tag",
-                     "f-where", "f-sort", "f-limit", "f-submit"]  # fmt: skip
+    assert order == ["hubtool", "Experts", "Tasks", "Lineage", "Overlap", "Compose", "f-task", "f-category", "f-kind",
+                     "f-base", "f-tag", "f-where", "f-sort", "f-limit", "f-submit"]  # fmt: skip
     page.focus("#f-task")
     assert style(page, "#f-task", "outline-style") == "solid"  # where the focus is, is visible
     page.keyboard.type("sq")  # a closed select's type-ahead picks "squad"
@@ -556,3 +556,88 @@ def test_click_through_catalog_expert_parent_pushed_repo_download(home: Path, br
         shot(page, "tasks")
     finally:
         srv.stop()
+
+
+@pytest.fixture
+def merged_ui(home: Path, tmp_path: Path) -> Iterator[tuple[str, Path]]:
+    """A real `hub ui` over a copy of the module's catalog plus qa-sum@1: a real `hub compose --as-expert`
+    (ties) of qa@2 and sum@1, so the lineage has a merge, and the merged expert a recipe."""
+    mine = tmp_path / "hub"
+    shutil.copytree(home, mine)
+    made = hub("compose", "--experts", "qa@2,sum@1", "--method", "ties", "--density", "0.5", "--weights", "1,0.5",
+               "--as-expert", "qa-sum", home=mine)  # fmt: skip
+    assert made.returncode == 0, made.stderr
+    log = tmp_path / "ui.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hubtool", "ui", "--port", "0"], stdout=out,
+                                stderr=subprocess.STDOUT, env=_env(mine))  # fmt: skip
+    try:
+        yield _wait_address(proc, log), mine
+    finally:
+        proc.terminate()
+        proc.wait(timeout=15)
+
+
+def _rows(page: Any, table: str) -> list[str]:
+    return [words(t) for t in page.locator(f"#{table} tbody tr").all_inner_texts()]
+
+
+@pytest.mark.browser
+def test_in_a_browser_compare_from_the_list_then_plan_a_compose(merged_ui: tuple[str, Path], browser: Any) -> None:
+    """From the list, check three experts and compare them; from the header, open the compose form, fill it in,
+    submit it and read the plan on the page (the dry run writes nothing); then the overlap heatmap, the lineage
+    graph and the merged expert's page (its recipe, neighbourhood, budget): what a person sees, screenshots."""
+    ui, mine = merged_ui
+    page = browser
+    page.goto(ui)
+    for ref in ("qa@1", "qa@2", "sum@1"):
+        page.get_by_label(f"Compare {ref}", exact=True).check()
+    page.click("#compare-submit")
+    page.wait_for_url(re.compile(r"/_/compare\?expert=qa%401&expert=qa%402&expert=sum%401$"))
+    assert page.locator("#compare thead th a").all_inner_texts() == ["qa@1", "qa@2", "sum@1"]
+    assert "task squad squad xsum" in _rows(page, "compare")
+    assert "squad exact_match 40 ★ 55.5 - 30" in _rows(page, "compare-metrics")  # the best marked, in words too
+    assert page.locator("#compare-overlap tbody tr").count() == 3
+    shot(page, "compare")
+
+    page.get_by_role("link", name="per layer", exact=True).click()  # the overlap page of the same experts
+    page.wait_for_url(re.compile(r"/_/overlap\?experts="))
+    assert page.inner_text("#command") == "hub overlap --experts qa@1,qa@2,sum@1"
+    assert [r.split()[0] for r in _rows(page, "overlap")] == ["qa@1", "qa@2", "sum@1"]
+    shot(page, "overlap")
+
+    page.get_by_role("link", name="Compose", exact=True).click()
+    page.wait_for_url(ui + "compose")
+    page.fill("#m-tasks", "squad, xsum")
+    page.select_option("#m-method", "ties")
+    page.fill("#m-density", "0.5")
+    page.fill("#m-name", "qa-sum")
+    page.click("#m-submit")
+    page.wait_for_url(re.compile(r"/_/compose\?tasks=squad%2C\+xsum&.*method=ties"))
+    assert page.inner_text("#h-plan") == "Plan: ties on tiny-llama"
+    plan = _rows(page, "plan")
+    assert [r.split()[:2] for r in plan] == [["squad", "qa@2"], ["xsum", "sum@1"]]
+    assert "best exact_match 55.5 of 2" in plan[0]  # why qa@2 was chosen
+    assert "Nothing was written (dry run)." in page.inner_text("#output-size")
+    assert page.inner_text("#command").startswith("hub compose --tasks 'squad, xsum' --method ties --density 0.5")
+    assert "expert: qa@2" in page.inner_text("#recipe")
+    assert page.eval_on_selector("#m-density", "e => e.value") == "0.5"  # the form keeps what was asked
+    listed = json.loads(hub("list", "--json", home=mine).stdout)
+    assert [r["ref"] for r in listed] == ["cls@1", "qa@1", "qa@2", "qa-sum@1", "sum@1"]  # nothing new written
+    shot(page, "compose")
+
+    page.get_by_role("link", name="Lineage", exact=True).click()
+    page.wait_for_url(ui + "lineage")
+    page.click("#bases >> text=tiny-llama")
+    page.wait_for_url(re.compile(r"/_/lineage\?base=tiny-llama"))
+    titles = page.locator("svg.lineage-graph text.column-title").all_text_contents()
+    assert titles[0] == "base model" and len(titles) == 4
+    shot(page, "lineage")
+
+    page.locator("svg.lineage-graph a", has_text="qa-sum@1").click()  # a box of the graph: its expert
+    page.wait_for_url(re.compile(r"/_/experts/qa-sum(@|%40)1$"))
+    assert page.inner_text("#recipe-method").startswith("ties")
+    assert page.inner_text("#recipe-command") == ("hub compose --experts qa@2,sum@1 --method ties --weights 1.0,0.5 "
+                                                  "--density 0.5 --as-expert qa-sum")  # fmt: skip
+    assert "qa@2" in page.inner_text("#recipe-parents") and page.locator("#budget-layers").is_visible()
+    shot(page, "expert-merged")

@@ -156,18 +156,33 @@ def place(columns: list[list[tuple[str, str, str, str | None, str]]], links: lis
             node = Node(key, short(label), title or label, c, x, HEADER + PAD + r * ROW_HEIGHT, href, role)
             placed[key] = node
             graph.nodes.append(node)
+    tallest = max((len(c) for c in columns), default=0)
     for src, dst in links:
         a, b = placed.get(src), placed.get(dst)
         if a is None or b is None or a.column >= b.column:
             continue
-        x1, y1 = a.x + a.width, a.y + a.height // 2
-        x2, y2 = b.x, b.y + b.height // 2
-        mid = (x1 + x2) // 2
-        graph.edges.append(Edge(src, dst, f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"))
-    tallest = max((len(c) for c in columns), default=0)
+        graph.edges.append(Edge(src, dst, edge_path(a, b, tallest)))
     graph.width = PAD * 2 + max(len(columns) - 1, 0) * COLUMN_WIDTH + NODE_WIDTH
     graph.height = HEADER + PAD * 2 + max(tallest - 1, 0) * ROW_HEIGHT + NODE_HEIGHT
     return graph
+
+
+def edge_path(a: Node, b: Node, rows: int) -> str:
+    """The SVG path from a's right side to b's left side. Between neighbouring columns, one curve; an edge that
+    skips columns never crosses a box: it curves into the free channel between two rows (every column's boxes
+    sit on the same row grid), runs along it past the columns between, and curves into b."""
+    x1, y1 = a.x + a.width, a.y + a.height // 2
+    x2, y2 = b.x, b.y + b.height // 2
+    if b.column - a.column == 1:
+        mid = (x1 + x2) // 2
+        return f"M{x1},{y1} C{mid},{y1} {mid},{y2} {x2},{y2}"
+    gap = ROW_HEIGHT - NODE_HEIGHT
+    top = HEADER + PAD - gap // 2  # the channel above the first row; channel r is r rows below it
+    r = min(max(round(((y1 + y2) / 2 - top) / ROW_HEIGHT), 0), max(rows, 1))
+    yc = top + r * ROW_HEIGHT
+    bend = (COLUMN_WIDTH - NODE_WIDTH) // 2
+    return (f"M{x1},{y1} C{x1 + bend},{y1} {x1 + bend},{yc} {x1 + 2 * bend},{yc} L{x2 - 2 * bend},{yc} "
+            f"C{x2 - bend},{yc} {x2 - bend},{y2} {x2},{y2}")
 
 
 def _role(item: Item) -> str:

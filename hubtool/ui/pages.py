@@ -201,11 +201,12 @@ class CatalogPages:
     async def _analysis(self, template: str, title: str, form: dict[str, Any], build: Any, **context: Any) -> Response:
         """build(catalog) -> the page's data, in a worker thread; a HubError (NotFoundError too: a name in
         the query string that is not here) answers the page with its form, 400 and the one line."""
+        nav = template.removesuffix(".html")  # the header's link to this page is the current one
         try:
             found = await run_in_threadpool(lambda: build(self.view.catalog()))
         except HubError as err:
-            return page(template, 400, nav=None, title=title, form=form, error=" ".join(str(err).split()), **context)
-        return page(template, nav=None, title=title, error=None, **({"form": form} | context | found))
+            return page(template, 400, nav=nav, title=title, form=form, error=" ".join(str(err).split()), **context)
+        return page(template, nav=nav, title=title, error=None, **({"form": form} | context | found))
 
     async def overlap(self, request: Request) -> Response:
         from hubtool.ui import analysis

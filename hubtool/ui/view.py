@@ -509,15 +509,27 @@ def neighbourhood_graph(cat: Any, rec: Any, parents: list[dict[str, Any]], child
     """The expert's own neighbourhood: parents (or its base model), itself, its children."""
     from hubtool.ui import lineage
 
-    def item(entry: dict[str, Any]) -> Any:
+    def item(entry: dict[str, Any], child: bool) -> Any:
         present = entry.get("present", True)
         role = f"{entry['role']}" if entry.get("role") else ""
         weight = "" if entry.get("weight") is None else f"weight {entry['weight']:g}"
-        return lineage.Item(entry["ref"], present=present, kind="merged" if "merge" in role else "sparse",
+        # the edge's role ("merge:ties") says how the child was made: a child's kind; a parent's is its own
+        kind = ("merged" if "merge" in role else "sparse") if child else _kind_of(cat, entry["ref"], present)
+        return lineage.Item(entry["ref"], present=present, kind=kind,
                             title=" ".join(x for x in (role, weight) if x))  # fmt: skip
 
     me = lineage.Item(rec.ref, kind=rec.kind, title=f"task {rec.task}")
-    return lineage.neighbourhood(me, rec.base_model, [item(p) for p in parents], [item(c) for c in children])
+    return lineage.neighbourhood(me, rec.base_model, [item(p, False) for p in parents],
+                                 [item(c, True) for c in children])  # fmt: skip
+
+
+def _kind_of(cat: Any, ref: str, present: bool) -> str:
+    if not present:
+        return "missing"
+    try:
+        return str(cat.get(ref).kind)
+    except NotFoundError:
+        return "missing"
 
 
 def recipe_view(rec: Any, parents: list[dict[str, Any]]) -> dict[str, Any] | None:
