@@ -578,3 +578,27 @@ def test_the_login_form_round_trip(apps: dict) -> None:
     out = client.post("/_/logout", headers={"Origin": "http://testserver"}, follow_redirects=False)
     assert out.status_code == 303
     check(get(client, "/_/"), 401)
+
+
+def test_a_lineage_edge_that_skips_a_column_passes_no_box() -> None:
+    """qa@2 (column 1) -> qa-sum@1 (column 3) skips column 2, where sum@1's box sits in its row band: the
+    edge runs in the channel between two rows across that column, never behind a box."""
+    from hubtool.ui.lineage import Item, lineage_graph
+
+    items = [Item("qa@1"), Item("qa@2"), Item("sum@1", ("qa@1",)), Item("qa-sum@1", ("qa@2", "sum@1"), "merged"),
+             Item("x@1"), Item("y@1", ("x@1",)), Item("z@1", ("y@1",)), Item("w@1", ("x@1", "z@1"), "merged")]  # fmt: skip
+    graph = lineage_graph("tiny-llama", items)
+    nodes = {n.key: n for n in graph.nodes}
+    skipping = [e for e in graph.edges if nodes[e.dst].column - nodes[e.src].column > 1]
+    assert {(e.src, e.dst) for e in skipping} == {("qa@2", "qa-sum@1"), ("x@1", "w@1")}
+    for edge in skipping:
+        runs = re.findall(r"L(-?\d+),(-?\d+)", edge.path)
+        assert len(runs) == 1, edge.path  # one straight run along a channel
+        a, b = nodes[edge.src], nodes[edge.dst]
+        start = re.search(r"C[^C]*? (-?\d+),(-?\d+) L", edge.path)
+        assert start and start.group(2) == runs[0][1]  # level: the run starts and ends at the channel's height
+        y = int(runs[0][1])
+        for n in graph.nodes:
+            if a.column < n.column < b.column:  # the columns it passes
+                assert not n.y <= y <= n.y + n.height, (edge.src, edge.dst, n.key, y)
+        assert 0 < y < graph.height
