@@ -1,10 +1,9 @@
-"""The server's fast xorb decoding (issue 17, push speed): the single-block LZ4 path, the numpy byte-group-4
-regrouping and the piecewise XorbChecker give exactly what the slow, obviously-right forms give, on the
-real hf_xet client's xorbs and on frames and bodies built to hit every fallback and error."""
+"""The server's xorb decoding (issue 17, push speed): the single-block LZ4 fast path gives exactly what the
+LZ4 frame decoder gives, on the real hf_xet client's xorbs (every compressed chunk takes it) and on frames
+built to hit every fallback and error; byte-group-4 regrouping against its definition."""
 
 from __future__ import annotations
 
-import io
 import random
 from pathlib import Path
 
@@ -16,7 +15,7 @@ lz4_frame = pytest.importorskip("lz4.frame")
 
 from xet_capture import CaptureCas
 
-from hubtool.hub.xet import chunking, hashing, xorb
+from hubtool.hub.xet import hashing, xorb
 from hubtool.hub.xet.errors import XetFormatError
 
 
@@ -93,49 +92,6 @@ def test_lz4_fast_path_refuses_what_the_frame_decoder_refuses() -> None:
         assert str(e.value).startswith("chunk 0: LZ4 data"), (what, str(e.value))
 
 
-def _feed_in_pieces(body: bytes, expected: bytes | None, rng: random.Random) -> xorb.XorbInfo:
-    checker = xorb.XorbChecker(expected)
-    i = 0
-    while i < len(body):
-        n = rng.choice([1, 7, 8, 9, 4096, 65_536, 300_000, 1 << 20])
-        checker.feed(body[i : i + n])
-        i += n
-    return checker.finish()
-
-
-def _error(fn) -> str:
-    with pytest.raises(XetFormatError) as e:
-        fn()
-    return str(e.value)
-
-
-def test_checker_in_any_pieces_equals_read_xorb() -> None:
-    rng = random.Random(11)
-    data = rng.randbytes(300_000) + b"compress me " * 30_000
-    chunks = chunking.chunk_bytes(data)
-    for scheme in xorb.SCHEMES:
-        body, info = xorb.write_xorb(chunks, scheme)
-        assert xorb.read_xorb_bytes(body, info.hash) == info
-        for _ in range(3):
-            assert _feed_in_pieces(body, info.hash, rng) == info
-        footer = body + b"XETBLOB" + bytes(40)
-        assert _feed_in_pieces(footer, info.hash, rng).footer_size == 47
-    # the same one-line errors, however the body arrives
-    body, info = xorb.write_xorb(chunks, xorb.SCHEME_LZ4)
-    bad = {
-        "truncated": body[:-10],
-        "truncated header": body + b"\0\1",
-        "junk footer": body + b"Xjunk",
-        "flipped": body[:100] + bytes([body[100] ^ 1]) + body[101:],
-        "empty": b"",
-    }
-    for what, b in bad.items():
-        whole = _error(lambda b=b: xorb.read_xorb(io.BytesIO(b), info.hash))
-        assert _error(lambda b=b: _feed_in_pieces(b, info.hash, rng)) == whole, what
-    big = _error(lambda: xorb.read_xorb(io.BytesIO(body), info.hash, max_bytes=len(body) - 1))
-    assert "larger than" in big
-
-
 @pytest.fixture(scope="module")
 def client_xorbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
     """Xorbs the real hf_xet client uploads: float32 weights (bg4-lz4), text (lz4), random bytes (none)."""
@@ -150,12 +106,10 @@ def client_xorbs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, bytes]:
 
 
 def test_client_xorbs_take_the_fast_path(client_xorbs) -> None:
-    rng = random.Random(2)
     schemes: dict[int, int] = {}
     for name, body in client_xorbs.items():
         raw = hashing.from_hex(name)
         info = xorb.read_xorb_bytes(body, raw)
-        assert _feed_in_pieces(body, raw, rng) == info
         for c in info.chunks:
             schemes[c.scheme] = schemes.get(c.scheme, 0) + 1
             if c.scheme == xorb.SCHEME_NONE:
