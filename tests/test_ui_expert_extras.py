@@ -65,7 +65,7 @@ def test_layout_puts_each_depth_in_its_column_without_overlaps() -> None:
     graph = lineage.lineage_graph("tiny", items)
     column = {n.key: n.column for n in graph.nodes}
     assert column == {"\0base": 0, "a@1": 1, "b@1": 1, "c@1": 1, "gone@1": 1, "m@1": 2, "x@1": 2, "mm@1": 3}
-    assert [c["title"] for c in graph.columns] == ["base model", "trained experts", "merges", "merges of merges"]
+    assert [c["title"] for c in graph.columns] == ["base model", "trained on the base", "made from those", "made from those in turn"]
     edges = {(e.src, e.dst) for e in graph.edges}
     assert {("a@1", "m@1"), ("b@1", "m@1"), ("m@1", "mm@1"), ("c@1", "mm@1"), ("gone@1", "x@1")} <= edges
     assert ("\0base", "gone@1") not in edges and ("\0base", "a@1") in edges  # a removed parent hangs alone
@@ -208,7 +208,7 @@ def test_lineage_page_draws_base_experts_merges_and_merges_of_merges(ui: str, ho
     _check_page(page)
     svg = re.search(r"<svg.*?</svg>", page.body, re.DOTALL).group(0)
     titles = re.findall(r'<text class="column-title"[^>]*>([^<]+)</text>', svg)
-    assert titles == ["base model", "trained experts", "merges", "merges of merges"]
+    assert titles == ["base model", "trained on the base", "made from those", "made from those in turn"]
     links = _svg_links(page.body)
     for ref in ("colors-sparse@1", "sizes-sparse@1", "colors-sizes@1", "both@1", "orphan@1"):
         assert f"/_/experts/{ref}" in links
@@ -219,7 +219,7 @@ def test_lineage_page_draws_base_experts_merges_and_merges_of_merges(ui: str, ho
     # gone@1 -> orphan@1 (the removed parent: no line from the base to it)
     assert len(re.findall(r'<path class="edge"', svg)) == 2 + 2 + 2 + 1
     nodes = _text(re.search(r'<ul id="lineage-nodes">(.*?)</ul>', page.body, re.DOTALL).group(1))
-    assert "merges of merges: both@1" in nodes and "merges: colors-sizes@1" in nodes
+    assert "made from those in turn: both@1" in nodes and "made from those: colors-sizes@1" in nodes
     assert "more not drawn" not in page.text()
 
 

@@ -71,7 +71,9 @@ class Graph:
 
 
 def column_title(depth: int) -> str:
-    return {0: "base model", 1: "trained experts", 2: "merges", 3: "merges of merges"}.get(depth, f"depth {depth}")
+    # By depth, not by kind: an expert trained on top of a parent sits beside the merges (its box says its kind).
+    return {0: "base model", 1: "trained on the base", 2: "made from those", 3: "made from those in turn"}.get(
+        depth, f"depth {depth}")
 
 
 def expert_href(ref: str) -> str:
