@@ -326,3 +326,18 @@ def test_bad_compose_input_is_a_400_page_and_writes_nothing(ui: str, home: Path,
     assert line in error_line(page)
     assert 'id="plan"' not in page.body
     assert _snapshot(home) == before
+
+
+def test_an_error_names_the_expert_not_the_servers_folders(ui: str, home: Path, catalog: Any) -> None:
+    """A blob missing on the serving machine: the 400 line says which, with $HUB_HOME, never the real path."""
+    from conftest import write_sparse_expert
+
+    for seed in (7, 8):
+        path = write_sparse_expert(home.parent / "packed" / f"lost-{seed}.safetensors", name="lost", task="squad",
+                                   seed=seed, base_model="lost-base")  # fmt: skip
+        catalog.register(path)
+    catalog.blob_path(catalog.get("lost@1")).unlink()
+    page = get(url(ui, "overlap", {"experts": "lost@1,lost@2"}))
+    assert page.status == 400
+    line = error_line(page)
+    assert str(home) not in page.body and "$HUB_HOME" in line, line

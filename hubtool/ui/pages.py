@@ -83,8 +83,16 @@ def page(template: str, status: int = 200, **context: Any) -> HTMLResponse:
     return HTMLResponse(html, status_code=status, headers=HEADERS)
 
 
+def one_line(message: str) -> str:
+    """An error message as the pages show it: one line, and the server's own folders not spelt out (a blob
+    path says which expert; where $HUB_HOME is on the serving machine is nobody else's business)."""
+    from hubtool.paths import hub_home
+
+    return " ".join(message.split()).replace(str(hub_home()), "$HUB_HOME")
+
+
 def error_page(status: int, title: str, message: str) -> HTMLResponse:
-    return page("error.html", status, title=title, message=" ".join(message.split()), nav=None)
+    return page("error.html", status, title=title, message=one_line(message), nav=None)
 
 
 def _header(hub: Any, request: Request, user: str | None) -> dict[str, Any]:
@@ -205,7 +213,7 @@ class CatalogPages:
         try:
             found = await run_in_threadpool(lambda: build(self.view.catalog()))
         except HubError as err:
-            return page(template, 400, nav=nav, title=title, form=form, error=" ".join(str(err).split()), **context)
+            return page(template, 400, nav=nav, title=title, form=form, error=one_line(str(err)), **context)
         return page(template, nav=nav, title=title, error=None, **({"form": form} | context | found))
 
     async def overlap(self, request: Request) -> Response:
