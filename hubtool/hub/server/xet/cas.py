@@ -260,7 +260,8 @@ async def _upload_xorb(hub: HubApp, store: XetStore, request: Request, xorb: str
 
 async def _receive_xorb(hub: HubApp, store: XetStore, request: Request, xorb: str, grant) -> Response:
     # Received whole into a temp file, then checked in one worker-thread call. Checking each piece as it
-    # arrives, or keeping the received pieces instead of one reused buffer, measured slower (docs/xet.md).
+    # arrives, keeping the received pieces, or one preallocated buffer instead of this one measured no
+    # faster in a running server (docs/xet.md, "Performance").
     temp = hub.storage.temp_path("xorb")
     try:
         f = await run_in_threadpool(open, temp, "wb")
