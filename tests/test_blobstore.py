@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import warmhub
 from conftest import write_sparse_expert
 
 from hubtool.fileio import atomic_write, file_mode, locked_mkstemp, scratch_dir, umask
@@ -24,9 +23,14 @@ TESTS = Path(__file__).parent
 
 
 def hub(*args: object, env: dict | None = None, prefix: tuple[str, ...] = ()) -> subprocess.CompletedProcess:
-    """`hub ARGS` in its own process (forked warm unless a prefix wraps it: tests/warmhub.py)."""
-    return warmhub.run([*prefix, sys.executable, "-m", "hubtool", *map(str, args)],
-                       env={**(env or os.environ), "COLUMNS": "250"}, text=True, timeout=300)
+    return subprocess.run(
+        [*prefix, sys.executable, "-m", "hubtool", *map(str, args)],
+        env={**(env or os.environ), "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def one_line_error(result: subprocess.CompletedProcess, *words: str) -> str:

@@ -18,7 +18,6 @@ from pathlib import Path
 
 import pytest
 import torch
-import warmhub
 
 from hubtool.format import Expert, SparseDelta, pack, read_header, unpack
 from hubtool.registry import Catalog
@@ -35,9 +34,16 @@ def _env(**extra: str) -> dict[str, str]:
 
 
 def hub(*args: str | Path, input: str | None = None, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run `hub ARGS` (HUB_HOME comes from the hub_home fixture's environment) in its own process, forked
-    warm with torch imported (tests/warmhub.py; cold where that could matter, or under HUB_TEST_COLD=1)."""
-    return warmhub.run([*HUB, *map(str, args)], env=_env(**env), input=input, text=True, timeout=300)
+    """Run `hub ARGS` (HUB_HOME comes from the hub_home fixture's environment)."""
+    return subprocess.run(
+        [*HUB, *map(str, args)],
+        env=_env(**env),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def hub_many(*commands: Sequence[str | Path]) -> list[subprocess.CompletedProcess[str]]:

@@ -21,7 +21,6 @@ pytest.importorskip("starlette")
 pytest.importorskip("uvicorn")
 
 import torch
-import warmhub
 from hubserver import ALICE, Server, client_env, free_port, write_tokens
 from huggingface_hub import hf_hub_download
 from tiny import make_tiny_llama, save_word_tokenizer
@@ -99,9 +98,14 @@ def register(cat, tmp_path, expert, **kw):
 
 
 def hub(*args: str, env: dict, timeout: int = 300) -> subprocess.CompletedProcess:
-    """`hub ARGS` in its own process (forked warm: tests/warmhub.py)."""
-    return warmhub.run([sys.executable, "-m", "hubtool", *args], env={**env, "COLUMNS": "250"}, text=True,
-                       timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "hubtool", *args],
+        env={**env, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        check=False,
+    )
 
 
 def cli_env(server, tmp_path, home: Path, token: str | None = ALICE, **extra) -> dict:

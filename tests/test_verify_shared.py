@@ -16,16 +16,20 @@ import sys
 from pathlib import Path
 
 import pytest
-import warmhub
 
 from hubtool.registry import Catalog
 from hubtool.registry.blobs import CATALOGS_DIR
 
 
 def hub(*args: object, env: dict) -> subprocess.CompletedProcess:
-    """`hub ARGS` in its own process (forked warm: tests/warmhub.py)."""
-    return warmhub.run([sys.executable, "-m", "hubtool", *map(str, args)], env={**env, "COLUMNS": "250"}, text=True,
-                       timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "hubtool", *map(str, args)],
+        env={**env, "COLUMNS": "250"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
 
 
 def ok(result: subprocess.CompletedProcess) -> str:
