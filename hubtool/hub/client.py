@@ -280,7 +280,18 @@ def _classify(
         return f"{what}: cannot reach {where} ({_reason(err)}); is the server up? (check --endpoint / HF_ENDPOINT)"
     if isinstance(err, ValueError) and "huggingface_hub" in type(err).__module__:
         return f"{what}: {err}"
+    if _is_xet_error(err):  # hf_xet's (Rust) errors arrive as RuntimeError: corrupt or missing Xet data
+        return f"{what}: the Xet transfer with {where} failed ({_reason(err)})"
     return None
+
+
+_XET_MARKERS = ("CAS Client Error", "File reconstruction error", "Xet", "xorb")
+
+
+def _is_xet_error(err: BaseException) -> bool:
+    """hf_xet raises plain RuntimeErrors ("Task error: File reconstruction error: CAS Client Error: ..."):
+    known by their text, as the client itself gives them no type of their own."""
+    return type(err) is RuntimeError and any(marker in str(err) for marker in _XET_MARKERS)
 
 
 def _is_network_error(err: BaseException) -> bool:
