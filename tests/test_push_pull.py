@@ -23,6 +23,7 @@ pytest.importorskip("uvicorn")
 import torch
 from hubserver import ALICE, Server, client_env, free_port, write_tokens
 from huggingface_hub import hf_hub_download
+from test_ui import browser  # noqa: F401  (the Playwright fixture: the browser test below takes it by name)
 from tiny import make_tiny_llama, save_word_tokenizer
 
 from hubtool.delta import Expert, FullDelta, LoraDelta, SparseDelta
@@ -530,3 +531,36 @@ def test_cli_stays_light_and_documents_the_commands():
     assert "--expert" in out and "--endpoint" in out and "REVISION" in out
     assert callable(__import__("hubtool").push) and callable(__import__("hubtool").pull)
     assert pull_mod.pull is __import__("hubtool").pull
+
+
+@pytest.mark.browser
+def test_in_a_browser_the_pushed_composed_model_has_its_page(server, base, cat, tmp_path, hub_home, browser):  # noqa: F811
+    """What `make demo` ends with: a composed model folder pushed by `hub push DIR` (through Xet), then its
+    repo page opened in headless chromium after logging in: the card, its base model, the merge relation, the
+    files with their LFS badge, and a download of config.json through /resolve."""
+    base_path, model = base
+    register(cat, tmp_path, make_expert(model, base_path, "p-a", "squad", seed=8))
+    register(cat, tmp_path, make_expert(model, base_path, "p-b", "xsum", seed=9))
+    out = tmp_path / "merged"
+    env = cli_env(server, tmp_path, hub_home)
+    composed = hub("compose", "--experts", "p-a,p-b", "--out", str(out), env=env)
+    assert composed.returncode == 0, composed.stderr
+    pushed = hub("push", str(out), "--repo", "demo/merged", env=env)
+    assert pushed.returncode == 0 and "Pushed" in pushed.stdout, pushed.stderr
+    page = browser
+    page.goto(server.url + "/_/login")
+    page.fill("#token", ALICE)
+    page.click("#login-submit")
+    page.goto(server.url + "/demo/merged")
+    assert page.inner_text("h1").strip().endswith("demo/merged")
+    assert "merge" in page.inner_text("#card").lower()
+    page.get_by_role("link", name="Files", exact=True).click()
+    page.wait_for_url(server.url + "/demo/merged/tree/main")
+    names = page.locator("#files tbody td:first-child").all_inner_texts()
+    assert {"README.md", "config.json", "hubtool_recipe.yml"} <= {n.strip() for n in names}
+    weights = page.locator("xpath=//tr[td/code[contains(., '.safetensors')]]").first.inner_text()
+    assert "LFS" in weights
+    link = page.locator("xpath=//tr[td/code='config.json']//a[@class='download']")
+    with page.expect_download() as download:
+        link.click()
+    assert json.loads(Path(download.value.path()).read_text()) == json.loads((out / "config.json").read_text())
