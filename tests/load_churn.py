@@ -19,6 +19,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import threading
 import time
@@ -55,6 +56,14 @@ def _clean(err: BaseException) -> tuple[bool, str]:
     if isinstance(err, HfHubHTTPError):
         status = getattr(err.response, "status_code", None) if err.response is not None else None
         return status is not None and 400 <= status < 600, f"{name} {status}"
+    # hf_xet (the Xet path of downloads and pushes) raises RuntimeError with the CAS's HTTP status in its text
+    # (huggingface_hub re-raises a push's as ConnectionError "Network error: ..."):
+    # a 4xx/5xx answer there is as clean as HfHubHTTPError's (a reconstruction of a file whose repo was just
+    # deleted: 404; a shard naming a xorb lost with a killed server: 400). Its other errors (bad data, a
+    # connection reset) stay unclean.
+    xet_status = re.search(r"HTTP status (?:client|server) error \((\d{3})", str(err))
+    if type(err) in (RuntimeError, ConnectionError) and xet_status:
+        return True, f"Xet HTTP {xet_status.group(1)}"
     return False, name
 
 
@@ -177,7 +186,11 @@ def check_store(root: Path) -> list[str]:
                     continue
         for commit_file in (repo_dir / "commits").glob("*.json"):
             tree = json.loads(commit_file.read_text())["tree"]
-            for path, (sha, size, _oid, _lfs) in tree.items():
+            for path, (sha, size, _oid, _lfs, *xet) in tree.items():
+                if xet and xet[0]:  # stored as Xet: the file must reconstruct to its sha256
+                    problems += _check_xet_file(root, f"{repo_dir.name}@{commit_file.stem[:12]}: {path}", sha, size,
+                                                xet[0])  # fmt: skip
+                    continue
                 blob = root / "blobs" / sha[:2] / sha
                 if not blob.is_file() or blob.stat().st_size != size:
                     problems.append(f"{repo_dir.name}@{commit_file.stem[:12]}: {path} -> missing/short blob")
@@ -189,6 +202,22 @@ def check_store(root: Path) -> list[str]:
     if leftovers:
         problems.append(f".tmp holds {len(leftovers)} leftovers: {[p.name for p in leftovers[:5]]}")
     return problems
+
+
+def _check_xet_file(root: Path, where: str, sha: str, size: int, xet_hash: str) -> list[str]:
+    """A committed Xet-stored file, reconstructed from the server's own store, hashes to its sha256."""
+    from types import SimpleNamespace
+
+    from hubtool.hub.server.xet.store import XetStore
+
+    store = XetStore(SimpleNamespace(root=root))
+    digest = hashlib.sha256()
+    try:
+        for piece in store.stream(xet_hash, 0, size - 1) if size else ():
+            digest.update(piece)
+    except OSError as err:
+        return [f"{where} -> Xet file {xet_hash[:12]} cannot be reconstructed ({err})"]
+    return [] if digest.hexdigest() == sha else [f"{where} -> Xet file {xet_hash[:12]} reconstructs to other bytes"]
 
 
 def percentile(values: list[float], q: float) -> float:
