@@ -208,8 +208,9 @@ async def read_range(raw, start: int, length: int):
         await f.aclose()
 
 
-def file_response(request: Request, path, size: int, headers: dict) -> Response:
-    """A stored file (a blob of `size` bytes at `path`) as the answer to GET or HEAD, honouring Range."""
+def range_of(request: Request, size: int, headers: dict) -> tuple[int, int, int] | Response:
+    """(start, end inclusive, status) of a GET/HEAD of `size` bytes under its Range header, with
+    Content-Range and Content-Length set in `headers`; or the 416 answer when the range is unsatisfiable."""
     start, end, status = 0, size - 1, 200
     header = request.headers.get("range")
     if header:
@@ -223,8 +224,17 @@ def file_response(request: Request, path, size: int, headers: dict) -> Response:
             start, end = parsed
             status = 206
             headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    headers["Content-Length"] = str(max(0, end - start + 1))
+    return start, end, status
+
+
+def file_response(request: Request, path, size: int, headers: dict) -> Response:
+    """A stored file (a blob of `size` bytes at `path`) as the answer to GET or HEAD, honouring Range."""
+    planned = range_of(request, size, headers)
+    if isinstance(planned, Response):
+        return planned
+    start, end, status = planned
     length = max(0, end - start + 1)
-    headers["Content-Length"] = str(length)
     if request.method == "HEAD":
         return Response(status_code=status, headers=headers)
     # Opened before the status line goes out: a blob that cannot be read is a clean error response,

@@ -109,22 +109,11 @@ def resolve_headers(request: Request, repo: RepoRef, commit_id: str, entry: Entr
 
 def file_response(hub: HubApp, request: Request, entry: Entry, headers: dict) -> Response:
     """A Xet-stored file for a plain GET (with Range) or HEAD: reconstructed on the server, streamed."""
-    size = entry.size
-    start, end, status = 0, size - 1, 200
-    header = request.headers.get("range")
-    if header:
-        parsed = http.parse_range(header, size)
-        if parsed == "unsatisfiable":
-            return Response(
-                status_code=416,
-                headers={**headers, "Content-Range": f"bytes */{size}", "Content-Length": "0"},
-            )
-        if parsed is not None:
-            start, end = parsed
-            status = 206
-            headers["Content-Range"] = f"bytes {start}-{end}/{size}"
+    planned = http.range_of(request, entry.size, headers)
+    if isinstance(planned, Response):
+        return planned
+    start, end, status = planned
     length = max(0, end - start + 1)
-    headers["Content-Length"] = str(length)
     if request.method == "HEAD" or length == 0:
         return Response(status_code=status, headers=headers)
     store = store_of(hub)
