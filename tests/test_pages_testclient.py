@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+import test_ui_repos
 from hubserver import ALICE, BOB, write_tokens
 
 from hubtool.fileio import human_bytes
@@ -101,20 +102,11 @@ class Tags(HTMLParser):
         return [a for t, a in self.tags if t == name]
 
 
-class Page:
+class Page(test_ui_repos.Page):
+    """test_ui_repos's page (text(), part()) made from a TestClient response."""
+
     def __init__(self, response: Any) -> None:
-        self.status = response.status_code
-        self.headers = response.headers
-        self.body = response.text
-
-    def text(self) -> str:
-        """What a person reads: tags dropped, entities decoded, whitespace folded."""
-        return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", self.body)).split())
-
-    def part(self, element_id: str) -> str:
-        found = re.search(rf'<(\w+)[^>]*id="{element_id}"[^>]*>(.*?)</\1>', self.body, re.DOTALL)
-        assert found, f"no element {element_id!r} on the page"
-        return " ".join(html.unescape(re.sub(r"<[^>]+>", " ", found.group(2))).split())
+        super().__init__(response.status_code, response.headers, response.text)
 
     def header(self) -> str:
         """The page's <header>, minus which link is the current one and where Log in comes back to."""
