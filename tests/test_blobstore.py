@@ -275,14 +275,14 @@ def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path
     assert cat_e.load(rec.ref).deltas.keys() == cat_a.load(rec.ref).deltas.keys()
 
     # The server's copy changes under it (bit rot, a bad mirror): refused, nothing placed.
-    served_blob = _stored_bytes(served.root, rec.sha256)
+    served_blob, at, said = _rot_target(served.root, rec.sha256)
     original = served_blob.read_bytes()
-    served_blob.write_bytes(original[:-1] + bytes([original[-1] ^ 0xFF]))
+    served_blob.write_bytes(original[:at] + bytes([original[at] ^ 0xFF]) + original[at + 1 :])
     try:
         home_f, env_f = home("f")
-        # an LFS blob arrives whole and our sha256 check refuses it; a Xet file's chunks are checked by hf_xet
-        # as they arrive, and its error is turned into the same kind of line
-        said = "refused" if served_blob.parent.parent.name == "blobs" else "the Xet transfer"
+        # hf_xet retries a decode error with back-off for ~220 s (measured) before it gives up; one attempt
+        # reaches the same error in ~2 s.
+        env_f["HF_XET_CLIENT_RETRY_MAX_ATTEMPTS"] = "1"
         line = one_line_error(hub("export", rec.ref, "--format", "hubtool", "--out", tmp_path / "bad.st",
                                   env=env_f), said, rec.sha256[:12])  # fmt: skip
         assert "Traceback" not in line
@@ -294,17 +294,27 @@ def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path
         served_blob.write_bytes(original)
 
 
-def _stored_bytes(root: Path, sha256: str) -> Path:
-    """The file on the server's disk that holds the file with this sha256: its LFS blob, or (pushed through
-    Xet, the default client's way) the last xorb of its reconstruction."""
+def _rot_target(root: Path, sha256: str) -> tuple[Path, int, str]:
+    """(file on the server's disk, byte to flip, the word the client's error must hold) for the file with
+    this sha256. An LFS blob: its last byte; it arrives whole and our sha256 check refuses it. A Xet file
+    (the default client's way): the last stored byte of its own last chunk (a xorb may also hold other
+    files' chunks, so "the xorb's last byte" may not be this file's). hf_xet does not check chunk hashes on
+    download: an uncompressed chunk's byte reaches our sha256 check ("refused"); in an LZ4 frame the last
+    byte is the end mark, so the decode fails inside hf_xet ("the Xet transfer")."""
+    from hubtool.hub.xet.xorb import HEADER, SCHEME_NONE, read_xorb
+
     blob = root / "blobs" / sha256[:2] / sha256
     if blob.is_file():
-        return blob
+        return blob, blob.stat().st_size - 1, "refused"
     (claim,) = root.glob(f"repos/*/*/*/xet/sha256/{sha256}.json")
     file_hash = json.loads(claim.read_text())["xetHash"]
     segments = json.loads((root / "xet" / "files" / file_hash[:2] / f"{file_hash}.json").read_text())["segments"]
-    xorb = segments[-1][0]
-    return root / "xet" / "xorbs" / xorb[:2] / xorb
+    xorb, _, end, _ = segments[-1]
+    path = root / "xet" / "xorbs" / xorb[:2] / xorb
+    with path.open("rb") as f:
+        chunk = read_xorb(f).chunks[end - 1]  # segments are [xorb, first chunk, end chunk (exclusive), bytes]
+    said = "refused" if chunk.scheme == SCHEME_NONE else "the Xet transfer"
+    return path, chunk.offset + HEADER.size + chunk.stored_size - 1, said
 
 
 def test_pull_of_a_repo_whose_row_is_shared_but_whose_blob_is_elsewhere(served, tmp_path, monkeypatch):
