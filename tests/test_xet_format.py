@@ -205,6 +205,25 @@ def test_corrupt_xorbs(sample_xorb) -> None:
         xorb.read_xorb_bytes(b"")
 
 
+def test_a_full_xorb_of_incompressible_data_is_accepted() -> None:
+    """hf_xet cuts a xorb at 64 MiB of chunk data (8,192 chunks); with incompressible chunks (scheme none)
+    the body is that plus 8 bytes per chunk header, over 64 MiB. A bound on the body at 64 MiB refused
+    such xorbs (a 1,000 MiB random file's push ended in 400), so the bound is on the data; one byte more
+    data, or one chunk more, is refused."""
+    big = [random.Random(i).randbytes(xorb.MAX_CHUNK) for i in range(2)]
+    records = [xorb.encode_chunk(big[i % 2], xorb.SCHEME_NONE) for i in range(xorb.MAX_XORB_BYTES // xorb.MAX_CHUNK)]
+    body = b"".join(records)
+    assert len(body) > xorb.MAX_XORB_BYTES
+    info = xorb.read_xorb_bytes(body)
+    assert sum(c.size for c in info.chunks) == xorb.MAX_XORB_BYTES and info.body_size == len(body)
+    with pytest.raises(XetFormatError, match="more than 67108864 bytes of chunk data"):
+        xorb.read_xorb_bytes(body + xorb.encode_chunk(b"x", xorb.SCHEME_NONE))
+    tiny = xorb.encode_chunk(b"y", xorb.SCHEME_NONE)
+    with pytest.raises(XetFormatError, match="more than 8192 chunks"):
+        xorb.read_xorb_bytes(tiny * (xorb.MAX_XORB_CHUNKS + 1))
+    assert len(xorb.read_xorb_bytes(tiny * xorb.MAX_XORB_CHUNKS).chunks) == xorb.MAX_XORB_CHUNKS
+
+
 def test_lz4_bomb_is_refused_without_inflating() -> None:
     import lz4.frame
 

@@ -247,6 +247,25 @@ def _put_file(server: Server, repo: str, chunks: list[bytes]) -> tuple[str, str]
     return info.hex, hex_of(fhash)
 
 
+def test_a_full_xorb_of_incompressible_data_is_stored(server):
+    """hf_xet packs up to 64 MiB of chunk data into a xorb; stored uncompressed (random bytes), its body is
+    64 MiB + 8 bytes per chunk. The server once bounded the body at 64 MiB and answered 400, which failed
+    the push of a 1,000 MiB random file through the default client."""
+    import random
+
+    from hubtool.hub.xet.xorb import MAX_CHUNK, MAX_XORB_BYTES, SCHEME_NONE, encode_chunk, read_xorb_bytes
+
+    server.api().create_repo("org/full-xorb")
+    write = _token(server, "org/full-xorb", "write")["accessToken"]
+    rnd = random.Random(5)
+    body = b"".join(encode_chunk(rnd.randbytes(MAX_CHUNK), SCHEME_NONE) for _ in range(MAX_XORB_BYTES // MAX_CHUNK))
+    info = read_xorb_bytes(body)
+    assert len(body) > MAX_XORB_BYTES
+    status, _, answer = _cas(server, "POST", f"/v1/xorbs/default/{info.hex}", write, body)
+    assert status == 200 and json.loads(answer) == {"was_inserted": True}, answer
+    assert _xorb_path(server.root, info.hex).stat().st_size == len(body)
+
+
 def test_delete_frees_what_only_it_used_and_check_root(server, tmp_path):
     api = server.api()
     for name in ("org/keep", "org/gone"):

@@ -7,8 +7,11 @@ four groups are concatenated, then compressed). Uploads carry no footer; a stora
 with the ident b"XETBLOB" where the next header would be, and reading stops there. The xorb's hash is the
 merkle root of its chunks' (hash, uncompressed length): `read_xorb` checks it against the URL's.
 
-Bounds: the whole body <= 64 MiB, a chunk <= 128 KiB uncompressed, a stored chunk <= 256 KiB and, for scheme
-none, exactly its uncompressed length; decompression never produces more than the header's length.
+Bounds, as hf_xet cuts its xorbs: <= 64 MiB of uncompressed chunk data and <= 8,192 chunks. The serialized
+body adds 8 bytes of header per chunk (and LZ4 framing), so a client's full xorb of incompressible data is a
+little over 64 MiB: the body may be up to 64 MiB + 1 MiB. A chunk <= 128 KiB uncompressed, a stored chunk
+<= 256 KiB and, for scheme none, exactly its uncompressed length; decompression never produces more than
+the header's length.
 """
 
 from __future__ import annotations
@@ -27,7 +30,9 @@ from hubtool.hub.xet.chunking import MAX_CHUNK
 from hubtool.hub.xet.errors import XetFormatError
 from hubtool.hub.xet.hashing import chunk_hash, hex_of, xorb_hash
 
-MAX_XORB_BYTES = 64 * 1024 * 1024
+MAX_XORB_BYTES = 64 * 1024 * 1024  # uncompressed chunk data in one xorb (hf_xet's own limit)
+MAX_XORB_CHUNKS = 8 * 1024  # chunks in one xorb (hf_xet's own limit)
+MAX_XORB_BODY = MAX_XORB_BYTES + (1 << 20)  # serialized: the data, 8 bytes per chunk header, LZ4 framing
 MAX_STORED_CHUNK = 2 * MAX_CHUNK
 HEADER = struct.Struct("<B3sB3s")
 FOOTER_IDENT = b"XETBLOB"
@@ -155,11 +160,13 @@ def _read_exact(f: BinaryIO, n: int, where: str) -> bytes:
     return data
 
 
-def iter_xorb(f: BinaryIO, max_bytes: int = MAX_XORB_BYTES) -> Iterator[tuple[XorbChunk, bytes]]:
-    """Each chunk of the xorb body in `f` with its uncompressed bytes, checked against every bound. Stops at
-    the end of the body or at a storage footer (its size is then left in the generator's return value)."""
+def iter_xorb(f: BinaryIO, max_bytes: int = MAX_XORB_BODY) -> Iterator[tuple[XorbChunk, bytes]]:
+    """Each chunk of the xorb body in `f` with its uncompressed bytes, checked against every bound (`max_bytes`:
+    the serialized body and footer). Stops at the end of the body or at a storage footer (its size is then
+    left in the generator's return value)."""
     offset = 0
     index = 0
+    total = 0  # uncompressed bytes so far
     while True:
         head = f.read(HEADER.size)
         if not head:
@@ -193,6 +200,11 @@ def iter_xorb(f: BinaryIO, max_bytes: int = MAX_XORB_BYTES) -> Iterator[tuple[Xo
             raise XetFormatError(f"{where}: stored length {stored_size} (expected 1..{MAX_STORED_CHUNK})")
         if offset + HEADER.size + stored_size > max_bytes:
             raise XetFormatError(f"xorb is larger than {max_bytes} bytes")
+        if index >= MAX_XORB_CHUNKS:
+            raise XetFormatError(f"xorb has more than {MAX_XORB_CHUNKS} chunks")
+        total += size
+        if total > MAX_XORB_BYTES:
+            raise XetFormatError(f"xorb holds more than {MAX_XORB_BYTES} bytes of chunk data")
         stored = _read_exact(f, stored_size, where)
         data = decode_chunk(scheme, stored, size, where)
         yield XorbChunk(index, offset, stored_size, size, scheme, chunk_hash(data)), data
@@ -200,7 +212,7 @@ def iter_xorb(f: BinaryIO, max_bytes: int = MAX_XORB_BYTES) -> Iterator[tuple[Xo
         index += 1
 
 
-def read_xorb(f: BinaryIO, expected_hash: bytes | None = None, max_bytes: int = MAX_XORB_BYTES) -> XorbInfo:
+def read_xorb(f: BinaryIO, expected_hash: bytes | None = None, max_bytes: int = MAX_XORB_BODY) -> XorbInfo:
     """Validate a whole xorb body: every chunk decodes within its bounds, and (if given) the merkle root of
     its chunks equals `expected_hash` (32 raw bytes). XetFormatError (one line) otherwise."""
     chunks: list[XorbChunk] = []
@@ -255,7 +267,7 @@ def write_xorb(chunks: Sequence[bytes], scheme: int = SCHEME_LZ4) -> tuple[bytes
             XorbChunk(i, len(out), len(record) - HEADER.size, len(data), record[4], chunk_hash(data))
         )
         out += record
-    if len(out) > MAX_XORB_BYTES:
-        raise ValueError(f"xorb would be {len(out)} bytes, over {MAX_XORB_BYTES}")
+    if sum(c.size for c in infos) > MAX_XORB_BYTES or len(infos) > MAX_XORB_CHUNKS:
+        raise ValueError(f"a xorb holds <= {MAX_XORB_BYTES} bytes of data in <= {MAX_XORB_CHUNKS} chunks")
     root = xorb_hash((c.hash, c.size) for c in infos)
     return bytes(out), XorbInfo(root, tuple(infos), len(out), 0)

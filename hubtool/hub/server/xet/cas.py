@@ -15,7 +15,7 @@ CAS routes (casUrl = <server>/_xet; `_xet` is no namespace a repo can take, name
                                                uploads sent since the server started, in bytes
 Anything else (xorb-grants, /v2/shards, /v2/reconstructions: today's client falls back) is logged and 404.
 
-Limits: a xorb body <= 64 MiB (+ 1 MiB of footer), a shard <= 64 MiB with at most MAX_SHARD_FILES files and
+Limits: a xorb <= 64 MiB of chunk data in <= 8,192 chunks, its body <= 65 MiB (+ 1 MiB of footer), a shard <= 64 MiB with at most MAX_SHARD_FILES files and
 MAX_SHARD_SEGMENTS segments in all, and MAX_CONCURRENT_UPLOADS xorb/shard uploads at once per client (its
 token's user, else its repo): 429 with Retry-After beyond, which hf_xet retries.
 """
@@ -46,7 +46,7 @@ from hubtool.hub.xet.shard import (
     parse_shard,
     write_shard,
 )
-from hubtool.hub.xet.xorb import MAX_XORB_BYTES, read_xorb
+from hubtool.hub.xet.xorb import MAX_XORB_BODY, read_xorb
 
 if TYPE_CHECKING:
     from starlette.requests import Request
@@ -57,7 +57,7 @@ if TYPE_CHECKING:
 log = logging.getLogger("hubtool.hub.server")
 CAS_PREFIX = "/_xet"
 FETCH_TTL = 3600
-MAX_XORB_UPLOAD = MAX_XORB_BYTES + (1 << 20)  # a storage footer, if a client sends one
+MAX_XORB_UPLOAD = MAX_XORB_BODY + (1 << 20)  # a storage footer, if a client sends one
 DEDUP_SHARD_TTL = 7 * 24 * 3600
 MAX_CONCURRENT_UPLOADS = 8
 MAX_SHARD_FILES = 100_000
@@ -283,6 +283,7 @@ async def _receive_xorb(hub: HubApp, store: XetStore, request: Request, xorb: st
         try:
             inserted, size, data = await run_in_threadpool(check_and_store)
         except XetFormatError as err:
+            log.warning("xet: refused xorb %s for %s: %s", xorb, grant.repo.label, err)
             raise bad_request("InvalidXorb", f"xorb {xorb}: {err}") from None
         counts = hub.__dict__.setdefault("_xet_received", {"xorbs": 0, "bytes": 0, "data_bytes": 0})
         counts["xorbs"] += 1
@@ -323,9 +324,8 @@ async def _receive_shard(hub: HubApp, store: XetStore, request: Request, grant) 
 
     try:
         count = await run_in_threadpool(record)
-    except XetFormatError as err:
-        raise bad_request("InvalidShard", f"shard: {err}") from None
-    except ShardRejected as err:
+    except (XetFormatError, ShardRejected) as err:
+        log.warning("xet: refused a shard for %s: %s", grant.repo.label, err)
         raise bad_request("InvalidShard", f"shard: {err}") from None
     log.info("xet: shard with %d file(s) recorded for %s", count, grant.repo.label)
     return JSONResponse({"result": 1})
