@@ -1,7 +1,8 @@
 """Where a Xet push's time goes: the client's own upload ceiling against `hub serve`, in one run (issue 17).
 
     .venv/bin/python benchmarks/xet_push_ceiling.py [--mib 100] [--rounds 5] [--workdir /tmp/xet-ceiling]
-                                                    [--server-pythonpath DIRS] [--keep]
+                                                    [--server-pythonpath DIRS] [--compression-policy none]
+                                                    [--keep]
 
 Per round, on the same file (a safetensors file of random bf16 tensors, stamped anew each round so nothing
 deduplicates), in this process, with hf_xet's default settings:
@@ -14,11 +15,15 @@ deduplicates), in this process, with hf_xet's default settings:
                  so before/after compare in one machine state
 Medians are printed, with each as a multiple of hash_files. On a machine shared with other work, compare the
 ratios inside one run only.
+
+--compression-policy none|lz4|bg4-lz4 sets hf_xet's HF_XET_XORB_COMPRESSION_POLICY (not a default setting)
+before hf_xet loads: run once with it and once without to see what the client's compression costs.
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import shutil
 import sys
 import time
@@ -48,8 +53,12 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--workdir", type=Path, default=Path("/tmp/xet-ceiling"))
     ap.add_argument("--server-pythonpath", default=None, help="a second server tree to compare (see above)")
+    ap.add_argument("--compression-policy", choices=["none", "lz4", "bg4-lz4"], default=None,
+                    help="HF_XET_XORB_COMPRESSION_POLICY for this run (default: hf_xet's own choice)")
     ap.add_argument("--keep", action="store_true")
     args = ap.parse_args()
+    if args.compression_policy:  # read by hf_xet when it loads its config, so set before the import
+        os.environ["HF_XET_XORB_COMPRESSION_POLICY"] = args.compression_policy
 
     import hf_xet
     import httpx2
@@ -92,7 +101,8 @@ def main() -> None:
         if not args.keep:
             shutil.rmtree(args.workdir, ignore_errors=True)
     hash_s = median(times["hash_files"])
-    print(f"\n{mib:.0f} MiB, {args.rounds} rounds, medians")
+    policy = args.compression_policy or "hf_xet's default (auto)"
+    print(f"\n{mib:.0f} MiB, {args.rounds} rounds, medians; client compression policy: {policy}")
     for name, values in times.items():
         s = median(values)
         extra = f", server CPU {median(cpu[name]):.2f} ms/MiB" if name in cpu else ""
