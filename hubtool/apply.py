@@ -59,32 +59,79 @@ def check_base(target: Target, expert: Expert, *, check_fingerprint: bool = True
     return found
 
 
-def local_base_shapes(base_model: str) -> dict[str, tuple[int, ...]] | None:
-    """{weight name: shape} of a base model that is on this machine (a model folder, or an embedded model
-    already converted), read from its config alone; None for one that is not (a Hub id: its shapes are
-    checked when it is loaded). What bounds a merge or export before any tensor is built."""
+class BaseShapes(Mapping):
+    """{weight name: shape} of a base model on this machine, read lazily in two steps: first its
+    safetensors headers (models.stored_weight_shapes: no torch, no transformers), which confirm a weight
+    whose name and shape they hold; the exact shapes (models.base_weight_shapes: the model built from its
+    config on the meta device, a few seconds) only for a weight the headers do not confirm, or when the
+    mapping itself is read."""
+
+    def __init__(self, base_model: str, stored: Mapping[str, tuple[int, ...]] | None) -> None:
+        self.base_model = base_model
+        self.stored = stored or {}
+        self._exact: dict[str, tuple[int, ...]] | None = None
+        self._unreadable = False
+
+    def confirms(self, name: str, shape: Sequence[int]) -> bool:
+        got = self.stored.get(name)
+        return got is not None and tuple(got) == tuple(int(x) for x in shape)
+
+    @property
+    def exact(self) -> dict[str, tuple[int, ...]] | None:
+        """None when the config cannot be read here (e.g. it needs --trust-remote-code): whatever loads the
+        base checks it then."""
+        if self._exact is None and not self._unreadable:
+            from hubtool.models import base_weight_shapes
+
+            try:
+                self._exact = base_weight_shapes(self.base_model)
+            except HubError:
+                self._unreadable = True
+        return self._exact
+
+    def __getitem__(self, name: str) -> tuple[int, ...]:
+        return (self.exact or {})[name]
+
+    def __iter__(self):
+        return iter(self.exact or {})
+
+    def __len__(self) -> int:
+        return len(self.exact or {})
+
+
+def local_base_shapes(base_model: str) -> BaseShapes | None:
+    """The shapes of a base model that is on this machine (a model folder, or an embedded model already
+    converted); None for one that is not (a Hub id: its shapes are checked when it is loaded). What bounds
+    a merge or export before any tensor is built."""
     from pathlib import Path
 
-    from hubtool.models import EMBEDDED, base_weight_shapes
+    from hubtool.models import EMBEDDED, stored_weight_shapes
     from hubtool.paths import models_dir
 
     if base_model in EMBEDDED:
-        if not (models_dir() / base_model).is_dir():
+        folder = models_dir() / base_model
+        if not folder.is_dir():
             return None
-    elif not (Path(base_model).expanduser() / "config.json").is_file():
-        return None
-    try:
-        return base_weight_shapes(base_model)
-    except HubError:  # e.g. its config needs --trust-remote-code: whatever loads it checks it then
-        return None
+    else:
+        folder = Path(base_model).expanduser()
+        if not (folder / "config.json").is_file():
+            return None
+    return BaseShapes(base_model, stored_weight_shapes(folder))
 
 
 def check_shapes(
     shapes: Mapping[str, Sequence[int]], base_shapes: Mapping[str, Sequence[int]], where: str, base: str
 ) -> None:
     """Every weight a file claims is one of the base's, with the base's shape: a header cannot make a
-    reader allocate more than the base model justifies. FormatError naming the file (`where`) and weight."""
+    reader allocate more than the base model justifies. FormatError naming the file (`where`) and weight.
+    A BaseShapes whose config cannot be read here checks what its headers confirm and caps the rest."""
     for name, shape in shapes.items():
+        if isinstance(base_shapes, BaseShapes):
+            if base_shapes.confirms(name, shape):
+                continue
+            if base_shapes.exact is None:
+                _cap_unverified(name, shape, where, base)
+                continue
         got = base_shapes.get(name)
         if got is None:
             raise FormatError(f"{where}: weight {name} is not in the base model {base}")
@@ -110,14 +157,18 @@ def check_against_base(shapes: Mapping[str, Sequence[int]], base: str, where: st
         check_shapes(shapes, base_shapes, where, base)
         return
     for name, shape in shapes.items():
-        numel = 1
-        for x in shape:
-            numel *= int(x)
-        if numel > UNVERIFIED_NUMEL:
-            raise FormatError(
-                f"{where}: weight {name} claims shape {list(shape)} ({numel:,} entries) and its base model "
-                f"{base} is not on this machine to confirm it; download the base (or pass its folder) first"
-            )
+        _cap_unverified(name, shape, where, base)
+
+
+def _cap_unverified(name: str, shape: Sequence[int], where: str, base: str) -> None:
+    numel = 1
+    for x in shape:
+        numel *= int(x)
+    if numel > UNVERIFIED_NUMEL:
+        raise FormatError(
+            f"{where}: weight {name} claims shape {list(shape)} ({numel:,} entries) and its base model "
+            f"{base} is not on this machine to confirm it; download the base (or pass its folder) first"
+        )
 
 
 def add_delta_(weight: torch.Tensor, delta: Delta, scale: float = 1.0) -> torch.Tensor:

@@ -18,6 +18,7 @@ import json
 import re
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,12 +142,68 @@ def base_weight_shapes(name_or_path: str, *, trust_remote_code: bool = False) ->
     trust = bool(trust_remote_code)
     source, _ = resolve_base(name_or_path)
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+        with quiet_transformers():
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
     except (OSError, ValueError) as err:
         raise _load_error("the model config", source, err) from err
     return {name: tuple(p.shape) for name, p in model.named_parameters()}
+
+
+@contextlib.contextmanager
+def quiet_transformers() -> Iterator[None]:
+    """Building a base model only to read its shapes: transformers' own warnings ("add `is_decoder=True`" for
+    a BERT base) are not ours to print; our error, if any, is the one line the user sees."""
+    import warnings
+
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def stored_weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]] | None:
+    """{tensor name: shape} from a local model folder's safetensors headers (model.safetensors, or the
+    shards model.safetensors.index.json names): no torch, no transformers, no weight read. None when the
+    folder has no such file or a header cannot be read. The names are the checkpoint's, which are almost
+    always the model's parameter names, but not always (a tied weight left out, an old prefix, a
+    conversion on load): a caller may trust a name whose shape matches and must ask base_weight_shapes
+    about anything else."""
+    import struct
+
+    from hubtool.format import safejson
+
+    folder = Path(folder)
+    index = folder / "model.safetensors.index.json"
+    try:
+        if index.is_file():
+            with index.open("rb") as f:
+                weight_map = safejson.loads(f.read(64 << 20), "index", max_depth=4).get("weight_map")
+            files = sorted({folder / str(f) for f in weight_map.values()}) if isinstance(weight_map, dict) else []
+        else:
+            files = [folder / "model.safetensors"]
+        shapes: dict[str, tuple[int, ...]] = {}
+        for file in files:
+            if file.parent != folder or not file.is_file():
+                return None
+            with file.open("rb") as f:
+                (n,) = struct.unpack("<Q", f.read(8))
+                if n > 100 << 20:
+                    return None
+                table = safejson.loads(f.read(n), "safetensors header", max_depth=4)
+            for name, info in table.items():
+                if name != "__metadata__" and isinstance(info, dict) and isinstance(info.get("shape"), list):
+                    shapes[name] = tuple(int(x) for x in info["shape"])
+        return shapes or None
+    except (OSError, ValueError, TypeError, AttributeError, struct.error, HubError):
+        return None
 
 
 def _load_error(what: str, source: str, err: BaseException) -> HubError:

@@ -59,6 +59,45 @@ def test_base_weight_shapes_come_from_the_config(tmp_path):
     assert shapes["model.layers.0.mlp.up_proj.weight"] == (64, 32)
 
 
+@pytest.mark.parametrize("shards", [1, 3])
+def test_stored_shapes_agree_with_the_config_and_confirm_without_transformers(tmp_path, shards):
+    """The safetensors headers of a saved base (one file, or shards named by an index) give the same shapes
+    as the model built from its config; a check they confirm runs without importing transformers, and one
+    they do not (a wrong shape, an unknown name) is still judged by the exact shapes."""
+    import subprocess
+    import sys
+
+    model = make_tiny_llama(hidden=32, heads=4, kv_heads=1)
+    base = tmp_path / "base"
+    model.save_pretrained(base, max_shard_size="20KB" if shards > 1 else "1GB")
+    assert (base / "model.safetensors.index.json").is_file() == (shards > 1)
+    stored = models.stored_weight_shapes(base)
+    exact = models.base_weight_shapes(str(base))
+    assert stored and all(exact[name] == shape for name, shape in stored.items())
+    assert set(stored) == set(exact)
+    probe = f"""
+import sys
+from hubtool.apply import check_against_base
+from hubtool.errors import FormatError
+base = {str(base)!r}
+check_against_base({{"model.layers.1.self_attn.q_proj.weight": (32, 32)}}, base, "e.safetensors")
+print("transformers" in sys.modules)
+for claim in ({{"model.layers.1.self_attn.q_proj.weight": (32, 33)}}, {{"model.layers.9.mlp.up_proj.weight": (64, 32)}}):
+    try:
+        check_against_base(claim, base, "e.safetensors")
+    except FormatError as err:
+        print(err)
+"""
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    lines = out.strip().splitlines()
+    assert lines[0] == "False", out
+    assert "has shape [32, 33], the base model" in lines[1] and "has [32, 32]" in lines[1], out
+    assert "weight model.layers.9.mlp.up_proj.weight is not in the base model" in lines[2], out
+    (base / "model.safetensors").unlink(missing_ok=True)
+    (base / "model.safetensors.index.json").unlink(missing_ok=True)
+    assert models.stored_weight_shapes(base) is None  # no weights: the config alone answers
+
+
 @pytest.mark.parametrize("case", ["missing", "no-config", "file", "bad-id"])
 def test_bad_base_is_a_one_line_hub_error(tmp_path, case):
     if case == "missing":

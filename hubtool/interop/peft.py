@@ -18,11 +18,10 @@ PEFT names tensors ``base_model.model.<module>.<tuner tensor>``; hubtool names w
 
 from __future__ import annotations
 
-import contextlib
 import json
 import math
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -137,8 +136,7 @@ def _sparse_deltas(
     if shapes:  # hubtool.json's shapes are checked against the base when it is on this machine
         from hubtool.apply import check_shapes, local_base_shapes
 
-        with quiet_transformers():
-            base_shapes = local_base_shapes(base_model)
+        base_shapes = local_base_shapes(base_model)
         if base_shapes is not None:
             check_shapes(shapes, base_shapes, str(folder / SIDECAR_FILE), base_model)
     else:
@@ -425,26 +423,7 @@ def _sidecar_shapes(sidecar: dict) -> dict[str, tuple[int, ...]]:
 def _base_shapes(base_model: str, trust_remote_code: bool = False) -> dict[str, tuple[int, ...]]:
     from hubtool.models import base_weight_shapes
 
-    with quiet_transformers():
-        return base_weight_shapes(base_model, trust_remote_code=trust_remote_code)
-
-
-@contextlib.contextmanager
-def quiet_transformers() -> Iterator[None]:
-    """Building a base model only to read its shapes: transformers' own warnings ("add `is_decoder=True`" for
-    a BERT base) are not ours to print; our error, if any, is the one line the user sees."""
-    import warnings
-
-    from transformers.utils import logging as hf_logging
-
-    level = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        hf_logging.set_verbosity(level)
+    return base_weight_shapes(base_model, trust_remote_code=trust_remote_code)
 
 
 # A Hub model id: "name" or "org/name" (huggingface_hub's rules, loosely: the Hub itself answers the rest).
@@ -475,8 +454,7 @@ def _check_against_local_base(deltas: dict[str, Delta], base_model: str, folder:
     machine (a Hub id is checked when it is loaded): before anything is registered, not when it is applied."""
     from hubtool.apply import check_shapes, local_base_shapes
 
-    with quiet_transformers():
-        base_shapes = local_base_shapes(base_model)
+    base_shapes = local_base_shapes(base_model)
     if base_shapes is not None:
         check_shapes({w: tuple(d.shape) for w, d in deltas.items()}, base_shapes, str(folder / WEIGHTS_FILE),
                      base_model)  # fmt: skip
