@@ -9,6 +9,7 @@ import random
 import sqlite3
 from pathlib import Path
 
+import pytest
 from test_cli import hub, ok, one_line_error
 from tiny import make_tiny_llama, save_word_tokenizer
 
@@ -143,6 +144,7 @@ def test_a_train_killed_while_it_writes_its_checkpoint_leaves_a_temp_verify_repa
     ok(hub("verify"))
 
 
+@pytest.mark.slow
 def test_a_killed_export_leaves_no_temp_beside_out_after_the_next_export(hub_home, packed, tmp_path):
     ok(hub("import", packed("qa")))
     out = tmp_path / "exports" / "qa.safetensors"
@@ -205,6 +207,7 @@ def lora_expert(path: Path) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_a_peft_import_is_checked_against_its_base_before_it_is_registered(hub_home, packed, tmp_path):
     base = tmp_path / "base"
     make_tiny_llama(base)
@@ -229,6 +232,7 @@ def test_a_peft_import_is_checked_against_its_base_before_it_is_registered(hub_h
 # --- messages that mislead ---------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_an_unwritable_export_out_is_named_as_out_not_its_temp(hub_home, packed):
     ok(hub("import", packed("qa")))
     for fmt in ("peft", "hubtool"):
@@ -237,6 +241,7 @@ def test_an_unwritable_export_out_is_named_as_out_not_its_temp(hub_home, packed)
             assert ".tmp" not in line
 
 
+@pytest.mark.slow
 def test_a_bert_base_leaks_no_transformers_warning_before_the_error(hub_home, packed, tmp_path):
     from transformers import BertConfig, BertModel
 

@@ -216,6 +216,7 @@ def _tiny_expert(tmp_path: Path, name: str, seed: int):
     return tiny_expert(base.resolve(), model, tmp_path / f"{name}.safetensors", name, seed)
 
 
+@pytest.mark.slow
 def test_shared_catalog_fetches_blobs_from_the_hub_on_first_use(served, tmp_path, monkeypatch):
     """Home A registers and pushes; homes B.. share A's catalog file (HUB_CATALOG) but not its blob store:
     show, export, compose and `hub pull NAME@V` fetch the blob over HTTP, check it and keep it; bytes the

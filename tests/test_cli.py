@@ -128,6 +128,7 @@ def test_help_and_list_import_neither_torch_nor_transformers(
 # --- a whole catalog session ----------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_import_list_show_alias_rm_verify(hub_home: Path, packed: Callable[..., Path]) -> None:
     # qa@1 gets its name, task and tags from the command line (the file says raw / raw-task);
     # qa@2 takes everything from the file; mix@1 is a merge of both, which makes lineage.

@@ -26,6 +26,7 @@ def colors_task(tmp_path: Path) -> tuple[Path, Path]:
     return base, data
 
 
+@pytest.mark.slow
 def test_train_eval_list_show(hub_home: Path, colors_task: tuple[Path, Path]) -> None:
     base, data = colors_task
     common = ["--base", base, "--data", data, "--max-steps", "3", "--batch-size", "4", "--lr", "1e-2",
@@ -85,6 +86,7 @@ def test_train_errors_are_one_line_and_register_nothing(hub_home: Path, colors_t
     assert ok_json(hub("list", "--json")) == [] and store_files(hub_home) == []
 
 
+@pytest.mark.slow
 def test_train_refuses_bad_settings_before_the_model_loads(hub_home: Path, colors_task: tuple[Path, Path],
                                                            tmp_path: Path) -> None:
     """Each bad setting is one line and exit 1 from a base folder that holds a config and no weights: the
@@ -121,6 +123,7 @@ def test_train_refuses_bad_settings_before_the_model_loads(hub_home: Path, color
     assert "--kind" in help_text and "--method" not in help_text  # the old name works, hidden
 
 
+@pytest.mark.slow
 def test_accelerate_launch_trains_data_parallel_and_registers_once(hub_home: Path, colors_task: tuple[Path, Path]) -> None:
     """`accelerate launch -m hubtool train` on two CPU processes: both train, rank 0 alone registers."""
     import os

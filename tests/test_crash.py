@@ -16,6 +16,7 @@ def lab(tmp_path):
     return Lab(tmp_path)
 
 
+@pytest.mark.slow
 def test_killed_registrations_removals_and_compose_leave_nothing_half(lab, tmp_path):
     lab.register("keep", fitted=True)
     lab.register("keep2", fitted=True)
@@ -61,6 +62,7 @@ def served(tmp_path):
     srv.stop()
 
 
+@pytest.mark.slow
 def test_killed_push_pull_and_server_commit(served, tmp_path):
     from hubserver import ALICE, Server
 

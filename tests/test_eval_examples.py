@@ -237,6 +237,7 @@ def _expert(base: Path, path: Path, name: str, seed: int) -> Path:
     return path
 
 
+@pytest.mark.slow
 def test_hub_eval_stores_rows_and_compare_prints_paired_intervals(hub_home: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
     make_tiny_llama(base)

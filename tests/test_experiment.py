@@ -48,6 +48,7 @@ def table_rows(md: str) -> dict[str, list[str]]:
     return rows
 
 
+@pytest.mark.slow
 def test_smoke_writes_the_whole_report(smoke: dict) -> None:
     md = smoke["md"].read_text()
     assert "<!-- section: preset smoke -->" in md and "(complete)" in md
@@ -76,6 +77,7 @@ def test_smoke_writes_the_whole_report(smoke: dict) -> None:
         assert f"(results/{png})" in md
 
 
+@pytest.mark.slow
 def test_a_rerun_runs_nothing_and_the_plan_is_empty(smoke: dict) -> None:
     again = ok(hub("experiment", "--preset", "smoke", "--out", str(smoke["out"]), home=smoke["home"]))
     assert re.search(r"^0 jobs run, (\d+) found in the catalog", again, re.MULTILINE), again
@@ -86,6 +88,7 @@ def test_a_rerun_runs_nothing_and_the_plan_is_empty(smoke: dict) -> None:
     assert plan.startswith("# hub experiment --preset smoke: 0 pending jobs of ")
 
 
+@pytest.mark.slow
 def test_the_report_keeps_other_sections(smoke: dict, tmp_path: Path) -> None:
     from hubtool.experiment.report import write_section
 
@@ -98,6 +101,7 @@ def test_the_report_keeps_other_sections(smoke: dict, tmp_path: Path) -> None:
     assert text.index("section: a") < text.index("section: b")
 
 
+@pytest.mark.slow
 def test_plan_lines_are_real_commands_that_fill_the_same_cache(tmp_path: Path) -> None:
     """--plan's command lines, run as they are, produce exactly the jobs `hub experiment` would: after
     running the sweep's lines the experiment finds them done."""

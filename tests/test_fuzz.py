@@ -13,10 +13,12 @@ from collections import Counter
 from pathlib import Path
 
 import fuzzing
+import pytest
 
 CASES = 200  # ~0.15 s each (CPU) on 2 busy cores
 
 
+@pytest.mark.slow
 def test_corpus_keeps_the_error_contract(world: fuzzing.World) -> None:
     outcomes: Counter = Counter()
     broken = []

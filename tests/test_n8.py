@@ -11,6 +11,8 @@ from pathlib import Path
 import pytest
 from test_experiment import hub
 
+pytestmark = pytest.mark.slow  # one n8 run on the smoke world: ~45 s of setup (make test-slow, CI)
+
 
 @pytest.fixture(scope="module")
 def run(tmp_path_factory: pytest.TempPathFactory) -> dict:

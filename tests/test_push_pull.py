@@ -130,6 +130,7 @@ def read_repo_file(server, repo, filename, tmp_path, revision=None) -> bytes:
 # -- push, pull, again --------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_cli_push_pull_round_trip_keeps_the_record(server, base, cat, tmp_path, hub_home):
     """Push a merged expert (lineage, metrics, config, tags) with the CLI, push it again (no new commit),
     pull it into a second catalog byte-identical with its record, pull again (nothing new)."""
@@ -285,6 +286,7 @@ def test_peft_from_pretrained_from_the_server_matches_local_apply(server, base, 
         assert restored.deltas[name].fingerprint == delta.fingerprint
 
 
+@pytest.mark.slow
 def test_compose_push_then_from_pretrained(server, base, cat, tmp_path, hub_home):
     """`hub compose --out DIR --push REPO`: the folder goes up as it is (card: merge, recipe), loads with
     transformers over HF_ENDPOINT, and pushing the folder again changes nothing."""
@@ -411,6 +413,7 @@ def test_stale_files_go_and_base_models_are_checked(server, base, cat, other, tm
 # -- errors ----------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_errors_are_one_line(server, base, cat, tmp_path, hub_home):
     base_path, model = base
     rec = register(cat, tmp_path, make_expert(model, base_path, "err-qa", "squad", seed=20))
@@ -465,6 +468,7 @@ def test_errors_are_one_line(server, base, cat, tmp_path, hub_home):
     assert not any(ALICE in text or wrong in text for text in outputs)
 
 
+@pytest.mark.slow
 def test_hf_hub_offline_reaches_a_loopback_hub_only(server, base, cat, tmp_path, hub_home, monkeypatch):
     """Air-gapped setups export HF_HUB_OFFLINE=1. A `hub serve` on loopback is not the network: push and pull
     reach it (by 127.0.0.1 and by localhost) with the flag set; any other endpoint is refused with one line

@@ -245,6 +245,7 @@ def _write_task(folder, task, validation=True):
     return folder
 
 
+@pytest.mark.slow
 def test_cli_generate_route(base, experts, hub_home, tmp_path):
     from hubtool.generate import generate, resolve_routed
 

@@ -251,6 +251,7 @@ def _shira_folder(out: Path, base_model_name_or_path: Path) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_custom_model_code_never_runs_without_trust_remote_code(hub_home: Path, tmp_path: Path) -> None:
     markers = {kind: tmp_path / f"MARKER-{kind}" for kind in ("unknown", "known", "trusted")}
     unknown = _custom_code_base(tmp_path / "evil-unknown", markers["unknown"], "evil")
@@ -529,6 +530,7 @@ def test_packed_file_with_a_non_finite_scale_is_refused_at_read_time(tmp_path: P
     assert good["weights"]["model.layers.0.self_attn.q_proj.weight"]["scale"] == 0.5
 
 
+@pytest.mark.slow
 def test_non_finite_lora_alpha_is_refused_on_import(hub_home: Path, tmp_path: Path) -> None:
     import torch
     from peft import LoraConfig, get_peft_model
@@ -748,6 +750,7 @@ def test_failed_auth_is_rate_limited_per_client(tmp_path: Path) -> None:
 # -- issue 9: tokens are never written anywhere ------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_tokens_never_reach_logs_errors_catalogs_cards_or_records(hub_home: Path, tmp_path: Path) -> None:
     """Push and pull with a token (HF_TOKEN, and --token), a push with a wrong token (refused), then grep
     every file under the tmp dir (both HUB_HOMEs with their SQLite catalogs and blob stores, the server's

@@ -204,6 +204,7 @@ COLORS = ["red", "blue", "green", "pink"]
 THINGS = [f"thing{i}" for i in range(40)]
 
 
+@pytest.mark.slow
 def test_eval_finds_a_task_trained_from_a_file_by_name(hub_home: Path, tmp_path: Path) -> None:
     base = tmp_path / "base"
     make_tiny_llama(base)
@@ -247,6 +248,7 @@ def test_eval_finds_a_task_trained_from_a_file_by_name(hub_home: Path, tmp_path:
     )  # fmt: skip
 
 
+@pytest.mark.slow
 def test_import_dtype_converts_values_and_show_states_the_dtype(
     hub_home: Path, tmp_path: Path, packed: Callable[..., Path]
 ) -> None:

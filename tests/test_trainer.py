@@ -192,6 +192,7 @@ def _data_parallel_worker(rank: int, port: int, out: str) -> None:
     torch.save([(layer.kept, layer.values.detach()) for layer in adapter.layers.values()], f"{out}.{rank}")
 
 
+@pytest.mark.slow
 def test_two_process_data_parallel_equals_one_process_accumulating(tmp_path):
     """Rank r takes every other micro-batch and only the kept values are all-reduced, so two gloo
     processes train exactly what one process does with grad_accum=2 over the same micro-batches."""

@@ -488,6 +488,7 @@ def test_with_the_keyboard_alone_filter_the_list_and_submit_with_enter(ui: str, 
     assert page.inner_text("#command") == "hub list --task squad --where 'exact_match>=50'"
 
 
+@pytest.mark.slow
 @pytest.mark.browser
 def test_click_through_catalog_expert_parent_pushed_repo_download(home: Path, browser: Any, tmp_path: Path) -> None:
     """A person's path, in a browser, on one `hub serve --catalog`: filter the list, open an expert, follow

@@ -58,6 +58,7 @@ def killed_import(path: Path, env: dict, *catalog: str) -> None:
     assert result.returncode == -9, result.stderr
 
 
+@pytest.mark.slow
 def test_repair_on_one_catalog_keeps_every_other_catalogs_blobs(hub_home, env, packed, tmp_path):
     """A (the default catalog), B (`--catalog` elsewhere) and E (the experiment's catalog) share one store.
     verify on A lists none of B's or E's blobs as orphans; --repair on A removes only the crash's orphan;
