@@ -319,6 +319,9 @@ def test_resolve_headers_ranges_and_errors(server):
     assert all("oid" in e and "size" in e for e in listed)
     # xetHash only on the file stored as Xet (the default client sent w.bin through Xet)
     assert [e["path"] for e in listed if "xetHash" in e] == ["w.bin"]
+    infos = {f.path: f for f in api.get_paths_info("org/headers", ["w.bin", "a.txt"])}  # the same in paths-info
+    assert infos["w.bin"].xet_hash == next(e["xetHash"] for e in listed if e["path"] == "w.bin")
+    assert infos["a.txt"].xet_hash is None
     commits = list(paginate(f"{server.url}/api/models/org/headers/commits/main", {"limit": 2}, auth))
     assert [c["id"] for c in commits] == [c.commit_id for c in api.list_repo_commits("org/headers")]
     assert len(commits) == 6
