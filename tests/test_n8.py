@@ -11,7 +11,8 @@ from pathlib import Path
 import pytest
 from test_experiment import hub
 
-pytestmark = pytest.mark.slow  # one n8 run on the smoke world: ~45 s of setup (make test-slow, CI)
+# one n8 run on the smoke world, ~45 s of setup (make test-slow, CI), made once: one xdist worker runs the file
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("n8")]
 
 
 @pytest.fixture(scope="module")
