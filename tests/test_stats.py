@@ -203,3 +203,15 @@ def test_draws_with_a_zero_denominator_are_extremes_not_failures():
     stand_in = np.where(np.isinf(r.draws), 1e300, r.draws)
     assert (r.low, r.high) == pytest.approx(tuple(np.percentile(stand_in, [2.5, 97.5])))
     assert math.isfinite(r.high)
+
+
+def test_claim_3_is_judged_by_the_interval_not_the_point():
+    """Held-out gain over the base, weak = at most 2 points: an interval straddling the line decides nothing
+    (the n8 report once said "does not hold" for 3.9 [-0.1, 8.2])."""
+    from hubtool.experiment.n8_report import weak_verdict
+    from hubtool.stats import Estimate
+
+    assert weak_verdict([Estimate(3.9, -0.1, 8.2)]).startswith("**not resolved**")
+    assert weak_verdict([Estimate(1.0, -0.5, 1.9), Estimate(0.2, -1.0, 2.0)]) == "**holds**"
+    assert weak_verdict([Estimate(1.0, -0.5, 1.9), Estimate(5.0, 2.5, 8.0)]) == "**does not hold**"
+    assert weak_verdict([Estimate(1.0, -0.5, 1.9), Estimate(3.0, 1.0, 5.0)]).startswith("**not resolved**")
