@@ -699,8 +699,15 @@ class Fuzzer:
         # the Hub side: token endpoints with odd revisions and methods; unknown CAS routes
         path = rng.choice([f"/api/models/{REPO}/xet-write-token/{self.quote_evil(str(self.evil_value()))}",
                            f"/api/models/{REPO}/xet-read-token/main/extra", "/_xet/v2/shards",
-                           f"/_xet/v1/xorb-grants/default/{x['xorb_hash']}", "/_xet/", "/_xet/v1/telemetry"])  # fmt: skip
+                           f"/_xet/v1/xorb-grants/default/{x['xorb_hash']}", "/_xet/", "/_xet/v1/telemetry",
+                           # the casUrl's store id (this store's, another's, a bare one) in front of a route
+                           f"/_xet/s-{self.store_id()}/v1/reconstructions/{x['file']}",
+                           f"/_xet/s-{self.store_id()}", f"/_xet/s-{'0' * 16}/v1/shards", "/_xet/s-/v1/shards"])  # fmt: skip
         return Case("xet", rng.choice(["GET", "POST", "PUT", "DELETE"]), path, self.mutate_bytes(b"{}"), auth)
+
+    def store_id(self) -> str:
+        path = self.srv.root / "xet" / "store-id"
+        return path.read_text() if path.is_file() else "0" * 16
 
     def case(self) -> Case:
         kind = self.rng.choices(

@@ -331,7 +331,7 @@ def test_resolve_headers_ranges_and_errors(server):
     assert status == 400
     # Xet tokens (tests/test_xet_serve.py has the CAS): only for a caller who may read the repo.
     status, h, _ = server.raw("GET", "/api/models/org/headers/xet-read-token/main")
-    assert status == 200 and h["x-xet-cas-url"] == f"{server.url}/_xet"
+    assert status == 200 and h["x-xet-cas-url"] == f"{server.url}/_xet/s-{(server.root / 'xet' / 'store-id').read_text()}"
     status, h, _ = server.raw("GET", "/api/models/org/headers/xet-write-token/main", token=None)
     assert status == 401 and not any(k.startswith("x-xet") for k in h)
 

@@ -58,7 +58,8 @@ def test_round_trips_and_plain_reads(server, tmp_path, monkeypatch):
     big = _data(3 << 20, 7)
     api.upload_file(path_or_fileobj=big, path_in_repo="w.bin", repo_id="org/xet")
     log = server.log.read_text()
-    assert "/_xet/v1/xorbs/" in log and "POST /_xet/v1/shards 200" in log
+    cas = f"/_xet/s-{(server.root / 'xet' / 'store-id').read_text()}"  # the casUrl holds the store's id
+    assert f"{cas}/v1/xorbs/" in log and f"POST {cas}/v1/shards 200" in log
     folder = tmp_path / "up"
     (folder / "sub").mkdir(parents=True)
     (folder / "sub" / "model.safetensors").write_bytes(_data(2 << 20, 11))
@@ -78,7 +79,7 @@ def test_round_trips_and_plain_reads(server, tmp_path, monkeypatch):
         folder / "sub" / "model.safetensors"
     ).read_bytes()
     assert (snap / "notes.txt").read_text() == "hello\n"
-    assert "GET /_xet/v1/reconstructions/" in server.log.read_text()
+    assert f"GET {cas}/v1/reconstructions/" in server.log.read_text()
 
     # A client with Xet disabled, and plain HTTP with Range: reconstructed on the server.
     from huggingface_hub import constants
@@ -111,7 +112,7 @@ def test_tokens_scope_and_poisoning(server):
     a_hash = next(iter(api.get_paths_info("org/a", ["a.bin"]))).xet_hash
     b_hash = next(iter(api.get_paths_info("org/b", ["b.bin"]))).xet_hash
     a_tok, b_tok = _token(server, "org/a")["accessToken"], _token(server, "org/b")["accessToken"]
-    assert _token(server, "org/a")["casUrl"] == f"{server.url}/_xet"
+    assert _token(server, "org/a")["casUrl"] == f"{server.url}/_xet/s-{(server.root / 'xet' / 'store-id').read_text()}"
 
     # A's token cannot reconstruct B's file; B's can, and its fetch URLs need no Authorization.
     status, _, _ = _cas(server, "GET", f"/v1/reconstructions/{b_hash}", a_tok)
@@ -419,3 +420,36 @@ def test_lfs_batch_download_of_a_xet_file(server):
     status, _, body = server.raw("POST", "/org/other.git/info/lfs/objects/batch", body=json.dumps(request).encode(),
                                  headers={"content-type": "application/vnd.git-lfs+json"})  # fmt: skip
     assert json.loads(body)["objects"][0]["error"]["code"] == 404
+
+
+def test_a_new_store_at_an_old_address_is_not_mistaken_for_the_old_one(tmp_path):
+    """hf_xet caches, per casUrl, the shards it uploaded and skips xorbs they name. A server whose root was
+    replaced at the same address (the demo run twice on one port) once refused such a client's shard (400:
+    "xorb ... is not stored"): the casUrl now holds the store's id, so each store has its own client cache."""
+    import subprocess
+    import sys
+
+    from hubserver import client_env, free_port
+
+    tokens = tmp_path / "tokens.txt"
+    tokens.write_text(TOKENS)
+    data = tmp_path / "w.bin"
+    data.write_bytes(_data(2 << 20, 11))
+    push = ("import sys; from huggingface_hub import HfApi; "
+            "HfApi().upload_file(path_or_fileobj=sys.argv[1], path_in_repo='w.bin', repo_id='org/again')")
+    port = free_port()
+    urls = []
+    for root in ("root-1", "root-2"):
+        srv = Server(tmp_path / root, tokens, port=port)
+        try:
+            srv.api().create_repo("org/again")
+            env = client_env(srv, tmp_path / "one-client")  # the same HF_HOME, so the same hf_xet cache
+            done = subprocess.run([sys.executable, "-c", push, str(data)], env=env, capture_output=True,
+                                  text=True, timeout=120, check=False)  # fmt: skip
+            assert done.returncode == 0, done.stderr[-2000:]
+            got = hf_hub_download("org/again", "w.bin", endpoint=srv.url, token=ALICE, cache_dir=tmp_path / root)
+            assert Path(got).read_bytes() == data.read_bytes()
+            urls.append(_token(srv, "org/again", "write")["casUrl"])
+        finally:
+            srv.stop()
+    assert urls[0] != urls[1] and all(u.startswith(f"http://127.0.0.1:{port}/_xet/s-") for u in urls)

@@ -228,7 +228,7 @@ ROUTES: list[Route] = [
     Route("POST", "/{prefix}/{repo_git}/info/lfs/objects/batch", lfs.batch),
     Route("POST", "/{prefix}/{repo_git}/info/lfs/objects/verify", lfs.verify),
     Route(ANY, "/{prefix}/{repo_git}/info/lfs/{rest}", no_such_endpoint),
-    # -- the Xet CAS (xet/cas.py): casUrl is <server>/_xet ----------------------------------------------
+    # -- the Xet CAS (xet/cas.py): casUrl is <server>/_xet/s-<store id> ---------------------------------
     Route(ANY, "/_xet/{cas_path}", xet.cas),
     # -- downloads (its pattern starts with a repo id) ----------------------------------------------
     Route("GET HEAD", "/{prefix}/{repo}/resolve/{revision_file}", downloads.resolve),

@@ -1,10 +1,11 @@
 """The Xet handlers of `hub serve`: the token endpoints (Hub side) and the CAS under /_xet (docs/hub.md, "Xet").
 
-CAS routes (casUrl = <server>/_xet; `_xet` is no namespace a repo can take, names.py):
+CAS routes (casUrl = <server>/_xet/s-<store id>, and each route also answers without the s-<id> part; `_xet`
+is no namespace a repo can take, names.py):
 
     GET  /_xet/v1/chunks/{prefix}/{chunk}      dedup: 404, or a shard (footer, fresh HMAC key) of xorbs the
                                                token's repo may read that hold the chunk
-    POST /_xet/v1/xorbs/{prefix}/{xorb}        a xorb body (<= 64 MiB), checked, stored: {"was_inserted"}
+    POST /_xet/v1/xorbs/{prefix}/{xorb}        a xorb (<= 64 MiB of data), checked, stored: {"was_inserted"}
     POST /_xet/v1/shards                       a shard, checked file by file, recorded for the repo: {"result"}
     GET  /_xet/v1/reconstructions/{file}       terms + fetch_info (signed URLs), with Range
     GET  /_xet/fetch/{xorb}?exp=&sig=          a signed xorb URL (no Authorization), with Range
@@ -72,8 +73,10 @@ def store_of(hub: HubApp) -> XetStore:
     return store
 
 
-def cas_url(request: Request) -> str:
-    return http.base_url(request) + CAS_PREFIX
+def cas_url(request: Request, store: XetStore) -> str:
+    """<server>/_xet/s-<store id>: the store id keeps a client's cache of one store from another's (see
+    XetStore._store_id); the CAS answers under /_xet with or without it."""
+    return f"{http.base_url(request)}{CAS_PREFIX}/s-{store.id}"
 
 
 # -- Hub side ---------------------------------------------------------------------------------------------
@@ -81,7 +84,7 @@ def cas_url(request: Request) -> str:
 
 def _token_response(hub: HubApp, request: Request, repo: RepoRef, write: bool) -> Response:
     token, exp = tokens.make(hub.signer, repo, write, hub.user(request))
-    url = cas_url(request)
+    url = cas_url(request, store_of(hub))
     headers = {"X-Xet-Cas-Url": url, "X-Xet-Access-Token": token, "X-Xet-Token-Expiration": str(exp)}
     return JSONResponse({"accessToken": token, "exp": exp, "casUrl": url}, headers=headers)
 
@@ -138,6 +141,8 @@ async def _cas(hub: HubApp, request: Request, cas_path: str) -> Response:
     parts = cas_path.split("/")
     method = request.method
     store = store_of(hub)
+    if parts[0] == f"s-{store.id}":  # the casUrl's store id (cas_url); older tokens name /_xet alone
+        parts = parts[1:] or [""]
     if parts[:2] == ["v1", "chunks"] and len(parts) == 4 and method == "GET":
         return await _dedup(hub, store, request, parts[3])
     if parts[:2] == ["v1", "xorbs"] and len(parts) == 4 and method == "POST":

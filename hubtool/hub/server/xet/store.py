@@ -10,6 +10,8 @@ Layout (under --root):
     xet/files/ab/<file>.owners/<r>    ... and those holding the file
     xet/chunks/ab/<chunk>/<xorb>      dedup index: the xorbs holding a file's first chunk or a chunk the
                                       client asks the global dedup route about (hash 0 mod 1024)
+    xet/store-id                      16 random hex digits, made with the store: part of the casUrl, so a
+                                      client's cache of what this CAS holds never applies to another one
     repos/<type>/<ns>/<name>/xet/
         xorbs/<xorb>                  this repo may read the xorb: it sent all its bytes, or a checked shard
                                       of it (the xorb's `.owners/` folder lists such repos)
@@ -31,6 +33,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import struct
 import threading
@@ -93,6 +96,13 @@ class ShardRejected(Exception):
     """A shard that refers to what the repo may not read, or does not add up: one line, for a 400."""
 
 
+def _checked_id(text: str) -> str:
+    text = text.strip()
+    if len(text) != 16 or any(c not in "0123456789abcdef" for c in text):
+        raise ValueError(f"store-id {text[:40]!r}: expected 16 hex digits")
+    return text
+
+
 class XetStore:
     def __init__(self, storage: Storage) -> None:
         self.storage = storage
@@ -101,9 +111,35 @@ class XetStore:
             (self.root / sub).mkdir(parents=True, exist_ok=True)
         storage.read_xet = self.read_all
         storage.on_delete = self.release
+        self.id = self._store_id()
         # Held while a xorb or file is linked to a repo (stored + granted, a shard checked + recorded) and
         # while a deleted repo's references are released: a release never frees what is being granted.
         self.lock = threading.RLock()
+
+    def _store_id(self) -> str:
+        """This store's id (xet/store-id), made once. hf_xet keeps a cache per casUrl of the shards it has
+        uploaded and trusts it: a client that pushed to an earlier server at the same address (a wiped
+        root, the demo run twice on one port) skips xorbs it believes stored, and the shard that names them
+        is refused. With the id in the casUrl, each store gets its own client cache."""
+        path = self.root / "store-id"
+        try:
+            return _checked_id(path.read_text())
+        except FileNotFoundError:
+            damaged = False
+        except (ValueError, UnicodeDecodeError):
+            damaged = True  # a new id only makes clients start a new cache: harmless
+        temp = self.root / f".store-id-{secrets.token_hex(4)}"
+        temp.write_text(secrets.token_hex(8))
+        try:
+            if damaged:
+                os.replace(temp, path)
+            else:
+                os.link(temp, path)  # the first writer wins; a concurrent one reads the winner's id
+        except FileExistsError:
+            pass
+        finally:
+            temp.unlink(missing_ok=True)
+        return _checked_id(path.read_text())
 
     # -- paths ----------------------------------------------------------------------------------------
 
