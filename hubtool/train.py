@@ -281,26 +281,22 @@ def check_against_base(base: str, adapter: AdapterConfig, *, trust_remote_code: 
     such as --block-size 100000 asks for 10^10 entries per weight before the first step."""
     import torch
     from transformers import AutoConfig, AutoModelForCausalLM
-    from transformers.utils import logging as hf_logging
 
     from hubtool.errors import HubError
-    from hubtool.models import resolve_base
+    from hubtool.models import quiet_transformers, resolve_base
     from hubtool.sparse.targets import target_shapes
 
     source, _ = resolve_base(base)
     trust = bool(trust_remote_code)
-    verbosity = hf_logging.get_verbosity()
-    hf_logging.set_verbosity_error()  # from_config's notes on a meta model are not the user's business
     try:
-        config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
-        with torch.device("meta"):
-            model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
+        with quiet_transformers():  # from_config's notes on a meta model are not the user's business
+            config = AutoConfig.from_pretrained(source, trust_remote_code=trust)
+            with torch.device("meta"):
+                model = AutoModelForCausalLM.from_config(config, trust_remote_code=trust)
     except (OSError, ValueError) as err:
         first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
         hint = "; pass --trust-remote-code only if you trust that code" if "trust_remote_code" in str(err) else ""
         raise HubError(f"--base {base}: cannot read its config: {first[:300]}{hint}") from None
-    finally:
-        hf_logging.set_verbosity(verbosity)
     try:
         shapes = target_shapes(model, adapter.targets)
     except HubError as err:

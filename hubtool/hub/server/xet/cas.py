@@ -16,9 +16,10 @@ is no namespace a repo can take, names.py):
                                                uploads sent since the server started, in bytes
 Anything else (xorb-grants, /v2/shards, /v2/reconstructions: today's client falls back) is logged and 404.
 
-Limits: a xorb <= 64 MiB of chunk data in <= 8,192 chunks, its body <= 65 MiB (+ 1 MiB of footer), a shard <= 64 MiB with at most MAX_SHARD_FILES files and
-MAX_SHARD_SEGMENTS segments in all, and MAX_CONCURRENT_UPLOADS xorb/shard uploads at once per client (its
-token's user, else its repo): 429 with Retry-After beyond, which hf_xet retries.
+Limits: a xorb <= 64 MiB of chunk data in <= 8,192 chunks, its body <= 65 MiB (+ 1 MiB of footer); a shard
+<= 64 MiB with at most MAX_SHARD_FILES files and MAX_SHARD_SEGMENTS segments in all; MAX_CONCURRENT_UPLOADS
+xorb/shard uploads at once per client (its token's user, else its repo): 429 with Retry-After beyond, which
+hf_xet retries.
 """
 
 from __future__ import annotations
