@@ -154,13 +154,30 @@ class XetStore:
     def _repo_xet(self, repo: RepoRef) -> Path:
         return self.storage.repo_dir(repo) / "xet"
 
-    def _mark(self, repo: RepoRef, kind: str, name: str) -> None:
+    def _repo_folder(self, repo: RepoRef, kind: str) -> Path | None:
+        """The repo's xet/<kind> folder, or None if the repo is gone, even if it goes while this runs: the
+        folders are made one level at a time (never the repo's own), so a deleted repo is not re-created,
+        and a folder that vanishes between mkdir and the check (FileExistsError, then no folder: the churn
+        test hit it) means the same."""
         repo_dir = self.storage.repo_dir(repo)
-        if not repo_dir.is_dir():  # deleted meanwhile: leave no folder behind
+        for level in (repo_dir / "xet", repo_dir / "xet" / kind):
+            try:
+                level.mkdir()
+            except FileExistsError:
+                if not level.is_dir():
+                    return None
+            except FileNotFoundError:
+                return None
+        return repo_dir / "xet" / kind
+
+    def _mark(self, repo: RepoRef, kind: str, name: str) -> None:
+        folder = self._repo_folder(repo, kind)
+        if folder is None:  # deleted meanwhile: leave no folder behind
             return
-        folder = repo_dir / "xet" / kind
-        folder.mkdir(parents=True, exist_ok=True)
-        (folder / name).touch()
+        try:
+            (folder / name).touch()
+        except FileNotFoundError:
+            return
 
     # -- xorbs ------------------------------------------------------------------------------------------
 
@@ -294,13 +311,9 @@ class XetStore:
         owners.mkdir(parents=True, exist_ok=True)
         (owners / owner_name(repo)).touch()
         self._mark(repo, "files", fhash)
-        if sha256 is not None:
-            repo_dir = self.storage.repo_dir(repo)
-            if repo_dir.is_dir():
-                folder = repo_dir / "xet" / "sha256"
-                folder.mkdir(parents=True, exist_ok=True)
-                with atomic_write(folder / f"{sha256}.json") as f:
-                    f.write(json.dumps({"xetHash": fhash, "size": size}).encode())
+        if sha256 is not None and (folder := self._repo_folder(repo, "sha256")) is not None:
+            with atomic_write(folder / f"{sha256}.json") as f:
+                f.write(json.dumps({"xetHash": fhash, "size": size}).encode())
 
     def has_file(self, fhash: str) -> bool:
         return is_hex64(fhash) and self._file_path(fhash).is_file()
