@@ -37,8 +37,7 @@ $(STAMP): pyproject.toml Makefile
 # processes, a whole experiment run); `make test-slow` runs those alone, `make test-all` everything.
 # CI (.ci/run) runs `make test`, then `make test-slow`.
 TEST_WORKERS ?= 2
-# --dist loadgroup: a file marked xdist_group (a module-scoped experiment run) stays on one worker.
-PYTEST  := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadgroup --durations=10
+PYTEST  := $(PY) -m pytest -q -n $(TEST_WORKERS) --durations=10
 
 test: install
 	$(PYTEST) -m "not slow"

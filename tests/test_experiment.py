@@ -15,9 +15,6 @@ from pathlib import Path
 import pytest
 
 PNG = b"\x89PNG\r\n\x1a\n"
-# One pytest-xdist worker runs this whole file (make test: --dist loadgroup), so the module-scoped smoke run
-# is made once, not once per worker.
-pytestmark = pytest.mark.xdist_group("smoke-experiment")
 
 
 def hub(*args: str, home: Path, timeout: int = 300) -> subprocess.CompletedProcess[str]:

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 from test_experiment import hub
 
-# one n8 run on the smoke world, ~45 s of setup (make test-slow, CI), made once: one xdist worker runs the file
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("n8")]
+pytestmark = pytest.mark.slow  # one n8 run on the smoke world: ~45 s of setup (make test-slow, CI)
 
 
 @pytest.fixture(scope="module")
