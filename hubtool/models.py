@@ -176,9 +176,8 @@ def stored_weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]] | Non
     always the model's parameter names, but not always (a tied weight left out, an old prefix, a
     conversion on load): a caller may trust a name whose shape matches and must ask base_weight_shapes
     about anything else."""
-    import struct
-
     from hubtool.format import safejson
+    from hubtool.format.header import read_table
 
     folder = Path(folder)
     index = folder / "model.safetensors.index.json"
@@ -193,16 +192,11 @@ def stored_weight_shapes(folder: str | Path) -> dict[str, tuple[int, ...]] | Non
         for file in files:
             if file.parent != folder or not file.is_file():
                 return None
-            with file.open("rb") as f:
-                (n,) = struct.unpack("<Q", f.read(8))
-                if n > 100 << 20:
-                    return None
-                table = safejson.loads(f.read(n), "safetensors header", max_depth=4)
-            for name, info in table.items():
+            for name, info in read_table(file).items():
                 if name != "__metadata__" and isinstance(info, dict) and isinstance(info.get("shape"), list):
                     shapes[name] = tuple(int(x) for x in info["shape"])
         return shapes or None
-    except (OSError, ValueError, TypeError, AttributeError, struct.error, HubError):
+    except (OSError, ValueError, TypeError, AttributeError, HubError):  # FormatError is a HubError
         return None
 
 

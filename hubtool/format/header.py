@@ -57,16 +57,33 @@ def read_header(source: str | os.PathLike[str] | bytes) -> dict[str, Any]:
     """
     if isinstance(source, (bytes, bytearray, memoryview)):
         return header_from_bytes(bytes(source), "<bytes>")
-    where = str(source)
+    head, size = _read_head(source)
+    return _parse(head, size, str(source))
+
+
+def read_table(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """The JSON header of any safetensors file (a base model's weights, say): {tensor name: {"dtype", "shape",
+    "data_offsets"}} plus its "__metadata__" if any, read within safetensors' 100 MiB limit and nothing of
+    the data. The length and JSON are checked as for an expert; the entries are not (any dtype may occur).
+    FormatError naming the file."""
+    head, size = _read_head(path)
     try:
-        with Path(source).open("rb") as f:
+        return _table(head, size)[0]
+    except FormatError as err:
+        raise FormatError(f"{path}: {err}") from None
+
+
+def _read_head(path: str | os.PathLike[str]) -> tuple[bytes, int]:
+    """(the 8-byte length and at most 100 MiB of header after it, the file's size)."""
+    try:
+        with Path(path).open("rb") as f:
             size = os.fstat(f.fileno()).st_size
             head = f.read(8)
             if len(head) == 8:
                 head += f.read(min(struct.unpack("<Q", head)[0], _MAX_HEADER))
     except OSError as err:
-        raise FormatError(f"{where}: cannot read: {err.strerror}") from None
-    return _parse(head, size, where)
+        raise FormatError(f"{path}: cannot read: {err.strerror}") from None
+    return head, size
 
 
 def header_from_bytes(data: bytes, where: str) -> dict[str, Any]:
@@ -82,6 +99,19 @@ def _parse(head: bytes, size: int, where: str) -> dict[str, Any]:
 
 
 def _parse_checked(head: bytes, size: int) -> dict[str, Any]:
+    table, n = _table(head, size)
+    raw = table.pop("__metadata__", None)
+    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
+        raise FormatError("__metadata__: missing or not a string map; not a hubtool expert")
+    meta = _decode_metadata(raw)
+    _check_tensors(table, size - 8 - n)
+    _check_weights(meta, table)
+    meta["tensors"] = table
+    return meta
+
+
+def _table(head: bytes, size: int) -> tuple[dict[str, Any], int]:
+    """(the parsed safetensors header, its length n): in bounds, a JSON object, at most MAX_TENSORS entries."""
     if len(head) < 8:
         raise FormatError("not a safetensors file: shorter than the 8-byte header length")
     (n,) = struct.unpack("<Q", head[:8])
@@ -96,14 +126,7 @@ def _parse_checked(head: bytes, size: int) -> dict[str, Any]:
         raise FormatError("not a safetensors file: header is not a JSON object")
     if len(table) > MAX_TENSORS + 1:
         raise FormatError(f"safetensors header: {len(table) - 1} tensors, more than the {MAX_TENSORS} allowed")
-    raw = table.pop("__metadata__", None)
-    if not isinstance(raw, dict) or not all(isinstance(v, str) for v in raw.values()):
-        raise FormatError("__metadata__: missing or not a string map; not a hubtool expert")
-    meta = _decode_metadata(raw)
-    _check_tensors(table, size - 8 - n)
-    _check_weights(meta, table)
-    meta["tensors"] = table
-    return meta
+    return table, n
 
 
 def _decode_metadata(raw: dict[str, str]) -> dict[str, Any]:
