@@ -140,7 +140,9 @@ def _sparse_deltas(
         if base_shapes is not None:
             check_shapes(shapes, base_shapes, str(folder / SIDECAR_FILE), base_model)
     else:
-        shapes = _base_shapes(base_model, trust_remote_code)
+        from hubtool.models import base_weight_shapes
+
+        shapes = base_weight_shapes(base_model, trust_remote_code=trust_remote_code)
     if peft_type == "SHIRA":
         entries = _shira_entries(config, tensors, shapes, folder)
     else:
@@ -418,12 +420,6 @@ def _whole(x: Any) -> bool:
 
 def _sidecar_shapes(sidecar: dict) -> dict[str, tuple[int, ...]]:
     return {w: tuple(spec["shape"]) for w, spec in sidecar.get("weights", {}).items()}
-
-
-def _base_shapes(base_model: str, trust_remote_code: bool = False) -> dict[str, tuple[int, ...]]:
-    from hubtool.models import base_weight_shapes
-
-    return base_weight_shapes(base_model, trust_remote_code=trust_remote_code)
 
 
 # A Hub model id: "name" or "org/name" (huggingface_hub's rules, loosely: the Hub itself answers the rest).
