@@ -56,6 +56,31 @@ def _safe(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:150]
 
 
+MAX_EXTEND = 4  # grid points a sweep may add past an end of its grid
+
+
+def best_lam(scores: dict[float, float], default: float) -> float:
+    """The λ with the best mean validation score; ties go to the λ closest to the default (log scale)."""
+    return max(scores, key=lambda lam: (round(scores[lam], 9), -abs(math.log(lam / default))))
+
+
+def next_lam(scores: dict[float, float], default: float, factors: tuple[float, ...]) -> float | None:
+    """The next λ to try when the best so far lies at an end of the grid: one grid step (the last two
+    factors' spacing x default) past the largest, or half the smallest. None when the best is inside,
+    the grid has a single point, or MAX_EXTEND points were already added. Why: a best at the grid's end
+    says only that the optimum lies beyond it, and a method whose default λ is far from its optimum here
+    would otherwise be judged at a λ the sweep never bracketed. The rule is the same for every kind."""
+    if len(factors) < 2 or len(scores) >= len(factors) + MAX_EXTEND:
+        return None
+    best, top, bottom = best_lam(scores, default), max(scores), min(scores)
+    if best == top:
+        ordered = sorted(factors)
+        return top + default * (ordered[-1] - ordered[-2])
+    if best == bottom:
+        return bottom / 2
+    return None
+
+
 class N8:
     """One n8 run against the experiment's catalog: every step cached there, decisions in `state`."""
 
@@ -268,17 +293,25 @@ class N8:
     def sweep(self, label: str, method: str, experts: list[str], tag: str = "") -> float:
         """λ for `method` on these experts: the same factors of the method's default λ for every kind,
         each merge scored on the first val_limit validation examples of every held-in task; the best
-        mean wins (ties: the factor closest to 1). Recorded in state["lam"]."""
+        mean wins (ties: the factor closest to 1). When the best is at an end of the grid, the grid is
+        extended past that end (next_lam) until a point inside wins. Recorded in state["lam"]."""
         key = f"{label}{tag} {method}"
-        lams = [self.default_lam(method) * f for f in self.p.lam_factors]
-        scores = {}
-        for lam in lams:
-            name = self.merge(label, method, experts, lam=lam, tag=tag)
-            scores[lam] = self.mean_value(name, self.held_in, "validation")
         default = self.default_lam(method)
-        best = max(lams, key=lambda lam: (round(scores[lam], 9), -abs(math.log(lam / default))))
-        self.state["lam"][key] = {"grid": {f"{lam:g}": scores[lam] for lam in lams}, "chosen": best,
-                                  "split": "validation", "limit": self.p.val_limit}
+        lams = [default * f for f in self.p.lam_factors]
+        scores: dict[float, float] = {}
+        while True:
+            for lam in lams:
+                if lam not in scores:
+                    name = self.merge(label, method, experts, lam=lam, tag=tag)
+                    scores[lam] = self.mean_value(name, self.held_in, "validation")
+            more = next_lam(scores, default, self.p.lam_factors)
+            if more is None:
+                break
+            lams.append(more)
+        best = best_lam(scores, default)
+        self.state["lam"][key] = {"grid": {f"{lam:g}": scores[lam] for lam in sorted(scores)}, "chosen": best,
+                                  "split": "validation", "limit": self.p.val_limit,
+                                  "extended": [f"{lam:g}" for lam in lams[len(self.p.lam_factors):]]}
         self.save_state()
         return best
 
