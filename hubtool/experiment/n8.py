@@ -537,18 +537,21 @@ class N8:
             names.append(self.expert(task, "sparse", self.p.merge_seed, avoid=list(names)))
         label = f"sparse avoid β={self.p.avoid_beta:g} single-task"
         self.single_row(label, names, "sparse", note="each expert trained avoiding the masks of the ones before it")
-        lam = self.chosen("sparse")
+        # Their own λ sweep: with disjoint masks overlap-mean is a plain sum, so the plain experts' λ
+        # (chosen where entries are shared and averaged) need not suit them.
+        lam = self.sweep("sparse", "overlap-mean", names, tag="-avoid")
         merged = self.merge("sparse", "overlap-mean", names, lam=lam, tag="-avoid")
-        self.score_row(f"sparse avoid β={self.p.avoid_beta:g} merged: overlap-mean λ={lam:g}", merged, kind="sparse",
-                       single=label)
+        self.score_row(f"sparse avoid β={self.p.avoid_beta:g} merged: overlap-mean λ={lam:g} (val)", merged,
+                       kind="sparse", single=label)
 
     def keep(self) -> None:
         names = self.experts_of("sparse", keep_ratio=self.p.low_keep)
         label = f"sparse k={self.p.low_keep:g} single-task"
         self.single_row(label, names, "sparse")
-        lam = self.chosen("sparse")
-        merged = self.merge("sparse", "overlap-mean", names, lam=lam, tag=f"-k{_lam_tag(self.p.low_keep)}")
-        self.score_row(f"sparse k={self.p.low_keep:g} merged: overlap-mean λ={lam:g}", merged, kind="sparse",
+        tag = f"-k{_lam_tag(self.p.low_keep)}"
+        lam = self.sweep("sparse", "overlap-mean", names, tag=tag)  # their own λ, as for every merge row
+        merged = self.merge("sparse", "overlap-mean", names, lam=lam, tag=tag)
+        self.score_row(f"sparse k={self.p.low_keep:g} merged: overlap-mean λ={lam:g} (val)", merged, kind="sparse",
                        single=label)
 
     def seeds(self) -> None:
