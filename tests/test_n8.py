@@ -41,6 +41,9 @@ def test_every_step_runs_and_the_report_has_intervals(run: dict) -> None:
     table = [line for line in md.splitlines() if line.startswith("| sparse merged: overlap-mean")]
     assert table and all(line.count("[") >= 3 for line in table), table
     assert "### The paper's claims here" in md and "### Seeds" in md and "### Diagnostics" in md
+    # what decides compose's default: every other sparse merge against the tuned overlap-mean, with its interval
+    line = next(x for x in md.splitlines() if x.startswith("Each other sparse merge against sparse merged: overlap-mean"))
+    assert "sparse merged: sparse TIES" in line and line.count("[") >= 3 and "default" in line
     assert (run["out"] / "smoke-n8-retention.png").is_file()
 
 

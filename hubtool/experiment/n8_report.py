@@ -317,7 +317,28 @@ class N8Report:
                 line += (f"; over the {len(passing)} tasks that passed the gate: R {fmt(rp)}%, "
                          f"G {fmt(gp) if gp else '–'}%")
             out.append(line + ".")
-        return [*out, ""]
+        return [*out, "", *self.default_lines()]
+
+    def default_lines(self) -> list[str]:
+        """Each other sparse static merge against the tuned overlap-mean row, in held-in mean: what decides
+        `hub compose`'s default (it changes only for a method whose interval lies wholly above 0)."""
+        from hubtool.stats import fmt
+
+        t, main = self.held_in, self.main_row("sparse")
+        if main is None or not self.have(main, t):
+            return []
+        found = []
+        for label, row in self.rows.items():
+            if label != main and row["kind"] == "sparse" and row["group"] == "merged" and self.have(label, t):
+                d = self.est("diff", label, main, tasks=t)
+                found.append(f"{label} {fmt(d)} ({'above' if d.low > 0 else 'below' if d.high < 0 else 'overlaps 0'})")
+        if not found:
+            return []
+        winners = [x for x in found if x.endswith("(above)")]
+        verdict = ("a method beats it: see docs/compose.md's \"which method\"" if winners else
+                   "no method beats it with its interval clear of 0, so `hub compose`'s default stays overlap-mean")
+        return [f"Each other sparse merge against {main}, held-in mean, points (paired): " + "; ".join(found)
+                + f". {verdict[0].upper()}{verdict[1:]}.", ""]
 
     def seed_lines(self) -> list[str]:
         from hubtool.stats import fmt
