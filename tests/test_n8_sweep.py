@@ -1,5 +1,6 @@
-"""The λ sweep's rule for extending its grid past an end (hubtool.experiment.n8.next_lam): checked on
-hand-made score tables, where the right answer can be read off."""
+"""Two n8 decisions checked on hand-made inputs, where the right answer can be read off: the λ sweep's rule
+for extending its grid past an end (hubtool.experiment.n8.next_lam), and the report's line that says
+whether a merge beats the tuned overlap-mean (N8Report.default_lines, from per-example files)."""
 
 from __future__ import annotations
 
@@ -57,3 +58,50 @@ def test_ties_go_to_the_lambda_closest_to_the_default() -> None:
 
 def test_a_single_point_grid_is_never_extended() -> None:
     assert next_lam({1.0: 3.0}, 1.0, (1.0,)) is None
+
+
+# --- what decides compose's default: N8Report.default_lines on hand-made per-example files ---------------
+
+def _write_run(folder, values: dict[str, list[float]], rows: dict[str, tuple[str, str | None]]) -> None:
+    """An n8 folder: one subject per row (its name = the row label's slug), two tasks, given outcomes."""
+    import json
+
+    tasks = ["a", "b"]
+    state_rows = {}
+    for label, (group, single) in rows.items():
+        subject = label.replace(" ", "_").replace(":", "").replace("=", "")
+        for task in tasks:
+            path = folder / "evals" / subject / f"{task}.test.jsonl"
+            path.parent.mkdir(parents=True, exist_ok=True)
+            head = {"subject": subject, "task": task, "split": "test", "n": len(values[label]), "commit": "x"}
+            path.write_text("\n".join([json.dumps(head)] + [json.dumps({"idx": i, "value": v})
+                                                              for i, v in enumerate(values[label])]) + "\n")
+        state_rows[label] = {"subjects": {t: subject for t in tasks}, "kind": "sparse" if label != "base model" else "base",
+                             "single": single, "group": group, "note": ""}
+    (folder / "state.json").write_text(json.dumps({"preset": "n8", "held_in": tasks, "held_out": [],
+                                                   "rows": state_rows}))
+
+
+def test_the_report_names_a_merge_that_beats_overlap_mean_and_only_then(tmp_path) -> None:
+    from hubtool.experiment.n8_report import N8Report
+
+    n = 40
+    base, single = [0.0] * n, [100.0] * n
+    main = [100.0] * (n // 2) + [0.0] * (n // 2)  # 50
+    better = [100.0] * (3 * n // 4) + [0.0] * (n // 4)  # 75, right on every example main gets right
+    same = main[::-1]  # 50, a different half
+    rows = {"base model": ("base", None), "sparse single-task": ("single", None),
+            "sparse merged: overlap-mean λ=1 (val)": ("merged", "sparse single-task"),
+            "sparse merged: better": ("merged", "sparse single-task"),
+            "sparse merged: same": ("merged", "sparse single-task")}
+    values = {"base model": base, "sparse single-task": single, "sparse merged: overlap-mean λ=1 (val)": main,
+              "sparse merged: better": better, "sparse merged: same": same}
+    _write_run(tmp_path / "won", values, rows)
+    line = N8Report(tmp_path / "won").default_lines()[0]
+    assert "sparse merged: better 25.0 [" in line and "(above)" in line and "sparse merged: same 0.0 [" in line
+    assert "Beating it with the interval clear of 0: sparse merged: better, the evidence" in line
+
+    del rows["sparse merged: better"], values["sparse merged: better"]
+    _write_run(tmp_path / "none", values, rows)
+    line = N8Report(tmp_path / "none").default_lines()[0]
+    assert "(above)" not in line and "default stays overlap-mean" in line

@@ -327,18 +327,20 @@ class N8Report:
         t, main = self.held_in, self.main_row("sparse")
         if main is None or not self.have(main, t):
             return []
-        found = []
+        found, winners = [], []
         for label, row in self.rows.items():
             if label != main and row["kind"] == "sparse" and row["group"] == "merged" and self.have(label, t):
                 d = self.est("diff", label, main, tasks=t)
                 found.append(f"{label} {fmt(d)} ({'above' if d.low > 0 else 'below' if d.high < 0 else 'overlaps 0'})")
+                if d.low > 0:
+                    winners.append(label)
         if not found:
             return []
-        winners = [x for x in found if x.endswith("(above)")]
-        verdict = ("a method beats it: see docs/compose.md's \"which method\"" if winners else
-                   "no method beats it with its interval clear of 0, so `hub compose`'s default stays overlap-mean")
+        verdict = (f"Beating it with the interval clear of 0: {'; '.join(winners)}, the evidence for a new default "
+                   "(docs/compose.md, \"Which method\")" if winners else
+                   "No method beats it with its interval clear of 0, so `hub compose`'s default stays overlap-mean")
         return [f"Each other sparse merge against {main}, held-in mean, points (paired): " + "; ".join(found)
-                + f". {verdict[0].upper()}{verdict[1:]}.", ""]
+                + f". {verdict}.", ""]
 
     def seed_lines(self) -> list[str]:
         from hubtool.stats import fmt
