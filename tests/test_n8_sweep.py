@@ -62,21 +62,25 @@ def test_a_single_point_grid_is_never_extended() -> None:
 
 # --- what decides compose's default: N8Report.default_lines on hand-made per-example files ---------------
 
-def _write_run(folder, values: dict[str, list[float]], rows: dict[str, tuple[str, str | None]]) -> None:
-    """An n8 folder: one subject per row (its name = the row label's slug), two tasks, given outcomes."""
+def _write_run(folder, values: dict[str, list[float] | dict[str, list[float]]],
+               rows: dict[str, tuple[str, str | None]], row_tasks: dict[str, list[str]] | None = None) -> None:
+    """An n8 folder: one subject per row (its name = the row label's slug), two tasks, given outcomes (one list
+    for every task, or one per task); `row_tasks` limits a row to some tasks (a subset merge)."""
     import json
 
     tasks = ["a", "b"]
     state_rows = {}
     for label, (group, single) in rows.items():
-        subject = label.replace(" ", "_").replace(":", "").replace("=", "")
-        for task in tasks:
+        subject = label.replace(" ", "_").replace(":", "").replace("=", "").replace(",", "")
+        mine = (row_tasks or {}).get(label, tasks)
+        for task in mine:
+            got = values[label][task] if isinstance(values[label], dict) else values[label]
             path = folder / "evals" / subject / f"{task}.test.jsonl"
             path.parent.mkdir(parents=True, exist_ok=True)
-            head = {"subject": subject, "task": task, "split": "test", "n": len(values[label]), "commit": "x"}
+            head = {"subject": subject, "task": task, "split": "test", "n": len(got), "commit": "x"}
             path.write_text("\n".join([json.dumps(head)] + [json.dumps({"idx": i, "value": v})
-                                                              for i, v in enumerate(values[label])]) + "\n")
-        state_rows[label] = {"subjects": {t: subject for t in tasks}, "kind": "sparse" if label != "base model" else "base",
+                                                              for i, v in enumerate(got)]) + "\n")
+        state_rows[label] = {"subjects": {t: subject for t in mine}, "kind": "sparse" if label != "base model" else "base",
                              "single": single, "group": group, "note": ""}
     (folder / "state.json").write_text(json.dumps({"preset": "n8", "held_in": tasks, "held_out": [],
                                                    "rows": state_rows}))
@@ -105,3 +109,47 @@ def test_the_report_names_a_merge_that_beats_overlap_mean_and_only_then(tmp_path
     _write_run(tmp_path / "none", values, rows)
     line = N8Report(tmp_path / "none").default_lines()[0]
     assert "(above)" not in line and "default stays overlap-mean" in line
+
+
+def test_the_seed_lines_name_the_tasks_where_training_noise_dominates(tmp_path) -> None:
+    from hubtool.experiment.n8_report import N8Report
+
+    n = 40
+    half = [100.0] * (n // 2) + [0.0] * (n // 2)
+    rows = {"sparse single-task": ("single", None), "sparse single-task seed 1": ("single", None)}
+    # Seed 1 agrees on task a and gets every example of b right: 100 against 50, far past b's interval.
+    _write_run(tmp_path / "swing", {"sparse single-task": half,
+                                    "sparse single-task seed 1": {"a": half, "b": [100.0] * n}}, rows)
+    lines = N8Report(tmp_path / "swing").seed_lines()
+    assert lines[2].startswith("- sparse: seed 1 − seed 0 on the held-in mean: 25.0 [")
+    per_task = lines[3]
+    assert "**training noise dominates** on b 50.0 [" in per_task and " a " not in per_task
+
+    # The same outcomes in another order on each task: each mean is equal, so nothing dominates.
+    _write_run(tmp_path / "calm", {"sparse single-task": half, "sparse single-task seed 1": half[::-1]}, rows)
+    lines = N8Report(tmp_path / "calm").seed_lines()
+    assert "the seeds agree within the evaluation noise" in lines[2]
+    assert lines[3] == "  - per task: every task's seeds agree within its evaluation interval."
+
+
+def test_the_retention_table_gives_each_n_of_the_plot(tmp_path) -> None:
+    from hubtool.experiment.n8_report import N8Report
+
+    n = 40
+    rows = {"base model": ("base", None), "sparse single-task": ("single", None),
+            "sparse merged: overlap-mean λ=1 (val)": ("merged", "sparse single-task"),
+            "sparse merged: overlap-mean λ=1, N=1": ("subset 1", "sparse single-task")}
+    three_quarters = [100.0] * (3 * n // 4) + [0.0] * (n // 4)
+    values = {"base model": [0.0] * n, "sparse single-task": [100.0] * n,
+              "sparse merged: overlap-mean λ=1 (val)": {"a": three_quarters, "b": [0.0] * n},  # R 37.5% at N=2
+              "sparse merged: overlap-mean λ=1, N=1": three_quarters}  # R 75% at N=1
+    _write_run(tmp_path / "run", values, rows, row_tasks={"sparse merged: overlap-mean λ=1, N=1": ["a"]})
+    report = N8Report(tmp_path / "run")
+    assert [(n, round(e.value, 1)) for n, e in report.retention_points()["sparse"]] == [(1, 75.0), (2, 37.5)]
+    table = report.subset_lines()
+    assert table[0] == "| N (the first N held-in tasks) | sparse R % |"
+    assert table[2].startswith("| 1 | 75.0 [") and table[3].startswith("| 2 | 37.5 [")
+
+    del rows["sparse merged: overlap-mean λ=1, N=1"]
+    _write_run(tmp_path / "main-only", values, rows)
+    assert N8Report(tmp_path / "main-only").subset_lines() == []  # one N: the plot alone says it

@@ -130,7 +130,7 @@ class N8Report:
         lines += self.routing_lines()
         if self.plot(images / f"{prefix}-retention.png"):
             lines += ["### Retention against the number of merged experts", "",
-                      f"![retention]({images.name}/{prefix}-retention.png)", ""]
+                      f"![retention]({images.name}/{prefix}-retention.png)", "", *self.subset_lines()]
         if (images / f"{prefix}-overlap.png").is_file() and "overlap_mean" in s:
             lines += [f"### Overlap of the sparse experts' masks (mean pairwise Jaccard {s['overlap_mean']:.3f})", "",
                       f"![overlap]({images.name}/{prefix}-overlap.png)", ""]
@@ -361,7 +361,47 @@ class N8Report:
             out.append(f"- {kind}: seed {seed} − seed 0 on the held-in mean: {fmt(d)} points; the 95% half-width of "
                        f"one row's mean is {half:.1f}: " + ("**training noise dominates** (the seeds differ by more "
                        "than the evaluation interval)." if dominates else "the seeds agree within the evaluation noise."))
+            # The same test per task: a mean can agree while single tasks swing (a task's interval is wider,
+            # but one seed can still land far outside it).
+            swings = []
+            for task in t:
+                dt = self.est("diff", label, first, tasks=[task])
+                one = self.est("mean", first, tasks=[task])
+                if abs(dt.value) > (one.high - one.low) / 2:
+                    swings.append(f"{task} {fmt(dt)} (half-width {(one.high - one.low) / 2:.1f})")
+            out.append("  - per task: " + (f"**training noise dominates** on {', '.join(swings)}; the other tasks' "
+                                            "seeds agree within their evaluation interval." if swings else
+                                            "every task's seeds agree within its evaluation interval."))
         return ["### Seeds", "", *out, ""] if out else []
+
+    def retention_points(self) -> dict[str, list[tuple[int, Any]]]:
+        """kind -> [(N, R estimate)], sorted by N: each kind's main merge and its subset merges (the first N tasks)."""
+        points: dict[str, list[tuple[int, Any]]] = {}
+        for label, row in self.rows.items():
+            main = self.main_row(row["kind"])
+            if main is None or not row.get("single"):
+                continue
+            if not (label == main or (row["group"].startswith("subset") and label.startswith(main.split(" (val)")[0]))):
+                continue
+            tasks = self.tasks_of(label)
+            if self.have(label, tasks) and self.have(row["single"], tasks):
+                points.setdefault(row["kind"], []).append(
+                    (len(tasks), self.est("retention", label, row["single"], tasks=tasks)))
+        return {kind: sorted(pts, key=lambda p: p[0]) for kind, pts in points.items()}
+
+    def subset_lines(self) -> list[str]:
+        """The retention plot's points as a table, R with its interval."""
+        from hubtool.stats import fmt
+
+        points = self.retention_points()
+        kinds = sorted(points)
+        ns = sorted({n for pts in points.values() for n, _ in pts})
+        if len(ns) < 2:
+            return []
+        at = {(k, n): fmt(e) for k in kinds for n, e in points[k]}
+        out = ["| N (the first N held-in tasks) | " + " | ".join(f"{k} R %" for k in kinds) + " |",
+               "|" + "---|" * (len(kinds) + 1)]
+        return out + [f"| {n} | " + " | ".join(at.get((k, n), "…") for k in kinds) + " |" for n in ns] + [""]
 
     def diagnostic_lines(self) -> list[str]:
         from hubtool.stats import fmt
@@ -428,18 +468,7 @@ class N8Report:
 
     def plot(self, path: Path) -> bool:
         """Retention against N with 95% interval bands, for each kind's main merge."""
-        points: dict[str, list[tuple[int, Any]]] = {}
-        for label, row in self.rows.items():
-            kind = row["kind"]
-            main = self.main_row(kind)
-            if main is None or not row.get("single"):
-                continue
-            tasks = self.tasks_of(label)
-            if not (label == main or (row["group"].startswith("subset") and label.startswith(main.split(" (val)")[0]))):
-                continue
-            if not (self.have(label, tasks) and self.have(row["single"], tasks)):
-                continue
-            points.setdefault(kind, []).append((len(tasks), self.est("retention", label, row["single"], tasks=tasks)))
+        points = self.retention_points()
         if not points:
             return False
         import matplotlib
@@ -449,7 +478,6 @@ class N8Report:
 
         fig, ax = plt.subplots(figsize=(6.5, 4.2))
         for kind, pts in sorted(points.items()):
-            pts.sort(key=lambda p: p[0])
             xs = [p[0] for p in pts]
             ax.plot(xs, [p[1].value for p in pts], marker="o", label=kind)
             ax.fill_between(xs, [p[1].low for p in pts], [p[1].high for p in pts], alpha=0.2)
