@@ -153,3 +153,12 @@ def test_the_retention_table_gives_each_n_of_the_plot(tmp_path) -> None:
     del rows["sparse merged: overlap-mean λ=1, N=1"]
     _write_run(tmp_path / "main-only", values, rows)
     assert N8Report(tmp_path / "main-only").subset_lines() == []  # one N: the plot alone says it
+
+
+def test_sweep_keys_read_as_the_table_rows_name_them() -> None:
+    from hubtool.experiment.n8_report import sweep_name
+
+    assert sweep_name("sparse overlap-mean") == "sparse overlap-mean"
+    assert sweep_name("sparse-kl0p01 overlap-mean") == "sparse k=0.01 overlap-mean"
+    assert sweep_name("sparse-kl1 overlap-mean") == "sparse k=1 overlap-mean"
+    assert sweep_name("sparse-avoid overlap-mean") == "sparse avoid β=inf overlap-mean"

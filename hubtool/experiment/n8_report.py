@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from pathlib import Path
 from typing import Any
 
@@ -46,6 +47,13 @@ def load(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, str, str], dict[
         outcomes[head["subject"], head["task"], head["split"]] = {int(r["idx"]): float(r["value"]) for r in rows}
         commits.setdefault(str(head.get("commit")), set()).add(head["subject"])
     return state, outcomes, commits
+
+
+def sweep_name(key: str) -> str:
+    """A λ sweep's state key in the table rows' words: 'sparse-kl0p01 overlap-mean' -> 'sparse k=0.01 overlap-mean'."""
+    head, _, method = key.partition(" ")
+    head = re.sub(r"-kl(\d+)p(\d+)$", r" k=\1.\2", re.sub(r"-kl(\d+)$", r" k=\1", head))
+    return f"{head.replace('-avoid', ' avoid β=inf')} {method}".strip()
 
 
 def weak_verdict(gains: list[Any]) -> str:
@@ -439,7 +447,7 @@ class N8Report:
         out = ["### λ chosen on validation", "", "| merge | λ: mean validation score | chosen |", "|---|---|---|"]
         for key, v in lam.items():
             grid = ", ".join(f"{k}: {s:.1f}" for k, s in v["grid"].items())
-            out.append(f"| {key} | {grid} | {v['chosen']:g} |")
+            out.append(f"| {sweep_name(key)} | {grid} | {v['chosen']:g} |")
         tuned = self.state.get("tuned", {})
         for v in tuned.values():
             out.append("")
