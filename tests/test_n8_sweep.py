@@ -1,6 +1,7 @@
-"""Two n8 decisions checked on hand-made inputs, where the right answer can be read off: the λ sweep's rule
-for extending its grid past an end (hubtool.experiment.n8.next_lam), and the report's line that says
-whether a merge beats the tuned overlap-mean (N8Report.default_lines, from per-example files)."""
+"""n8 decisions checked on hand-made inputs, where the right answer can be read off: the λ sweep's rule for
+extending its grid past an end (hubtool.experiment.n8.next_lam), and the report's lines built from per-example
+files (N8Report): whether a merge beats the tuned overlap-mean, where seeds differ past the evaluation noise,
+retention at each N, and the sweeps' names."""
 
 from __future__ import annotations
 
@@ -146,13 +147,14 @@ def test_the_retention_table_gives_each_n_of_the_plot(tmp_path) -> None:
     _write_run(tmp_path / "run", values, rows, row_tasks={"sparse merged: overlap-mean λ=1, N=1": ["a"]})
     report = N8Report(tmp_path / "run")
     assert [(n, round(e.value, 1)) for n, e in report.retention_points()["sparse"]] == [(1, 75.0), (2, 37.5)]
-    table = report.subset_lines()
+    table = report.subset_lines(report.retention_points())
     assert table[0] == "| N (the first N held-in tasks) | sparse R % |"
     assert table[2].startswith("| 1 | 75.0 [") and table[3].startswith("| 2 | 37.5 [")
 
     del rows["sparse merged: overlap-mean λ=1, N=1"]
     _write_run(tmp_path / "main-only", values, rows)
-    assert N8Report(tmp_path / "main-only").subset_lines() == []  # one N: the plot alone says it
+    only = N8Report(tmp_path / "main-only")
+    assert only.subset_lines(only.retention_points()) == []  # one N: the plot alone says it
 
 
 def test_sweep_keys_read_as_the_table_rows_name_them() -> None:

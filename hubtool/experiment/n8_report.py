@@ -52,7 +52,7 @@ def load(folder: Path) -> tuple[dict[str, Any], dict[tuple[str, str, str], dict[
 def sweep_name(key: str) -> str:
     """A λ sweep's state key in the table rows' words: 'sparse-kl0p01 overlap-mean' -> 'sparse k=0.01 overlap-mean'."""
     head, _, method = key.partition(" ")
-    head = re.sub(r"-kl(\d+)p(\d+)$", r" k=\1.\2", re.sub(r"-kl(\d+)$", r" k=\1", head))
+    head = re.sub(r"-kl([\dp]+)$", lambda m: " k=" + m.group(1).replace("p", "."), head)  # n8._lam_tag, undone
     return f"{head.replace('-avoid', ' avoid β=inf')} {method}".strip()
 
 
@@ -136,9 +136,10 @@ class N8Report:
         lines += self.diagnostic_lines()
         lines += self.sweep_lines()
         lines += self.routing_lines()
-        if self.plot(images / f"{prefix}-retention.png"):
+        points = self.retention_points()
+        if self.plot(images / f"{prefix}-retention.png", points):
             lines += ["### Retention against the number of merged experts", "",
-                      f"![retention]({images.name}/{prefix}-retention.png)", "", *self.subset_lines()]
+                      f"![retention]({images.name}/{prefix}-retention.png)", "", *self.subset_lines(points)]
         if (images / f"{prefix}-overlap.png").is_file() and "overlap_mean" in s:
             lines += [f"### Overlap of the sparse experts' masks (mean pairwise Jaccard {s['overlap_mean']:.3f})", "",
                       f"![overlap]({images.name}/{prefix}-overlap.png)", ""]
@@ -350,6 +351,11 @@ class N8Report:
         return [f"Each other sparse merge against {main}, held-in mean, points (paired): " + "; ".join(found)
                 + f". {verdict}.", ""]
 
+    def seed_gap(self, label: str, first: str, tasks: list[str]) -> tuple[Any, float]:
+        """(row `label` − seed-0 row `first`, the 95% half-width of `first`'s mean), both over `tasks`."""
+        one = self.est("mean", first, tasks=tasks)
+        return self.est("diff", label, first, tasks=tasks), (one.high - one.low) / 2
+
     def seed_lines(self) -> list[str]:
         from hubtool.stats import fmt
 
@@ -362,21 +368,18 @@ class N8Report:
             first = f"{kind} single-task"
             if not (self.have(label, t) and self.have(first, t)):
                 continue
-            d = self.est("diff", label, first, tasks=t)
-            spread = self.est("mean", first, tasks=t)
-            half = (spread.high - spread.low) / 2
-            dominates = abs(d.value) > half
+            d, half = self.seed_gap(label, first, t)
             out.append(f"- {kind}: seed {seed} − seed 0 on the held-in mean: {fmt(d)} points; the 95% half-width of "
                        f"one row's mean is {half:.1f}: " + ("**training noise dominates** (the seeds differ by more "
-                       "than the evaluation interval)." if dominates else "the seeds agree within the evaluation noise."))
+                       "than the evaluation interval)." if abs(d.value) > half else
+                       "the seeds agree within the evaluation noise."))
             # The same test per task: a mean can agree while single tasks swing (a task's interval is wider,
             # but one seed can still land far outside it).
             swings = []
             for task in t:
-                dt = self.est("diff", label, first, tasks=[task])
-                one = self.est("mean", first, tasks=[task])
-                if abs(dt.value) > (one.high - one.low) / 2:
-                    swings.append(f"{task} {fmt(dt)} (half-width {(one.high - one.low) / 2:.1f})")
+                dt, half_t = self.seed_gap(label, first, [task])
+                if abs(dt.value) > half_t:
+                    swings.append(f"{task} {fmt(dt)} (half-width {half_t:.1f})")
             out.append("  - per task: " + (f"**training noise dominates** on {', '.join(swings)}; the other tasks' "
                                             "seeds agree within their evaluation interval." if swings else
                                             "every task's seeds agree within its evaluation interval."))
@@ -397,11 +400,10 @@ class N8Report:
                     (len(tasks), self.est("retention", label, row["single"], tasks=tasks)))
         return {kind: sorted(pts, key=lambda p: p[0]) for kind, pts in points.items()}
 
-    def subset_lines(self) -> list[str]:
-        """The retention plot's points as a table, R with its interval."""
+    def subset_lines(self, points: dict[str, list[tuple[int, Any]]]) -> list[str]:
+        """The retention plot's points (retention_points) as a table, R with its interval."""
         from hubtool.stats import fmt
 
-        points = self.retention_points()
         kinds = sorted(points)
         ns = sorted({n for pts in points.values() for n, _ in pts})
         if len(ns) < 2:
@@ -474,9 +476,8 @@ class N8Report:
         return ["### Routing with no task id", "", *out,
                 "", "The prompts of each task share a template, which makes routing easier than on inputs in the wild.", ""]
 
-    def plot(self, path: Path) -> bool:
-        """Retention against N with 95% interval bands, for each kind's main merge."""
-        points = self.retention_points()
+    def plot(self, path: Path, points: dict[str, list[tuple[int, Any]]]) -> bool:
+        """Retention against N (retention_points) with 95% interval bands, for each kind's main merge."""
         if not points:
             return False
         import matplotlib
