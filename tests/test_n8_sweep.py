@@ -164,3 +164,22 @@ def test_sweep_keys_read_as_the_table_rows_name_them() -> None:
     assert sweep_name("sparse-kl0p01 overlap-mean") == "sparse k=0.01 overlap-mean"
     assert sweep_name("sparse-kl1 overlap-mean") == "sparse k=1 overlap-mean"
     assert sweep_name("sparse-avoid overlap-mean") == "sparse avoid β=inf overlap-mean"
+
+
+def test_report_only_reads_the_files_alone_with_no_task_data_or_base_model(tmp_path, monkeypatch) -> None:
+    """A fresh clone without ../shared has no sst2 or squad: --report-only must not load tasks or the base."""
+    from hubtool.experiment import experiment
+
+    home = tmp_path / "home"
+    monkeypatch.setenv("HUB_HOME", str(home))
+    n = 40
+    rows = {"base model": ("base", None), "sparse single-task": ("single", None),
+            "sparse merged: overlap-mean λ=1 (val)": ("merged", "sparse single-task")}
+    _write_run(tmp_path / "results" / "n8", {"base model": [0.0] * n, "sparse single-task": [100.0] * n,
+                                             "sparse merged: overlap-mean λ=1 (val)": [50.0] * n}, rows)
+    # Tasks 'a' and 'b' exist nowhere but in the files: loading them would fail before any report.
+    result = experiment("n8", tasks=["a", "b"], out=tmp_path / "results", report_only=True)
+    md = (tmp_path / "results.md").read_text()
+    assert result["report"] == tmp_path / "results.md"
+    assert "| sparse merged: overlap-mean λ=1 (val) | 50.0 [50.0, 50.0] | 50.0 [50.0, 50.0] |" in md
+    assert not (home / "models").exists()  # the base model was never converted

@@ -51,24 +51,34 @@ def experiment(
         from hubtool.extras import need
 
         need("plots", "hub experiment's report (its figures)")
-    exp = Experiment.open(spec, catalog)
-    result: dict[str, Any] = {"experiment": exp, "counts": {}, "report": None}
-    if plan_only:
-        result["plan"] = exp.plan() if spec.protocol != "n8" else None
-        return result
     if spec.protocol == "n8":
-        from hubtool.experiment.n8 import STEPS, run_n8
+        from hubtool.experiment.n8 import STEPS
 
         bad = [s for s in stages or () if s not in (*STEPS, "report")]
         if bad:
             from hubtool.errors import HubError
 
             raise HubError(f"--stage {bad[0]!r}: the {spec.name} preset's steps are {', '.join((*STEPS, 'report'))}")
+        if report_only and not plan_only:
+            # The n8 report reads only the committed files under <out>/<preset>/: no catalog, no task data, no
+            # base model, so a fresh clone without ../shared rebuilds it.
+            from hubtool.experiment.n8_report import write_n8_report
+
+            report = write_n8_report(out, spec, command or f"hub experiment --preset {preset}") if out is not None else None
+            return {"experiment": None, "counts": {}, "report": report, "plan": None}
+    exp = Experiment.open(spec, catalog)
+    result: dict[str, Any] = {"experiment": exp, "counts": {}, "report": None}
+    if plan_only:
+        result["plan"] = exp.plan() if spec.protocol != "n8" else None
+        return result
+    if spec.protocol == "n8":
+        from hubtool.experiment.n8 import run_n8
+
         steps = tuple(s for s in (stages or STEPS) if s != "report")
-        if not report_only and steps:
+        if steps:
             run_n8(exp, out, console=console, steps=steps)
         result["plan"] = None
-        if out is not None and (stages is None or "report" in stages or report_only):
+        if out is not None and (stages is None or "report" in stages):
             from hubtool.experiment.n8_report import write_n8_report
 
             result["report"] = write_n8_report(out, spec, command or f"hub experiment --preset {preset}")
